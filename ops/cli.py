@@ -1,0 +1,95 @@
+"""``inferq-ops``: run the whole pipeline locally.
+
+    inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
+    inferq-ops status
+    inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
+    inferq-ops down      # stops exactly what `up` started
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+
+from rich.console import Console
+from rich.table import Table
+
+from ops.demo import run_demo
+from ops.stack import Stack
+from schemas.errors import InferqError
+from schemas.settings import get_settings
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="inferq-ops", description="Run the inferq stack locally.")
+    sub = p.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("up", help="start every service (idempotent)")
+    sub.add_parser("down", help="stop every service started from this state folder")
+    st = sub.add_parser("status", help="show each service: pid, ready, log")
+    st.add_argument("--json", action="store_true")
+    d = sub.add_parser("demo", help="publish real texts through Kafka and summarise the results")
+    d.add_argument("-n", "--requests", type=int, default=240)
+    d.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    args = p.parse_args(argv)
+
+    console = Console()
+    settings = get_settings()
+    stack = Stack(settings)
+    try:
+        if args.cmd == "up":
+            _up(stack, console)
+            _print_endpoints(console, settings)
+        elif args.cmd == "down":
+            stopped = stack.down()
+            console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+        elif args.cmd == "status":
+            status = stack.status()
+            if args.json:
+                print(json.dumps(status, indent=2))
+            else:
+                _print_status(console, status)
+        elif args.cmd == "demo":
+            was_up = all(v["running"] for v in stack.status().values())
+            _up(stack, console)
+            try:
+                summary = run_demo(settings, args.requests, console)
+            finally:
+                if not (was_up or args.keep):
+                    stack.down()
+                    console.print("stack stopped (use --keep, or `inferq-ops up` first, to leave it running)")
+            return 0 if summary["by_status"].get("done") == summary["requests"] else 1
+    except InferqError as e:
+        console.print(f"[red]error:[/red] {e}")
+        return 2
+    return 0
+
+
+def _up(stack: Stack, console: Console) -> None:
+    with console.status("starting the stack…") as spinner:
+        def ready(name: str, seconds: float) -> None:
+            console.print(f"  [green]✓[/green] {name} ready ({seconds:.1f} s)")
+            spinner.update(f"starting the stack… ({name} up)")
+
+        stack.up(on_ready=ready)
+
+
+def _print_status(console: Console, status: dict[str, dict[str, object]]) -> None:
+    t = Table("service", "pid", "running", "ready", "log")
+    for name, st in status.items():
+        t.add_row(name, str(st["pid"] or "-"), str(st["running"]), str(st["ready"]), str(st["log"]))
+    console.print(t)
+
+
+def _print_endpoints(console: Console, s: object) -> None:
+    from schemas.settings import Settings
+
+    assert isinstance(s, Settings)
+    console.print(f"  Kafka      {s.kafka_bootstrap_servers}\n  Redis      {s.redis_url}\n"
+                  f"  Result API http://{s.api_host}:{s.api_port}/docs\n"
+                  f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user})\n"
+                  f"  ES API     {s.elasticsearch_url}")
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,111 @@
+"""The demo: real texts through Kafka → intake → Celery → batched model → Redis, then a summary."""
+
+from __future__ import annotations
+
+import json
+import time
+from collections import Counter
+from importlib.resources import files
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from producers.client import InferqClient
+from schemas.messages import ClassifyOutput, EmbeddingOutput, InferenceRequest, InferenceResult, ResultStatus
+from schemas.settings import Settings
+
+
+def demo_texts() -> list[str]:
+    """The bundled corpus: a few hundred real user utterances."""
+    text = files("ops").joinpath("data/demo_texts.txt").read_text(encoding="utf-8")
+    return [line for line in text.splitlines() if line.strip()]
+
+
+def demo_requests(n: int) -> list[InferenceRequest]:
+    """``n`` requests over the corpus: two thirds ``embed``, one third ``classify``, every tenth a list."""
+    texts = demo_texts()
+    out = []
+    for i in range(n):
+        t = texts[i % len(texts)]
+        inputs: str | list[str] = [t, texts[(i * 7 + 3) % len(texts)]] if i % 10 == 9 else t
+        if i % 3 == 2:
+            out.append(InferenceRequest(task="classify", model="minilm-intent", inputs=inputs, tenant="demo", top_k=3))
+        else:
+            out.append(InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=inputs, tenant="demo"))
+    return out
+
+
+def percentile(values: list[float], q: float) -> float:
+    return float(np.percentile(values, q)) if values else float("nan")
+
+
+def summarize(results: dict[str, InferenceResult], wall_s: float) -> dict[str, Any]:
+    """Throughput, publish→done latency percentiles and batch sizes, from the results' timings."""
+    rs = list(results.values())
+    done = [r for r in rs if r.status is ResultStatus.DONE]
+    lat = [r.timings.done_ms - r.timings.published_ms for r in done
+           if r.timings.done_ms and r.timings.published_ms]
+    texts = sum(len(r.outputs or []) for r in done)
+    batches = [r.timings.batch_size for r in done if r.timings.batch_size]
+    return {
+        "requests": len(rs),
+        "by_status": dict(Counter(r.status.value for r in rs)),
+        "texts": texts,
+        "wall_s": round(wall_s, 3),
+        "requests_per_s": round(len(done) / wall_s, 1) if wall_s else None,
+        "texts_per_s": round(texts / wall_s, 1) if wall_s else None,
+        "latency_ms": {q: round(percentile(lat, float(q[1:])), 1) for q in ("p50", "p95", "p99")},
+        "batch_size": {
+            "mean": round(float(np.mean(batches)), 1) if batches else None,
+            "max": max(batches) if batches else None,
+            "histogram": dict(sorted(Counter(batches).items())),
+        },
+        "model_versions": sorted({r.model_version for r in done if r.model_version}),
+    }
+
+
+def run_demo(settings: Settings, n: int, console: Console) -> dict[str, Any]:
+    requests = demo_requests(n)
+    with InferqClient(settings) as client:
+        t0 = time.monotonic()
+        for r in requests:
+            client.publish(r)
+        client.flush()
+        cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*cols, console=console) as bar:
+            task = bar.add_task("results", total=len(requests))
+            results = client.wait_all([r.request_id for r in requests], timeout_s=600,
+                                      on_done=lambda _r: bar.advance(task))
+        wall_s = time.monotonic() - t0
+    summary = summarize(results, wall_s)
+    _print(console, summary, requests, results)
+    (settings.state_dir / "demo.json").write_text(json.dumps(summary, indent=2))
+    return summary
+
+
+def _print(console: Console, s: dict[str, Any], reqs: list[InferenceRequest],
+           results: dict[str, InferenceResult]) -> None:
+    table = Table(title="inferq demo: Kafka → Celery → batched MiniLM → Redis")
+    table.add_column("measure")
+    table.add_column("value", justify="right")
+    table.add_row("requests (texts)", f"{s['requests']} ({s['texts']})")
+    table.add_row("status", ", ".join(f"{k}={v}" for k, v in s["by_status"].items()))
+    table.add_row("wall time", f"{s['wall_s']} s")
+    table.add_row("throughput", f"{s['requests_per_s']} req/s, {s['texts_per_s']} texts/s")
+    table.add_row("latency publish→done", "p50 {p50} ms, p95 {p95} ms, p99 {p99} ms".format(**s["latency_ms"]))
+    table.add_row("batch size (texts)", f"mean {s['batch_size']['mean']}, max {s['batch_size']['max']}")
+    table.add_row("model versions", ", ".join(s["model_versions"]))
+    console.print(table)
+    for r in reqs[:3]:
+        res = results[r.request_id]
+        out = (res.outputs or [None])[0]
+        text = r.texts()[0]
+        if isinstance(out, EmbeddingOutput):
+            norm = float(np.linalg.norm(out.embedding))
+            console.print(f"  embed    {text!r}: dim {len(out.embedding)}, norm {norm:.4f}")
+        elif isinstance(out, ClassifyOutput):
+            labels = ", ".join(f"{x.label} {x.score:.2f}" for x in out.labels)
+            console.print(f"  classify {text!r}: {labels}")

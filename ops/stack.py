@@ -1,0 +1,265 @@
+"""The local stack: start, watch and stop every service as a child process.
+
+Services, in start order: ``broker`` (noida-db: Kafka protocol + Elasticsearch API, data on disk),
+``redis`` (redis-server, append-only file on), ``worker`` (Celery, models warmed), ``intake``,
+``api`` and ``flower``. Each runs in its own process group with its pid and start time recorded
+under ``<state_dir>/run``, so ``down`` stops exactly what ``up`` started and never a recycled pid.
+Logs go to ``<state_dir>/logs/<service>.log``; data to ``<state_dir>/data``.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import signal
+import socket
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from importlib.resources import files
+from pathlib import Path
+
+import httpx
+import redis
+
+from ops.topics import ensure_topics
+from schemas.errors import StackError
+from schemas.naming import worker_key
+from schemas.settings import ENV_PREFIX, Settings, port_of
+
+WORKER_NAME = "inferq-worker-1"
+
+
+@dataclass
+class Service:
+    name: str
+    argv: list[str]
+    ready: Callable[[], bool]
+    ready_timeout_s: float = 60.0
+    env: dict[str, str] | None = None
+
+
+def settings_env(settings: Settings) -> dict[str, str]:
+    """The settings as ``INFERQ_*`` variables, so every child reads exactly what the parent has."""
+    env = {}
+    for name, value in settings.model_dump().items():
+        if hasattr(value, "get_secret_value"):
+            value = value.get_secret_value()
+        env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
+    return env
+
+
+def _tcp_open(port: int, host: str = "127.0.0.1") -> bool:
+    try:
+        with socket.create_connection((host, port), timeout=0.5):
+            return True
+    except OSError:
+        return False
+
+
+def _http_ok(url: str, accept: tuple[int, ...] = (200,), auth: tuple[str, str] | None = None) -> bool:
+    try:
+        return httpx.get(url, timeout=1.0, auth=auth).status_code in accept
+    except httpx.HTTPError:
+        return False
+
+
+def _start_time(pid: int) -> str | None:
+    """The kernel's start time of ``pid`` (field 22 of /proc/pid/stat), to detect pid reuse."""
+    try:
+        stat = Path(f"/proc/{pid}/stat").read_text()
+    except OSError:
+        return None
+    return stat.rsplit(")", 1)[1].split()[19]
+
+
+def noida_binary() -> Path:
+    path = Path(str(files("noida_db").joinpath("noida-db")))
+    if not path.is_file():
+        raise StackError("the noida-db binary is missing", hint="pip install noida-db")
+    path.chmod(0o755)
+    return path
+
+
+def redis_binary() -> str:
+    found = shutil.which("redis-server")
+    if not found:
+        raise StackError("redis-server is not installed", hint="apt-get install -y redis-server (ops/bootstrap.sh does)")
+    return found
+
+
+class Stack:
+    """The local stack under one state folder."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.s = settings
+        self.root = settings.state_dir.resolve()
+        self.run_dir, self.log_dir, self.data_dir = self.root / "run", self.root / "logs", self.root / "data"
+        self.env = {
+            **os.environ,
+            **settings_env(settings.model_copy(update={"state_dir": self.root})),
+            "HF_HUB_OFFLINE": "1",
+            "TRANSFORMERS_OFFLINE": "1",
+            "TOKENIZERS_PARALLELISM": "false",
+            "PYTHONUNBUFFERED": "1",
+        }
+
+    # -- the services -------------------------------------------------------------------------
+    def services(self) -> list[Service]:
+        s, py = self.s, sys.executable
+        kafka_port, es_port = port_of(s.kafka_bootstrap_servers), port_of(s.elasticsearch_url)
+        redis_port = port_of(s.redis_url)
+        worker = f"{WORKER_NAME}@{socket.gethostname()}"
+        flower_auth = (s.flower_user, s.flower_password.get_secret_value())
+        return [
+            Service(
+                "broker",
+                [str(noida_binary()), "start", "--data-dir", str(self.data_dir / "noida"), "--host", "127.0.0.1",
+                 "--only", "kafka,elasticsearch", "--kafka-port", str(kafka_port),
+                 "--elasticsearch-port", str(es_port)],
+                lambda: _tcp_open(kafka_port) and _http_ok(s.elasticsearch_url),
+            ),
+            Service(
+                "redis",
+                [redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
+                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes"],
+                lambda: self._redis_ping(),
+            ),
+            Service(
+                "worker",
+                [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "threads",
+                 "--concurrency", str(s.worker_concurrency), "-n", worker, "-E", "--loglevel", "INFO"],
+                lambda: self._redis_has(worker_key(s, worker)),
+                ready_timeout_s=180.0,
+            ),
+            Service("intake", [py, "-m", "workers.intake"], lambda: True),
+            Service(
+                "api", [py, "-m", "producers.api"],
+                lambda: _http_ok(f"http://{s.api_host}:{s.api_port}/healthz"),
+            ),
+            Service(
+                "flower",
+                [py, "-m", "celery", "-A", "workers.celery_app", "flower", f"--port={s.flower_port}",
+                 "--address=127.0.0.1"],
+                lambda: _http_ok(f"http://127.0.0.1:{s.flower_port}/api/workers", auth=flower_auth),
+                env={"FLOWER_BASIC_AUTH": ":".join(flower_auth)},
+            ),
+        ]
+
+    def _redis_client(self) -> redis.Redis:
+        return redis.Redis.from_url(self.s.redis_url, socket_timeout=1.0)
+
+    def _redis_ping(self) -> bool:
+        try:
+            return bool(self._redis_client().ping())
+        except redis.RedisError:
+            return False
+
+    def _redis_has(self, key: str) -> bool:
+        try:
+            return bool(self._redis_client().exists(key))
+        except redis.RedisError:
+            return False
+
+    # -- lifecycle ----------------------------------------------------------------------------
+    def up(self, only: list[str] | None = None, on_ready: Callable[[str, float], None] | None = None) -> None:
+        """Start every service not already running, in order, each waited on until ready."""
+        for d in (self.run_dir, self.log_dir, self.data_dir):
+            d.mkdir(parents=True, exist_ok=True)
+        for svc in self.services():
+            if only and svc.name not in only:
+                continue
+            t0 = time.monotonic()
+            if self.pid(svc.name) is None:
+                self._spawn(svc)
+            self._wait_ready(svc)
+            if svc.name == "broker":
+                ensure_topics(self.s)
+            if on_ready:
+                on_ready(svc.name, time.monotonic() - t0)
+
+    def down(self, timeout_s: float = 20.0) -> list[str]:
+        """Stop, newest first, every service this state folder started; returns their names."""
+        stopped = []
+        for svc in reversed(self.services()):
+            pid = self.pid(svc.name)
+            if pid is not None:
+                self._stop(pid, timeout_s)
+                stopped.append(svc.name)
+            (self.run_dir / f"{svc.name}.pid").unlink(missing_ok=True)
+        return stopped
+
+    def kill(self, name: str, sig: int = signal.SIGKILL) -> int:
+        """Send ``sig`` to one service's process group (fault drills and tests)."""
+        pid = self.pid(name)
+        if pid is None:
+            raise StackError(f"service {name!r} is not running")
+        os.killpg(pid, sig)
+        return pid
+
+    def status(self) -> dict[str, dict[str, object]]:
+        out: dict[str, dict[str, object]] = {}
+        for svc in self.services():
+            pid = self.pid(svc.name)
+            out[svc.name] = {"pid": pid, "running": pid is not None, "ready": pid is not None and svc.ready(),
+                             "log": str(self.log_dir / f"{svc.name}.log")}
+        return out
+
+    def pid(self, name: str) -> int | None:
+        """The pid of a running service started by this stack, or None."""
+        path = self.run_dir / f"{name}.pid"
+        try:
+            pid_s, started = path.read_text().split()
+        except (OSError, ValueError):
+            return None
+        pid = int(pid_s)
+        return pid if _start_time(pid) == started and not _is_zombie(pid) else None
+
+    def _spawn(self, svc: Service) -> None:
+        log = (self.log_dir / f"{svc.name}.log").open("ab")
+        proc = subprocess.Popen(
+            svc.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            env={**self.env, **(svc.env or {})}, cwd=self.root, start_new_session=True,
+        )
+        log.close()
+        (self.run_dir / f"{svc.name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+
+    def _wait_ready(self, svc: Service) -> None:
+        give_up = time.monotonic() + svc.ready_timeout_s
+        pause = 0.05
+        while not svc.ready():
+            if self.pid(svc.name) is None:
+                raise StackError(f"{svc.name} exited while starting:\n{self.tail(svc.name)}")
+            if time.monotonic() > give_up:
+                raise StackError(f"{svc.name} not ready after {svc.ready_timeout_s} s:\n{self.tail(svc.name)}")
+            time.sleep(pause)
+            pause = min(pause * 1.5, 0.5)
+
+    def tail(self, name: str, lines: int = 30) -> str:
+        path = self.log_dir / f"{name}.log"
+        return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
+
+    @staticmethod
+    def _stop(pid: int, timeout_s: float) -> None:
+        try:
+            os.killpg(pid, signal.SIGTERM)
+        except ProcessLookupError:
+            return
+        give_up = time.monotonic() + timeout_s
+        while time.monotonic() < give_up:
+            if _start_time(pid) is None or _is_zombie(pid):
+                return
+            time.sleep(0.05)
+        try:
+            os.killpg(pid, signal.SIGKILL)
+        except ProcessLookupError:
+            pass
+
+
+def _is_zombie(pid: int) -> bool:
+    try:
+        return Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()[0] == "Z"
+    except OSError:
+        return True

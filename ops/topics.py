@@ -1,0 +1,30 @@
+"""Create the pipeline's Kafka topics (idempotent)."""
+
+from __future__ import annotations
+
+from kafka import KafkaAdminClient
+from kafka.admin import NewTopic
+from kafka.errors import TopicAlreadyExistsError
+
+from schemas.naming import deadletter_topic, requests_topic
+from schemas.settings import Settings
+
+
+def ensure_topics(settings: Settings) -> list[str]:
+    """Create the requests and dead-letter topics where missing; returns the topics created."""
+    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10_000)
+    try:
+        existing = set(admin.list_topics())
+        wanted = {
+            requests_topic(settings): settings.kafka_partitions,
+            deadletter_topic(settings): 1,
+        }
+        new = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in wanted.items() if t not in existing]
+        if new:
+            try:
+                admin.create_topics(new)
+            except TopicAlreadyExistsError:
+                pass  # another process created it meanwhile
+        return [t.name for t in new]
+    finally:
+        admin.close()

@@ -1,0 +1,112 @@
+"""The HTTP result API (FastAPI). OpenAPI at ``/openapi.json``, docs at ``/docs``.
+
+- ``GET /v1/results/{request_id}`` — status, outputs, timings and model version; 404 if unknown.
+- ``POST /v1/requests`` — publish a request to Kafka for clients that only speak HTTP; 202.
+- ``GET /v1/models`` — the models the pipeline knows.
+- ``GET /healthz`` — Redis and Kafka reachable.
+
+Run it with ``inferq-api`` (or ``python -m producers.api``).
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import AsyncIterator
+from contextlib import asynccontextmanager
+from typing import Any
+
+import uvicorn
+from fastapi import FastAPI, HTTPException, Request
+from fastapi.concurrency import run_in_threadpool
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel
+
+from producers.client import InferqClient
+from schemas.catalog import CATALOG
+from schemas.errors import ErrorCode, InvalidRequest
+from schemas.messages import REQUEST_ID_PATTERN, ErrorInfo, InferenceRequest, InferenceResult, Task
+from schemas.settings import Settings, get_settings
+from workers.validation import check_request
+
+PUBLISH_TIMEOUT_S = 10.0
+
+
+class Accepted(BaseModel):
+    request_id: str
+    status: str = "accepted"
+    result_url: str
+
+
+class ModelEntry(BaseModel):
+    name: str
+    task: Task
+    description: str
+
+
+class ErrorBody(BaseModel):
+    error: ErrorInfo
+
+
+def create_app(settings: Settings | None = None) -> FastAPI:
+    settings = settings or get_settings()
+    client = InferqClient(settings)
+
+    @asynccontextmanager
+    async def lifespan(app: FastAPI) -> AsyncIterator[None]:
+        yield
+        client.close()
+
+    app = FastAPI(
+        title="inferq result API",
+        version="1",
+        description="Poll inference results; publish requests over HTTP.",
+        lifespan=lifespan,
+    )
+
+    @app.exception_handler(RequestValidationError)
+    async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
+        errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
+        info = ErrorInfo(code=ErrorCode.VALIDATION_ERROR, message=errors[0]["msg"] if errors else "invalid",
+                         hint="see /openapi.json for the request schema", detail=errors)
+        return JSONResponse(status_code=422, content={"error": info.model_dump(mode="json")})
+
+    @app.exception_handler(InvalidRequest)
+    async def _rejected(request: Request, exc: InvalidRequest) -> JSONResponse:
+        return JSONResponse(status_code=422, content={"error": exc.info().model_dump(mode="json")})
+
+    @app.get("/v1/results/{request_id}", response_model=InferenceResult,
+             responses={404: {"description": "No such request (or it expired from the store)"}})
+    def get_result(request_id: str) -> InferenceResult:
+        result = client.result(request_id) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else None
+        if result is None:
+            raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
+        return result
+
+    @app.post("/v1/requests", status_code=202, response_model=Accepted,
+              responses={422: {"model": ErrorBody}})
+    async def post_request(body: InferenceRequest) -> Accepted:
+        check_request(body, settings)
+        future = client.publish(body)
+        await run_in_threadpool(future.get, PUBLISH_TIMEOUT_S)
+        return Accepted(request_id=body.request_id, result_url=f"/v1/results/{body.request_id}")
+
+    @app.get("/v1/models", response_model=list[ModelEntry])
+    def models() -> list[ModelEntry]:
+        return [ModelEntry(name=m.name, task=m.task, description=m.description) for m in CATALOG.values()]
+
+    @app.get("/healthz")
+    def healthz() -> dict[str, Any]:
+        client.store.client.ping()
+        return {"ok": True}
+
+    return app
+
+
+def main() -> None:
+    s = get_settings()
+    uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="info")
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,80 @@
+"""``inferq-submit``: publish texts from a file or stdin, wait for the results with a progress bar.
+
+    inferq-submit --task embed --model all-MiniLM-L6-v2 texts.txt > results.jsonl
+    echo "I want to talk to a human" | inferq-submit --task classify --model minilm-intent -
+
+One request per non-empty line (``--per-request N`` groups N lines into one request). Results are
+written as JSON lines to stdout, in input order; the progress bar goes to stderr.
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from collections.abc import Iterator
+from typing import TextIO
+
+from rich.console import Console
+from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, TimeElapsedColumn
+
+from producers.client import InferqClient
+from schemas.messages import Priority, Task
+
+
+def _lines(src: TextIO) -> Iterator[str]:
+    for line in src:
+        line = line.strip()
+        if line:
+            yield line
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(prog="inferq-submit", description=__doc__.splitlines()[0])
+    p.add_argument("file", nargs="?", default="-", help="text file, one input per line ('-' = stdin)")
+    p.add_argument("--task", choices=[t.value for t in Task], default=Task.EMBED.value)
+    p.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 for embed, minilm-intent for classify")
+    p.add_argument("--per-request", type=int, default=1, help="lines per request")
+    p.add_argument("--tenant", default=None)
+    p.add_argument("--priority", choices=[x.value for x in Priority], default=Priority.NORMAL.value)
+    p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--timeout-s", type=float, default=300.0, help="how long to wait for all results")
+    p.add_argument("--no-wait", action="store_true", help="print request ids and exit")
+    args = p.parse_args(argv)
+    model = args.model or ("all-MiniLM-L6-v2" if args.task == "embed" else "minilm-intent")
+    err = Console(stderr=True)
+
+    src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
+    with src:
+        texts = list(_lines(src))
+    groups = [texts[i : i + args.per_request] for i in range(0, len(texts), args.per_request)]
+    if not groups:
+        err.print("[red]no input lines[/red]")
+        return 2
+
+    with InferqClient() as client:
+        ids = [
+            client.submit(args.task, model, g if args.per_request > 1 else g[0], tenant=args.tenant,
+                          priority=args.priority, top_k=args.top_k)
+            for g in groups
+        ]
+        client.flush()
+        if args.no_wait:
+            for rid in ids:
+                print(rid)
+            return 0
+        columns = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
+        with Progress(*columns, console=err, transient=False) as bar:
+            t = bar.add_task(f"{args.task} × {model}", total=len(ids))
+            results = client.wait_all(ids, args.timeout_s, on_done=lambda _r: bar.advance(t))
+    failed = 0
+    for rid in ids:
+        res = results[rid]
+        failed += res.status.value != "done"
+        print(res.model_dump_json())
+    if failed:
+        err.print(f"[yellow]{failed} of {len(ids)} requests did not finish 'done'[/yellow]")
+    return 1 if failed else 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

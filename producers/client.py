@@ -1,0 +1,141 @@
+"""The Python client: publish requests to Kafka, read and wait for results in Redis.
+
+    with InferqClient() as client:
+        rid = client.submit("embed", "all-MiniLM-L6-v2", ["first text", "second text"])
+        result = client.wait(rid, timeout_s=30)
+
+Publishing uses ``acks=all`` and the request id as the key, so retries of one request land in one
+partition, in order. Reading goes straight to the result store; the HTTP API serves the same data.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Iterable, Sequence
+from datetime import datetime
+from typing import Any
+
+from kafka import KafkaProducer
+from kafka.producer.future import FutureRecordMetadata
+
+from schemas.messages import InferenceRequest, InferenceResult, Priority, Task
+from schemas.naming import requests_topic
+from schemas.settings import Settings, get_settings
+from workers.result_store import ResultStore
+
+
+class InferqClient:
+    """Thread-safe for publishing (kafka-python's producer is); one per process is enough."""
+
+    def __init__(self, settings: Settings | None = None, *, linger_ms: int = 2) -> None:
+        self.settings = settings or get_settings()
+        self._linger_ms = linger_ms
+        self._producer: KafkaProducer | None = None
+        self._store: ResultStore | None = None
+
+    # -- publishing ---------------------------------------------------------------------------
+    @property
+    def producer(self) -> KafkaProducer:
+        if self._producer is None:
+            self._producer = KafkaProducer(
+                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                acks="all",
+                linger_ms=self._linger_ms,
+                retries=5,
+                max_request_size=self.settings.kafka_max_message_bytes,
+            )
+        return self._producer
+
+    def submit(
+        self,
+        task: Task | str,
+        model: str,
+        inputs: str | Sequence[str],
+        *,
+        request_id: str | None = None,
+        tenant: str | None = None,
+        priority: Priority | str = Priority.NORMAL,
+        deadline: datetime | None = None,
+        top_k: int = 5,
+    ) -> str:
+        """Publish one request (validated here first); returns its request id."""
+        fields: dict[str, Any] = dict(
+            task=task, model=model, inputs=inputs if isinstance(inputs, str) else list(inputs),
+            tenant=tenant, priority=priority, deadline=deadline, top_k=top_k,
+        )
+        if request_id is not None:
+            fields["request_id"] = request_id
+        request = InferenceRequest.model_validate(fields)
+        self.publish(request)
+        return request.request_id
+
+    def publish(self, request: InferenceRequest) -> FutureRecordMetadata:
+        """Publish an already built request; the future resolves when the broker has it."""
+        return self.publish_raw(request.request_id, request.model_dump_json().encode())
+
+    def publish_raw(self, key: str | None, value: bytes) -> FutureRecordMetadata:
+        """Publish bytes as they are (for tools and tests that send what they like)."""
+        return self.producer.send(
+            requests_topic(self.settings), key=key.encode() if key else None, value=value
+        )
+
+    def flush(self, timeout_s: float | None = None) -> None:
+        if self._producer is not None:
+            self._producer.flush(timeout=timeout_s)
+
+    # -- results --------------------------------------------------------------------------------
+    @property
+    def store(self) -> ResultStore:
+        if self._store is None:
+            self._store = ResultStore.from_settings(self.settings)
+        return self._store
+
+    def result(self, request_id: str) -> InferenceResult | None:
+        """The result as it stands now (any status), or None if the id is unknown."""
+        return self.store.get(request_id)
+
+    def wait(self, request_id: str, timeout_s: float = 60.0) -> InferenceResult:
+        """Block until the request reaches a terminal status; TimeoutError after ``timeout_s``."""
+        return self.wait_all([request_id], timeout_s)[request_id]
+
+    def wait_all(
+        self, request_ids: Iterable[str], timeout_s: float = 60.0, *, on_done: Any = None
+    ) -> dict[str, InferenceResult]:
+        """Poll (with backoff from 2 ms to 100 ms) until every id is terminal.
+
+        ``on_done(result)`` is called once per request as it finishes (progress bars use it).
+        """
+        self.flush()
+        pending = list(dict.fromkeys(request_ids))
+        done: dict[str, InferenceResult] = {}
+        give_up = time.monotonic() + timeout_s
+        pause_s = 0.002
+        while pending:
+            for i in range(0, len(pending), 500):
+                chunk = pending[i : i + 500]
+                for rid, res in self.store.get_many(chunk).items():
+                    if res is not None and res.status.terminal:
+                        done[rid] = res
+                        if on_done is not None:
+                            on_done(res)
+            before = len(pending)
+            pending = [rid for rid in pending if rid not in done]
+            if not pending:
+                break
+            if time.monotonic() >= give_up:
+                raise TimeoutError(f"{len(pending)} of {len(done) + len(pending)} requests not finished "
+                                   f"after {timeout_s} s (first: {pending[0]})")
+            pause_s = 0.002 if len(pending) < before else min(pause_s * 2, 0.1)
+            time.sleep(pause_s)
+        return done
+
+    def close(self) -> None:
+        if self._producer is not None:
+            self._producer.close()
+            self._producer = None
+
+    def __enter__(self) -> InferqClient:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

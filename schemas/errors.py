@@ -1,0 +1,90 @@
+"""The one error hierarchy. Each error says what was wrong and what to do about it.
+
+Errors that reach a client are turned into :class:`schemas.messages.ErrorInfo` through
+:meth:`InferqError.info`, so the result store and the dead-letter topic carry the same typed code.
+"""
+
+from __future__ import annotations
+
+from enum import Enum
+from typing import Any
+
+
+class ErrorCode(str, Enum):
+    """Stable, machine-readable error codes. Clients branch on these, never on messages."""
+
+    INVALID_JSON = "invalid_json"
+    INVALID_ENCODING = "invalid_encoding"
+    MESSAGE_TOO_LARGE = "message_too_large"
+    UNSUPPORTED_SCHEMA_VERSION = "unsupported_schema_version"
+    VALIDATION_ERROR = "validation_error"
+    UNKNOWN_MODEL = "unknown_model"
+    TASK_MODEL_MISMATCH = "task_model_mismatch"
+    DUPLICATE_REQUEST_ID = "duplicate_request_id"
+    DEADLINE_EXPIRED = "deadline_expired"
+    MODEL_ERROR = "model_error"
+    INTERNAL_ERROR = "internal_error"
+
+
+class InferqError(Exception):
+    """Base of every error this project raises on purpose."""
+
+    code: ErrorCode = ErrorCode.INTERNAL_ERROR
+    hint: str = "this is a bug in inferq; report it with the request id"
+
+    def __init__(self, message: str, *, hint: str | None = None, detail: Any = None) -> None:
+        super().__init__(message)
+        self.message = message
+        if hint is not None:
+            self.hint = hint
+        self.detail = detail
+
+    def __str__(self) -> str:
+        return f"{self.message} ({self.hint})"
+
+    def info(self) -> Any:
+        """This error as the wire model :class:`schemas.messages.ErrorInfo`."""
+        from schemas.messages import ErrorInfo
+
+        return ErrorInfo(code=self.code, message=self.message, hint=self.hint, detail=self.detail)
+
+
+class InvalidRequest(InferqError):
+    """The message can never succeed as sent; it is answered ``failed`` and dead-lettered."""
+
+    code = ErrorCode.VALIDATION_ERROR
+    hint = "fix the message to match schemas/jsonschema/InferenceRequest.json and send it again"
+
+    def __init__(self, message: str, *, code: ErrorCode | None = None, **kw: Any) -> None:
+        super().__init__(message, **kw)
+        if code is not None:
+            self.code = code
+
+
+class UnknownModel(InvalidRequest):
+    code = ErrorCode.UNKNOWN_MODEL
+    hint = "use one of the models listed by GET /v1/models, or deploy a worker that serves this one"
+
+
+class DeadlineExpired(InferqError):
+    code = ErrorCode.DEADLINE_EXPIRED
+    hint = "the request's deadline passed before it reached the model; send it again with a later deadline"
+
+
+class ModelError(InferqError):
+    """The model raised on this input; neighbours in the batch are unaffected."""
+
+    code = ErrorCode.MODEL_ERROR
+    hint = "the input made the model fail; check it, or report it with the request id"
+
+
+class ConfigurationError(InferqError):
+    """Settings or the environment are wrong; the process cannot start."""
+
+    hint = "check the INFERQ_* environment variables listed in the README"
+
+
+class StackError(InferqError):
+    """The local stack (``inferq-ops``) could not start, stop or reach a service."""
+
+    hint = "see the service's log under <state_dir>/logs and `inferq-ops status`"

@@ -1,0 +1,161 @@
+"""Wire models, version 1: what producers publish, what workers write, what clients read.
+
+Any Kafka client can publish an :class:`InferenceRequest` as UTF-8 JSON to ``<prefix>.requests``
+(key = request id). Results are :class:`InferenceResult` JSON in Redis and over HTTP. Invalid
+messages produce a :class:`DeadLetter` on ``<prefix>.deadletter``. The JSON Schema files in
+``schemas/jsonschema`` are exported from these models (``python -m schemas.export``).
+"""
+
+from __future__ import annotations
+
+import secrets
+import time
+from datetime import datetime
+from enum import Enum
+from typing import Annotated, Any, Literal
+
+from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+
+from schemas.errors import ErrorCode
+
+SCHEMA_VERSION = 1
+REQUEST_ID_PATTERN = r"^[A-Za-z0-9_-]{16,128}$"
+NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$"
+
+RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
+Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
+Text = Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
+
+
+def new_request_id() -> str:
+    """A fresh request id: 144 random bits, URL-safe, 24 characters; not guessable."""
+    return secrets.token_urlsafe(18)
+
+
+def now_ms() -> float:
+    """Wall-clock time in epoch milliseconds, the unit of every timestamp on the wire."""
+    return time.time() * 1000.0
+
+
+class Task(str, Enum):
+    EMBED = "embed"
+    CLASSIFY = "classify"
+
+
+class Priority(str, Enum):
+    HIGH = "high"
+    NORMAL = "normal"
+    LOW = "low"
+
+
+class ResultStatus(str, Enum):
+    QUEUED = "queued"
+    RUNNING = "running"
+    DONE = "done"
+    FAILED = "failed"
+    EXPIRED = "expired"
+
+    @property
+    def terminal(self) -> bool:
+        return self in (ResultStatus.DONE, ResultStatus.FAILED, ResultStatus.EXPIRED)
+
+
+class _Model(BaseModel):
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class InferenceRequest(_Model):
+    """One inference request: one text or a list of texts for one model."""
+
+    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Version of this contract")
+    request_id: RequestId = Field(
+        default_factory=new_request_id,
+        description="Client-supplied (16-128 URL-safe chars, unguessable) or generated",
+    )
+    task: Task
+    model: Name = Field(description="Registered model name, e.g. all-MiniLM-L6-v2 or minilm-intent")
+    inputs: Text | list[Text] = Field(description="One text, or a non-empty list of texts")
+    tenant: Name | None = Field(None, description="Tenant the request belongs to")
+    priority: Priority = Priority.NORMAL
+    deadline: AwareDatetime | None = Field(None, description="Past this instant the request ends `expired`")
+    top_k: int = Field(5, ge=1, le=200, description="classify: how many labels to return, best first")
+
+    @field_validator("inputs")
+    @classmethod
+    def _non_empty(cls, v: str | list[str]) -> str | list[str]:
+        if isinstance(v, list) and not v:
+            raise ValueError("inputs must hold at least one text")
+        return v
+
+    def texts(self) -> list[str]:
+        """The inputs as a list, whatever form they were sent in."""
+        return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
+
+    def deadline_ms(self) -> float | None:
+        return self.deadline.timestamp() * 1000.0 if self.deadline else None
+
+
+class ErrorInfo(_Model):
+    code: ErrorCode
+    message: str
+    hint: str = ""
+    detail: Any = None
+
+
+class EmbeddingOutput(_Model):
+    kind: Literal["embedding"] = "embedding"
+    embedding: list[float]
+
+
+class LabelScore(_Model):
+    label: str
+    score: float
+
+
+class ClassifyOutput(_Model):
+    kind: Literal["classification"] = "classification"
+    labels: list[LabelScore] = Field(description="Best first")
+
+
+Output = Annotated[EmbeddingOutput | ClassifyOutput, Field(discriminator="kind")]
+
+
+class Timings(_Model):
+    """Epoch milliseconds at each stage, and the batch this request ran in."""
+
+    published_ms: float | None = Field(None, description="Kafka record timestamp (producer clock)")
+    received_ms: float | None = Field(None, description="Intake read it from Kafka")
+    queued_ms: float | None = Field(None, description="Intake handed it to Celery")
+    batch_start_ms: float | None = None
+    done_ms: float | None = None
+    batch_size: int | None = Field(None, description="Texts in the forward pass that served it")
+    batch_id: str | None = None
+
+
+class InferenceResult(_Model):
+    schema_version: Literal[1] = SCHEMA_VERSION
+    request_id: RequestId
+    status: ResultStatus
+    task: Task | None = None
+    model: str | None = None
+    model_version: str | None = None
+    tenant: str | None = None
+    outputs: list[Output] | None = Field(None, description="One per input text, in input order")
+    error: ErrorInfo | None = None
+    timings: Timings = Field(default_factory=Timings)
+
+
+class DeadLetter(_Model):
+    """What the intake publishes for a message it could not accept, with the reason."""
+
+    schema_version: Literal[1] = SCHEMA_VERSION
+    error: ErrorInfo
+    request_id: str | None = Field(None, description="The id, where one could be read from the message")
+    source_topic: str
+    source_partition: int
+    source_offset: int
+    key: str | None = None
+    payload: str = Field(description="The original message, decoded as UTF-8 with replacement characters")
+    attempts: int = 1
+    dead_lettered_at: datetime
+

@@ -1,0 +1,94 @@
+"""One typed settings object, read from ``INFERQ_*`` environment variables.
+
+Every process (intake, worker, API, producer client, ops CLI) reads this and nothing else from the
+environment. Units are in the names: ``_ms``, ``_s``, ``_bytes``. The README lists every variable;
+``tests/unit/test_settings.py`` fails when the two drift.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from pathlib import Path
+from urllib.parse import urlsplit
+
+from pydantic import Field, SecretStr
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+ENV_PREFIX = "INFERQ_"
+
+
+class Settings(BaseSettings):
+    """Configuration for the whole pipeline; each field is ``INFERQ_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    # --- Kafka -------------------------------------------------------------------------------
+    kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="Kafka bootstrap host:port list")
+    topic_prefix: str = Field("inferq", description="Prefix of every topic: <prefix>.requests, <prefix>.deadletter")
+    kafka_partitions: int = Field(4, ge=1, description="Partitions of the requests topic when ops creates it")
+    kafka_group_id: str = Field("inferq-intake", description="Consumer group of the intake")
+    kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
+    kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
+    kafka_max_poll_records: int = Field(500, ge=1)
+    kafka_poll_timeout_ms: int = Field(50, ge=1, description="Longest the intake blocks in one poll")
+    kafka_max_message_bytes: int = Field(1_048_576, ge=1_024, description="Messages larger than this are dead-lettered")
+
+    # --- Redis / Celery ----------------------------------------------------------------------
+    redis_url: str = Field("redis://127.0.0.1:16379/0", description="Result store")
+    celery_broker_url: str = Field("redis://127.0.0.1:16379/1", description="Celery broker (Redis)")
+    celery_visibility_timeout_s: int = Field(
+        900, ge=30, description="Unacked Celery messages are redelivered after this; keep above the longest task"
+    )
+    key_prefix: str = Field("inferq", description="Prefix of every Redis key")
+    result_ttl_s: int = Field(86_400, ge=1, description="How long results stay readable in Redis")
+
+    # --- Batching ----------------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, description="Flush when this many requests are waiting")
+    max_batch_tokens: int = Field(8_192, ge=1, description="Flush when the batch would pass this many tokens")
+    max_wait_ms: float = Field(10.0, ge=0, description="Flush when the oldest waiting request has waited this long")
+    transport_batch_size: int = Field(64, ge=1, description="Requests per Celery message sent by the intake")
+
+    # --- Worker ------------------------------------------------------------------------------
+    worker_models: str = Field(
+        "all-MiniLM-L6-v2,minilm-intent", description="Comma-separated models this worker loads and serves"
+    )
+    worker_concurrency: int = Field(8, ge=1, description="Celery messages a worker holds at once (threads)")
+    device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    torch_threads: int = Field(0, ge=0, description="Intra-op threads for torch on CPU; 0 = number of cores")
+    model_max_length_tokens: int = Field(256, ge=8, description="Inputs are truncated to this many tokens")
+
+    # --- Request limits ----------------------------------------------------------------------
+    max_inputs_per_request: int = Field(64, ge=1)
+    max_text_chars: int = Field(20_000, ge=1)
+
+    # --- HTTP result API / Flower / Elasticsearch ---------------------------------------------
+    api_host: str = "127.0.0.1"
+    api_port: int = 18080
+    flower_port: int = 15555
+    flower_user: str = "admin"
+    flower_password: SecretStr = SecretStr("inferq-local")
+    elasticsearch_url: str = Field("http://127.0.0.1:19200", description="Elasticsearch-API endpoint for logs")
+
+    # --- Local stack -------------------------------------------------------------------------
+    state_dir: Path = Field(Path(".inferq"), description="Where `inferq-ops up` keeps data, pids and logs")
+
+    def model_names(self) -> list[str]:
+        """The models this worker serves, in declaration order."""
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+
+def port_of(url_or_hostport: str) -> int:
+    """The TCP port in ``redis://host:6379/0`` or ``host:9092`` (first entry of a list)."""
+    first = url_or_hostport.split(",")[0]
+    if "://" not in first:
+        first = "tcp://" + first
+    port = urlsplit(first).port
+    if port is None:
+        raise ValueError(f"no port in {url_or_hostport!r}: give host:port explicitly")
+    return port
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

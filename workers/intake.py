@@ -1,0 +1,187 @@
+"""Kafka intake: a consumer group that validates requests and hands them to Celery.
+
+For each poll: validate every record; record the valid ones as ``queued`` in Redis; send them to
+their model's Celery queue, many per message; publish the invalid ones to the dead-letter topic
+(and answer them ``failed`` where they carry a request id); only then commit the offsets. A crash
+anywhere before the commit replays the records, and the result store makes the replay harmless.
+
+Run it with ``inferq-intake`` (or ``python -m workers.intake``); SIGTERM finishes the current poll,
+commits and exits.
+"""
+
+from __future__ import annotations
+
+import logging
+import signal
+import threading
+from collections.abc import Sequence
+from datetime import datetime, timezone
+from typing import Any
+
+from celery import Celery
+from kafka import KafkaConsumer, KafkaProducer
+from kafka.consumer.fetcher import ConsumerRecord
+
+from schemas.errors import ErrorCode, InferqError, InvalidRequest
+from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
+from schemas.naming import deadletter_topic, model_queue, requests_topic
+from schemas.settings import Settings, get_settings
+from workers.celery_app import TASK_INFER
+from workers.result_store import Admission, ResultStore, request_digest
+from workers.validation import parse_request, salvage_request_id
+
+log = logging.getLogger(__name__)
+
+
+class Intake:
+    """One intake replica; several share the work through the consumer group."""
+
+    def __init__(
+        self,
+        settings: Settings,
+        consumer: KafkaConsumer,
+        producer: KafkaProducer,
+        store: ResultStore,
+        celery: Celery,
+    ) -> None:
+        self.s = settings
+        self.consumer = consumer
+        self.producer = producer
+        self.store = store
+        self.celery = celery
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> Intake:
+        from workers.celery_app import app
+
+        consumer = KafkaConsumer(
+            requests_topic(settings),
+            bootstrap_servers=settings.kafka_bootstrap_servers,
+            group_id=settings.kafka_group_id,
+            enable_auto_commit=False,
+            auto_offset_reset="earliest",
+            max_poll_records=settings.kafka_max_poll_records,
+            session_timeout_ms=settings.kafka_session_timeout_ms,
+            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+            fetch_max_wait_ms=settings.kafka_poll_timeout_ms,
+            max_partition_fetch_bytes=max(1_048_576, settings.kafka_max_message_bytes * 2),
+        )
+        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=2)
+        return cls(settings, consumer, producer, ResultStore.from_settings(settings), app)
+
+    def run(self, stop: threading.Event) -> None:
+        """Poll, hand off, commit, until ``stop`` is set; then commit and close."""
+        try:
+            while not stop.is_set():
+                self.step()
+        finally:
+            self.producer.flush()
+            self.consumer.close(autocommit=False)
+            self.producer.close()
+
+    def step(self) -> int:
+        """One poll → hand-off → commit cycle; returns the number of records handled."""
+        polled = self.consumer.poll(timeout_ms=self.s.kafka_poll_timeout_ms, max_records=self.s.kafka_max_poll_records)
+        records = [r for batch in polled.values() for r in batch]
+        if records:
+            self.handle(records)
+            self.consumer.commit()
+        return len(records)
+
+    def handle(self, records: Sequence[ConsumerRecord]) -> None:
+        received = now_ms()
+        accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]] = []
+        for rec in records:
+            try:
+                request = parse_request(rec.value, self.s)
+            except InvalidRequest as e:
+                self.reject(rec, e, received, answer=True)
+                continue
+            accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
+        self.hand_off(accepted)
+        self.producer.flush()
+
+    def hand_off(self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]) -> None:
+        """Admit to the result store, then send NEW and PENDING requests to Celery."""
+        if not accepted:
+            return
+        queued = now_ms()
+        for _, _, t in accepted:
+            t["queued_ms"] = queued
+        verdicts = self.store.admit(
+            [(request_digest(req), _queued(req, t)) for _, req, t in accepted]
+        )
+        by_queue: dict[str, list[dict[str, Any]]] = {}
+        for (rec, req, t), verdict in zip(accepted, verdicts, strict=True):
+            if verdict in (Admission.NEW, Admission.PENDING):
+                item = {"request": req.model_dump(mode="json"), "timings": t}
+                by_queue.setdefault(model_queue(self.s, req.model), []).append(item)
+            elif verdict is Admission.CONFLICT:
+                err = InvalidRequest(
+                    f"request id {req.request_id} is already used by a different request",
+                    code=ErrorCode.DUPLICATE_REQUEST_ID,
+                    hint="use a fresh request id for a new request (ids must be unique)",
+                )
+                self.reject(rec, err, t["received_ms"], answer=False)
+        n = self.s.transport_batch_size
+        for queue, items in by_queue.items():
+            for i in range(0, len(items), n):
+                self.celery.send_task(TASK_INFER, args=[items[i : i + n]], queue=queue)
+
+    def reject(self, rec: ConsumerRecord, error: InferqError, received: float, *, answer: bool) -> None:
+        """Dead-letter a record; with ``answer``, also write a ``failed`` result for its id."""
+        rid = salvage_request_id(rec.value)
+        log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, error.message)
+        if answer and rid:
+            failed = InferenceResult(
+                request_id=rid,
+                status=ResultStatus.FAILED,
+                error=error.info(),
+                timings=Timings(published_ms=float(rec.timestamp), received_ms=received, done_ms=now_ms()),
+            )
+            self.store.advance([failed], only_if_absent=True)
+        letter = DeadLetter(
+            error=error.info(),
+            request_id=rid,
+            source_topic=rec.topic,
+            source_partition=rec.partition,
+            source_offset=rec.offset,
+            key=rec.key.decode("utf-8", "replace") if rec.key else None,
+            payload=(rec.value or b"").decode("utf-8", "replace"),
+            dead_lettered_at=datetime.now(timezone.utc),
+        )
+        self.producer.send(
+            deadletter_topic(self.s),
+            key=rec.key,
+            value=letter.model_dump_json().encode(),
+            headers=[("error_code", error.code.value.encode())],
+        )
+
+
+def _queued(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:
+    return InferenceResult(
+        request_id=request.request_id,
+        status=ResultStatus.QUEUED,
+        task=request.task,
+        model=request.model,
+        tenant=request.tenant,
+        timings=Timings(**timings),
+    )
+
+
+def main() -> None:
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
+    settings = get_settings()
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    intake = Intake.from_settings(settings)
+    log.info("intake consuming %s as group %s", requests_topic(settings), settings.kafka_group_id)
+    intake.run(stop)
+    log.info("intake stopped")
+
+
+if __name__ == "__main__":
+    main()
+
+__all__ = ["Intake", "main"]

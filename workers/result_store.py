@@ -1,0 +1,119 @@
+"""The Redis result store: one hash per request, moved forward only, written idempotently.
+
+Status only moves forward (queued → running → done|failed|expired) and a terminal result is never
+overwritten, so a redelivered Celery message or a replayed Kafka record cannot make a result
+flicker or appear twice. The transitions are Lua scripts, atomic on the server. Key layout is in
+:mod:`schemas.naming`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+from collections.abc import Iterable, Sequence
+from enum import Enum
+
+import redis
+
+from schemas.messages import InferenceRequest, InferenceResult
+from schemas.naming import result_key
+from schemas.settings import Settings
+
+# KEYS[1] result key; ARGV: digest, queued body, ttl_s
+_ADMIT = """
+local cur = redis.call('HGET', KEYS[1], 'digest')
+if not cur then
+  local st = redis.call('HGET', KEYS[1], 'status')
+  if st then return 'terminal' end
+  redis.call('HSET', KEYS[1], 'status', 'queued', 'body', ARGV[2], 'digest', ARGV[1])
+  redis.call('EXPIRE', KEYS[1], ARGV[3])
+  return 'new'
+end
+if cur ~= ARGV[1] then return 'conflict' end
+local st = redis.call('HGET', KEYS[1], 'status')
+if st == 'queued' or st == 'running' then return 'pending' end
+return 'terminal'
+"""
+
+# KEYS[1] result key; ARGV: status, body, ttl_s, only_if_absent (0|1)
+_ADVANCE = """
+local rank = {queued=0, running=1, done=2, failed=2, expired=2}
+local st = redis.call('HGET', KEYS[1], 'status')
+if st then
+  if ARGV[4] == '1' then return 0 end
+  if rank[st] >= 2 then return 0 end
+  if rank[ARGV[1]] < rank[st] then return 0 end
+end
+redis.call('HSET', KEYS[1], 'status', ARGV[1], 'body', ARGV[2])
+redis.call('EXPIRE', KEYS[1], ARGV[3])
+return 1
+"""
+
+
+class Admission(str, Enum):
+    """What the store says about a request the intake just read."""
+
+    NEW = "new"  # first sight: enqueue it
+    PENDING = "pending"  # seen, not finished: enqueue again (the first hand-off may have been lost)
+    TERMINAL = "terminal"  # already answered: drop the duplicate
+    CONFLICT = "conflict"  # the id is taken by a different payload: reject
+
+
+def request_digest(request: InferenceRequest) -> str:
+    """Digest of a request's content, to tell a redelivery from a reuse of its id."""
+    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:32]
+
+
+class ResultStore:
+    """Writes and reads results; every write is one round trip for a whole batch."""
+
+    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+        self.client = client
+        self._s = settings
+        self._admit = client.register_script(_ADMIT)
+        self._advance = client.register_script(_ADVANCE)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> ResultStore:
+        return cls(redis.Redis.from_url(settings.redis_url, health_check_interval=30), settings)
+
+    def admit(self, items: Sequence[tuple[str, InferenceResult]]) -> list[Admission]:
+        """Record each (digest, queued result) unless the id is known; say what each one is."""
+        pipe = self.client.pipeline(transaction=False)
+        for digest, queued in items:
+            self._admit(
+                keys=[result_key(self._s, queued.request_id)],
+                args=[digest, queued.model_dump_json(), self._s.result_ttl_s],
+                client=pipe,
+            )
+        return [Admission(_text(v)) for v in pipe.execute()]
+
+    def advance(self, results: Iterable[InferenceResult], *, only_if_absent: bool = False) -> list[bool]:
+        """Move each result forward; False where the store already held a later (or any) state."""
+        pipe = self.client.pipeline(transaction=False)
+        n = 0
+        for result in results:
+            self._advance(
+                keys=[result_key(self._s, result.request_id)],
+                args=[result.status.value, result.model_dump_json(), self._s.result_ttl_s, int(only_if_absent)],
+                client=pipe,
+            )
+            n += 1
+        return [bool(v) for v in pipe.execute()] if n else []
+
+    def get(self, request_id: str) -> InferenceResult | None:
+        body = self.client.hget(result_key(self._s, request_id), "body")
+        return InferenceResult.model_validate_json(body) if body else None
+
+    def get_many(self, request_ids: Sequence[str]) -> dict[str, InferenceResult | None]:
+        pipe = self.client.pipeline(transaction=False)
+        for rid in request_ids:
+            pipe.hget(result_key(self._s, rid), "body")
+        bodies = pipe.execute()
+        return {
+            rid: InferenceResult.model_validate_json(b) if b else None
+            for rid, b in zip(request_ids, bodies, strict=True)
+        }
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value

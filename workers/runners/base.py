@@ -1,0 +1,67 @@
+"""What a model runner is, and how the worker gets one by name from the catalogue."""
+
+from __future__ import annotations
+
+import hashlib
+import importlib
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+from schemas.catalog import CATALOG
+from schemas.errors import ConfigurationError, UnknownModel
+from schemas.messages import InferenceRequest, Output, Task
+from schemas.settings import Settings
+
+
+class Runner(Protocol):
+    """A loaded model. ``tokenize`` runs on the caller's thread, ``forward`` on the model thread.
+
+    Splitting them lets the worker tokenise new requests while the previous batch is in the
+    forward pass, and lets the batcher count real tokens.
+    """
+
+    name: str
+    task: Task
+    version: str  # "<name>@<digest of the weights>": stamped on every result
+    device: str
+
+    def tokenize(self, text: str) -> list[int]:
+        """Token ids of one text, truncated to the model's limit."""
+        ...
+
+    def forward(self, batch: Sequence[Sequence[int]]) -> Any:
+        """One forward pass over token-id lists; returns one row per input, in order."""
+        ...
+
+    def output(self, row: Any, request: InferenceRequest) -> Output:
+        """The wire output for one input from its row of :meth:`forward`."""
+        ...
+
+
+def file_digest(*paths: Path, length: int = 12) -> str:
+    """Short sha256 over files' bytes: the version stamp of a set of weights."""
+    h = hashlib.sha256()
+    for path in paths:
+        with path.open("rb") as f:
+            for chunk in iter(lambda: f.read(1 << 20), b""):
+                h.update(chunk)
+    return h.hexdigest()[:length]
+
+
+def load_runner(name: str, settings: Settings) -> Runner:
+    """Load catalogue model ``name`` with its registered loader."""
+    try:
+        info = CATALOG[name]
+    except KeyError:
+        raise UnknownModel(f"this worker was asked to load unknown model {name!r}") from None
+    module_name, _, func_name = info.loader.partition(":")
+    try:
+        loader = getattr(importlib.import_module(module_name), func_name)
+    except (ImportError, AttributeError) as e:
+        raise ConfigurationError(
+            f"loader {info.loader!r} of model {name!r} cannot be imported",
+            hint="install the package that ships this model's weights (see setup.cfg)",
+        ) from e
+    runner: Runner = loader(settings)
+    return runner

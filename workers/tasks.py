@@ -1,0 +1,98 @@
+"""The Celery task that carries requests into a model's engine, and the worker's lifecycle hooks.
+
+One Celery message carries up to ``INFERQ_TRANSPORT_BATCH_SIZE`` requests for one model. The task
+hands them to the model's :class:`~workers.engine.Engine` and returns once every result is written,
+so the late ack means "results are in Redis".
+"""
+
+from __future__ import annotations
+
+import logging
+import socket
+import threading
+from typing import Any
+
+from celery import signals
+
+from schemas.messages import InferenceRequest
+from schemas.naming import worker_key
+from schemas.settings import get_settings
+from workers.batcher import BatchPolicy
+from workers.celery_app import TASK_INFER, app
+from workers.engine import Engine
+from workers.result_store import ResultStore
+from workers.runners import load_runner
+
+log = logging.getLogger(__name__)
+
+_engines: dict[str, Engine] = {}
+_engines_lock = threading.Lock()
+_heartbeat_stop = threading.Event()
+HEARTBEAT_S = 5.0
+
+
+def engine_for(model: str) -> Engine:
+    """The process's engine for ``model``, loaded on first use."""
+    with _engines_lock:
+        if model not in _engines:
+            s = get_settings()
+            policy = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms)
+            _engines[model] = Engine(load_runner(model, s), ResultStore.from_settings(s), policy)
+        return _engines[model]
+
+
+@app.task(name=TASK_INFER, bind=True, acks_late=True)
+def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
+    """Run a list of ``{"request": ..., "timings": ...}`` for one model; returns counts by status."""
+    by_model: dict[str, list[tuple[InferenceRequest, dict[str, Any]]]] = {}
+    for item in items:
+        request = InferenceRequest.model_validate(item["request"])
+        by_model.setdefault(request.model, []).append((request, item.get("timings", {})))
+    jobs = [job for model, reqs in by_model.items() for job in engine_for(model).submit(reqs)]
+    timeout_s = get_settings().celery_visibility_timeout_s
+    for job in jobs:
+        if not job.done.wait(timeout_s):
+            raise TimeoutError(f"request {job.request.request_id} not finished after {timeout_s} s")
+    counts: dict[str, int] = {}
+    for job in jobs:
+        counts[job.status.value] = counts.get(job.status.value, 0) + 1
+    return counts
+
+
+def _heartbeat(hostname: str, models: list[str]) -> None:
+    """Advertise this worker and its models in Redis while it lives (ops and the exporter read it)."""
+    s = get_settings()
+    store = ResultStore.from_settings(s)
+    key = worker_key(s, hostname)
+    while True:
+        try:
+            store.client.set(key, ",".join(models), ex=int(HEARTBEAT_S * 3))
+        except Exception:
+            log.warning("heartbeat to Redis failed; retrying", exc_info=True)
+        if _heartbeat_stop.wait(HEARTBEAT_S):
+            store.client.delete(key)
+            return
+
+
+@signals.worker_ready.connect
+def _warm_up(sender: Any = None, **kw: Any) -> None:
+    """Load every declared model before the worker is advertised as ready."""
+    models = get_settings().model_names()
+    for model in models:
+        engine = engine_for(model)
+        # one real forward pass, so the first request does not pay for lazy initialisation
+        engine.runner.forward([engine.runner.tokenize("warm up")])
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    threading.Thread(target=_heartbeat, args=(hostname, models), daemon=True, name="heartbeat").start()
+    log.info("worker %s ready: %s", hostname, ", ".join(models))
+
+
+@signals.worker_shutdown.connect
+def _drain(**kw: Any) -> None:
+    """Finish waiting batches before the process exits."""
+    _heartbeat_stop.set()
+    for engine in list(_engines.values()):
+        engine.close()
+
+
+__all__ = ["engine_for", "infer"]
