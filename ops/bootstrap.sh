@@ -1,0 +1,32 @@
+#!/usr/bin/env bash
+# Install everything inferq needs on a fresh Debian/Ubuntu machine, idempotently:
+#   - redis-server (Debian package) when it is not on PATH;
+#   - a virtualenv in .venv with torch pinned to the CPU wheel (2.13.0), then the project with its
+#     dev extra from setup.cfg. Re-runs are quick: pip is skipped while setup.cfg is unchanged.
+# Set INFERQ_BOOTSTRAP_EXTRAS=dev,gpu to add the GPU extra.
+set -euo pipefail
+cd "$(dirname "$0")/.."
+
+if ! command -v redis-server >/dev/null 2>&1; then
+  echo "bootstrap: installing redis-server (apt)" >&2
+  SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
+  $SUDO apt-get update -qq
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+fi
+
+PYTHON="${PYTHON:-python3}"
+[ -x .venv/bin/python ] || "$PYTHON" -m venv .venv
+extras="${INFERQ_BOOTSTRAP_EXTRAS:-dev}"
+want="$(cat setup.cfg ops/bootstrap.sh | sha256sum | cut -d' ' -f1) $extras"
+stamp=.venv/.inferq-bootstrap
+if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
+  echo "bootstrap: installing Python packages into .venv (first run takes a few minutes)" >&2
+  pip_install() {
+    .venv/bin/python -m pip install -q --disable-pip-version-check "$@" > .venv/bootstrap.log 2>&1 \
+      || { grep -v "is ignored" .venv/bootstrap.log | tail -30 >&2; exit 1; }
+  }
+  pip_install "torch==2.13.0"   # the CPU wheel; an unpinned torch pulls gigabytes of CUDA
+  pip_install -e ".[$extras]"
+  .venv/bin/python -c "import torch, transformers, celery, kafka, redis, fastapi, schemas, workers, producers, ops"
+  echo "$want" > "$stamp"
+fi

