@@ -1,9 +1,9 @@
 """``inferq-ops``: run the whole pipeline locally.
 
-    inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
-    inferq-ops status
-    inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
-    inferq-ops down      # stops exactly what `up` started
+inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
+inferq-ops status
+inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
+inferq-ops down      # stops exactly what `up` started
 """
 
 from __future__ import annotations
@@ -67,6 +67,7 @@ def main(argv: list[str] | None = None) -> int:
 
 def _up(stack: Stack, console: Console) -> None:
     with console.status("starting the stack…") as spinner:
+
         def ready(name: str, seconds: float) -> None:
             console.print(f"  [green]✓[/green] {name} ready ({seconds:.1f} s)")
             spinner.update(f"starting the stack… ({name} up)")
@@ -85,10 +86,12 @@ def _print_endpoints(console: Console, s: object) -> None:
     from schemas.settings import Settings
 
     assert isinstance(s, Settings)
-    console.print(f"  Kafka      {s.kafka_bootstrap_servers}\n  Redis      {s.redis_url}\n"
-                  f"  Result API http://{s.api_host}:{s.api_port}/docs\n"
-                  f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user})\n"
-                  f"  ES API     {s.elasticsearch_url}")
+    console.print(
+        f"  Kafka      {s.kafka_bootstrap_servers}\n  Redis      {s.redis_url}\n"
+        f"  Result API http://{s.api_host}:{s.api_port}/docs\n"
+        f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user})\n"
+        f"  ES API     {s.elasticsearch_url}"
+    )
 
 
 if __name__ == "__main__":

@@ -32,7 +32,11 @@ def demo_requests(n: int) -> list[InferenceRequest]:
         t = texts[i % len(texts)]
         inputs: str | list[str] = [t, texts[(i * 7 + 3) % len(texts)]] if i % 10 == 9 else t
         if i % 3 == 2:
-            out.append(InferenceRequest(task="classify", model="minilm-intent", inputs=inputs, tenant="demo", top_k=3))
+            out.append(
+                InferenceRequest(
+                    task="classify", model="minilm-intent", inputs=inputs, tenant="demo", top_k=3
+                )
+            )
         else:
             out.append(InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=inputs, tenant="demo"))
     return out
@@ -46,8 +50,11 @@ def summarize(results: dict[str, InferenceResult], wall_s: float) -> dict[str, A
     """Throughput, publish→done latency percentiles and batch sizes, from the results' timings."""
     rs = list(results.values())
     done = [r for r in rs if r.status is ResultStatus.DONE]
-    lat = [r.timings.done_ms - r.timings.published_ms for r in done
-           if r.timings.done_ms and r.timings.published_ms]
+    lat = [
+        r.timings.done_ms - r.timings.published_ms
+        for r in done
+        if r.timings.done_ms and r.timings.published_ms
+    ]
     texts = sum(len(r.outputs or []) for r in done)
     batches = [r.timings.batch_size for r in done if r.timings.batch_size]
     return {
@@ -77,8 +84,9 @@ def run_demo(settings: Settings, n: int, console: Console) -> dict[str, Any]:
         cols = (TextColumn("{task.description}"), BarColumn(), MofNCompleteColumn(), TimeElapsedColumn())
         with Progress(*cols, console=console) as bar:
             task = bar.add_task("results", total=len(requests))
-            results = client.wait_all([r.request_id for r in requests], timeout_s=600,
-                                      on_done=lambda _r: bar.advance(task))
+            results = client.wait_all(
+                [r.request_id for r in requests], timeout_s=600, on_done=lambda _r: bar.advance(task)
+            )
         wall_s = time.monotonic() - t0
     summary = summarize(results, wall_s)
     _print(console, summary, requests, results)
@@ -86,8 +94,9 @@ def run_demo(settings: Settings, n: int, console: Console) -> dict[str, Any]:
     return summary
 
 
-def _print(console: Console, s: dict[str, Any], reqs: list[InferenceRequest],
-           results: dict[str, InferenceResult]) -> None:
+def _print(
+    console: Console, s: dict[str, Any], reqs: list[InferenceRequest], results: dict[str, InferenceResult]
+) -> None:
     table = Table(title="inferq demo: Kafka → Celery → batched MiniLM → Redis")
     table.add_column("measure")
     table.add_column("value", justify="right")
@@ -95,13 +104,15 @@ def _print(console: Console, s: dict[str, Any], reqs: list[InferenceRequest],
     table.add_row("status", ", ".join(f"{k}={v}" for k, v in s["by_status"].items()))
     table.add_row("wall time", f"{s['wall_s']} s")
     table.add_row("throughput", f"{s['requests_per_s']} req/s, {s['texts_per_s']} texts/s")
-    table.add_row("latency publish→done", "p50 {p50} ms, p95 {p95} ms, p99 {p99} ms".format(**s["latency_ms"]))
+    table.add_row(
+        "latency publish→done", "p50 {p50} ms, p95 {p95} ms, p99 {p99} ms".format(**s["latency_ms"])
+    )
     table.add_row("batch size (texts)", f"mean {s['batch_size']['mean']}, max {s['batch_size']['max']}")
     table.add_row("model versions", ", ".join(s["model_versions"]))
     console.print(table)
     for r in reqs[:3]:
         res = results[r.request_id]
-        out = (res.outputs or [None])[0]
+        out = res.outputs[0] if res.outputs else None
         text = r.texts()[0]
         if isinstance(out, EmbeddingOutput):
             norm = float(np.linalg.norm(out.embedding))

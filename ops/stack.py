@@ -9,6 +9,7 @@ Logs go to ``<state_dir>/logs/<service>.log``; data to ``<state_dir>/data``.
 
 from __future__ import annotations
 
+import contextlib
 import os
 import shutil
 import signal
@@ -86,7 +87,9 @@ def noida_binary() -> Path:
 def redis_binary() -> str:
     found = shutil.which("redis-server")
     if not found:
-        raise StackError("redis-server is not installed", hint="apt-get install -y redis-server (ops/bootstrap.sh does)")
+        raise StackError(
+            "redis-server is not installed", hint="apt-get install -y redis-server (ops/bootstrap.sh does)"
+        )
     return found
 
 
@@ -116,33 +119,83 @@ class Stack:
         return [
             Service(
                 "broker",
-                [str(noida_binary()), "start", "--data-dir", str(self.data_dir / "noida"), "--host", "127.0.0.1",
-                 "--only", "kafka,elasticsearch", "--kafka-port", str(kafka_port),
-                 "--elasticsearch-port", str(es_port)],
+                [
+                    str(noida_binary()),
+                    "start",
+                    "--data-dir",
+                    str(self.data_dir / "noida"),
+                    "--host",
+                    "127.0.0.1",
+                    "--only",
+                    "kafka,elasticsearch",
+                    "--kafka-port",
+                    str(kafka_port),
+                    "--elasticsearch-port",
+                    str(es_port),
+                ],
                 lambda: _tcp_open(kafka_port) and _http_ok(s.elasticsearch_url),
             ),
             Service(
                 "redis",
-                [redis_binary(), "--port", str(redis_port), "--bind", "127.0.0.1", "--dir", str(self.data_dir),
-                 "--appendonly", "yes", "--appendfsync", "everysec", "--save", "", "--protected-mode", "yes"],
+                [
+                    redis_binary(),
+                    "--port",
+                    str(redis_port),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.data_dir),
+                    "--appendonly",
+                    "yes",
+                    "--appendfsync",
+                    "everysec",
+                    "--save",
+                    "",
+                    "--protected-mode",
+                    "yes",
+                ],
                 lambda: self._redis_ping(),
             ),
             Service(
                 "worker",
-                [py, "-m", "celery", "-A", "workers.celery_app", "worker", "--pool", "threads",
-                 "--concurrency", str(s.worker_concurrency), "-n", worker, "-E", "--loglevel", "INFO"],
+                [
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.celery_app",
+                    "worker",
+                    "--pool",
+                    "threads",
+                    "--concurrency",
+                    str(s.worker_concurrency),
+                    "-n",
+                    worker,
+                    "-E",
+                    "--loglevel",
+                    "INFO",
+                ],
                 lambda: self._redis_has(worker_key(s, worker)),
                 ready_timeout_s=180.0,
             ),
             Service("intake", [py, "-m", "workers.intake"], lambda: True),
             Service(
-                "api", [py, "-m", "producers.api"],
+                "api",
+                [py, "-m", "producers.api"],
                 lambda: _http_ok(f"http://{s.api_host}:{s.api_port}/healthz"),
             ),
             Service(
                 "flower",
-                [py, "-m", "celery", "-A", "workers.celery_app", "flower", f"--port={s.flower_port}",
-                 "--address=127.0.0.1"],
+                [
+                    py,
+                    "-m",
+                    "celery",
+                    "-A",
+                    "workers.celery_app",
+                    "flower",
+                    f"--port={s.flower_port}",
+                    "--address=127.0.0.1",
+                ],
                 lambda: _http_ok(f"http://127.0.0.1:{s.flower_port}/api/workers", auth=flower_auth),
                 env={"FLOWER_BASIC_AUTH": ":".join(flower_auth)},
             ),
@@ -203,8 +256,12 @@ class Stack:
         out: dict[str, dict[str, object]] = {}
         for svc in self.services():
             pid = self.pid(svc.name)
-            out[svc.name] = {"pid": pid, "running": pid is not None, "ready": pid is not None and svc.ready(),
-                             "log": str(self.log_dir / f"{svc.name}.log")}
+            out[svc.name] = {
+                "pid": pid,
+                "running": pid is not None,
+                "ready": pid is not None and svc.ready(),
+                "log": str(self.log_dir / f"{svc.name}.log"),
+            }
         return out
 
     def pid(self, name: str) -> int | None:
@@ -220,8 +277,13 @@ class Stack:
     def _spawn(self, svc: Service) -> None:
         log = (self.log_dir / f"{svc.name}.log").open("ab")
         proc = subprocess.Popen(
-            svc.argv, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            env={**self.env, **(svc.env or {})}, cwd=self.root, start_new_session=True,
+            svc.argv,
+            stdout=log,
+            stderr=subprocess.STDOUT,
+            stdin=subprocess.DEVNULL,
+            env={**self.env, **(svc.env or {})},
+            cwd=self.root,
+            start_new_session=True,
         )
         log.close()
         (self.run_dir / f"{svc.name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
@@ -233,7 +295,9 @@ class Stack:
             if self.pid(svc.name) is None:
                 raise StackError(f"{svc.name} exited while starting:\n{self.tail(svc.name)}")
             if time.monotonic() > give_up:
-                raise StackError(f"{svc.name} not ready after {svc.ready_timeout_s} s:\n{self.tail(svc.name)}")
+                raise StackError(
+                    f"{svc.name} not ready after {svc.ready_timeout_s} s:\n{self.tail(svc.name)}"
+                )
             time.sleep(pause)
             pause = min(pause * 1.5, 0.5)
 
@@ -252,10 +316,8 @@ class Stack:
             if _start_time(pid) is None or _is_zombie(pid):
                 return
             time.sleep(0.05)
-        try:
+        with contextlib.suppress(ProcessLookupError):
             os.killpg(pid, signal.SIGKILL)
-        except ProcessLookupError:
-            pass
 
 
 def _is_zombie(pid: int) -> bool:

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import contextlib
+
 from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
@@ -19,12 +21,14 @@ def ensure_topics(settings: Settings) -> list[str]:
             requests_topic(settings): settings.kafka_partitions,
             deadletter_topic(settings): 1,
         }
-        new = [NewTopic(t, num_partitions=n, replication_factor=1) for t, n in wanted.items() if t not in existing]
+        new = [
+            NewTopic(t, num_partitions=n, replication_factor=1)
+            for t, n in wanted.items()
+            if t not in existing
+        ]
         if new:
-            try:
+            with contextlib.suppress(TopicAlreadyExistsError):  # another process made it meanwhile
                 admin.create_topics(new)
-            except TopicAlreadyExistsError:
-                pass  # another process created it meanwhile
         return [t.name for t in new]
     finally:
         admin.close()

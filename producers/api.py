@@ -67,24 +67,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     @app.exception_handler(RequestValidationError)
     async def _invalid(request: Request, exc: RequestValidationError) -> JSONResponse:
         errors = [{"loc": list(e["loc"]), "msg": e["msg"], "type": e["type"]} for e in exc.errors()]
-        info = ErrorInfo(code=ErrorCode.VALIDATION_ERROR, message=errors[0]["msg"] if errors else "invalid",
-                         hint="see /openapi.json for the request schema", detail=errors)
+        info = ErrorInfo(
+            code=ErrorCode.VALIDATION_ERROR,
+            message=errors[0]["msg"] if errors else "invalid",
+            hint="see /openapi.json for the request schema",
+            detail=errors,
+        )
         return JSONResponse(status_code=422, content={"error": info.model_dump(mode="json")})
 
     @app.exception_handler(InvalidRequest)
     async def _rejected(request: Request, exc: InvalidRequest) -> JSONResponse:
         return JSONResponse(status_code=422, content={"error": exc.info().model_dump(mode="json")})
 
-    @app.get("/v1/results/{request_id}", response_model=InferenceResult,
-             responses={404: {"description": "No such request (or it expired from the store)"}})
+    @app.get(
+        "/v1/results/{request_id}",
+        response_model=InferenceResult,
+        responses={404: {"description": "No such request (or it expired from the store)"}},
+    )
     def get_result(request_id: str) -> InferenceResult:
         result = client.result(request_id) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else None
         if result is None:
             raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
         return result
 
-    @app.post("/v1/requests", status_code=202, response_model=Accepted,
-              responses={422: {"model": ErrorBody}})
+    @app.post("/v1/requests", status_code=202, response_model=Accepted, responses={422: {"model": ErrorBody}})
     async def post_request(body: InferenceRequest) -> Accepted:
         check_request(body, settings)
         future = client.publish(body)

@@ -32,7 +32,9 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="inferq-submit", description=__doc__.splitlines()[0])
     p.add_argument("file", nargs="?", default="-", help="text file, one input per line ('-' = stdin)")
     p.add_argument("--task", choices=[t.value for t in Task], default=Task.EMBED.value)
-    p.add_argument("--model", default=None, help="default: all-MiniLM-L6-v2 for embed, minilm-intent for classify")
+    p.add_argument(
+        "--model", default=None, help="default: all-MiniLM-L6-v2 for embed, minilm-intent for classify"
+    )
     p.add_argument("--per-request", type=int, default=1, help="lines per request")
     p.add_argument("--tenant", default=None)
     p.add_argument("--priority", choices=[x.value for x in Priority], default=Priority.NORMAL.value)
@@ -53,8 +55,14 @@ def main(argv: list[str] | None = None) -> int:
 
     with InferqClient() as client:
         ids = [
-            client.submit(args.task, model, g if args.per_request > 1 else g[0], tenant=args.tenant,
-                          priority=args.priority, top_k=args.top_k)
+            client.submit(
+                args.task,
+                model,
+                g if args.per_request > 1 else g[0],
+                tenant=args.tenant,
+                priority=args.priority,
+                top_k=args.top_k,
+            )
             for g in groups
         ]
         client.flush()

@@ -60,8 +60,13 @@ class InferqClient:
     ) -> str:
         """Publish one request (validated here first); returns its request id."""
         fields: dict[str, Any] = dict(
-            task=task, model=model, inputs=inputs if isinstance(inputs, str) else list(inputs),
-            tenant=tenant, priority=priority, deadline=deadline, top_k=top_k,
+            task=task,
+            model=model,
+            inputs=inputs if isinstance(inputs, str) else list(inputs),
+            tenant=tenant,
+            priority=priority,
+            deadline=deadline,
+            top_k=top_k,
         )
         if request_id is not None:
             fields["request_id"] = request_id
@@ -123,8 +128,10 @@ class InferqClient:
             if not pending:
                 break
             if time.monotonic() >= give_up:
-                raise TimeoutError(f"{len(pending)} of {len(done) + len(pending)} requests not finished "
-                                   f"after {timeout_s} s (first: {pending[0]})")
+                raise TimeoutError(
+                    f"{len(pending)} of {len(done) + len(pending)} requests not finished "
+                    f"after {timeout_s} s (first: {pending[0]})"
+                )
             pause_s = 0.002 if len(pending) < before else min(pause_s * 2, 0.1)
             time.sleep(pause_s)
         return done

@@ -67,7 +67,7 @@ class _Model(BaseModel):
 class InferenceRequest(_Model):
     """One inference request: one text or a list of texts for one model."""
 
-    schema_version: Literal[1] = Field(SCHEMA_VERSION, description="Version of this contract")
+    schema_version: Literal[1] = Field(1, description="Version of this contract")
     request_id: RequestId = Field(
         default_factory=new_request_id,
         description="Client-supplied (16-128 URL-safe chars, unguessable) or generated",
@@ -133,7 +133,7 @@ class Timings(_Model):
 
 
 class InferenceResult(_Model):
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     request_id: RequestId
     status: ResultStatus
     task: Task | None = None
@@ -148,7 +148,7 @@ class InferenceResult(_Model):
 class DeadLetter(_Model):
     """What the intake publishes for a message it could not accept, with the reason."""
 
-    schema_version: Literal[1] = SCHEMA_VERSION
+    schema_version: Literal[1] = 1
     error: ErrorInfo
     request_id: str | None = Field(None, description="The id, where one could be read from the message")
     source_topic: str
@@ -158,4 +158,3 @@ class DeadLetter(_Model):
     payload: str = Field(description="The original message, decoded as UTF-8 with replacement characters")
     attempts: int = 1
     dead_lettered_at: datetime
-

@@ -24,28 +24,40 @@ class Settings(BaseSettings):
 
     # --- Kafka -------------------------------------------------------------------------------
     kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="Kafka bootstrap host:port list")
-    topic_prefix: str = Field("inferq", description="Prefix of every topic: <prefix>.requests, <prefix>.deadletter")
+    topic_prefix: str = Field(
+        "inferq", description="Prefix of every topic: <prefix>.requests, <prefix>.deadletter"
+    )
     kafka_partitions: int = Field(4, ge=1, description="Partitions of the requests topic when ops creates it")
     kafka_group_id: str = Field("inferq-intake", description="Consumer group of the intake")
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
     kafka_max_poll_records: int = Field(500, ge=1)
     kafka_poll_timeout_ms: int = Field(50, ge=1, description="Longest the intake blocks in one poll")
-    kafka_max_message_bytes: int = Field(1_048_576, ge=1_024, description="Messages larger than this are dead-lettered")
+    kafka_max_message_bytes: int = Field(
+        1_048_576, ge=1_024, description="Messages larger than this are dead-lettered"
+    )
 
     # --- Redis / Celery ----------------------------------------------------------------------
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Result store")
     celery_broker_url: str = Field("redis://127.0.0.1:16379/1", description="Celery broker (Redis)")
     celery_visibility_timeout_s: int = Field(
-        900, ge=30, description="Unacked Celery messages are redelivered after this; keep above the longest task"
+        900,
+        ge=30,
+        description="Unacked Celery messages are redelivered after this; keep above the longest task",
     )
     key_prefix: str = Field("inferq", description="Prefix of every Redis key")
     result_ttl_s: int = Field(86_400, ge=1, description="How long results stay readable in Redis")
 
     # --- Batching ----------------------------------------------------------------------------
-    max_batch_size: int = Field(32, ge=1, description="Flush when this many requests are waiting")
-    max_batch_tokens: int = Field(8_192, ge=1, description="Flush when the batch would pass this many tokens")
-    max_wait_ms: float = Field(10.0, ge=0, description="Flush when the oldest waiting request has waited this long")
+    max_batch_size: int = Field(
+        32, ge=1, description="Flush when this many texts are waiting (texts, not requests, are batched)"
+    )
+    max_batch_tokens: int = Field(
+        8_192, ge=1, description="Flush when the padded batch (texts × longest) would pass this many tokens"
+    )
+    max_wait_ms: float = Field(
+        10.0, ge=0, description="Flush when the oldest waiting request has waited this long"
+    )
     transport_batch_size: int = Field(64, ge=1, description="Requests per Celery message sent by the intake")
 
     # --- Worker ------------------------------------------------------------------------------
@@ -67,7 +79,9 @@ class Settings(BaseSettings):
     flower_port: int = 15555
     flower_user: str = "admin"
     flower_password: SecretStr = SecretStr("inferq-local")
-    elasticsearch_url: str = Field("http://127.0.0.1:19200", description="Elasticsearch-API endpoint for logs")
+    elasticsearch_url: str = Field(
+        "http://127.0.0.1:19200", description="Elasticsearch-API endpoint for logs"
+    )
 
     # --- Local stack -------------------------------------------------------------------------
     state_dir: Path = Field(Path(".inferq"), description="Where `inferq-ops up` keeps data, pids and logs")

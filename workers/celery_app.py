@@ -21,7 +21,9 @@ from schemas.settings import Settings, get_settings
 TASK_INFER = "inferq.infer"
 
 
-def route_by_model(name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any) -> dict | None:
+def route_by_model(
+    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
+) -> dict | None:
     """Route ``inferq.infer`` to its model's queue (the intake also names the queue directly)."""
     if name != TASK_INFER or not args or not args[0]:
         return None

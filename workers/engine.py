@@ -27,7 +27,7 @@ from schemas.messages import (
     Timings,
     now_ms,
 )
-from workers.batcher import Batcher, BatchPolicy, padded_tokens
+from workers.batcher import Batcher, BatchPolicy
 from workers.result_store import ResultStore
 from workers.runners.base import Runner
 
@@ -136,8 +136,13 @@ class Engine:
                 if piece.job.finished:
                     ended[id(piece.job)] = piece.job
             stats = BatchStats(
-                self.runner.name, batch_id, len(live), sum(len(p.ids) for p in live),
-                len(live) * max(len(p.ids) for p in live), compute_ms, failed,
+                self.runner.name,
+                batch_id,
+                len(live),
+                sum(len(p.ids) for p in live),
+                len(live) * max(len(p.ids) for p in live),
+                compute_ms,
+                failed,
             )
             for hook in self.hooks:
                 hook(stats)
@@ -156,8 +161,11 @@ class Engine:
     def _mark_running(self, live: list[Piece], start: float, batch_id: str) -> None:
         fresh = []
         for p in live:
-            p.job.timings.update(batch_start_ms=p.job.timings.get("batch_start_ms") or start,
-                                 batch_id=batch_id, batch_size=len(live))
+            p.job.timings.update(
+                batch_start_ms=p.job.timings.get("batch_start_ms") or start,
+                batch_id=batch_id,
+                batch_size=len(live),
+            )
             if not p.job.started:
                 p.job.started = True
                 p.job.status = ResultStatus.RUNNING

@@ -81,7 +81,9 @@ class Intake:
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
-        polled = self.consumer.poll(timeout_ms=self.s.kafka_poll_timeout_ms, max_records=self.s.kafka_max_poll_records)
+        polled = self.consumer.poll(
+            timeout_ms=self.s.kafka_poll_timeout_ms, max_records=self.s.kafka_max_poll_records
+        )
         records = [r for batch in polled.values() for r in batch]
         if records:
             self.handle(records)
@@ -108,9 +110,7 @@ class Intake:
         queued = now_ms()
         for _, _, t in accepted:
             t["queued_ms"] = queued
-        verdicts = self.store.admit(
-            [(request_digest(req), _queued(req, t)) for _, req, t in accepted]
-        )
+        verdicts = self.store.admit([(request_digest(req), _queued(req, t)) for _, req, t in accepted])
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for (rec, req, t), verdict in zip(accepted, verdicts, strict=True):
             if verdict in (Admission.NEW, Admission.PENDING):

@@ -94,7 +94,12 @@ class ResultStore:
         for result in results:
             self._advance(
                 keys=[result_key(self._s, result.request_id)],
-                args=[result.status.value, result.model_dump_json(), self._s.result_ttl_s, int(only_if_absent)],
+                args=[
+                    result.status.value,
+                    result.model_dump_json(),
+                    self._s.result_ttl_s,
+                    int(only_if_absent),
+                ],
                 client=pipe,
             )
             n += 1

@@ -33,15 +33,23 @@ def parse_request(raw: bytes | None, settings: Settings) -> InferenceRequest:
     try:
         text = raw.decode("utf-8")
     except UnicodeDecodeError as e:
-        raise InvalidRequest(f"message is not UTF-8: {e}", code=ErrorCode.INVALID_ENCODING,
-                             hint="encode the JSON message as UTF-8") from e
+        raise InvalidRequest(
+            f"message is not UTF-8: {e}",
+            code=ErrorCode.INVALID_ENCODING,
+            hint="encode the JSON message as UTF-8",
+        ) from e
     try:
         data = json.loads(text)
     except json.JSONDecodeError as e:
-        raise InvalidRequest(f"message is not JSON: {e}", code=ErrorCode.INVALID_JSON,
-                             hint="publish one JSON object per message") from e
+        raise InvalidRequest(
+            f"message is not JSON: {e}",
+            code=ErrorCode.INVALID_JSON,
+            hint="publish one JSON object per message",
+        ) from e
     if not isinstance(data, dict):
-        raise InvalidRequest(f"message is JSON {type(data).__name__}, not an object", code=ErrorCode.INVALID_JSON)
+        raise InvalidRequest(
+            f"message is JSON {type(data).__name__}, not an object", code=ErrorCode.INVALID_JSON
+        )
     return validate_request(data, settings)
 
 
@@ -75,7 +83,9 @@ def check_request(request: InferenceRequest, settings: Settings) -> InferenceReq
         )
     for i, t in enumerate(texts):
         if len(t) > settings.max_text_chars:
-            raise InvalidRequest(f"inputs[{i}] has {len(t)} characters; the limit is {settings.max_text_chars}")
+            raise InvalidRequest(
+                f"inputs[{i}] has {len(t)} characters; the limit is {settings.max_text_chars}"
+            )
     return request
 
 

@@ -35,9 +35,13 @@ TEXTS = [
 def dead_letters(settings, want: set[str], timeout_s: float = 30.0) -> dict[str, DeadLetter]:
     """Read the dead-letter topic from the start until every id in ``want`` is seen."""
     consumer = KafkaConsumer(
-        deadletter_topic(settings), bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"test-{uuid.uuid4().hex}", auto_offset_reset="earliest", enable_auto_commit=False,
-        session_timeout_ms=6_000, heartbeat_interval_ms=1_000,
+        deadletter_topic(settings),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_000,
     )
     found: dict[str, DeadLetter] = {}
     try:
@@ -60,7 +64,9 @@ def test_requests_published_to_kafka_all_come_back_done(client):
     for i in range(120):
         text = TEXTS[i % len(TEXTS)] + f" (#{i})"
         if i % 3 == 0:
-            reqs.append(InferenceRequest(task="classify", model="minilm-intent", inputs=text, top_k=4, tenant="t1"))
+            reqs.append(
+                InferenceRequest(task="classify", model="minilm-intent", inputs=text, top_k=4, tenant="t1")
+            )
         else:
             reqs.append(InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=text))
     for r in reqs:
@@ -107,12 +113,30 @@ def test_invalid_messages_are_dead_lettered_and_answered_while_valid_ones_flow(c
     bad_schema_id = new_request_id()
     good_before = [client.submit("embed", "all-MiniLM-L6-v2", f"before {i}") for i in range(10)]
     client.publish_raw("junk", b"{this is not json")
-    client.publish_raw(bad_model_id, json.dumps(
-        {"schema_version": 1, "request_id": bad_model_id, "task": "embed", "model": "gpt-17", "inputs": "x"}
-    ).encode())
-    client.publish_raw(bad_schema_id, json.dumps(
-        {"schema_version": 7, "request_id": bad_schema_id, "task": "embed", "model": "all-MiniLM-L6-v2",
-         "inputs": "x"}).encode())
+    client.publish_raw(
+        bad_model_id,
+        json.dumps(
+            {
+                "schema_version": 1,
+                "request_id": bad_model_id,
+                "task": "embed",
+                "model": "gpt-17",
+                "inputs": "x",
+            }
+        ).encode(),
+    )
+    client.publish_raw(
+        bad_schema_id,
+        json.dumps(
+            {
+                "schema_version": 7,
+                "request_id": bad_schema_id,
+                "task": "embed",
+                "model": "all-MiniLM-L6-v2",
+                "inputs": "x",
+            }
+        ).encode(),
+    )
     good_after = [client.submit("embed", "all-MiniLM-L6-v2", f"after {i}") for i in range(10)]
 
     results = client.wait_all(good_before + good_after + [bad_model_id, bad_schema_id], timeout_s=60)

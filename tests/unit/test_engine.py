@@ -13,7 +13,7 @@ class FakeRunner:
     name, task, version, device = "fake", Task.EMBED, "fake@1", "cpu"
 
     def __init__(self):
-        self.forwarded: list[list[str]] = []
+        self.forwarded = []
 
     def tokenize(self, text):
         return [ord(c) for c in text]
@@ -65,7 +65,7 @@ def test_outputs_match_inputs_one_to_one_across_requests():
 
 
 def test_a_failing_input_fails_only_its_own_request():
-    engine, runner, store = make_engine()
+    engine, _, store = make_engine()
     good1, bad, good2 = req("fine"), req(["ok", "boom"]), req("also fine")
     engine.submit([(good1, {}), (bad, {}), (good2, {})])
     engine.close()

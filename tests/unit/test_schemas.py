@@ -17,8 +17,13 @@ from schemas.messages import (
 
 
 def test_request_round_trips_through_json():
-    r = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=["a", "b"], tenant="acme",
-                         deadline=datetime(2030, 1, 1, tzinfo=timezone.utc))
+    r = InferenceRequest(
+        task="embed",
+        model="all-MiniLM-L6-v2",
+        inputs=["a", "b"],
+        tenant="acme",
+        deadline=datetime(2030, 1, 1, tzinfo=timezone.utc),
+    )
     again = InferenceRequest.model_validate_json(r.model_dump_json())
     assert again == r
     assert again.texts() == ["a", "b"]
@@ -62,8 +67,12 @@ def test_invalid_requests_are_rejected(fields):
 
 def test_result_outputs_are_discriminated():
     r = InferenceResult.model_validate(
-        {"request_id": new_request_id(), "status": "done", "task": "classify",
-         "outputs": [{"kind": "classification", "labels": [{"label": "x", "score": 0.9}]}]}
+        {
+            "request_id": new_request_id(),
+            "status": "done",
+            "task": "classify",
+            "outputs": [{"kind": "classification", "labels": [{"label": "x", "score": 0.9}]}],
+        }
     )
     assert isinstance(r.outputs[0], ClassifyOutput)
     assert r.status is ResultStatus.DONE and r.status.terminal and r.task is Task.CLASSIFY

@@ -34,8 +34,10 @@ def test_a_valid_message_parses():
         (b"[1, 2]", ErrorCode.INVALID_JSON),
         (b'"just a string"', ErrorCode.INVALID_JSON),
         (b"x" * 3_000, ErrorCode.MESSAGE_TOO_LARGE),
-        (json.dumps({k: v for k, v in OK.items() if k != "schema_version"}).encode(),
-         ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
+        (
+            json.dumps({k: v for k, v in OK.items() if k != "schema_version"}).encode(),
+            ErrorCode.UNSUPPORTED_SCHEMA_VERSION,
+        ),
         (raw(schema_version=99), ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
         (raw(schema_version="1"), ErrorCode.UNSUPPORTED_SCHEMA_VERSION),
         (raw(task="summarize"), ErrorCode.VALIDATION_ERROR),

@@ -64,7 +64,9 @@ def load_minilm_intent(settings: Settings) -> HeadClassifier:
     try:
         import rag_intent_classifier
     except ImportError as e:
-        raise ConfigurationError("the intent head is not installed", hint="pip install rag-intent-classifier") from e
+        raise ConfigurationError(
+            "the intent head is not installed", hint="pip install rag-intent-classifier"
+        ) from e
     folder = Path(rag_intent_classifier.__file__).resolve().parent / "models"
     head_path, map_path = folder / "LogisticRegression.joblib", folder / "label_map.joblib"
     with warnings.catch_warnings():
@@ -72,4 +74,6 @@ def load_minilm_intent(settings: Settings) -> HeadClassifier:
         head = joblib.load(head_path)
         label_map = joblib.load(map_path)
     labels = _label_names(list(head.classes_), label_map)
-    return HeadClassifier("minilm-intent", load_minilm(settings), head, labels, file_digest(head_path, length=8))
+    return HeadClassifier(
+        "minilm-intent", load_minilm(settings), head, labels, file_digest(head_path, length=8)
+    )

@@ -24,7 +24,9 @@ class HFEncoder:
 
     def __init__(self, name: str, path: Path, device: torch.device, max_length_tokens: int) -> None:
         if not (path / "config.json").is_file():
-            raise ConfigurationError(f"model folder {path} has no config.json", hint="point at a hub-style folder")
+            raise ConfigurationError(
+                f"model folder {path} has no config.json", hint="point at a hub-style folder"
+            )
         self.name = name
         self.device = str(device)
         self.max_length_tokens = max_length_tokens
