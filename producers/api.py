@@ -20,6 +20,7 @@ from fastapi import FastAPI, HTTPException, Request
 from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from kafka.errors import KafkaError
 from pydantic import BaseModel
 
 from producers.client import InferqClient
@@ -27,6 +28,7 @@ from schemas.catalog import CATALOG
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.messages import REQUEST_ID_PATTERN, ErrorInfo, InferenceRequest, InferenceResult, Task
 from schemas.settings import Settings, get_settings
+from workers.result_store import Admission
 from workers.validation import check_request
 
 PUBLISH_TIMEOUT_S = 10.0
@@ -90,11 +92,35 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
         return result
 
-    @app.post("/v1/requests", status_code=202, response_model=Accepted, responses={422: {"model": ErrorBody}})
-    async def post_request(body: InferenceRequest) -> Accepted:
+    @app.post(
+        "/v1/requests",
+        status_code=202,
+        response_model=Accepted,
+        responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
+    )
+    async def post_request(body: InferenceRequest) -> Accepted | JSONResponse:
+        """Record the request ``queued`` (so its result URL answers at once), then publish it."""
         check_request(body, settings)
-        future = client.publish(body)
-        await run_in_threadpool(future.get, PUBLISH_TIMEOUT_S)
+        verdict = client.admit(body)
+        if verdict is Admission.CONFLICT:
+            err = InvalidRequest(
+                f"request id {body.request_id} is already used by a different request",
+                code=ErrorCode.DUPLICATE_REQUEST_ID,
+                hint="use a fresh request id for a new request",
+            )
+            return JSONResponse(status_code=409, content={"error": err.info().model_dump(mode="json")})
+        if verdict is not Admission.TERMINAL:
+            try:
+                await run_in_threadpool(client.publish(body).get, PUBLISH_TIMEOUT_S)
+            except KafkaError as e:
+                if verdict is Admission.NEW:
+                    client.store.forget(body.request_id)
+                info = ErrorInfo(
+                    code=ErrorCode.INTERNAL_ERROR,
+                    message=f"Kafka did not take the request: {e}",
+                    hint="retry with the same request id",
+                )
+                return JSONResponse(status_code=503, content={"error": info.model_dump(mode="json")})
         return Accepted(request_id=body.request_id, result_url=f"/v1/results/{body.request_id}")
 
     @app.get("/v1/models", response_model=list[ModelEntry])

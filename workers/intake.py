@@ -27,7 +27,7 @@ from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, Resu
 from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
 from workers.celery_app import TASK_INFER
-from workers.result_store import Admission, ResultStore, request_digest
+from workers.result_store import Admission, ResultStore, queued_result, request_digest
 from workers.validation import parse_request, salvage_request_id
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ class Intake:
         queued = now_ms()
         for _, _, t in accepted:
             t["queued_ms"] = queued
-        verdicts = self.store.admit([(request_digest(req), _queued(req, t)) for _, req, t in accepted])
+        verdicts = self.store.admit([(request_digest(req), queued_result(req, t)) for _, req, t in accepted])
         by_queue: dict[str, list[dict[str, Any]]] = {}
         for (rec, req, t), verdict in zip(accepted, verdicts, strict=True):
             if verdict in (Admission.NEW, Admission.PENDING):
@@ -156,17 +156,6 @@ class Intake:
             value=letter.model_dump_json().encode(),
             headers=[("error_code", error.code.value.encode())],
         )
-
-
-def _queued(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:
-    return InferenceResult(
-        request_id=request.request_id,
-        status=ResultStatus.QUEUED,
-        task=request.task,
-        model=request.model,
-        tenant=request.tenant,
-        timings=Timings(**timings),
-    )
 
 
 def main() -> None:

@@ -11,10 +11,11 @@ from __future__ import annotations
 import hashlib
 from collections.abc import Iterable, Sequence
 from enum import Enum
+from typing import Any
 
 import redis
 
-from schemas.messages import InferenceRequest, InferenceResult
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings
 from schemas.naming import result_key
 from schemas.settings import Settings
 
@@ -63,6 +64,18 @@ def request_digest(request: InferenceRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:32]
 
 
+def queued_result(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:
+    """The first result a request has: ``queued``, with the timings known so far."""
+    return InferenceResult(
+        request_id=request.request_id,
+        status=ResultStatus.QUEUED,
+        task=request.task,
+        model=request.model,
+        tenant=request.tenant,
+        timings=Timings(**timings),
+    )
+
+
 class ResultStore:
     """Writes and reads results; every write is one round trip for a whole batch."""
 
@@ -104,6 +117,10 @@ class ResultStore:
             )
             n += 1
         return [bool(v) for v in pipe.execute()] if n else []
+
+    def forget(self, request_id: str) -> None:
+        """Delete a request's record (only for one that never reached Kafka)."""
+        self.client.delete(result_key(self._s, request_id))
 
     def get(self, request_id: str) -> InferenceResult | None:
         body = self.client.hget(result_key(self._s, request_id), "body")

@@ -10,11 +10,13 @@ from __future__ import annotations
 import logging
 import socket
 import threading
+from collections import Counter
 from typing import Any
 
 from celery import signals
 
-from schemas.messages import InferenceRequest
+from schemas.errors import InferqError
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import worker_key
 from schemas.settings import get_settings
 from workers.batcher import BatchPolicy
@@ -43,20 +45,43 @@ def engine_for(model: str) -> Engine:
 
 @app.task(name=TASK_INFER, bind=True, acks_late=True)
 def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
-    """Run a list of ``{"request": ..., "timings": ...}`` for one model; returns counts by status."""
+    """Run a list of ``{"request": ..., "timings": ...}``; returns counts by status."""
     by_model: dict[str, list[tuple[InferenceRequest, dict[str, Any]]]] = {}
     for item in items:
         request = InferenceRequest.model_validate(item["request"])
         by_model.setdefault(request.model, []).append((request, item.get("timings", {})))
-    jobs = [job for model, reqs in by_model.items() for job in engine_for(model).submit(reqs)]
+    jobs, counts = [], Counter[str]()
+    for model, reqs in by_model.items():
+        try:
+            engine = engine_for(model)
+        except InferqError as e:  # this worker cannot serve the model: answer, don't retry forever
+            log.error("cannot serve %s: %s", model, e)
+            _fail(reqs, e)
+            counts[ResultStatus.FAILED.value] += len(reqs)
+            continue
+        jobs += engine.submit(reqs)
     timeout_s = get_settings().celery_visibility_timeout_s
     for job in jobs:
         if not job.done.wait(timeout_s):
             raise TimeoutError(f"request {job.request.request_id} not finished after {timeout_s} s")
-    counts: dict[str, int] = {}
-    for job in jobs:
-        counts[job.status.value] = counts.get(job.status.value, 0) + 1
-    return counts
+    counts.update(job.status.value for job in jobs)
+    return dict(counts)
+
+
+def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqError) -> None:
+    store = ResultStore.from_settings(get_settings())
+    store.advance(
+        InferenceResult(
+            request_id=r.request_id,
+            status=ResultStatus.FAILED,
+            task=r.task,
+            model=r.model,
+            tenant=r.tenant,
+            error=error.info(),
+            timings=Timings(**{**t, "done_ms": now_ms()}),
+        )
+        for r, t in reqs
+    )
 
 
 def _heartbeat(hostname: str, models: list[str]) -> None:

@@ -39,6 +39,7 @@ def test_post_then_poll_until_done(api):
     assert r.status_code == 202, r.text
     rid = r.json()["request_id"]
     assert r.json()["result_url"] == f"/v1/results/{rid}"
+    assert api.get(f"/v1/results/{rid}").json()["status"] in {"queued", "running", "done"}  # readable at once
 
     def done():
         body = api.get(f"/v1/results/{rid}").json()
@@ -48,6 +49,20 @@ def test_post_then_poll_until_done(api):
     assert body["model_version"].startswith("minilm-intent@")
     assert len(body["outputs"][0]["labels"]) == 2
     assert {"received_ms", "queued_ms", "batch_start_ms", "done_ms", "batch_size"} <= body["timings"].keys()
+
+
+def test_post_is_idempotent_and_refuses_a_reused_id(api):
+    body = {"request_id": new_request_id(), "task": "embed", "model": "all-MiniLM-L6-v2", "inputs": "same"}
+    assert api.post("/v1/requests", json=body).status_code == 202
+    assert api.post("/v1/requests", json=body).status_code == 202  # a client retry
+    r = api.post("/v1/requests", json={**body, "inputs": "different"})
+    assert r.status_code == 409 and r.json()["error"]["code"] == "duplicate_request_id"
+
+    def done():
+        res = api.get(f"/v1/results/{body['request_id']}").json()
+        return res if res["status"] == "done" else None
+
+    assert len(eventually(done, 60, "the request to finish")["outputs"]) == 1
 
 
 def test_invalid_post_gets_a_typed_422(api):
