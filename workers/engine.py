@@ -128,8 +128,9 @@ class Engine:
         ended = {id(p.job): p.job for p in pieces if p.job.finished and not p.job.done.is_set()}
         if live:
             self._mark_running(live, start, batch_id)
+            forward_start = now_ms()
             rows = self._forward_isolated([p.ids for p in live])
-            compute_ms = now_ms() - start
+            compute_ms = now_ms() - forward_start
             failed = 0
             for piece, row in zip(live, rows, strict=True):
                 failed += self._absorb(piece, row)

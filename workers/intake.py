@@ -26,7 +26,7 @@ from schemas.errors import ErrorCode, InferqError, InvalidRequest
 from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
-from workers.celery_app import TASK_INFER
+from workers.celery_app import TASK_INFER, make_app
 from workers.result_store import Admission, ResultStore, queued_result, request_digest
 from workers.validation import parse_request, salvage_request_id
 
@@ -52,8 +52,6 @@ class Intake:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
-        from workers.celery_app import app
-
         consumer = KafkaConsumer(
             requests_topic(settings),
             bootstrap_servers=settings.kafka_bootstrap_servers,
@@ -67,7 +65,7 @@ class Intake:
             max_partition_fetch_bytes=max(1_048_576, settings.kafka_max_message_bytes * 2),
         )
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=2)
-        return cls(settings, consumer, producer, ResultStore.from_settings(settings), app)
+        return cls(settings, consumer, producer, ResultStore.from_settings(settings), make_app(settings))
 
     def run(self, stop: threading.Event) -> None:
         """Poll, hand off, commit, until ``stop`` is set; then commit and close."""

@@ -21,7 +21,7 @@ from schemas.naming import worker_key
 from schemas.settings import get_settings
 from workers.batcher import BatchPolicy
 from workers.celery_app import TASK_INFER, app
-from workers.engine import Engine
+from workers.engine import BatchStats, Engine
 from workers.result_store import ResultStore
 from workers.runners import load_runner
 
@@ -39,8 +39,23 @@ def engine_for(model: str) -> Engine:
         if model not in _engines:
             s = get_settings()
             policy = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms)
-            _engines[model] = Engine(load_runner(model, s), ResultStore.from_settings(s), policy)
+            engine = Engine(load_runner(model, s), ResultStore.from_settings(s), policy)
+            engine.hooks.append(_log_batch)
+            _engines[model] = engine
         return _engines[model]
+
+
+def _log_batch(stats: BatchStats) -> None:
+    log.info(
+        "batch %s %s: %d texts, %d tokens (%d padded), %.1f ms, %d failed",
+        stats.model,
+        stats.batch_id,
+        stats.size,
+        stats.tokens,
+        stats.padded_tokens,
+        stats.compute_ms,
+        stats.failed,
+    )
 
 
 @app.task(name=TASK_INFER, bind=True, acks_late=True)
