@@ -17,7 +17,6 @@ from typing import Any
 
 import uvicorn
 from fastapi import FastAPI, HTTPException, Request
-from fastapi.concurrency import run_in_threadpool
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
@@ -25,7 +24,7 @@ from pydantic import BaseModel
 
 from producers.client import InferqClient
 from schemas.catalog import CATALOG
-from schemas.errors import ErrorCode, InvalidRequest
+from schemas.errors import DuplicateRequestId, ErrorCode, InvalidRequest
 from schemas.messages import REQUEST_ID_PATTERN, ErrorInfo, InferenceRequest, InferenceResult, Task
 from schemas.settings import Settings, get_settings
 from workers.result_store import Admission
@@ -48,6 +47,11 @@ class ModelEntry(BaseModel):
 
 class ErrorBody(BaseModel):
     error: ErrorInfo
+
+
+def _error(status: int, info: ErrorInfo) -> JSONResponse:
+    """The body of every error answer: ``{"error": ErrorInfo}``."""
+    return JSONResponse(status_code=status, content=ErrorBody(error=info).model_dump(mode="json"))
 
 
 def create_app(settings: Settings | None = None) -> FastAPI:
@@ -75,11 +79,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             hint="see /openapi.json for the request schema",
             detail=errors,
         )
-        return JSONResponse(status_code=422, content={"error": info.model_dump(mode="json")})
+        return _error(422, info)
 
     @app.exception_handler(InvalidRequest)
     async def _rejected(request: Request, exc: InvalidRequest) -> JSONResponse:
-        return JSONResponse(status_code=422, content={"error": exc.info().model_dump(mode="json")})
+        return _error(422, exc.info())
 
     @app.get(
         "/v1/results/{request_id}",
@@ -98,29 +102,26 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=Accepted,
         responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
-    async def post_request(body: InferenceRequest) -> Accepted | JSONResponse:
+    def post_request(body: InferenceRequest) -> Accepted | JSONResponse:
         """Record the request ``queued`` (so its result URL answers at once), then publish it."""
         check_request(body, settings)
         verdict = client.admit(body)
         if verdict is Admission.CONFLICT:
-            err = InvalidRequest(
-                f"request id {body.request_id} is already used by a different request",
-                code=ErrorCode.DUPLICATE_REQUEST_ID,
-                hint="use a fresh request id for a new request",
-            )
-            return JSONResponse(status_code=409, content={"error": err.info().model_dump(mode="json")})
+            return _error(409, DuplicateRequestId(body.request_id).info())
         if verdict is not Admission.TERMINAL:
             try:
-                await run_in_threadpool(client.publish(body).get, PUBLISH_TIMEOUT_S)
+                client.publish(body).get(PUBLISH_TIMEOUT_S)
             except KafkaError as e:
                 if verdict is Admission.NEW:
                     client.store.forget(body.request_id)
-                info = ErrorInfo(
-                    code=ErrorCode.INTERNAL_ERROR,
-                    message=f"Kafka did not take the request: {e}",
-                    hint="retry with the same request id",
+                return _error(
+                    503,
+                    ErrorInfo(
+                        code=ErrorCode.INTERNAL_ERROR,
+                        message=f"Kafka did not take the request: {e}",
+                        hint="retry with the same request id",
+                    ),
                 )
-                return JSONResponse(status_code=503, content={"error": info.model_dump(mode="json")})
         return Accepted(request_id=body.request_id, result_url=f"/v1/results/{body.request_id}")
 
     @app.get("/v1/models", response_model=list[ModelEntry])

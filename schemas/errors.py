@@ -66,6 +66,16 @@ class UnknownModel(InvalidRequest):
     hint = "use one of the models listed by GET /v1/models, or deploy a worker that serves this one"
 
 
+class DuplicateRequestId(InvalidRequest):
+    """The request id is already taken by a request with different content."""
+
+    code = ErrorCode.DUPLICATE_REQUEST_ID
+    hint = "use a fresh request id for a new request (ids must be unique)"
+
+    def __init__(self, request_id: str) -> None:
+        super().__init__(f"request id {request_id} is already used by a different request")
+
+
 class DeadlineExpired(InferqError):
     code = ErrorCode.DEADLINE_EXPIRED
     hint = "the request's deadline passed before it reached the model; send it again with a later deadline"

@@ -22,7 +22,7 @@ from celery import Celery
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
-from schemas.errors import ErrorCode, InferqError, InvalidRequest
+from schemas.errors import DuplicateRequestId, InferqError, InvalidRequest
 from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
@@ -68,7 +68,7 @@ class Intake:
         return cls(settings, consumer, producer, ResultStore.from_settings(settings), make_app(settings))
 
     def run(self, stop: threading.Event) -> None:
-        """Poll, hand off, commit, until ``stop`` is set; then commit and close."""
+        """Poll, hand off, commit, until ``stop`` is set; then close (every handled poll is committed)."""
         try:
             while not stop.is_set():
                 self.step()
@@ -115,12 +115,7 @@ class Intake:
                 item = {"request": req.model_dump(mode="json"), "timings": t}
                 by_queue.setdefault(model_queue(self.s, req.model), []).append(item)
             elif verdict is Admission.CONFLICT:
-                err = InvalidRequest(
-                    f"request id {req.request_id} is already used by a different request",
-                    code=ErrorCode.DUPLICATE_REQUEST_ID,
-                    hint="use a fresh request id for a new request (ids must be unique)",
-                )
-                self.reject(rec, err, t["received_ms"], answer=False)
+                self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
         n = self.s.transport_batch_size
         for queue, items in by_queue.items():
             for i in range(0, len(items), n):
