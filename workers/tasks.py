@@ -7,6 +7,7 @@ so the late ack means "results are in Redis".
 
 from __future__ import annotations
 
+import functools
 import logging
 import socket
 import threading
@@ -33,13 +34,19 @@ _heartbeat_stop = threading.Event()
 HEARTBEAT_S = 5.0
 
 
+@functools.cache
+def result_store() -> ResultStore:
+    """The process's one result store (one Redis connection pool for engines, failures, heartbeat)."""
+    return ResultStore.from_settings(get_settings())
+
+
 def engine_for(model: str) -> Engine:
     """The process's engine for ``model``, loaded on first use."""
     with _engines_lock:
         if model not in _engines:
             s = get_settings()
             policy = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms)
-            engine = Engine(load_runner(model, s), ResultStore.from_settings(s), policy)
+            engine = Engine(load_runner(model, s), result_store(), policy)
             engine.hooks.append(_log_batch)
             _engines[model] = engine
         return _engines[model]
@@ -84,8 +91,7 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
 
 
 def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqError) -> None:
-    store = ResultStore.from_settings(get_settings())
-    store.advance(
+    result_store().advance(
         InferenceResult(
             request_id=r.request_id,
             status=ResultStatus.FAILED,
@@ -101,9 +107,8 @@ def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqErro
 
 def _heartbeat(hostname: str, models: list[str]) -> None:
     """Advertise this worker and its models in Redis while it lives (ops and the exporter read it)."""
-    s = get_settings()
-    store = ResultStore.from_settings(s)
-    key = worker_key(s, hostname)
+    store = result_store()
+    key = worker_key(get_settings(), hostname)
     while True:
         try:
             store.client.set(key, ",".join(models), ex=int(HEARTBEAT_S * 3))
