@@ -42,19 +42,27 @@ def demo_requests(n: int) -> list[InferenceRequest]:
     return out
 
 
-def percentile(values: list[float], q: float) -> float:
-    return float(np.percentile(values, q)) if values else float("nan")
+def percentiles_ms(values: list[float]) -> dict[str, float]:
+    """p50, p95 and p99 of ``values``, rounded to 0.1 ms (NaN when there are none)."""
+    return {
+        q: round(float(np.percentile(values, float(q[1:]))), 1) if values else float("nan")
+        for q in ("p50", "p95", "p99")
+    }
+
+
+def publish_to_done_ms(result: InferenceResult) -> float | None:
+    """Publish→done latency of a finished request, from its own timings."""
+    t = result.timings
+    if result.status is not ResultStatus.DONE or not (t.done_ms and t.published_ms):
+        return None
+    return t.done_ms - t.published_ms
 
 
 def summarize(results: dict[str, InferenceResult], wall_s: float) -> dict[str, Any]:
     """Throughput, publish→done latency percentiles and batch sizes, from the results' timings."""
     rs = list(results.values())
     done = [r for r in rs if r.status is ResultStatus.DONE]
-    lat = [
-        r.timings.done_ms - r.timings.published_ms
-        for r in done
-        if r.timings.done_ms and r.timings.published_ms
-    ]
+    lat = [ms for r in done if (ms := publish_to_done_ms(r)) is not None]
     texts = sum(len(r.outputs or []) for r in done)
     batches = [r.timings.batch_size for r in done if r.timings.batch_size]
     return {
@@ -64,7 +72,7 @@ def summarize(results: dict[str, InferenceResult], wall_s: float) -> dict[str, A
         "wall_s": round(wall_s, 3),
         "requests_per_s": round(len(done) / wall_s, 1) if wall_s else None,
         "texts_per_s": round(texts / wall_s, 1) if wall_s else None,
-        "latency_ms": {q: round(percentile(lat, float(q[1:])), 1) for q in ("p50", "p95", "p99")},
+        "latency_ms": percentiles_ms(lat),
         "batch_size": {
             "mean": round(float(np.mean(batches)), 1) if batches else None,
             "max": max(batches) if batches else None,
@@ -82,10 +90,10 @@ def one_in_flight(client: InferqClient, n: int) -> dict[str, float]:
     lat = []
     for i, text in enumerate(demo_texts()[:n]):
         task, model = ("classify", "minilm-intent") if i % 2 else ("embed", "all-MiniLM-L6-v2")
-        res = client.wait(client.submit(task, model, text), timeout_s=60)
-        if res.status is ResultStatus.DONE and res.timings.done_ms and res.timings.published_ms:
-            lat.append(res.timings.done_ms - res.timings.published_ms)
-    return {q: round(percentile(lat, float(q[1:])), 1) for q in ("p50", "p95", "p99")}
+        ms = publish_to_done_ms(client.wait(client.submit(task, model, text), timeout_s=60))
+        if ms is not None:
+            lat.append(ms)
+    return percentiles_ms(lat)
 
 
 def run_demo(settings: Settings, n: int, console: Console) -> dict[str, Any]:

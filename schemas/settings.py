@@ -56,7 +56,7 @@ class Settings(BaseSettings):
         8_192, ge=1, description="Flush when the padded batch (texts × longest) would pass this many tokens"
     )
     max_wait_ms: float = Field(
-        10.0, ge=0, description="Flush when the oldest waiting request has waited this long"
+        10.0, ge=0, description="Flush when the oldest waiting text has waited this long"
     )
     transport_batch_size: int = Field(64, ge=1, description="Requests per Celery message sent by the intake")
 
