@@ -1,6 +1,9 @@
 """The HTTP result API (FastAPI). OpenAPI at ``/openapi.json``, docs at ``/docs``.
 
 - ``GET /v1/results/{request_id}`` — status, outputs, timings and model version; 404 if unknown.
+  ``?wait_ms=N`` holds the answer until the result is terminal or N ms pass (long poll).
+- ``DELETE /v1/results/{request_id}`` — cancel a request that has not started: 200 with the
+  ``cancelled`` result; 409 with the current result when it already started or finished.
 - ``POST /v1/requests`` — publish a request to Kafka for clients that only speak HTTP; 202.
 - ``GET /v1/models`` — the models the pipeline knows.
 - ``GET /healthz`` — Redis and Kafka reachable.
@@ -16,7 +19,7 @@ from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Request
+from fastapi import FastAPI, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
@@ -24,13 +27,21 @@ from pydantic import BaseModel
 
 from producers.client import InferqClient
 from schemas.catalog import CATALOG
-from schemas.errors import DuplicateRequestId, ErrorCode, InvalidRequest
-from schemas.messages import REQUEST_ID_PATTERN, ErrorInfo, InferenceRequest, InferenceResult, Task
+from schemas.errors import DuplicateRequestId, ErrorCode, InvalidRequest, NotCancellable
+from schemas.messages import (
+    REQUEST_ID_PATTERN,
+    ErrorInfo,
+    InferenceRequest,
+    InferenceResult,
+    ResultStatus,
+    Task,
+)
 from schemas.settings import Settings, get_settings
 from workers.result_store import Admission
 from workers.validation import check_request
 
 PUBLISH_TIMEOUT_S = 10.0
+MAX_LONG_POLL_MS = 30_000
 
 
 class Accepted(BaseModel):
@@ -90,10 +101,37 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=InferenceResult,
         responses={404: {"description": "No such request (or it expired from the store)"}},
     )
-    def get_result(request_id: str) -> InferenceResult:
+    def get_result(
+        request_id: str,
+        wait_ms: int = Query(0, ge=0, le=MAX_LONG_POLL_MS, description="Hold the answer until terminal"),
+    ) -> InferenceResult:
         result = client.result(request_id) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else None
         if result is None:
             raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
+        if wait_ms and not result.status.terminal:
+            try:
+                result = client.wait(request_id, timeout_s=wait_ms / 1000.0)
+            except TimeoutError:
+                result = client.result(request_id) or result
+        return result
+
+    @app.delete(
+        "/v1/results/{request_id}",
+        response_model=InferenceResult,
+        responses={
+            404: {"description": "No such request"},
+            409: {"model": ErrorBody, "description": "Already started or finished; not cancelled"},
+        },
+    )
+    def cancel(request_id: str) -> InferenceResult | JSONResponse:
+        """Cancel a request that has not started yet; it ends ``cancelled``."""
+        status, result = (
+            client.store.cancel(request_id) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else (None, None)
+        )
+        if status is None or result is None:
+            raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
+        if status is not ResultStatus.CANCELLED:
+            return _error(409, NotCancellable(request_id, status.value).info())
         return result
 
     @app.post(

@@ -6,6 +6,8 @@
 
 Publishing uses ``acks=all`` and the request id as the key, so retries of one request land in one
 partition, in order. Reading goes straight to the result store; the HTTP API serves the same data.
+Waiting blocks on the store's ``done`` channel (Redis pub/sub) and reads a result the moment it is
+written; a slow re-read of everything pending covers a missed message.
 """
 
 from __future__ import annotations
@@ -18,10 +20,16 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
-from schemas.messages import InferenceRequest, InferenceResult, Priority, Task, now_ms
+from schemas.messages import InferenceRequest, InferenceResult, Priority, ResultStatus, Task, now_ms
 from schemas.naming import requests_topic
 from schemas.settings import Settings, get_settings
 from workers.result_store import Admission, ResultStore, queued_result, request_digest
+
+SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 class InferqClient:
@@ -115,35 +123,58 @@ class InferqClient:
     def wait_all(
         self, request_ids: Iterable[str], timeout_s: float = 60.0, *, on_done: Any = None
     ) -> dict[str, InferenceResult]:
-        """Poll (with backoff from 2 ms to 100 ms) until every id is terminal.
+        """Block until every id is terminal; TimeoutError after ``timeout_s``.
 
         ``on_done(result)`` is called once per request as it finishes (progress bars use it).
         """
         self.flush()
-        pending = list(dict.fromkeys(request_ids))
+        pending = set(request_ids)
         done: dict[str, InferenceResult] = {}
         give_up = time.monotonic() + timeout_s
-        pause_s = 0.002
-        while pending:
-            for i in range(0, len(pending), 500):
-                chunk = pending[i : i + 500]
-                for rid, res in self.store.get_many(chunk).items():
+
+        def collect(ids: Iterable[str]) -> None:
+            chunk = [rid for rid in ids if rid in pending]
+            for i in range(0, len(chunk), 500):
+                for rid, res in self.store.get_many(chunk[i : i + 500]).items():
                     if res is not None and res.status.terminal:
                         done[rid] = res
+                        pending.discard(rid)
                         if on_done is not None:
                             on_done(res)
-            before = len(pending)
-            pending = [rid for rid in pending if rid not in done]
-            if not pending:
-                break
-            if time.monotonic() >= give_up:
-                raise TimeoutError(
-                    f"{len(pending)} of {len(done) + len(pending)} requests not finished "
-                    f"after {timeout_s} s (first: {pending[0]})"
-                )
-            pause_s = 0.002 if len(pending) < before else min(pause_s * 2, 0.1)
-            time.sleep(pause_s)
+
+        pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
+        pubsub.subscribe(self.store.channel)  # before the first read: no completion slips between
+        try:
+            collect(list(pending))
+            last_sweep = time.monotonic()
+            while pending:
+                now = time.monotonic()
+                if now >= give_up:
+                    raise TimeoutError(
+                        f"{len(pending)} of {len(done) + len(pending)} requests not finished "
+                        f"after {timeout_s} s (first: {next(iter(pending))})"
+                    )
+                woken = []
+                message = pubsub.get_message(timeout=min(SWEEP_S, give_up - now))
+                while message is not None:
+                    woken.append(_text(message["data"]))
+                    message = pubsub.get_message(timeout=0)
+                collect(woken)
+                if time.monotonic() - last_sweep >= SWEEP_S:  # covers a missed message
+                    collect(list(pending))
+                    last_sweep = time.monotonic()
+        finally:
+            pubsub.close()
         return done
+
+    def cancel(self, request_id: str) -> ResultStatus | None:
+        """Cancel a request that has not started yet.
+
+        Returns ``cancelled`` when it is (now) cancelled, its running or terminal status when it
+        was too late, and None when the id is unknown.
+        """
+        status, _ = self.store.cancel(request_id)
+        return status
 
     def close(self) -> None:
         if self._producer is not None:

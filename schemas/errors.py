@@ -22,6 +22,8 @@ class ErrorCode(str, Enum):
     TASK_MODEL_MISMATCH = "task_model_mismatch"
     DUPLICATE_REQUEST_ID = "duplicate_request_id"
     DEADLINE_EXPIRED = "deadline_expired"
+    CANCELLED = "cancelled"
+    NOT_CANCELLABLE = "not_cancellable"
     MODEL_ERROR = "model_error"
     INTERNAL_ERROR = "internal_error"
 
@@ -79,6 +81,21 @@ class DuplicateRequestId(InvalidRequest):
 class DeadlineExpired(InferqError):
     code = ErrorCode.DEADLINE_EXPIRED
     hint = "the request's deadline passed before it reached the model; send it again with a later deadline"
+
+
+class Cancelled(InferqError):
+    code = ErrorCode.CANCELLED
+    hint = "the request was cancelled before it reached the model; send it again to run it"
+
+
+class NotCancellable(InferqError):
+    """Cancel came too late: the request is running or finished."""
+
+    code = ErrorCode.NOT_CANCELLABLE
+    hint = "only a queued request can be cancelled; read its result instead"
+
+    def __init__(self, request_id: str, status: str) -> None:
+        super().__init__(f"request {request_id} is {status}; it can no longer be cancelled")
 
 
 class ModelError(InferqError):

@@ -54,10 +54,11 @@ class ResultStatus(str, Enum):
     DONE = "done"
     FAILED = "failed"
     EXPIRED = "expired"
+    CANCELLED = "cancelled"
 
     @property
     def terminal(self) -> bool:
-        return self in (ResultStatus.DONE, ResultStatus.FAILED, ResultStatus.EXPIRED)
+        return self not in (ResultStatus.QUEUED, ResultStatus.RUNNING)
 
 
 class _Model(BaseModel):

@@ -2,10 +2,12 @@
 
 Redis layout (``<p>`` is ``INFERQ_KEY_PREFIX``):
 
-- ``<p>:result:<request_id>`` — hash: ``status`` (queued|running|done|failed|expired), ``body``
+- ``<p>:result:<request_id>`` — hash: ``status`` (queued|running|done|failed|expired|cancelled), ``body``
   (the :class:`schemas.messages.InferenceResult` JSON) and ``digest`` (payload digest, to tell a
   duplicate delivery from a conflicting reuse of an id). Expires after ``INFERQ_RESULT_TTL_S``.
 - ``<p>:worker:<hostname>`` — string, the models a ready worker serves; expires unless refreshed.
+- ``<p>:done`` — pub/sub channel: each request id as its result becomes terminal, so clients can
+  block instead of polling (the hash stays the source of truth; a missed message costs a poll).
 
 Kafka topics (``<t>`` is ``INFERQ_TOPIC_PREFIX``): ``<t>.requests`` and ``<t>.deadletter``.
 Celery queues: ``<p>.model.<model>``, one per model.
@@ -22,6 +24,10 @@ _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 def result_key(settings: Settings, request_id: str) -> str:
     return f"{settings.key_prefix}:result:{request_id}"
+
+
+def done_channel(settings: Settings) -> str:
+    return f"{settings.key_prefix}:done"
 
 
 def worker_key(settings: Settings, hostname: str) -> str:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from functools import lru_cache
 from pathlib import Path
+from typing import Literal
 from urllib.parse import urlsplit
 
 from pydantic import Field, SecretStr
@@ -56,7 +57,22 @@ class Settings(BaseSettings):
         8_192, ge=1, description="Flush when the padded batch (texts × longest) would pass this many tokens"
     )
     max_wait_ms: float = Field(
-        10.0, ge=0, description="Flush when the oldest waiting text has waited this long"
+        10.0,
+        ge=0,
+        description="Flush when the oldest waiting text has waited this long (the adaptive wait's cap)",
+    )
+    batch_wait: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="adaptive: wait only while the fitted cost model says more texts will join in time; "
+        "fixed: always wait max_wait_ms",
+    )
+    target_latency_ms: float = Field(
+        150.0,
+        gt=0,
+        description="Adaptive wait never delays a batch past this (oldest wait + predicted compute)",
+    )
+    priority_aging_ms: float = Field(
+        1_000.0, ge=0, description="A waiting text moves up one priority class per this many ms; 0 = never"
     )
     transport_batch_size: int = Field(64, ge=1, description="Requests per Celery message sent by the intake")
 

@@ -2,13 +2,28 @@
 
 Contract (tested in ``tests/unit/test_batcher.py`` with a fake clock):
 
-- A batch is released when it is *full* — ``max_batch_size`` entries waiting, or the waiting
-  entries' padded size reaching ``max_batch_tokens`` — or when the oldest entry has waited
-  ``max_wait_ms``, or when the pool is closing.
-- A batch is never empty. An entry larger than the token budget on its own is released alone, so a
-  budget smaller than one long input never loops forever.
-- Entries are released in arrival order (FIFO); every entry put is released exactly once.
-- The padded size of a batch is ``len(batch) × longest entry``: what the forward pass really costs.
+- **When.** A batch is released when the pool is *full* — ``max_batch_size`` entries waiting, or
+  their tokens reaching ``max_batch_tokens`` — or when the oldest entry has waited as long as the
+  wait policy allows (:mod:`workers.wait_policy`), or when the pool is closing.
+- **Never empty, never stuck.** A batch holds at least one entry. An entry larger than the token
+  budget on its own is released alone, so a budget smaller than one long input never loops.
+- **Exactly once.** Every entry put is released exactly once; the caller maps outputs back through
+  the entries it gets, so outputs match inputs one to one whatever order batches take.
+- **Which.** Each batch is anchored on one entry and filled by length bucketing:
+
+  1. *Priority.* Only the highest priority class present competes for the anchor (high, then
+     normal, then low); a waiting entry moves up one class every ``priority_aging_ms``, so low
+     priority work is delayed, never starved.
+  2. *Fairness.* The anchor is the oldest entry of the tenant that has been served the fewest
+     tokens (start-time fair queuing: a tenant that was idle joins at the current minimum, it does
+     not bank credit). Within the batch each tenant of the anchor's class gets a max-min fair quota
+     of the slots; unused slots go to anyone (work-conserving), then to lower classes.
+  3. *Buckets.* Candidates join in order of how close their length is to the anchor's, while the
+     padded size (``len(batch) × longest``) stays within ``max_batch_tokens``. With a deep pool this
+     yields batches of near-equal lengths (little padding); with a shallow one, everything waiting.
+
+  The anchor is always the oldest of its tenant in the top class, so every entry is eventually
+  chosen.
 
 The pool is pure logic around a clock; :meth:`Batcher.poll` makes one decision at a given time and
 :meth:`Batcher.take` blocks on a condition variable until a decision releases something.
@@ -16,41 +31,90 @@ The pool is pure logic around a clock; :meth:`Batcher.poll` makes one decision a
 
 from __future__ import annotations
 
+import dataclasses
+import itertools
 import threading
 import time
-from collections import deque
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
+
+from workers.wait_policy import FixedWait, WaitPolicy
 
 T = TypeVar("T")
 
 
 @dataclass(frozen=True)
 class BatchPolicy:
-    max_batch_size: int = 32
-    max_batch_tokens: int = 8_192
-    max_wait_ms: float = 10.0
+    max_batch_size: int = 32  # entries (texts)
+    max_batch_tokens: int = 8_192  # padded tokens: len(batch) × longest entry
+    max_wait_ms: float = 10.0  # the fixed wait, and the cap of the adaptive one
+    priority_aging_ms: float = 1_000.0  # a waiting entry moves up one class per this; 0 = never
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_wait_ms < 0:
             raise ValueError(f"batch policy needs size ≥ 1, tokens ≥ 1, wait ≥ 0; got {self}")
+        if self.priority_aging_ms < 0:
+            raise ValueError(f"priority_aging_ms must be ≥ 0; got {self.priority_aging_ms}")
 
 
-@dataclass
+@dataclass(eq=False)
 class Entry(Generic[T]):
     item: T
     tokens: int
     arrival_s: float
+    priority: int = 1  # 0 = high, 1 = normal, 2 = low
+    tenant: str = ""
+    seq: int = 0
+
+
+def padded_tokens(lengths: Sequence[int]) -> int:
+    """Tokens a forward pass computes for inputs of these lengths, padding included."""
+    return len(lengths) * max(lengths) if lengths else 0
+
+
+def padding_waste(lengths: Sequence[int]) -> float:
+    """Share of a batch's computed tokens that are padding (0 = none)."""
+    padded = padded_tokens(lengths)
+    return 1.0 - sum(lengths) / padded if padded else 0.0
+
+
+def fair_quota(demand: Counter[str], slots: int) -> dict[str, int]:
+    """Max-min fair split of ``slots`` between tenants wanting ``demand[t]`` each (water-filling)."""
+    quota = {t: 0 for t in demand}
+    left = slots
+    wanting = sorted(demand, key=lambda t: demand[t])
+    while wanting and left > 0:
+        share = max(1, left // len(wanting))
+        for t in list(wanting):
+            give = min(share, demand[t] - quota[t], left)
+            quota[t] += give
+            left -= give
+            if quota[t] >= demand[t]:
+                wanting.remove(t)
+            if left == 0:
+                break
+    return quota
 
 
 class Batcher(Generic[T]):
-    """A waiting pool that hands out batches by :class:`BatchPolicy`."""
+    """A waiting pool that hands out batches by :class:`BatchPolicy` and a :class:`WaitPolicy`."""
 
-    def __init__(self, policy: BatchPolicy, clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self,
+        policy: BatchPolicy,
+        wait: WaitPolicy | None = None,
+        clock: Callable[[], float] = time.monotonic,
+    ) -> None:
         self.policy = policy
+        self.wait = wait or FixedWait(policy.max_wait_ms)
         self._clock = clock
-        self._pool: deque[Entry[T]] = deque()
+        self._pool: dict[int, Entry[T]] = {}  # insertion order = arrival order
+        self._tokens = 0
+        self._seq = itertools.count()
+        self._served: dict[str, float] = {}  # tokens served per tenant (virtual time)
+        self._waiting: Counter[str] = Counter()  # entries in the pool per tenant
         self._cond = threading.Condition()
         self._closed = False
 
@@ -61,13 +125,29 @@ class Batcher(Generic[T]):
     def closed(self) -> bool:
         return self._closed
 
-    def put(self, item: T, tokens: int) -> None:
+    def put(self, item: T, tokens: int, *, priority: int = 1, tenant: str = "") -> None:
         """Add one entry of ``tokens`` tokens (≥ 1) to the pool."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed; no new work is accepted")
-            self._pool.append(Entry(item, max(1, tokens), self._clock()))
+            now = self._clock()
+            if not self._waiting[tenant]:  # (re)activated tenant: start at the current minimum
+                active = [t for t, n in self._waiting.items() if n]
+                floor = min((self._served.get(t, 0.0) for t in active), default=0.0)
+                self._served[tenant] = max(self._served.get(tenant, 0.0), floor)
+            self._waiting[tenant] += 1
+            seq = next(self._seq)
+            self._pool[seq] = Entry(item, max(1, tokens), now, priority, tenant, seq)
+            self._tokens += max(1, tokens)
+            self.wait.on_arrival(now)
             self._cond.notify()
+
+    def lower_token_ceiling(self, max_batch_tokens: int) -> int:
+        """Lower ``max_batch_tokens`` (never raise it), e.g. after an out-of-memory error."""
+        with self._cond:
+            if max_batch_tokens < self.policy.max_batch_tokens:
+                self.policy = dataclasses.replace(self.policy, max_batch_tokens=max(1, max_batch_tokens))
+            return self.policy.max_batch_tokens
 
     def close(self) -> None:
         """Stop accepting; what waits is still released, without waiting for the timer."""
@@ -79,12 +159,6 @@ class Batcher(Generic[T]):
         """Release a batch if one is due at ``now``; else None. Never returns an empty list."""
         with self._cond:
             return self._poll(self._clock() if now is None else now)
-
-    def wait_s(self, now: float) -> float | None:
-        """Seconds until the oldest entry's wait runs out (0 if already); None if the pool is empty."""
-        if not self._pool:
-            return None
-        return max(0.0, self._pool[0].arrival_s + self.policy.max_wait_ms / 1000.0 - now)
 
     def take(self, timeout_s: float | None = None) -> list[Entry[T]] | None:
         """Block until a batch is due and return it; None on timeout or when closed and drained."""
@@ -100,40 +174,73 @@ class Batcher(Generic[T]):
                 remaining = None if give_up is None else give_up - now
                 if remaining is not None and remaining <= 0:
                     return None
-                waits = [w for w in (self.wait_s(now), remaining) if w is not None]
+                waits = [w for w in (self._wait_left_s(now), remaining) if w is not None]
                 self._cond.wait(min(waits) if waits else None)
 
     # -- decision ---------------------------------------------------------------------------
+    def _wait_left_s(self, now: float) -> float | None:
+        """Seconds until the oldest entry's wait runs out (0 if already); None if the pool is empty."""
+        if not self._pool:
+            return None
+        oldest = next(iter(self._pool.values()))
+        waited_ms = (now - oldest.arrival_s) * 1000.0
+        longest = max(e.tokens for e in self._pool.values())
+        allowed_ms = self.wait.wait_ms(len(self._pool), len(self._pool) * longest, waited_ms, now)
+        left_s = (allowed_ms - waited_ms) / 1000.0
+        return left_s if left_s > 1e-9 else 0.0  # float noise must not leave a due batch waiting
+
     def _poll(self, now: float) -> list[Entry[T]] | None:
         if not self._pool:
             return None
-        due = self._closed or self.wait_s(now) == 0.0 or self._full()
-        return self._select() if due else None
-
-    def _full(self) -> bool:
         p = self.policy
-        if len(self._pool) >= p.max_batch_size:
-            return True
-        longest = 0
-        for n, e in enumerate(self._pool, start=1):
-            longest = max(longest, e.tokens)
-            if n * longest >= p.max_batch_tokens:
-                return True
-        return False
-
-    def _select(self) -> list[Entry[T]]:
-        p = self.policy
-        batch: list[Entry[T]] = [self._pool.popleft()]
-        longest = batch[0].tokens
-        while self._pool and len(batch) < p.max_batch_size:
-            nxt = self._pool[0]
-            if (len(batch) + 1) * max(longest, nxt.tokens) > p.max_batch_tokens:
-                break
-            longest = max(longest, nxt.tokens)
-            batch.append(self._pool.popleft())
+        full = len(self._pool) >= p.max_batch_size or self._tokens >= p.max_batch_tokens
+        if not (self._closed or full or self._wait_left_s(now) == 0.0):
+            return None
+        batch = self._select(now)
+        for e in batch:
+            del self._pool[e.seq]
+            self._tokens -= e.tokens
+            self._waiting[e.tenant] -= 1
+            self._served[e.tenant] = self._served.get(e.tenant, 0.0) + e.tokens
         return batch
 
+    def _rank(self, e: Entry[T], now: float) -> int:
+        aging = self.policy.priority_aging_ms
+        if aging <= 0:
+            return e.priority
+        return max(0, e.priority - int((now - e.arrival_s) * 1000.0 // aging))
 
-def padded_tokens(batch: list[Entry[T]]) -> int:
-    """Tokens the forward pass computes for this batch, padding included."""
-    return len(batch) * max(e.tokens for e in batch) if batch else 0
+    def _select(self, now: float) -> list[Entry[T]]:
+        p = self.policy
+        entries = list(self._pool.values())
+        ranks = {e.seq: self._rank(e, now) for e in entries}
+        top = min(ranks.values())
+        cands = [e for e in entries if ranks[e.seq] == top]
+        anchor_tenant = min(
+            dict.fromkeys(e.tenant for e in cands), key=lambda t: self._served.get(t, 0.0)
+        )  # ties → the tenant whose oldest entry came first
+        anchor = next(e for e in cands if e.tenant == anchor_tenant)
+        quota = fair_quota(Counter(e.tenant for e in cands), p.max_batch_size)
+
+        def closeness(e: Entry[T]) -> tuple[int, int]:
+            return abs(e.tokens - anchor.tokens), e.seq
+
+        top_order = sorted((e for e in cands if e is not anchor), key=closeness)
+        rest_order = sorted(
+            (e for e in entries if ranks[e.seq] != top), key=lambda e: (ranks[e.seq], *closeness(e))
+        )
+        batch, longest, taken = [anchor], anchor.tokens, Counter({anchor.tenant: 1})
+        chosen = {anchor.seq}
+        for phase, order in ((0, top_order), (1, top_order), (2, rest_order)):
+            for e in order:
+                if len(batch) >= p.max_batch_size:
+                    return batch
+                if e.seq in chosen or (phase == 0 and taken[e.tenant] >= quota[e.tenant]):
+                    continue
+                if (len(batch) + 1) * max(longest, e.tokens) > p.max_batch_tokens:
+                    continue
+                batch.append(e)
+                chosen.add(e.seq)
+                taken[e.tenant] += 1
+                longest = max(longest, e.tokens)
+        return batch

@@ -15,10 +15,14 @@ from typing import Any
 from celery import Celery
 from kombu import Queue
 
+from schemas.messages import Priority
 from schemas.naming import model_queue
 from schemas.settings import Settings, get_settings
 
 TASK_INFER = "inferq.infer"
+# Redis transport: one list per step, 0 served first. High-priority requests overtake queued
+# normal ones already in the broker, not only inside the worker's batcher.
+CELERY_PRIORITY = {Priority.HIGH: 0, Priority.NORMAL: 3, Priority.LOW: 6}
 
 
 def route_by_model(
@@ -35,7 +39,11 @@ def make_app(settings: Settings) -> Celery:
     app.conf.update(
         broker_url=settings.celery_broker_url,
         broker_connection_retry_on_startup=True,
-        broker_transport_options={"visibility_timeout": settings.celery_visibility_timeout_s},
+        broker_transport_options={
+            "visibility_timeout": settings.celery_visibility_timeout_s,
+            "priority_steps": sorted(CELERY_PRIORITY.values()),
+            "queue_order_strategy": "priority",
+        },
         task_acks_late=True,  # ack only once results are written
         task_reject_on_worker_lost=True,  # a killed worker's messages go back to the queue
         task_ignore_result=True,  # results live in our own store, per request

@@ -4,9 +4,14 @@ Callers (Celery task threads) :meth:`Engine.submit` requests and wait on the ret
 engine's own thread takes batches from the :class:`~workers.batcher.Batcher`, runs them and writes
 results per request as soon as their last text is computed. Texts, not requests, are the unit of
 batching, so a request with many inputs spreads over batches and a batch mixes requests.
+Tokenisation happens on the callers' threads, overlapped with the forward pass of the previous
+batch, so the model never waits for it.
 
-A failure inside a forward pass is isolated by splitting the batch and retrying the halves, so
-one bad input fails only its own request. Expired requests never reach the model.
+Before a batch runs, its requests are marked ``running`` in the store; one the store refuses (it
+was cancelled, or a duplicate delivery already finished it) leaves the batch unrun. Expired
+requests never reach the model. A failure inside a forward pass is isolated by splitting the batch
+and retrying the halves, so one bad input fails only its own request; an out-of-memory error also
+lowers the batcher's token ceiling for the rest of the process's life.
 """
 
 from __future__ import annotations
@@ -23,13 +28,17 @@ from schemas.messages import (
     InferenceRequest,
     InferenceResult,
     Output,
+    Priority,
     ResultStatus,
     Timings,
     now_ms,
 )
-from workers.batcher import Batcher, BatchPolicy
+from workers.batcher import Batcher, BatchPolicy, padded_tokens
 from workers.result_store import ResultStore
 from workers.runners.base import Runner
+from workers.wait_policy import CostModel, FixedWait, WaitPolicy
+
+PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
 log = logging.getLogger(__name__)
 
@@ -44,6 +53,7 @@ class Job:
     remaining: int
     done: threading.Event = field(default_factory=threading.Event)
     started: bool = False
+    skipped: bool = False  # the store held a terminal state already (cancelled, or a duplicate)
     status: ResultStatus = ResultStatus.QUEUED
     error: InferqError | None = None
 
@@ -53,7 +63,7 @@ class Job:
 
     @property
     def finished(self) -> bool:
-        return self.status.terminal
+        return self.skipped or self.status.terminal
 
 
 @dataclass(frozen=True)
@@ -74,6 +84,13 @@ class BatchStats:
     padded_tokens: int
     compute_ms: float
     failed: int
+    device: str
+    model_version: str
+
+    @property
+    def padding_waste(self) -> float:
+        """Share of the computed tokens that were padding."""
+        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
 
 
 BatchHook = Callable[[BatchStats], None]
@@ -82,24 +99,31 @@ BatchHook = Callable[[BatchStats], None]
 class Engine:
     """Batches and runs one model's requests on a dedicated thread."""
 
-    def __init__(self, runner: Runner, store: ResultStore, policy: BatchPolicy) -> None:
+    def __init__(
+        self,
+        runner: Runner,
+        store: ResultStore,
+        policy: BatchPolicy,
+        wait: WaitPolicy | None = None,
+        cost: CostModel | None = None,
+    ) -> None:
         self.runner = runner
         self.store = store
-        self.batcher: Batcher[Piece] = Batcher(policy)
+        self.cost = cost or CostModel()
+        self.batcher: Batcher[Piece] = Batcher(policy, wait or FixedWait(policy.max_wait_ms))
         self.hooks: list[BatchHook] = []
         self._thread = threading.Thread(target=self._loop, name=f"engine-{runner.name}", daemon=True)
         self._thread.start()
 
     def submit(self, items: Sequence[tuple[InferenceRequest, dict[str, Any]]]) -> list[Job]:
         """Tokenise (on the caller's thread) and enqueue; returns one job per request."""
-        jobs = []
-        for request, timings in items:
-            texts = request.texts()
-            job = Job(request, dict(timings), [None] * len(texts), len(texts))
-            for i, text in enumerate(texts):
-                ids = self.runner.tokenize(text)
-                self.batcher.put(Piece(job, i, ids), len(ids))
-            jobs.append(job)
+        jobs = [Job(r, dict(t), [None] * len(r.texts()), len(r.texts())) for r, t in items]
+        all_ids = iter(self.runner.tokenize([text for job in jobs for text in job.request.texts()]))
+        for job in jobs:
+            rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
+            for i in range(job.remaining):
+                ids = next(all_ids)
+                self.batcher.put(Piece(job, i, ids), len(ids), priority=rank, tenant=tenant)
         return jobs
 
     def close(self, timeout_s: float = 30.0) -> None:
@@ -126,11 +150,13 @@ class Engine:
         batch_id = secrets.token_hex(6)
         live = self._drop_expired(pieces, start)
         ended = {id(p.job): p.job for p in pieces if p.job.finished and not p.job.done.is_set()}
+        live = self._mark_running(live, start, batch_id) if live else live
         if live:
-            self._mark_running(live, start, batch_id)
+            lengths = [len(p.ids) for p in live]
             forward_start = now_ms()
             rows = self._forward_isolated([p.ids for p in live])
             compute_ms = now_ms() - forward_start
+            self.cost.observe(padded_tokens(lengths), len(lengths), compute_ms)
             failed = 0
             for piece, row in zip(live, rows, strict=True):
                 failed += self._absorb(piece, row)
@@ -140,14 +166,19 @@ class Engine:
                 self.runner.name,
                 batch_id,
                 len(live),
-                sum(len(p.ids) for p in live),
-                len(live) * max(len(p.ids) for p in live),
+                sum(lengths),
+                padded_tokens(lengths),
                 compute_ms,
                 failed,
+                self.runner.device,
+                self.runner.version,
             )
             for hook in self.hooks:
                 hook(stats)
-        self._write(list(ended.values()))
+        for piece in pieces:  # skipped jobs end here without a write: the store has their answer
+            if piece.job.skipped and not piece.job.done.is_set():
+                piece.job.done.set()
+        self._write([j for j in ended.values() if not j.skipped])
 
     def _drop_expired(self, pieces: list[Piece], now: float) -> list[Piece]:
         live = []
@@ -159,8 +190,9 @@ class Engine:
                 live.append(p)
         return live
 
-    def _mark_running(self, live: list[Piece], start: float, batch_id: str) -> None:
-        fresh = []
+    def _mark_running(self, live: list[Piece], start: float, batch_id: str) -> list[Piece]:
+        """Mark first-time jobs ``running``; returns the pieces still to run (store said yes)."""
+        fresh: dict[int, Job] = {}
         for p in live:
             p.job.timings.update(
                 batch_start_ms=p.job.timings.get("batch_start_ms") or start,
@@ -170,8 +202,11 @@ class Engine:
             if not p.job.started:
                 p.job.started = True
                 p.job.status = ResultStatus.RUNNING
-                fresh.append(self._result(p.job))
-        self.store.advance(fresh)
+                fresh[id(p.job)] = p.job
+        accepted = self.store.advance([self._result(j) for j in fresh.values()])
+        for job, ok in zip(fresh.values(), accepted, strict=True):
+            job.skipped = not ok
+        return [p for p in live if not p.job.skipped]
 
     def _forward_isolated(self, batch: list[list[int]]) -> list[Any]:
         """Rows for each input; an input whose forward raised gets its exception instead."""
@@ -179,10 +214,24 @@ class Engine:
             rows = self.runner.forward(batch)
             return [rows[i] for i in range(len(batch))]
         except Exception as e:
+            if is_out_of_memory(e):
+                self._lower_ceiling(batch)
             if len(batch) == 1:
                 return [e]
             mid = len(batch) // 2
             return self._forward_isolated(batch[:mid]) + self._forward_isolated(batch[mid:])
+
+    def _lower_ceiling(self, batch: list[list[int]]) -> None:
+        """After running out of memory on ``batch``, cap batches at half its padded size."""
+        failed_at = padded_tokens([len(ids) for ids in batch])
+        ceiling = self.batcher.lower_token_ceiling(max(1, failed_at // 2))
+        log.warning(
+            "%s ran out of memory on %d padded tokens; token ceiling now %d",
+            self.runner.name,
+            failed_at,
+            ceiling,
+        )
+        release_cached_memory()
 
     def _absorb(self, piece: Piece, row: Any) -> int:
         """Store one input's output in its job; returns 1 if it failed."""
@@ -234,3 +283,26 @@ class Engine:
             error=job.error.info() if job.error else None,
             timings=Timings(**job.timings),
         )
+
+
+def is_out_of_memory(error: BaseException) -> bool:
+    """True for CUDA/CPU allocation failures (torch raises several types for them)."""
+    if isinstance(error, MemoryError):
+        return True
+    text = str(error).lower()
+    return (
+        type(error).__name__ == "OutOfMemoryError"
+        or "out of memory" in text
+        or "can't allocate memory" in text
+    )
+
+
+def release_cached_memory() -> None:
+    """Give cached allocator blocks back after an out-of-memory error (CUDA only)."""
+    try:
+        import torch
+
+        if torch.cuda.is_available():
+            torch.cuda.empty_cache()
+    except Exception:  # never let cleanup raise inside the error path
+        log.debug("could not release cached memory", exc_info=True)

@@ -26,7 +26,7 @@ from schemas.errors import DuplicateRequestId, InferqError, InvalidRequest
 from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
-from workers.celery_app import TASK_INFER, make_app
+from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
 from workers.result_store import Admission, ResultStore, queued_result, request_digest
 from workers.validation import parse_request, salvage_request_id
 
@@ -109,17 +109,18 @@ class Intake:
         for _, _, t in accepted:
             t["queued_ms"] = queued
         verdicts = self.store.admit([(request_digest(req), queued_result(req, t)) for _, req, t in accepted])
-        by_queue: dict[str, list[dict[str, Any]]] = {}
+        by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for (rec, req, t), verdict in zip(accepted, verdicts, strict=True):
             if verdict in (Admission.NEW, Admission.PENDING):
                 item = {"request": req.model_dump(mode="json"), "timings": t}
-                by_queue.setdefault(model_queue(self.s, req.model), []).append(item)
+                key = (model_queue(self.s, req.model), CELERY_PRIORITY[req.priority])
+                by_queue.setdefault(key, []).append(item)
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
         n = self.s.transport_batch_size
-        for queue, items in by_queue.items():
+        for (queue, priority), items in sorted(by_queue.items(), key=lambda kv: kv[0][1]):
             for i in range(0, len(items), n):
-                self.celery.send_task(TASK_INFER, args=[items[i : i + n]], queue=queue)
+                self.celery.send_task(TASK_INFER, args=[items[i : i + n]], queue=queue, priority=priority)
 
     def reject(self, rec: ConsumerRecord, error: InferqError, received: float, *, answer: bool) -> None:
         """Dead-letter a record; with ``answer``, also write a ``failed`` result for its id."""

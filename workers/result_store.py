@@ -1,9 +1,10 @@
 """The Redis result store: one hash per request, moved forward only, written idempotently.
 
-Status only moves forward (queued → running → done|failed|expired) and a terminal result is never
-overwritten, so a redelivered Celery message or a replayed Kafka record cannot make a result
-flicker or appear twice. The transitions are Lua scripts, atomic on the server. Key layout is in
-:mod:`schemas.naming`.
+Status only moves forward (queued → running → done|failed|expired|cancelled) and a terminal result
+is never overwritten, so a redelivered Celery message or a replayed Kafka record cannot make a
+result flicker or appear twice. The transitions are Lua scripts, atomic on the server; each one
+that makes a result terminal also publishes the request id on the ``done`` channel, so waiting
+clients wake at once instead of polling. Key layout is in :mod:`schemas.naming`.
 """
 
 from __future__ import annotations
@@ -15,8 +16,9 @@ from typing import Any
 
 import redis
 
-from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings
-from schemas.naming import result_key
+from schemas.errors import Cancelled
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
+from schemas.naming import done_channel, result_key
 from schemas.settings import Settings
 
 # KEYS[1] result key; ARGV: digest, queued body, ttl_s
@@ -35,9 +37,9 @@ if st == 'queued' or st == 'running' then return 'pending' end
 return 'terminal'
 """
 
-# KEYS[1] result key; ARGV: status, body, ttl_s, only_if_absent (0|1)
+# KEYS[1] result key; ARGV: status, body, ttl_s, only_if_absent (0|1), done channel, request id
 _ADVANCE = """
-local rank = {queued=0, running=1, done=2, failed=2, expired=2}
+local rank = {queued=0, running=1, done=2, failed=2, expired=2, cancelled=2}
 local st = redis.call('HGET', KEYS[1], 'status')
 if st then
   if ARGV[4] == '1' then return 0 end
@@ -46,7 +48,19 @@ if st then
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'body', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
+if rank[ARGV[1]] >= 2 then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
 return 1
+"""
+
+# KEYS[1] result key; ARGV: cancelled body, done channel, request id. Only a queued request can be
+# cancelled; otherwise the current status is returned (or 'unknown').
+_CANCEL = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if not st then return 'unknown' end
+if st ~= 'queued' then return st end
+redis.call('HSET', KEYS[1], 'status', 'cancelled', 'body', ARGV[1])
+redis.call('PUBLISH', ARGV[2], ARGV[3])
+return 'cancelled'
 """
 
 
@@ -84,6 +98,8 @@ class ResultStore:
         self._s = settings
         self._admit = client.register_script(_ADMIT)
         self._advance = client.register_script(_ADVANCE)
+        self._cancel = client.register_script(_CANCEL)
+        self.channel = done_channel(settings)
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
@@ -112,11 +128,42 @@ class ResultStore:
                     result.model_dump_json(),
                     self._s.result_ttl_s,
                     int(only_if_absent),
+                    self.channel,
+                    result.request_id,
                 ],
                 client=pipe,
             )
             n += 1
         return [bool(v) for v in pipe.execute()] if n else []
+
+    def cancel(self, request_id: str) -> tuple[ResultStatus | None, InferenceResult | None]:
+        """Cancel a request that has not started; returns (status now, result now).
+
+        The status is ``cancelled`` when this call (or an earlier one) cancelled it, the running or
+        terminal status when it was too late, and None for an unknown id.
+        """
+        current = self.get(request_id)
+        if current is None:
+            return None, None
+        if current.status is not ResultStatus.QUEUED:
+            return current.status, current
+        cancelled = current.model_copy(
+            update={
+                "status": ResultStatus.CANCELLED,
+                "error": Cancelled("cancelled by the client before it started").info(),
+                "timings": current.timings.model_copy(update={"done_ms": now_ms()}),
+            }
+        )
+        verdict = _text(
+            self._cancel(
+                keys=[result_key(self._s, request_id)],
+                args=[cancelled.model_dump_json(), self.channel, request_id],
+            )
+        )
+        if verdict == "cancelled":
+            return ResultStatus.CANCELLED, cancelled
+        latest = self.get(request_id)  # it moved on between the read and the script
+        return (latest.status if latest else None), latest
 
     def forget(self, request_id: str) -> None:
         """Delete a request's record (only for one that never reached Kafka)."""

@@ -25,6 +25,7 @@ from workers.celery_app import TASK_INFER, app
 from workers.engine import BatchStats, Engine
 from workers.result_store import ResultStore
 from workers.runners import load_runner
+from workers.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
 
 log = logging.getLogger(__name__)
 
@@ -45,8 +46,14 @@ def engine_for(model: str) -> Engine:
     with _engines_lock:
         if model not in _engines:
             s = get_settings()
-            policy = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms)
-            engine = Engine(load_runner(model, s), result_store(), policy)
+            policy = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.priority_aging_ms)
+            cost = CostModel()
+            wait: WaitPolicy = (
+                AdaptiveWait(cost, s.target_latency_ms, s.max_wait_ms)
+                if s.batch_wait == "adaptive"
+                else FixedWait(s.max_wait_ms)
+            )
+            engine = Engine(load_runner(model, s), result_store(), policy, wait, cost)
             engine.hooks.append(_log_batch)
             _engines[model] = engine
         return _engines[model]
@@ -54,12 +61,13 @@ def engine_for(model: str) -> Engine:
 
 def _log_batch(stats: BatchStats) -> None:
     log.info(
-        "batch %s %s: %d texts, %d tokens (%d padded), %.1f ms, %d failed",
+        "batch %s %s: %d texts, %d tokens (%d padded, %.0f%% waste), %.1f ms, %d failed",
         stats.model,
         stats.batch_id,
         stats.size,
         stats.tokens,
         stats.padded_tokens,
+        100 * stats.padding_waste,
         stats.compute_ms,
         stats.failed,
     )
@@ -86,7 +94,7 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
     for job in jobs:
         if not job.done.wait(timeout_s):
             raise TimeoutError(f"request {job.request.request_id} not finished after {timeout_s} s")
-    counts.update(job.status.value for job in jobs)
+    counts.update("skipped" if job.skipped else job.status.value for job in jobs)
     return dict(counts)
 
 
@@ -126,7 +134,7 @@ def _warm_up(sender: Any = None, **kw: Any) -> None:
     for model in models:
         engine = engine_for(model)
         # one real forward pass, so the first request does not pay for lazy initialisation
-        engine.runner.forward([engine.runner.tokenize("warm up")])
+        engine.runner.forward(engine.runner.tokenize(["warm up"]))
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     threading.Thread(target=_heartbeat, args=(hostname, models), daemon=True, name="heartbeat").start()
     log.info("worker %s ready: %s", hostname, ", ".join(models))

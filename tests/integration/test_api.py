@@ -8,9 +8,10 @@ import sys
 import httpx
 import pytest
 
-from schemas.messages import ResultStatus, new_request_id
+from schemas.messages import InferenceRequest, ResultStatus, new_request_id
 from schemas.naming import requests_topic
 from tests.integration.conftest import eventually
+from workers.result_store import Admission
 
 pytestmark = pytest.mark.integration
 
@@ -120,3 +121,34 @@ def test_ops_status_reports_every_service(stack):
     assert set(status) == {"broker", "redis", "worker", "intake", "api", "flower"}
     assert all(v["running"] and v["ready"] for v in status.values()), status
     assert requests_topic(stack.s) == "inferq.requests"
+
+
+def test_delete_cancels_a_queued_request_and_the_pipeline_leaves_it_cancelled(api, client, stack):
+    request = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs="never mind")
+    assert client.admit(request) is Admission.NEW  # queued, as the API records a POSTed request
+    r = api.delete(f"/v1/results/{request.request_id}")
+    assert r.status_code == 200, r.text
+    assert r.json()["status"] == "cancelled" and r.json()["error"]["code"] == "cancelled"
+    client.publish(request)  # the intake sees it was already answered and drops it
+    marker = client.submit("embed", "all-MiniLM-L6-v2", "after the cancelled one")
+    assert client.wait(marker, timeout_s=60).status is ResultStatus.DONE
+    assert client.result(request.request_id).status is ResultStatus.CANCELLED
+    assert api.delete(f"/v1/results/{request.request_id}").json()["status"] == "cancelled"  # idempotent
+
+
+def test_a_finished_request_cannot_be_cancelled_and_unknown_ids_are_404(api, client):
+    rid = client.submit("embed", "all-MiniLM-L6-v2", "too late to cancel")
+    client.wait(rid, timeout_s=60)
+    r = api.delete(f"/v1/results/{rid}")
+    assert r.status_code == 409 and r.json()["error"]["code"] == "not_cancellable"
+    assert client.cancel(rid) is ResultStatus.DONE
+    assert api.delete(f"/v1/results/{new_request_id()}").status_code == 404
+    assert client.cancel(new_request_id()) is None
+
+
+def test_long_poll_returns_as_soon_as_the_result_is_done(api):
+    r = api.post("/v1/requests", json={"task": "embed", "model": "all-MiniLM-L6-v2", "inputs": "long poll"})
+    rid = r.json()["request_id"]
+    body = api.get(f"/v1/results/{rid}", params={"wait_ms": 30_000}, timeout=40).json()
+    assert body["status"] == "done"
+    assert api.get(f"/v1/results/{rid}", params={"wait_ms": 10**6}).status_code == 422  # over the cap

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import json
 import uuid
+from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
@@ -174,3 +175,31 @@ def test_a_duplicated_request_id_yields_one_visible_result(client, settings):
 
 def test_unknown_id_is_none(client):
     assert client.result(new_request_id()) is None
+
+
+def test_high_priority_overtakes_a_backlog_and_deadlines_expire_in_it(client):
+    backlog = [
+        InferenceRequest(
+            task="embed", model="all-MiniLM-L6-v2", inputs=f"{TEXTS[i % len(TEXTS)]} #{i}", priority="low"
+        )
+        for i in range(240)
+    ]
+    for r in backlog:
+        client.publish(r)
+    late = InferenceRequest(
+        task="embed",
+        model="all-MiniLM-L6-v2",
+        inputs="behind the backlog",
+        priority="low",
+        deadline=datetime.now(timezone.utc) + timedelta(milliseconds=800),
+    )
+    client.publish(late)
+    client.flush()
+    urgent = [client.submit("embed", "all-MiniLM-L6-v2", f"urgent {i}", priority="high") for i in range(5)]
+    results = client.wait_all([r.request_id for r in backlog] + urgent + [late.request_id], timeout_s=180)
+    low_done = sorted(results[r.request_id].timings.done_ms for r in backlog)
+    high_done = [results[rid].timings.done_ms for rid in urgent]
+    assert all(results[rid].status is ResultStatus.DONE for rid in urgent)
+    assert max(high_done) < low_done[len(low_done) // 2], "high priority waited behind half the backlog"
+    expired = results[late.request_id]
+    assert expired.status is ResultStatus.EXPIRED and expired.error.code.value == "deadline_expired"

@@ -2,10 +2,15 @@
 
 import random
 import threading
+from collections import Counter
 
 import pytest
 
-from workers.batcher import Batcher, BatchPolicy, padded_tokens
+from workers.batcher import Batcher, BatchPolicy, fair_quota, padded_tokens, padding_waste
+
+
+def lengths(batch):
+    return [e.tokens for e in batch]
 
 
 class Clock:
@@ -48,19 +53,48 @@ def test_flushes_when_full_by_tokens_and_respects_budget():
         b.put(x, 10)
     batch = b.poll()
     assert [e.item for e in batch] == ["a", "b", "c"]  # 3 × 10 = 30 fits, a 4th would not
-    assert padded_tokens(batch) == 30
+    assert padded_tokens(lengths(batch)) == 30
     assert len(b) == 1
 
 
-def test_padded_cost_counts_the_longest_entry():
+def test_padded_cost_counts_the_longest_entry_and_like_lengths_go_together():
     b, clock = make(size=100, tokens=40)
     b.put("short", 2)
     b.put("long", 15)
     b.put("short2", 2)
     clock.advance_ms(10)
     first = b.poll()
-    assert [e.item for e in first] == ["short", "long"]  # adding short2 → 3 × 15 = 45 > 40
-    assert padded_tokens(first) == 30
+    assert [e.item for e in first] == ["short", "short2"]  # 3 × 15 = 45 > 40: long waits
+    assert padded_tokens(lengths(first)) == 4
+    assert [e.item for e in b.poll()] == ["long"]
+
+
+def test_padding_helpers():
+    assert padded_tokens([3, 5]) == 10 and padded_tokens([]) == 0
+    assert padding_waste([5, 5]) == 0.0 and padding_waste([1, 3]) == pytest.approx(1 / 3)
+
+
+def test_length_bucketing_keeps_padding_small_in_a_deep_pool():
+    rng = random.Random(7)
+    b, _ = make(size=16, tokens=100_000, wait_ms=0)
+    sizes = [rng.randint(5, 120) for _ in range(256)]
+    for i, n in enumerate(sizes):
+        b.put(i, n)  # nothing is taken while the pool fills: the model was busy
+    b.close()
+    waste, fifo_waste = [], []
+    while (batch := b.poll()) is not None:
+        waste.append(padding_waste(lengths(batch)))
+    for i in range(0, len(sizes), 16):
+        fifo_waste.append(padding_waste(sizes[i : i + 16]))
+    assert sum(waste) / len(waste) < 0.25 * sum(fifo_waste) / len(fifo_waste)
+
+
+def test_an_anchor_is_the_oldest_so_nothing_starves():
+    b, _ = make(size=2, tokens=1000, wait_ms=0)
+    b.put("old-long", 90)
+    for i in range(50):
+        b.put(f"short{i}", 3)
+    assert "old-long" in [e.item for e in b.poll()]
 
 
 def test_an_entry_over_the_budget_goes_alone_and_never_loops():
@@ -72,6 +106,21 @@ def test_an_entry_over_the_budget_goes_alone_and_never_loops():
     clock.advance_ms(10)
     assert [e.item for e in b.poll()] == ["small"]
     assert b.poll() is None
+
+
+def test_a_budget_smaller_than_every_input_still_drains_one_by_one():
+    b, _ = make(size=8, tokens=4)
+    for i in range(5):
+        b.put(i, 100 + i)
+    b.close()
+    got = []
+    for _ in range(10):  # bounded: a loop that never releases would fail here, not hang
+        batch = b.poll()
+        if batch is None:
+            break
+        assert len(batch) == 1
+        got += [e.item for e in batch]
+    assert sorted(got) == [0, 1, 2, 3, 4]
 
 
 def test_never_an_empty_batch_and_every_entry_exactly_once():
@@ -87,12 +136,12 @@ def test_never_an_empty_batch_and_every_entry_exactly_once():
         if batch is not None:
             assert batch, "empty batch"
             assert len(batch) <= 7
-            assert len(batch) == 1 or padded_tokens(batch) <= 64
+            assert len(batch) == 1 or padded_tokens(lengths(batch)) <= 64
             got.extend(e.item for e in batch)
     b.close()
     while (batch := b.poll()) is not None:
         got.extend(e.item for e in batch)
-    assert got == put  # FIFO, nothing lost, nothing twice
+    assert sorted(got) == put and len(got) == len(set(got))  # nothing lost, nothing twice
 
 
 def test_close_releases_what_waits_without_waiting_for_the_timer():
@@ -133,3 +182,71 @@ def test_policy_rejects_nonsense():
         BatchPolicy(0, 10, 1)
     with pytest.raises(ValueError):
         BatchPolicy(1, 10, -1)
+
+
+# -- priorities and fairness ---------------------------------------------------------------------
+def test_high_priority_goes_first_even_when_younger():
+    b, _ = make(size=2, tokens=1000, wait_ms=0)
+    b.put("n1", 5, priority=1)
+    b.put("n2", 5, priority=1)
+    b.put("h1", 5, priority=0)
+    first = b.poll()
+    assert [e.item for e in first] == ["h1", "n1"]  # the spare slot goes to the next class
+
+
+def test_low_priority_ages_into_a_higher_class():
+    clock = Clock()
+    b = Batcher(BatchPolicy(1, 1000, 0, priority_aging_ms=100), clock=clock)
+    b.put("low", 5, priority=2)
+    clock.advance_ms(250)  # two classes up: now competes as high
+    b.put("normal", 5, priority=1)
+    assert [e.item for e in b.poll()] == ["low"]
+
+
+def test_fair_quota_is_max_min():
+    assert fair_quota(Counter(a=100, b=4), 8) == {"a": 4, "b": 4}
+    assert fair_quota(Counter(a=100, b=1), 8) == {"a": 7, "b": 1}
+    assert fair_quota(Counter(a=3, b=3, c=3), 6) == {"a": 2, "b": 2, "c": 2}
+    assert sum(fair_quota(Counter(a=5, b=5, c=5), 7).values()) == 7
+
+
+def test_a_flooding_tenant_does_not_crowd_out_a_small_one():
+    b, _ = make(size=8, tokens=100_000, wait_ms=0)
+    for i in range(100):
+        b.put(("big", i), 10, tenant="big")
+    for i in range(3):
+        b.put(("small", i), 10, tenant="small")
+    first = b.poll()
+    assert Counter(e.tenant for e in first) == {"big": 5, "small": 3}
+
+
+def test_the_least_served_tenant_anchors_the_next_batch():
+    b, _ = make(size=2, tokens=100_000, wait_ms=0)
+    for i in range(6):
+        b.put(("a", i), 10, tenant="a")
+    first = b.poll()
+    assert {e.tenant for e in first} == {"a"}
+    b.put(("b", 0), 10, tenant="b")  # b joins at the current minimum, not with banked credit
+    b.put(("b", 1), 10, tenant="b")
+    second = b.poll()
+    assert Counter(e.tenant for e in second) == {"a": 1, "b": 1}
+    third = b.poll()
+    assert Counter(e.tenant for e in third) == {"a": 1, "b": 1}
+
+
+def test_unused_fair_slots_go_to_anyone():
+    b, _ = make(size=4, tokens=100_000, wait_ms=0)
+    for i in range(10):
+        b.put(("a", i), 10, tenant="a")
+    b.put(("b", 0), 10, tenant="b")
+    assert Counter(e.tenant for e in b.poll()) == {"a": 3, "b": 1}
+
+
+def test_lowering_the_token_ceiling_is_remembered_and_never_raises_it():
+    b, _ = make(size=8, tokens=100)
+    assert b.lower_token_ceiling(40) == 40
+    assert b.lower_token_ceiling(90) == 40
+    for i in range(4):
+        b.put(i, 20)
+    b.close()
+    assert len(b.poll()) == 2  # 2 × 20 = 40

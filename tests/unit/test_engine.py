@@ -3,26 +3,31 @@ tests/integration)."""
 
 from datetime import datetime, timedelta, timezone
 
+import pytest
+
 from schemas.errors import ErrorCode
-from schemas.messages import EmbeddingOutput, InferenceRequest, ResultStatus, Task
+from schemas.messages import EmbeddingOutput, InferenceRequest, InferenceResult, ResultStatus, Task
 from workers.batcher import BatchPolicy
-from workers.engine import Engine
+from workers.engine import Engine, is_out_of_memory
 
 
 class FakeRunner:
     name, task, version, device = "fake", Task.EMBED, "fake@1", "cpu"
 
-    def __init__(self):
+    def __init__(self, memory_tokens=10**9):
         self.forwarded = []
+        self.memory_tokens = memory_tokens
 
-    def tokenize(self, text):
-        return [ord(c) for c in text]
+    def tokenize(self, texts):
+        return [[ord(c) for c in text] for text in texts]
 
     def forward(self, batch):
         texts = ["".join(map(chr, ids)) for ids in batch]
         self.forwarded.append(texts)
         if any("boom" in t for t in texts):
             raise RuntimeError("model blew up")
+        if len(batch) * max(map(len, batch)) > self.memory_tokens:
+            raise RuntimeError("CUDA out of memory. Tried to allocate 2.00 GiB")
         return [[float(len(t))] for t in texts]
 
     def output(self, row, request):
@@ -30,20 +35,27 @@ class FakeRunner:
 
 
 class MemoryStore:
+    """Forward-only like the real store: a terminal result is never replaced."""
+
     def __init__(self):
         self.results = {}
         self.writes = []
 
     def advance(self, results, *, only_if_absent=False):
+        accepted = []
         for r in results:
-            self.writes.append((r.request_id, r.status))
-            self.results[r.request_id] = r
-        return [True] * len(results)
+            held = self.results.get(r.request_id)
+            ok = held is None or not held.status.terminal
+            if ok:
+                self.writes.append((r.request_id, r.status))
+                self.results[r.request_id] = r
+            accepted.append(ok)
+        return accepted
 
 
-def make_engine():
-    runner, store = FakeRunner(), MemoryStore()
-    return Engine(runner, store, BatchPolicy(64, 10_000, 10_000)), runner, store
+def make_engine(runner=None, policy=None):
+    runner, store = runner or FakeRunner(), MemoryStore()
+    return Engine(runner, store, policy or BatchPolicy(64, 10_000, 10_000)), runner, store
 
 
 def req(inputs, **kw):
@@ -95,3 +107,57 @@ def test_status_moves_running_then_done():
     engine.close()
     assert [s for rid, s in store.writes if rid == r.request_id] == [ResultStatus.RUNNING, ResultStatus.DONE]
     assert store.results[r.request_id].timings.received_ms == 1.0
+
+
+def test_a_request_cancelled_before_its_batch_never_runs_and_is_not_overwritten():
+    engine, runner, store = make_engine()
+    gone, kept = req("cancel me"), req("keep me")
+    store.results[gone.request_id] = InferenceResult(
+        request_id=gone.request_id, status=ResultStatus.CANCELLED
+    )
+    jobs = engine.submit([(gone, {}), (kept, {})])
+    engine.close()
+    assert all(j.done.is_set() for j in jobs) and jobs[0].skipped
+    assert store.results[gone.request_id].status is ResultStatus.CANCELLED
+    assert store.results[kept.request_id].status is ResultStatus.DONE
+    assert all("cancel me" not in t for batch in runner.forwarded for t in batch)
+
+
+def test_out_of_memory_splits_the_batch_and_lowers_the_token_ceiling():
+    runner = FakeRunner(memory_tokens=40)  # 8 texts × 10 tokens = 80 padded: too much at once
+    engine, _, store = make_engine(runner, BatchPolicy(64, 10_000, 10_000))
+    reqs = [req(f"text-{i:05d}") for i in range(8)]
+    engine.submit([(r, {}) for r in reqs])
+    engine.close()
+    assert all(store.results[r.request_id].status is ResultStatus.DONE for r in reqs)
+    assert engine.batcher.policy.max_batch_tokens == 40  # half of the 80 that failed: remembered
+    assert max(len(b) for b in runner.forwarded[1:]) <= 4
+
+
+def test_oom_detection():
+    assert is_out_of_memory(MemoryError())
+    assert is_out_of_memory(RuntimeError("CUDA out of memory. Tried to allocate"))
+    assert is_out_of_memory(
+        RuntimeError("[enforce fail at alloc_cpu.cpp] DefaultCPUAllocator: can't allocate memory")
+    )
+    assert not is_out_of_memory(ValueError("bad input"))
+
+
+def test_batch_stats_record_padding_waste():
+    engine, _, _ = make_engine()
+    seen = []
+    engine.hooks.append(seen.append)
+    engine.submit([(req(["ab", "abcdef"]), {})])
+    engine.close()
+    (stats,) = seen
+    assert (stats.tokens, stats.padded_tokens) == (8, 12)
+    assert stats.padding_waste == pytest.approx(1 / 3)
+    assert engine.cost.coefficients is None  # one batch: not fitted yet
+
+
+def test_priority_and_tenant_reach_the_batcher():
+    engine, _, _ = make_engine(policy=BatchPolicy(64, 10_000, 60_000))
+    engine.submit([(req("x", priority="high", tenant="acme"), {})])
+    (entry,) = engine.batcher._pool.values()
+    assert (entry.priority, entry.tenant) == (0, "acme")
+    engine.close()

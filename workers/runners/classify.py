@@ -37,8 +37,8 @@ class HeadClassifier:
         self.device = encoder.device
         self.version = f"{name}@{encoder.version.split('@')[-1]}+{head_digest}"
 
-    def tokenize(self, text: str) -> list[int]:
-        return self.encoder.tokenize(text)
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        return self.encoder.tokenize(texts)
 
     def forward(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Class probabilities, shape (len(batch), n_classes)."""

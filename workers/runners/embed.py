@@ -38,8 +38,11 @@ class HFEncoder:
         self._pad_id = int(self.tokenizer.pad_token_id or 0)
         self.dim = int(self.model.config.hidden_size)
 
-    def tokenize(self, text: str) -> list[int]:
-        ids: list[int] = self.tokenizer(text, truncation=True, max_length=self.max_length_tokens)["input_ids"]
+    def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
+        if not texts:
+            return []
+        encoded = self.tokenizer(list(texts), truncation=True, max_length=self.max_length_tokens)
+        ids: list[list[int]] = encoded["input_ids"]
         return ids
 
     def collate(self, batch: Sequence[Sequence[int]]) -> tuple[torch.Tensor, torch.Tensor]:

@@ -46,7 +46,7 @@ def req(**kw):
 
 
 def test_embeddings_are_unit_norm_and_padding_does_not_change_them(tiny):
-    short, long = tiny.tokenize("hello"), tiny.tokenize("how are you world hello")
+    short, long = tiny.tokenize(["hello", "how are you world hello"])
     together = tiny.forward([short, long])
     alone = tiny.forward([short])
     assert together.shape == (2, 16)
@@ -57,7 +57,8 @@ def test_embeddings_are_unit_norm_and_padding_does_not_change_them(tiny):
 
 
 def test_inputs_are_truncated_to_the_token_limit(tiny):
-    assert len(tiny.tokenize(" ".join(WORDS * 5))) == 8
+    assert [len(ids) for ids in tiny.tokenize([" ".join(WORDS * 5), "hi"])] == [8, 3]
+    assert tiny.tokenize([]) == []
 
 
 def test_version_is_stamped_from_the_weights(tiny, tiny_folder):
@@ -75,7 +76,7 @@ def test_head_classifier_returns_top_k_best_first(tiny):
     y = np.repeat(["a", "b", "c"], 20)
     head = LogisticRegression(max_iter=200).fit(x, y)
     clf = HeadClassifier("tiny-intent", tiny, head, ["a", "b", "c"], "deadbeef")
-    rows = clf.forward([tiny.tokenize("hello world"), tiny.tokenize("human")])
+    rows = clf.forward(tiny.tokenize(["hello world", "human"]))
     assert rows.shape == (2, 3)
     out = clf.output(rows[0], InferenceRequest(task="classify", model="tiny-intent", inputs="x", top_k=2))
     assert len(out.labels) == 2 and out.labels[0].score >= out.labels[1].score
@@ -103,7 +104,7 @@ def test_shipped_models_load_and_answer(monkeypatch):
     embed, classify = load_runner("all-MiniLM-L6-v2", s), load_runner("minilm-intent", s)
     assert embed.version.startswith("all-MiniLM-L6-v2@")
     texts = ["I want to talk to a human right now", "what's the weather in Paris tomorrow"]
-    ids = [classify.tokenize(t) for t in texts]
+    ids = classify.tokenize(texts)
     emb = embed.forward(ids)
     assert emb.shape == (2, 384)
     np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)

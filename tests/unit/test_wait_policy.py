@@ -1,0 +1,83 @@
+"""The cost model and the adaptive wait, on synthetic timings and a fake clock."""
+
+import random
+
+import pytest
+
+from workers.batcher import Batcher, BatchPolicy
+from workers.wait_policy import AdaptiveWait, CostModel, FixedWait
+
+
+def fitted(a=0.2, b=0.5, c=15.0, noise=0.0, seed=1):
+    rng = random.Random(seed)
+    cost = CostModel(min_samples=8, refit_every=1)
+    for _ in range(64):
+        n = rng.randint(1, 32)
+        tokens = n * rng.randint(8, 60)
+        cost.observe(tokens, n, a * tokens + b * n + c + rng.gauss(0, noise))
+    return cost
+
+
+def test_cost_model_recovers_its_coefficients():
+    a, b, c = fitted().coefficients
+    assert (a, b, c) == pytest.approx((0.2, 0.5, 15.0), rel=1e-6)
+    noisy = fitted(noise=1.0)
+    assert noisy.predict_ms(640, 16) == pytest.approx(0.2 * 640 + 0.5 * 16 + 15, rel=0.05)
+
+
+def test_cost_model_is_not_ready_until_it_has_samples_and_never_goes_negative():
+    cost = CostModel(min_samples=8)
+    for _ in range(7):
+        cost.observe(100, 4, 10.0)
+    assert not cost.ready
+    with pytest.raises(RuntimeError):
+        cost.predict_ms(1, 1)
+    for _ in range(8):
+        cost.observe(100, 4, 10.0)  # every batch the same: the fit must still be usable
+    assert cost.ready and all(x >= 0 for x in cost.coefficients)
+    assert cost.predict_ms(100, 4) == pytest.approx(10.0)
+
+
+def test_unfitted_adaptive_wait_behaves_like_the_fixed_timer():
+    wait = AdaptiveWait(CostModel(), target_latency_ms=100, max_wait_ms=10)
+    assert wait.wait_ms(1, 40, 0, 0.0) == FixedWait(10).wait_ms(1, 40, 0, 0.0) == 10
+
+
+def test_low_load_flushes_at_once():
+    wait = AdaptiveWait(fitted(), target_latency_ms=100, max_wait_ms=10)
+    for t in range(5):
+        wait.on_arrival(t * 0.1)  # 10 texts/s, a forward pass ≈ 25 ms: nobody will join
+    assert wait.wait_ms(1, 40, 0, 0.4) == 0.0
+
+
+def test_high_arrival_rate_waits_up_to_the_cap():
+    wait = AdaptiveWait(fitted(), target_latency_ms=100, max_wait_ms=10)
+    for i in range(400):
+        wait.on_arrival(i * 0.0025)  # ≈ 400 texts/s: many join during half a pass
+    assert wait.wait_ms(2, 80, 0, 1.0) == 10
+
+
+def test_never_waits_past_the_target_latency():
+    wait = AdaptiveWait(fitted(), target_latency_ms=100, max_wait_ms=50)
+    for i in range(400):
+        wait.on_arrival(i * 0.0025)
+    run_ms = wait.cost.predict_ms(80, 2)
+    assert wait.wait_ms(2, 80, 100 - run_ms, 1.0) == 0.0
+    assert wait.wait_ms(2, 80, 0, 1.0) <= 100 - run_ms
+
+
+def test_the_batcher_asks_its_wait_policy():
+    class Clock:
+        t = 0.0
+
+        def __call__(self):
+            return self.t
+
+    clock = Clock()
+    wait = AdaptiveWait(fitted(), target_latency_ms=100, max_wait_ms=10)
+    b = Batcher(BatchPolicy(32, 10_000, 10), wait, clock=clock)
+    b.put("lone", 10)
+    assert [e.item for e in b.poll()] == ["lone"]  # low load: no timer at all
+    fixed = Batcher(BatchPolicy(32, 10_000, 10), FixedWait(10), clock=clock)
+    fixed.put("lone", 10)
+    assert fixed.poll() is None
