@@ -3,6 +3,7 @@
 inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
 inferq-ops status
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
+inferq-ops bench     # raw model vs the pipeline vs peer servers; bench.json + bench.png
 inferq-ops down      # stops exactly what `up` started
 """
 
@@ -11,10 +12,13 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from rich.console import Console
 from rich.table import Table
 
+from ops.bench.peers import PEERS
+from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
 from ops.stack import Stack
 from schemas.errors import InferqError
@@ -31,6 +35,14 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="publish real texts through Kafka and summarise the results")
     d.add_argument("-n", "--requests", type=int, default=240)
     d.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
+    b = sub.add_parser("bench", help="raw model, the pipeline and peer servers under the same load")
+    b.add_argument("--quick", action="store_true", help="fewer levels, shorter windows (a smoke run)")
+    b.add_argument(
+        "--peers",
+        default=",".join(PEERS),
+        help=f"comma-separated peers to compare ({', '.join(PEERS)}); '' for none",
+    )
+    b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png go")
     args = p.parse_args(argv)
 
     console = Console()
@@ -49,6 +61,14 @@ def main(argv: list[str] | None = None) -> int:
                 print(json.dumps(status, indent=2))
             else:
                 _print_status(console, status)
+        elif args.cmd == "bench":
+            peers = [x.strip() for x in args.peers.split(",") if x.strip()]
+            unknown = sorted(set(peers) - set(PEERS))
+            if unknown:
+                p.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+            plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
+            args.out.mkdir(parents=True, exist_ok=True)
+            run_bench(settings, plan, args.out, console)
         elif args.cmd == "demo":
             was_up = all(v["running"] for v in stack.status().values())
             _up(stack, console)

@@ -10,6 +10,7 @@ Logs go to ``<state_dir>/logs/<service>.log``; data to ``<state_dir>/data``.
 from __future__ import annotations
 
 import contextlib
+import functools
 import os
 import shutil
 import signal
@@ -30,7 +31,7 @@ from schemas.errors import StackError
 from schemas.naming import worker_key
 from schemas.settings import ENV_PREFIX, Settings, port_of
 
-WORKER_NAME = "inferq-worker-1"
+WORKER_PREFIX = "inferq-worker"
 
 
 @dataclass
@@ -50,6 +51,29 @@ def settings_env(settings: Settings) -> dict[str, str]:
             value = value.get_secret_value()
         env[f"{ENV_PREFIX}{name.upper()}"] = str(value)
     return env
+
+
+def free_port() -> int:
+    """A TCP port free on loopback right now (for stacks that must not clash with another)."""
+    with socket.socket() as sock:
+        sock.bind(("127.0.0.1", 0))
+        return int(sock.getsockname()[1])
+
+
+def on_free_ports(settings: Settings, state_dir: Path) -> Settings:
+    """``settings`` with every service on a fresh loopback port and its own state folder."""
+    redis_port = free_port()
+    return settings.model_copy(
+        update={
+            "state_dir": state_dir,
+            "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
+            "elasticsearch_url": f"http://127.0.0.1:{free_port()}",
+            "redis_url": f"redis://127.0.0.1:{redis_port}/0",
+            "celery_broker_url": f"redis://127.0.0.1:{redis_port}/1",
+            "api_port": free_port(),
+            "flower_port": free_port(),
+        }
+    )
 
 
 def _tcp_open(port: int, host: str = "127.0.0.1") -> bool:
@@ -114,7 +138,6 @@ class Stack:
         s, py = self.s, sys.executable
         kafka_port, es_port = port_of(s.kafka_bootstrap_servers), port_of(s.elasticsearch_url)
         redis_port = port_of(s.redis_url)
-        worker = f"{WORKER_NAME}@{socket.gethostname()}"
         flower_auth = (s.flower_user, s.flower_password.get_secret_value())
         return [
             Service(
@@ -156,28 +179,7 @@ class Stack:
                 ],
                 lambda: self._redis_ping(),
             ),
-            Service(
-                "worker",
-                [
-                    py,
-                    "-m",
-                    "celery",
-                    "-A",
-                    "workers.celery_app",
-                    "worker",
-                    "--pool",
-                    "threads",
-                    "--concurrency",
-                    str(s.worker_concurrency),
-                    "-n",
-                    worker,
-                    "-E",
-                    "--loglevel",
-                    "INFO",
-                ],
-                lambda: self._redis_has(worker_key(s, worker)),
-                ready_timeout_s=180.0,
-            ),
+            *self._workers(),
             Service("intake", [py, "-m", "workers.intake"], lambda: True),
             Service(
                 "api",
@@ -200,6 +202,41 @@ class Stack:
                 env={"FLOWER_BASIC_AUTH": ":".join(flower_auth)},
             ),
         ]
+
+    def _workers(self) -> list[Service]:
+        """``worker_processes`` Celery workers: ``worker``, then ``worker-2``, ``worker-3``, …
+
+        Several single-threaded processes beat one multi-threaded one on CPU: each forward pass
+        runs without waiting at a thread barrier for a core another process is using.
+        """
+        out = []
+        for i in range(1, self.s.worker_processes + 1):
+            node = f"{WORKER_PREFIX}-{i}@{socket.gethostname()}"
+            out.append(
+                Service(
+                    "worker" if i == 1 else f"worker-{i}",
+                    [
+                        sys.executable,
+                        "-m",
+                        "celery",
+                        "-A",
+                        "workers.celery_app",
+                        "worker",
+                        "--pool",
+                        "threads",
+                        "--concurrency",
+                        str(self.s.worker_concurrency),
+                        "-n",
+                        node,
+                        "-E",
+                        "--loglevel",
+                        "INFO",
+                    ],
+                    functools.partial(self._redis_has, worker_key(self.s, node)),
+                    ready_timeout_s=180.0,
+                )
+            )
+        return out
 
     def _redis_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.s.redis_url, socket_timeout=1.0)

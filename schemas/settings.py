@@ -33,7 +33,14 @@ class Settings(BaseSettings):
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
     kafka_max_poll_records: int = Field(500, ge=1)
-    kafka_poll_timeout_ms: int = Field(50, ge=1, description="Longest the intake blocks in one poll")
+    kafka_poll_timeout_ms: int = Field(
+        50, ge=1, description="Longest the broker holds an empty fetch (fetch.max.wait.ms)"
+    )
+    kafka_idle_poll_max_ms: float = Field(
+        5.0, gt=0, description="After empty polls the intake pauses, doubling from 1 ms up to this"
+    )
+    kafka_quiet_after_ms: float = Field(1_000.0, ge=0, description="No records for this long = quiet")
+    kafka_quiet_poll_ms: float = Field(50.0, gt=0, description="Pause between polls while quiet")
     kafka_max_message_bytes: int = Field(
         1_048_576, ge=1_024, description="Messages larger than this are dead-lettered"
     )
@@ -80,9 +87,14 @@ class Settings(BaseSettings):
     worker_models: str = Field(
         "all-MiniLM-L6-v2,minilm-intent", description="Comma-separated models this worker loads and serves"
     )
-    worker_concurrency: int = Field(8, ge=1, description="Celery messages a worker holds at once (threads)")
+    worker_concurrency: int = Field(16, ge=1, description="Celery messages a worker holds at once (threads)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
-    torch_threads: int = Field(0, ge=0, description="Intra-op threads for torch on CPU; 0 = number of cores")
+    worker_processes: int = Field(
+        1, ge=1, description="Worker processes on this host (the local stack starts this many)"
+    )
+    torch_threads: int = Field(
+        0, ge=0, description="Intra-op threads for torch on CPU; 0 = cores ÷ worker_processes (at least 1)"
+    )
     model_max_length_tokens: int = Field(256, ge=8, description="Inputs are truncated to this many tokens")
 
     # --- Request limits ----------------------------------------------------------------------

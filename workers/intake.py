@@ -14,6 +14,7 @@ from __future__ import annotations
 import logging
 import signal
 import threading
+import time
 from collections.abc import Sequence
 from datetime import datetime, timezone
 from typing import Any
@@ -68,10 +69,26 @@ class Intake:
         return cls(settings, consumer, producer, ResultStore.from_settings(settings), make_app(settings))
 
     def run(self, stop: threading.Event) -> None:
-        """Poll, hand off, commit, until ``stop`` is set; then close (every handled poll is committed)."""
+        """Poll, hand off, commit, until ``stop`` is set; then close (every handled poll is committed).
+
+        After an empty poll the loop pauses before the next: some brokers (the local one among
+        them) answer an empty fetch at once instead of holding it for ``fetch_max_wait_ms``, and
+        kafka-python would spin a core on them, stealing it from the model. The pause doubles from
+        1 ms up to ``kafka_idle_poll_max_ms`` (the most a request arriving in steady traffic
+        waits), and after ``kafka_quiet_after_ms`` without records stretches to
+        ``kafka_quiet_poll_ms`` (the most the first request after a quiet spell waits).
+        """
+        s = self.s
+        pause_s, quiet_since = 0.0, time.monotonic()
         try:
             while not stop.is_set():
-                self.step()
+                if self.step():
+                    pause_s, quiet_since = 0.0, time.monotonic()
+                    continue
+                quiet = (time.monotonic() - quiet_since) * 1000.0 >= s.kafka_quiet_after_ms
+                cap_ms = s.kafka_quiet_poll_ms if quiet else s.kafka_idle_poll_max_ms
+                pause_s = min(cap_ms / 1000.0, max(0.001, pause_s * 2))
+                stop.wait(pause_s)
         finally:
             self.producer.flush()
             self.consumer.close(autocommit=False)
@@ -79,9 +96,10 @@ class Intake:
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
-        polled = self.consumer.poll(
-            timeout_ms=self.s.kafka_poll_timeout_ms, max_records=self.s.kafka_max_poll_records
-        )
+        # Joining the group takes several round trips inside poll: give it time until assigned
+        # (kafka-python restarts a join cut short); once assigned, poll without blocking.
+        timeout_ms = 0 if self.consumer.assignment() else self.s.kafka_poll_timeout_ms
+        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.s.kafka_max_poll_records)
         records = [r for batch in polled.values() for r in batch]
         if records:
             self.handle(records)

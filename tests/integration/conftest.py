@@ -7,41 +7,27 @@ the intake, the result API and Flower. Torn down (and checked stopped) at the en
 
 from __future__ import annotations
 
-import socket
 import time
 from collections.abc import Callable, Iterator
 
 import pytest
 
-from ops.stack import Stack
+from ops.stack import Stack, on_free_ports
 from producers.client import InferqClient
 from schemas.settings import Settings
 
 
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return int(s.getsockname()[1])
-
-
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
-    state = tmp_path_factory.mktemp("inferq-state")
-    redis_port = free_port()
-    return Settings(
-        state_dir=state,
-        kafka_bootstrap_servers=f"127.0.0.1:{free_port()}",
-        elasticsearch_url=f"http://127.0.0.1:{free_port()}",
-        redis_url=f"redis://127.0.0.1:{redis_port}/0",
-        celery_broker_url=f"redis://127.0.0.1:{redis_port}/1",
-        api_port=free_port(),
-        flower_port=free_port(),
+    base = Settings(
         kafka_partitions=3,
         kafka_session_timeout_ms=6_000,
         torch_threads=1,
+        worker_processes=1,
         worker_concurrency=4,
         transport_batch_size=32,
     )
+    return on_free_ports(base, tmp_path_factory.mktemp("inferq-state"))
 
 
 @pytest.fixture(scope="session")

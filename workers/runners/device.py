@@ -26,9 +26,19 @@ def choose_device(settings: Settings) -> torch.device:
         raise ConfigurationError(f"INFERQ_DEVICE={settings.device!r} is not a torch device") from e
 
 
+def threads_per_process(settings: Settings) -> int:
+    """The setting, or this host's cores shared out between its worker processes."""
+    return settings.torch_threads or max(1, (os.cpu_count() or 1) // settings.worker_processes)
+
+
 def configure_threads(settings: Settings) -> int:
-    """Set torch's intra-op threads (CPU): the setting, or every core; returns the number set."""
-    n = settings.torch_threads or os.cpu_count() or 1
+    """Set torch's intra-op threads (CPU); returns the number set.
+
+    Several one-thread processes beat one process with many threads on a small CPU: a forward
+    pass split over threads waits at each barrier for the slowest, and any other work on the
+    box (broker, Redis, intake, tokenising) makes one of them slow.
+    """
+    n = threads_per_process(settings)
     torch.set_num_threads(n)
     return n
 

@@ -1,0 +1,175 @@
+"""The benchmark sequence, with progress: raw → inferq (saturation, sweep) → each peer (sweep).
+
+Only one system runs at a time, so each gets the machine's cores to itself (inferq's broker,
+Redis, intake and worker share them, as they would in production on one box).
+"""
+
+from __future__ import annotations
+
+import os
+import platform
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+
+from ops.bench.corpus import bench_texts
+from ops.bench.load import InferqLoad, Level, http_level
+from ops.bench.peers import PEERS, PeerServer, install
+from ops.bench.raw import measure_raw
+from ops.bench.report import goals, plot, print_report, system_summary, write_json
+from ops.stack import Stack, free_port, on_free_ports
+from schemas.errors import InferqError
+from schemas.settings import Settings
+from workers.runners.device import threads_per_process
+from workers.runners.embed import minilm_path
+
+MODEL = "all-MiniLM-L6-v2"
+SKIPPED = {"api", "flower"}  # not on the path Kafka → Redis
+
+
+@dataclass(frozen=True)
+class BenchPlan:
+    levels: Sequence[int] = (1, 2, 4, 8, 16, 32, 64, 128)
+    warmup_s: float = 2.0
+    window_s: float = 6.0
+    low_load_window_s: float = 15.0
+    burst_texts: int = 2_000
+    peers: Sequence[str] = ("infinity-emb", "ray-serve", "bentoml")
+
+    @classmethod
+    def quick(cls, peers: Sequence[str]) -> BenchPlan:
+        return cls((1, 8, 32), 1.0, 3.0, 5.0, 400, peers)
+
+
+def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Console) -> dict[str, Any]:
+    texts = bench_texts(512)
+    threads = threads_per_process(settings)
+    steps = 1 + 2 + len(plan.levels) + len(plan.peers) * (2 + len(plan.levels))
+    columns = (
+        TextColumn("{task.description}"),
+        BarColumn(),
+        TextColumn("{task.completed}/{task.total}"),
+        TimeElapsedColumn(),
+    )
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("bench", total=steps)
+
+        def step(what: str, advance: int = 1) -> None:
+            progress.update(task, description=what, advance=advance)
+
+        step("raw: tokenise + forward, length-sorted", 0)
+        raw = measure_raw(settings, MODEL, texts, progress=lambda m: progress.update(task, description=m))
+        step("inferq: starting the stack")
+        inferq = _bench_inferq(settings, plan, texts, step)
+        peer_root = (settings.state_dir / "peers").resolve()
+        peers = {name: _bench_peer(name, plan, texts, peer_root, threads, step) for name in plan.peers}
+
+    data: dict[str, Any] = {
+        "model": MODEL,
+        "machine": {
+            "cpus": os.cpu_count(),
+            "torch_threads": threads,
+            "device": raw.device,
+            "platform": platform.platform(),
+        },
+        "corpus": {"texts": len(texts), "mean_chars": sum(map(len, texts)) / len(texts)},
+        "raw": {
+            "seq_per_s_by_layout_and_batch": raw.layouts,
+            "best_layout": raw.best()[0],
+            "best_batch_size": raw.best()[1],
+            "batch1_p50_ms_by_threads": raw.batch1_ms,
+            "batch1_p50_ms": raw.batch1_p50_ms,
+        },
+        "raw_best_seq_per_s": raw.best()[2],
+        "pipeline_seq_per_s": inferq["saturation"]["steady_seq_per_s"],
+        "low_load_p50_ms": inferq["summary"]["low_load_p50_ms"],
+        "low_load_p99_ms": inferq["summary"]["low_load_p99_ms"],
+        "inferq": inferq,
+        "peers": peers,
+        "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in plan.__dict__.items()},
+    }
+    data["goals"] = goals(
+        data["raw_best_seq_per_s"],
+        data["pipeline_seq_per_s"],
+        raw.batch1_p50_ms,
+        data["low_load_p50_ms"],
+        data["low_load_p99_ms"],
+    )
+    data["ratio"] = data["goals"]["ratio"]
+    write_json(out_dir / "bench.json", data)
+    plot(out_dir / "bench.png", data)
+    print_report(console, data)
+    console.print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'}")
+    return data
+
+
+def _bench_inferq(settings: Settings, plan: BenchPlan, texts: list[str], step: Any) -> dict[str, Any]:
+    bs = on_free_ports(settings, (settings.state_dir / "bench").resolve()).model_copy(
+        update={"worker_models": MODEL}
+    )
+    stack = Stack(bs)
+    stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
+    load = InferqLoad(bs, MODEL)
+    try:
+        load.burst(texts[:64])  # warm every path (and the cost model) before measuring
+        step("inferq: saturation burst")
+        n = plan.burst_texts
+        steady, whole, latencies = load.burst([texts[i % len(texts)] + f" [{i}]" for i in range(n)])
+        levels: list[Level] = []
+        for c in plan.levels:
+            step(f"inferq: {c} in flight")
+            window = plan.low_load_window_s if c == min(plan.levels) else plan.window_s
+            levels.append(load.run(c, texts, plan.warmup_s, window))
+    finally:
+        load.close()
+        stack.down()
+    dicts = [lv.as_dict() for lv in levels]
+    return {
+        "saturation": {
+            "texts": n,
+            "steady_seq_per_s": steady,
+            "whole_run_seq_per_s": whole,
+            "p50_ms": float(np.percentile(latencies, 50)),
+            "p99_ms": float(np.percentile(latencies, 99)),
+        },
+        "levels": dicts,
+        "summary": system_summary(dicts),
+        "settings": {
+            k: str(v)
+            for k, v in bs.model_dump().items()
+            if k.startswith(("max_", "batch_", "target_", "transport_", "worker_", "torch_"))
+        },
+    }
+
+
+def _bench_peer(
+    name: str, plan: BenchPlan, texts: list[str], root: Path, threads: int, step: Any
+) -> dict[str, Any]:
+    peer = PEERS[name]
+    root.mkdir(parents=True, exist_ok=True)
+    entry: dict[str, Any] = {"requirements": list(peer.requirements), "levels": []}
+    step(f"{name}: install (own venv)")
+    server = None
+    try:
+        venv = install(peer, root, log=lambda m: step(m, 0))
+        step(f"{name}: start")
+        server = PeerServer(peer, venv, free_port(), minilm_path(), threads, root / f"{name}.log")
+        server.wait_ready()
+        payloads = [peer.payload(t) for t in texts]
+        http_level(name, server.url, payloads, 8, 0.0, 2.0)  # warm-up
+        for c in plan.levels:
+            step(f"{name}: {c} in flight")
+            window = plan.low_load_window_s if c == min(plan.levels) else plan.window_s
+            entry["levels"].append(http_level(name, server.url, payloads, c, plan.warmup_s, window).as_dict())
+    except (InferqError, OSError) as e:
+        entry["error"] = str(e)
+    finally:
+        if server is not None:
+            server.stop()
+    entry["summary"] = system_summary(entry["levels"])
+    return entry

@@ -1,0 +1,67 @@
+"""The bench's pure parts: goals, summaries, bench.json and the plot (no servers, no timing)."""
+
+import json
+
+from rich.console import Console
+
+from ops.bench.corpus import bench_texts
+from ops.bench.report import goals, plot, print_report, system_summary, write_json
+
+
+def level(c, tput, p50, p99, errors=0):
+    return {
+        "system": "x",
+        "concurrency": c,
+        "completed": 10,
+        "window_s": 1.0,
+        "throughput_per_s": tput,
+        "p50_ms": p50,
+        "p99_ms": p99,
+        "errors": errors,
+    }
+
+
+def test_goals_compare_ratio_and_latency():
+    g = goals(raw_best=100, pipeline=92, batch1_ms=25, p50_ms=39, p99_ms=70)
+    assert g["ratio"] == 0.92 and g["ratio_met"] and g["low_load_p50_met"] and g["low_load_p99_met"]
+    g = goals(raw_best=100, pipeline=80, batch1_ms=25, p50_ms=41, p99_ms=90)
+    assert not (g["ratio_met"] or g["low_load_p50_met"] or g["low_load_p99_met"])
+
+
+def test_summary_takes_best_throughput_and_the_ends_of_the_sweep():
+    s = system_summary([level(1, 30, 40, 60), level(8, 90, 80, 120), level(32, 85, 300, 500, errors=1)])
+    assert s["max_throughput_per_s"] == 90 and s["low_load_p50_ms"] == 40 and s["high_load_p99_ms"] == 500
+    assert s["errors"] == 1 and system_summary([]) == {}
+
+
+def test_corpus_is_deterministic_and_long_enough():
+    a, b = bench_texts(20), bench_texts(20)
+    assert a == b and all(len(t.split()) >= 10 for t in a)
+
+
+def test_json_table_and_plot_are_written(tmp_path):
+    levels = [level(1, 30, 40, 60), level(8, 90, 80, 120)]
+    data = {
+        "model": "m",
+        "machine": {"device": "cpu", "cpus": 2},
+        "raw": {"best_layout": "1 process × 2 threads", "best_batch_size": 32, "batch1_p50_ms": 25.0},
+        "raw_best_seq_per_s": 100.0,
+        "pipeline_seq_per_s": 92.0,
+        "ratio": 0.92,
+        "low_load_p50_ms": 39.0,
+        "low_load_p99_ms": float("nan"),
+        "goals": goals(100, 92, 25, 39, 70),
+        "inferq": {"levels": levels, "summary": system_summary(levels)},
+        "peers": {
+            "other": {"levels": levels, "summary": system_summary(levels)},
+            "broken": {"error": "no venv"},
+        },
+    }
+    write_json(tmp_path / "bench.json", data)
+    assert json.loads((tmp_path / "bench.json").read_text())["low_load_p99_ms"] is None  # NaN → null
+    plot(tmp_path / "bench.png", data)
+    assert (tmp_path / "bench.png").read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    console = Console(record=True, width=160)
+    print_report(console, data)
+    text = console.export_text()
+    assert "0.920" in text and "other" in text and "no venv" in text
