@@ -153,10 +153,11 @@ class Engine:
         live = self._mark_running(live, start, batch_id) if live else live
         if live:
             lengths = [len(p.ids) for p in live]
+            padded = padded_tokens(lengths)
             forward_start = now_ms()
             rows = self._forward_isolated([p.ids for p in live])
             compute_ms = now_ms() - forward_start
-            self.cost.observe(padded_tokens(lengths), len(lengths), compute_ms)
+            self.cost.observe(padded, len(lengths), compute_ms)
             failed = 0
             for piece, row in zip(live, rows, strict=True):
                 failed += self._absorb(piece, row)
@@ -167,7 +168,7 @@ class Engine:
                 batch_id,
                 len(live),
                 sum(lengths),
-                padded_tokens(lengths),
+                padded,
                 compute_ms,
                 failed,
                 self.runner.device,
