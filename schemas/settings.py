@@ -36,6 +36,12 @@ class Settings(BaseSettings):
     kafka_poll_timeout_ms: int = Field(
         50, ge=1, description="Longest the broker holds an empty fetch (fetch.max.wait.ms)"
     )
+    kafka_poll_wait_ms: int = Field(
+        2, ge=0, description="Once assigned, how long one poll waits for the broker's answer"
+    )
+    intake_cpu_policy: Literal["normal", "idle"] = Field(
+        "normal", description="idle = the intake runs only on otherwise idle CPU (Linux SCHED_IDLE)"
+    )
     kafka_idle_poll_max_ms: float = Field(
         5.0, gt=0, description="After empty polls the intake pauses, doubling from 1 ms up to this"
     )

@@ -24,7 +24,6 @@ def settings(tmp_path_factory) -> Settings:
         kafka_session_timeout_ms=6_000,
         torch_threads=1,
         worker_processes=1,
-        worker_concurrency=4,
         transport_batch_size=32,
     )
     return on_free_ports(base, tmp_path_factory.mktemp("inferq-state"))

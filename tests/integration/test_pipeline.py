@@ -191,7 +191,7 @@ def test_high_priority_overtakes_a_backlog_and_deadlines_expire_in_it(client):
         model="all-MiniLM-L6-v2",
         inputs="behind the backlog",
         priority="low",
-        deadline=datetime.now(timezone.utc) + timedelta(milliseconds=800),
+        deadline=datetime.now(timezone.utc) + timedelta(milliseconds=300),  # < one 32-text batch
     )
     client.publish(late)
     client.flush()
