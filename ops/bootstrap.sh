@@ -1,17 +1,23 @@
 #!/usr/bin/env bash
 # Install everything inferq needs on a fresh Debian/Ubuntu machine, idempotently:
-#   - redis-server (Debian package) when it is not on PATH;
+#   - redis-server and prometheus (Debian packages) when they are not on PATH (the local stack runs
+#     Prometheus with the project's alert rules; the tests check them with promtool);
 #   - a virtualenv in .venv with torch pinned to the CPU wheel (2.13.0), then the project with its
 #     dev extra from setup.cfg. Re-runs are quick: pip is skipped while setup.cfg is unchanged.
 # Set INFERQ_BOOTSTRAP_EXTRAS=dev,gpu to add the GPU extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 
-if ! command -v redis-server >/dev/null 2>&1; then
-  echo "bootstrap: installing redis-server (apt)" >&2
+missing=()
+command -v redis-server >/dev/null 2>&1 || missing+=(redis-server)
+command -v prometheus >/dev/null 2>&1 || missing+=(prometheus)
+if [ ${#missing[@]} -gt 0 ]; then
+  echo "bootstrap: installing ${missing[*]} (apt)" >&2
   SUDO=""; [ "$(id -u)" = 0 ] || SUDO="sudo"
   $SUDO apt-get update -qq
-  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq redis-server >/dev/null
+  DEBIAN_FRONTEND=noninteractive $SUDO apt-get install -y -qq --no-install-recommends "${missing[@]}" >/dev/null
+  # Debian starts the packaged services; the stack runs its own on loopback ports
+  for svc in prometheus redis-server; do $SUDO systemctl disable --now "$svc" >/dev/null 2>&1 || true; done
 fi
 
 PYTHON="${PYTHON:-python3}"

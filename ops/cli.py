@@ -4,6 +4,7 @@ inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result AP
 inferq-ops status
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
 inferq-ops bench     # raw model vs the pipeline vs peer servers; bench.json + bench.png
+inferq-ops kibana --url http://localhost:5601   # data view + dashboards into a Kibana
 inferq-ops down      # stops exactly what `up` started
 """
 
@@ -11,6 +12,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import shutil
 import sys
 from pathlib import Path
 
@@ -20,8 +22,10 @@ from rich.table import Table
 from ops.bench.peers import PEERS
 from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
+from ops.kibana.importer import import_dashboards
 from ops.stack import Stack
 from schemas.errors import InferqError
+from schemas.naming import log_index
 from schemas.settings import get_settings
 
 
@@ -43,6 +47,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated peers to compare ({', '.join(PEERS)}); '' for none",
     )
     b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png go")
+    k = sub.add_parser("kibana", help="import the data view and dashboards into a Kibana")
+    k.add_argument("--url", required=True, help="Kibana base URL, e.g. http://localhost:5601")
+    k.add_argument("--user", help="basic-auth user (with --password)")
+    k.add_argument("--password", help="basic-auth password")
+    k.add_argument("--api-key", help="Kibana/Elasticsearch API key (instead of user/password)")
+    k.add_argument("--space", help="Kibana space id (default space when omitted)")
     args = p.parse_args(argv)
 
     console = Console()
@@ -69,6 +79,13 @@ def main(argv: list[str] | None = None) -> int:
             plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
             args.out.mkdir(parents=True, exist_ok=True)
             run_bench(settings, plan, args.out, console)
+        elif args.cmd == "kibana":
+            auth = (args.user, args.password) if args.user else None
+            report = import_dashboards(args.url, auth=auth, api_key=args.api_key, space=args.space)
+            console.print(f"data view {report.data_view}; {report.imported} saved objects imported")
+            for err in report.errors:
+                console.print(f"[red]not imported:[/red] {err}")
+            return 1 if report.errors else 0
         elif args.cmd == "demo":
             was_up = all(v["running"] for v in stack.status().values())
             _up(stack, console)
@@ -110,7 +127,13 @@ def _print_endpoints(console: Console, s: object) -> None:
         f"  Kafka      {s.kafka_bootstrap_servers}\n  Redis      {s.redis_url}\n"
         f"  Result API http://{s.api_host}:{s.api_port}/docs\n"
         f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user})\n"
-        f"  ES API     {s.elasticsearch_url}"
+        f"  ES API     {s.elasticsearch_url} (logs: index {log_index(s)})\n"
+        f"  Metrics    http://127.0.0.1:{s.metrics_port}/metrics\n"
+        + (
+            f"  Prometheus http://127.0.0.1:{s.prometheus_port}"
+            if shutil.which("prometheus")
+            else "  Prometheus not installed: apt-get install -y prometheus (then `inferq-ops up` starts it)"
+        )
     )
 
 

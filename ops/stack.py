@@ -26,9 +26,10 @@ from pathlib import Path
 import httpx
 import redis
 
+from ops.metrics.prometheus import render_prometheus_config
 from ops.topics import ensure_topics
 from schemas.errors import StackError
-from schemas.naming import worker_key
+from schemas.naming import metrics_dir, worker_key
 from schemas.settings import ENV_PREFIX, Settings, port_of
 
 WORKER_PREFIX = "inferq-worker"
@@ -72,6 +73,8 @@ def on_free_ports(settings: Settings, state_dir: Path) -> Settings:
             "celery_broker_url": f"redis://127.0.0.1:{redis_port}/1",
             "api_port": free_port(),
             "flower_port": free_port(),
+            "metrics_port": free_port(),
+            "prometheus_port": free_port(),
         }
     )
 
@@ -131,6 +134,11 @@ class Stack:
             "TRANSFORMERS_OFFLINE": "1",
             "TOKENIZERS_PARALLELISM": "false",
             "PYTHONUNBUFFERED": "1",
+            # prometheus-client's own variable: every process writes its metrics here, the
+            # exporter sums them (cleared by `up` when no process of the stack runs)
+            "PROMETHEUS_MULTIPROC_DIR": str(
+                metrics_dir(settings.model_copy(update={"state_dir": self.root}))
+            ),
         }
 
     # -- the services -------------------------------------------------------------------------
@@ -187,6 +195,12 @@ class Stack:
                 lambda: _http_ok(f"http://{s.api_host}:{s.api_port}/healthz"),
             ),
             Service(
+                "exporter",
+                [py, "-m", "ops.metrics.exporter"],
+                lambda: _http_ok(f"http://127.0.0.1:{s.metrics_port}/metrics"),
+            ),
+            *self._prometheus(),
+            Service(
                 "flower",
                 [
                     py,
@@ -238,6 +252,25 @@ class Stack:
             )
         return out
 
+    def _prometheus(self) -> list[Service]:
+        """Prometheus with the project's rules, when the binary is installed (Debian: prometheus)."""
+        binary = shutil.which("prometheus")
+        if binary is None:
+            return []
+        config = render_prometheus_config(self.s, self.root / "prometheus")
+        return [
+            Service(
+                "prometheus",
+                [
+                    binary,
+                    f"--config.file={config}",
+                    f"--storage.tsdb.path={self.data_dir / 'prometheus'}",
+                    f"--web.listen-address=127.0.0.1:{self.s.prometheus_port}",
+                ],
+                lambda: _http_ok(f"http://127.0.0.1:{self.s.prometheus_port}/-/ready"),
+            )
+        ]
+
     def _redis_client(self) -> redis.Redis:
         return redis.Redis.from_url(self.s.redis_url, socket_timeout=1.0)
 
@@ -258,6 +291,10 @@ class Stack:
         """Start every service not already running, in order, each waited on until ready."""
         for d in (self.run_dir, self.log_dir, self.data_dir):
             d.mkdir(parents=True, exist_ok=True)
+        metrics = Path(self.env["PROMETHEUS_MULTIPROC_DIR"])
+        if not any(self.pid(svc.name) for svc in self.services()):
+            shutil.rmtree(metrics, ignore_errors=True)  # counts start at zero with a fresh stack
+        metrics.mkdir(parents=True, exist_ok=True)
         for svc in self.services():
             if only and svc.name not in only:
                 continue

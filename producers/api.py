@@ -25,6 +25,8 @@ from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
 from pydantic import BaseModel
 
+from ops.logship.ecs import configure_logging
+from ops.observe import observe_store
 from producers.client import InferqClient
 from schemas.catalog import CATALOG
 from schemas.errors import DuplicateRequestId, ErrorCode, InvalidRequest, NotCancellable
@@ -68,6 +70,7 @@ def _error(status: int, info: ErrorInfo) -> JSONResponse:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     client = InferqClient(settings)
+    observe_store(client.store)  # cancellations are terminal results too: logged and counted
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -176,7 +179,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     s = get_settings()
-    uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_level="info")
+    shipper = configure_logging(s, "api")
+    try:
+        # log_config=None: uvicorn's records go through the ECS handlers configured above
+        uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_config=None)
+    finally:
+        if shipper is not None:
+            shipper.close()
 
 
 if __name__ == "__main__":

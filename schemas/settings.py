@@ -117,6 +117,24 @@ class Settings(BaseSettings):
         "http://127.0.0.1:19200", description="Elasticsearch-API endpoint for logs"
     )
 
+    # --- Logs (ECS JSON to stderr, shipped to Elasticsearch) and metrics -------------------------
+    log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
+    log_ship: bool = Field(True, description="Ship every process's log records to Elasticsearch")
+    log_queue_max_records: int = Field(
+        20_000, ge=100, description="Records waiting to ship; beyond this they are dropped and counted"
+    )
+    log_bulk_max_records: int = Field(500, ge=1, description="Records per bulk request")
+    log_flush_interval_ms: int = Field(1_000, ge=10, description="Longest a record waits to be shipped")
+    log_retry_max_s: float = Field(30.0, gt=0, description="Cap of the backoff while Elasticsearch is down")
+    log_spool_max_bytes: int = Field(
+        256 * 1024 * 1024, ge=1_024, description="Disk spool per process while Elasticsearch is down"
+    )
+    log_inputs: bool = Field(
+        False, description="Add a masked preview of each input (first 8 chars, length, digest) to logs"
+    )
+    metrics_port: int = Field(19108, description="Prometheus exporter (inferq-exporter) port")
+    prometheus_port: int = Field(19090, description="Prometheus, when the local stack starts it")
+
     # --- Local stack -------------------------------------------------------------------------
     state_dir: Path = Field(Path(".inferq"), description="Where `inferq-ops up` keeps data, pids and logs")
 

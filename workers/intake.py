@@ -24,6 +24,9 @@ from celery import Celery
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
+from ops.logship.ecs import configure_logging, mask_text
+from ops.metrics.instruments import ADMITTED, DEAD_LETTERS
+from ops.observe import observe_store
 from schemas.errors import DuplicateRequestId, InferqError, InvalidRequest
 from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadletter_topic, model_queue, requests_topic
@@ -67,7 +70,8 @@ class Intake:
             max_partition_fetch_bytes=max(1_048_576, settings.kafka_max_message_bytes * 2),
         )
         producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=2)
-        return cls(settings, consumer, producer, ResultStore.from_settings(settings), make_app(settings))
+        store = observe_store(ResultStore.from_settings(settings))
+        return cls(settings, consumer, producer, store, make_app(settings))
 
     def run(self, stop: threading.Event) -> None:
         """Poll, hand off, commit, until ``stop`` is set; then close (every handled poll is committed).
@@ -131,6 +135,19 @@ class Intake:
         verdicts = self.store.admit([(request_digest(req), queued_result(req, t)) for _, req, t in accepted])
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         for (rec, req, t), verdict in zip(accepted, verdicts, strict=True):
+            if verdict is Admission.NEW:
+                ADMITTED.labels(req.model).inc()
+                if self.s.log_inputs:  # opt-in, and masked: never the text itself
+                    log.info(
+                        "received %s",
+                        req.request_id,
+                        extra={
+                            "event.dataset": "inferq.intake",
+                            "inferq.stage": "received",
+                            "inferq.request_id": req.request_id,
+                            "inferq.input_preview": mask_text(req.texts()[0]),
+                        },
+                    )
             if verdict in (Admission.NEW, Admission.PENDING):
                 item = {"request": req.model_dump(mode="json"), "timings": t}
                 key = (model_queue(self.s, req.model), CELERY_PRIORITY[req.priority])
@@ -145,7 +162,25 @@ class Intake:
     def reject(self, rec: ConsumerRecord, error: InferqError, received: float, *, answer: bool) -> None:
         """Dead-letter a record; with ``answer``, also write a ``failed`` result for its id."""
         rid = salvage_request_id(rec.value)
-        log.warning("dead-lettering %s[%d]@%d: %s", rec.topic, rec.partition, rec.offset, error.message)
+        DEAD_LETTERS.labels(error.code.value).inc()
+        log.warning(
+            "dead-lettering %s[%d]@%d: %s",
+            rec.topic,
+            rec.partition,
+            rec.offset,
+            error.message,
+            extra={
+                "event.dataset": "inferq.deadletter",
+                "event.action": "dead_letter",
+                "event.outcome": "failure",
+                "inferq.stage": "intake",
+                "inferq.request_id": rid,
+                "inferq.error_code": error.code.value,
+                "inferq.source.topic": rec.topic,
+                "inferq.source.partition": rec.partition,
+                "inferq.source.offset": rec.offset,
+            },
+        )
         if answer and rid:
             failed = InferenceResult(
                 request_id=rid,
@@ -188,8 +223,8 @@ def yield_cpu(policy: str) -> bool:
 
 
 def main() -> None:
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(levelname)s %(name)s %(message)s")
     settings = get_settings()
+    shipper = configure_logging(settings, "intake")
     if yield_cpu(settings.intake_cpu_policy):
         log.info("intake runs at SCHED_IDLE (INFERQ_INTAKE_CPU_POLICY=idle)")
     stop = threading.Event()
@@ -199,6 +234,8 @@ def main() -> None:
     log.info("intake consuming %s as group %s", requests_topic(settings), settings.kafka_group_id)
     intake.run(stop)
     log.info("intake stopped")
+    if shipper is not None:
+        shipper.close()
 
 
 if __name__ == "__main__":

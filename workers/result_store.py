@@ -10,7 +10,8 @@ clients wake at once instead of polling. Key layout is in :mod:`schemas.naming`.
 from __future__ import annotations
 
 import hashlib
-from collections.abc import Iterable, Sequence
+import logging
+from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
 from typing import Any
 
@@ -18,10 +19,12 @@ import redis
 
 from schemas.errors import Cancelled
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import done_channel, result_key
+from schemas.naming import done_channel, inflight_key, result_key
 from schemas.settings import Settings
 
-# KEYS[1] result key; ARGV: digest, queued body, ttl_s
+log = logging.getLogger(__name__)
+
+# KEYS[1] result key, KEYS[2] in-flight counter; ARGV: digest, queued body, ttl_s
 _ADMIT = """
 local cur = redis.call('HGET', KEYS[1], 'digest')
 if not cur then
@@ -29,6 +32,7 @@ if not cur then
   if st then return 'terminal' end
   redis.call('HSET', KEYS[1], 'status', 'queued', 'body', ARGV[2], 'digest', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
+  redis.call('INCR', KEYS[2])
   return 'new'
 end
 if cur ~= ARGV[1] then return 'conflict' end
@@ -37,7 +41,8 @@ if st == 'queued' or st == 'running' then return 'pending' end
 return 'terminal'
 """
 
-# KEYS[1] result key; ARGV: status, body, ttl_s, only_if_absent (0|1), done channel, request id
+# KEYS[1] result key, KEYS[2] in-flight counter; ARGV: status, body, ttl_s, only_if_absent (0|1),
+# done channel, request id
 _ADVANCE = """
 local rank = {queued=0, running=1, done=2, failed=2, expired=2, cancelled=2}
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -48,18 +53,22 @@ if st then
 end
 redis.call('HSET', KEYS[1], 'status', ARGV[1], 'body', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
-if rank[ARGV[1]] >= 2 then redis.call('PUBLISH', ARGV[5], ARGV[6]) end
+if rank[ARGV[1]] >= 2 then
+  redis.call('PUBLISH', ARGV[5], ARGV[6])
+  if st then redis.call('DECR', KEYS[2]) end
+end
 return 1
 """
 
-# KEYS[1] result key; ARGV: cancelled body, done channel, request id. Only a queued request can be
-# cancelled; otherwise the current status is returned (or 'unknown').
+# KEYS[1] result key, KEYS[2] in-flight counter; ARGV: cancelled body, done channel, request id.
+# Only a queued request can be cancelled; otherwise the current status is returned (or 'unknown').
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'unknown' end
 if st ~= 'queued' then return st end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'body', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
+redis.call('DECR', KEYS[2])
 return 'cancelled'
 """
 
@@ -100,6 +109,9 @@ class ResultStore:
         self._advance = client.register_script(_ADVANCE)
         self._cancel = client.register_script(_CANCEL)
         self.channel = done_channel(settings)
+        self.inflight_key = inflight_key(settings)
+        # called with each result this process made terminal (logs, metrics); never raise into writes
+        self.hooks: list[Callable[[InferenceResult], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
@@ -110,7 +122,7 @@ class ResultStore:
         pipe = self.client.pipeline(transaction=False)
         for digest, queued in items:
             self._admit(
-                keys=[result_key(self._s, queued.request_id)],
+                keys=[result_key(self._s, queued.request_id), self.inflight_key],
                 args=[digest, queued.model_dump_json(), self._s.result_ttl_s],
                 client=pipe,
             )
@@ -119,10 +131,10 @@ class ResultStore:
     def advance(self, results: Iterable[InferenceResult], *, only_if_absent: bool = False) -> list[bool]:
         """Move each result forward; False where the store already held a later (or any) state."""
         pipe = self.client.pipeline(transaction=False)
-        n = 0
+        sent: list[InferenceResult] = []
         for result in results:
             self._advance(
-                keys=[result_key(self._s, result.request_id)],
+                keys=[result_key(self._s, result.request_id), self.inflight_key],
                 args=[
                     result.status.value,
                     result.model_dump_json(),
@@ -133,8 +145,20 @@ class ResultStore:
                 ],
                 client=pipe,
             )
-            n += 1
-        return [bool(v) for v in pipe.execute()] if n else []
+            sent.append(result)
+        if not sent:
+            return []
+        accepted = [bool(v) for v in pipe.execute()]
+        self._notify(r for r, ok in zip(sent, accepted, strict=True) if ok and r.status.terminal)
+        return accepted
+
+    def _notify(self, results: Iterable[InferenceResult]) -> None:
+        for result in results:
+            for hook in self.hooks:
+                try:
+                    hook(result)
+                except Exception:  # a broken hook must not fail a write that already happened
+                    log.exception("result hook %r failed", hook)
 
     def cancel(self, request_id: str) -> tuple[ResultStatus | None, InferenceResult | None]:
         """Cancel a request that has not started; returns (status now, result now).
@@ -156,18 +180,24 @@ class ResultStore:
         )
         verdict = _text(
             self._cancel(
-                keys=[result_key(self._s, request_id)],
+                keys=[result_key(self._s, request_id), self.inflight_key],
                 args=[cancelled.model_dump_json(), self.channel, request_id],
             )
         )
         if verdict == "cancelled":
+            self._notify([cancelled])
             return ResultStatus.CANCELLED, cancelled
         latest = self.get(request_id)  # it moved on between the read and the script
         return (latest.status if latest else None), latest
 
     def forget(self, request_id: str) -> None:
         """Delete a request's record (only for one that never reached Kafka)."""
-        self.client.delete(result_key(self._s, request_id))
+        if self.client.delete(result_key(self._s, request_id)):
+            self.client.decr(self.inflight_key)
+
+    def in_flight(self) -> int:
+        """Requests admitted and not yet terminal, across every process."""
+        return int(self.client.get(self.inflight_key) or 0)
 
     def get(self, request_id: str) -> InferenceResult | None:
         body = self.client.hget(result_key(self._s, request_id), "body")

@@ -16,13 +16,15 @@ from typing import Any
 
 from celery import signals
 
+from ops.logship.ecs import configure_logging, current_shipper
+from ops.observe import observe_store, on_batch
 from schemas.errors import InferqError
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import worker_key
 from schemas.settings import get_settings
 from workers.batcher import BatchPolicy
 from workers.celery_app import TASK_INFER, app
-from workers.engine import BatchStats, Engine
+from workers.engine import Engine
 from workers.result_store import ResultStore
 from workers.runners import load_runner
 from workers.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
@@ -38,7 +40,7 @@ HEARTBEAT_S = 5.0
 @functools.cache
 def result_store() -> ResultStore:
     """The process's one result store (one Redis connection pool for engines, failures, heartbeat)."""
-    return ResultStore.from_settings(get_settings())
+    return observe_store(ResultStore.from_settings(get_settings()))
 
 
 def engine_for(model: str) -> Engine:
@@ -54,23 +56,9 @@ def engine_for(model: str) -> Engine:
                 else FixedWait(s.max_wait_ms)
             )
             engine = Engine(load_runner(model, s), result_store(), policy, wait, cost)
-            engine.hooks.append(_log_batch)
+            engine.hooks.append(on_batch)
             _engines[model] = engine
         return _engines[model]
-
-
-def _log_batch(stats: BatchStats) -> None:
-    log.info(
-        "batch %s %s: %d texts, %d tokens (%d padded, %.0f%% waste), %.1f ms, %d failed",
-        stats.model,
-        stats.batch_id,
-        stats.size,
-        stats.tokens,
-        stats.padded_tokens,
-        100 * stats.padding_waste,
-        stats.compute_ms,
-        stats.failed,
-    )
 
 
 @app.task(name=TASK_INFER, bind=True, acks_late=True)
@@ -127,6 +115,12 @@ def _heartbeat(hostname: str, models: list[str]) -> None:
             return
 
 
+@signals.setup_logging.connect
+def _setup_logging(**kw: Any) -> None:
+    """ECS JSON logs (stderr + Elasticsearch) instead of Celery's own format."""
+    configure_logging(get_settings(), "worker")
+
+
 @signals.worker_ready.connect
 def _warm_up(sender: Any = None, **kw: Any) -> None:
     """Load every declared model before the worker is advertised as ready."""
@@ -146,6 +140,9 @@ def _drain(**kw: Any) -> None:
     _heartbeat_stop.set()
     for engine in list(_engines.values()):
         engine.close()
+    shipper = current_shipper()
+    if shipper is not None:
+        shipper.close()
 
 
 __all__ = ["engine_for", "infer"]

@@ -1,0 +1,118 @@
+"""Every process's logging: ECS JSON lines on stderr, and the same records shipped to Elasticsearch.
+
+Call :func:`configure_logging` once at process start with the service's name. Context travels
+in ``extra`` with dotted ECS names (``{"inferq.request_id": ...}``); the formatter nests them.
+Input text is never logged unless ``INFERQ_LOG_INPUTS`` is on, and then only as
+:func:`mask_text`'s preview.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import socket
+import sys
+from typing import Any
+
+import ecs_logging
+from elasticsearch import Elasticsearch
+
+from ops.logship.shipper import Shipper
+from ops.metrics.instruments import LOG_DROPPED
+from schemas.naming import log_index, spool_dir
+from schemas.settings import Settings
+
+_shipper: Shipper | None = None
+
+
+class ShippingHandler(logging.Handler):
+    """Formats each record as an ECS document and offers it to the shipper (never blocks)."""
+
+    def __init__(self, shipper: Shipper, formatter: ecs_logging.StdlibFormatter) -> None:
+        super().__init__()
+        self.shipper = shipper
+        self.ecs = formatter
+
+    def emit(self, record: logging.LogRecord) -> None:
+        try:
+            self.shipper.offer(de_dot(self.ecs.format_to_ecs(record)))
+        except Exception:
+            self.handleError(record)
+
+
+def de_dot(doc: dict[str, Any]) -> dict[str, Any]:
+    """``{"log.level": x, "log": {"logger": y}}`` → ``{"log": {"level": x, "logger": y}}``."""
+    out: dict[str, Any] = {}
+    for key, value in doc.items():
+        if isinstance(value, dict):
+            value = de_dot(value)
+        parts = [key] if key.startswith("@") or "." not in key else key.split(".")
+        node = out
+        for p in parts[:-1]:
+            node = node.setdefault(p, {})
+        leaf = parts[-1]
+        if isinstance(value, dict) and isinstance(node.get(leaf), dict):
+            node[leaf].update(value)
+        else:
+            node[leaf] = value
+    return out
+
+
+class DropTaskArguments(logging.Filter):
+    """Celery logs a task's arguments (``data``) with each result; they hold request inputs.
+
+    Also drops uvicorn's ``color_message`` (the message again, with terminal colours).
+    """
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        if record.name.startswith("celery") and hasattr(record, "data"):
+            record.data = {k: v for k, v in record.data.items() if k not in ("args", "kwargs")}
+        record.__dict__.pop("color_message", None)
+        return True
+
+
+def configure_logging(settings: Settings, service: str) -> Shipper | None:
+    """Root logger → ECS JSON on stderr (+ Elasticsearch when ``log_ship``); returns the shipper."""
+    global _shipper
+    formatter = ecs_logging.StdlibFormatter(
+        exclude_fields=["log.original"],
+        extra={"service.name": service, "host.hostname": socket.gethostname()},
+    )
+    root = logging.getLogger()
+    for h in list(root.handlers):
+        root.removeHandler(h)
+    stream = logging.StreamHandler(sys.stderr)
+    stream.setFormatter(formatter)
+    stream.addFilter(DropTaskArguments())
+    root.addHandler(stream)
+    root.setLevel(settings.log_level)
+    for noisy in ("kafka", "elastic_transport", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    if settings.log_ship:
+        if _shipper is None:
+            _shipper = Shipper(
+                Elasticsearch(settings.elasticsearch_url, request_timeout=10),
+                log_index(settings),
+                spool_dir(settings),
+                queue_max_records=settings.log_queue_max_records,
+                bulk_max_records=settings.log_bulk_max_records,
+                flush_interval_ms=settings.log_flush_interval_ms,
+                retry_max_s=settings.log_retry_max_s,
+                spool_max_bytes=settings.log_spool_max_bytes,
+                on_drop=lambda n: LOG_DROPPED.labels(service).inc(n),
+            )
+        shipping = ShippingHandler(_shipper, formatter)
+        shipping.addFilter(DropTaskArguments())
+        root.addHandler(shipping)
+    return _shipper
+
+
+def current_shipper() -> Shipper | None:
+    return _shipper
+
+
+def mask_text(text: str) -> str:
+    """A preview that identifies an input without revealing it: 8 chars, length and digest."""
+    digest = hashlib.sha256(text.encode()).hexdigest()[:12]
+    head = text[:8].replace("\n", " ")
+    return f"{head}… ({len(text)} chars, sha256:{digest})"

@@ -1,0 +1,104 @@
+"""The two structured records operators search in Kibana: one per request, one per batch.
+
+A request's record is written once, when its result becomes terminal, by whichever process made
+it so (worker, intake, API); it carries the time spent in each stage. A batch's record is written
+by the worker after each forward pass. Field names are in :mod:`ops.logship.template`.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from schemas.messages import InferenceResult, ResultStatus
+
+log = logging.getLogger("inferq.events")
+
+REQUEST_DATASET = "inferq.request"
+BATCH_DATASET = "inferq.batch"
+
+
+def _span(a: float | None, b: float | None) -> float | None:
+    return None if a is None or b is None else round(max(0.0, b - a), 3)
+
+
+def request_fields(result: InferenceResult) -> dict[str, Any]:
+    """The ECS fields of one request's record (dotted names; ``None`` values left out)."""
+    t = result.timings
+    durations = {
+        "kafka": _span(t.published_ms, t.received_ms),
+        "intake": _span(t.received_ms, t.queued_ms),
+        "queue": _span(t.queued_ms, t.batch_start_ms),
+        "compute": _span(t.batch_start_ms, t.done_ms),
+        "total": _span(t.published_ms or t.received_ms, t.done_ms),
+    }
+    total = durations["total"]
+    fields: dict[str, Any] = {
+        "event.dataset": REQUEST_DATASET,
+        "event.action": result.status.value,
+        "event.outcome": "success" if result.status is ResultStatus.DONE else "failure",
+        "event.duration": int(total * 1_000_000) if total is not None else None,  # ECS: nanoseconds
+        "inferq.stage": "finished",
+        "inferq.request_id": result.request_id,
+        "inferq.status": result.status.value,
+        "inferq.tenant": result.tenant,
+        "inferq.model": result.model,
+        "inferq.model_version": result.model_version,
+        "inferq.task": result.task.value if result.task else None,
+        "inferq.batch_id": t.batch_id,
+        "inferq.batch.size": t.batch_size,
+        "inferq.error_code": result.error.code.value if result.error else None,
+        "inferq.inputs": len(result.outputs) if result.outputs else None,
+    }
+    fields.update({f"inferq.duration_ms.{k}": v for k, v in durations.items()})
+    return {k: v for k, v in fields.items() if v is not None}
+
+
+def log_result(result: InferenceResult) -> None:
+    fields = request_fields(result)
+    level = logging.INFO if result.status is ResultStatus.DONE else logging.WARNING
+    total = fields.get("inferq.duration_ms.total")
+    log.log(level, "request %s %s after %s ms", result.request_id, result.status.value, total, extra=fields)
+
+
+def log_batch(
+    *,
+    model: str,
+    model_version: str,
+    batch_id: str,
+    size: int,
+    tokens: int,
+    padded_tokens: int,
+    padding_waste: float,
+    compute_ms: float,
+    failed: int,
+    device: str,
+) -> None:
+    log.info(
+        "batch %s %s: %d texts, %d tokens (%d padded, %.0f%% waste), %.1f ms, %d failed",
+        model,
+        batch_id,
+        size,
+        tokens,
+        padded_tokens,
+        100 * padding_waste,
+        compute_ms,
+        failed,
+        extra={
+            "event.dataset": BATCH_DATASET,
+            "event.action": "batch",
+            "event.outcome": "failure" if failed else "success",
+            "event.duration": int(compute_ms * 1_000_000),
+            "inferq.stage": "batch",
+            "inferq.model": model,
+            "inferq.model_version": model_version,
+            "inferq.batch_id": batch_id,
+            "inferq.batch.size": size,
+            "inferq.batch.tokens": tokens,
+            "inferq.batch.padded_tokens": padded_tokens,
+            "inferq.batch.padding_waste": round(padding_waste, 4),
+            "inferq.batch.compute_ms": round(compute_ms, 3),
+            "inferq.batch.failed": failed,
+            "inferq.batch.device": device,
+        },
+    )

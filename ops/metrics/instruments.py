@@ -1,0 +1,62 @@
+"""The pipeline's own metrics, recorded in whichever process sees the event.
+
+Processes of the local stack share ``PROMETHEUS_MULTIPROC_DIR`` (set by the stack to
+``<state_dir>/metrics``), so counters and histograms from every intake, worker and API process
+add up in the exporter (:mod:`ops.metrics.exporter`). Queue depths, consumer lag, requests in
+flight and workers up are read at scrape time by the exporter itself, from Kafka and Redis.
+Seconds and ratios are the units, as Prometheus expects.
+"""
+
+from __future__ import annotations
+
+from prometheus_client import Counter, Histogram
+
+from schemas.messages import InferenceResult
+
+ADMITTED = Counter("inferq_requests_admitted", "Requests the intake accepted and queued", ["model"])
+RESULTS = Counter("inferq_results", "Terminal results written, by status", ["model", "status"])
+DEAD_LETTERS = Counter("inferq_dead_letters", "Records sent to the dead-letter topic", ["code"])
+LOG_DROPPED = Counter("inferq_log_records_dropped", "Log records dropped (queue or spool full)", ["service"])
+BATCH_SIZE = Histogram(
+    "inferq_batch_size", "Texts per forward pass", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
+)
+BATCH_TOKENS = Histogram(
+    "inferq_batch_tokens",
+    "Real (unpadded) tokens per forward pass",
+    ["model"],
+    buckets=(16, 64, 256, 512, 1024, 2048, 4096, 8192, 16384),
+)
+PADDING_WASTE = Histogram(
+    "inferq_batch_padding_waste_ratio",
+    "Share of a forward pass's tokens that were padding",
+    ["model"],
+    buckets=(0.0, 0.05, 0.1, 0.2, 0.3, 0.5, 0.7, 0.9),
+)
+_LATENCY = (0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1, 2.5, 5, 10, 30, 60)
+COMPUTE = Histogram("inferq_batch_compute_seconds", "Forward pass time", ["model"], buckets=_LATENCY)
+QUEUE_WAIT = Histogram(
+    "inferq_queue_wait_seconds", "Handed to Celery → its batch started", ["model"], buckets=_LATENCY
+)
+LATENCY = Histogram(
+    "inferq_request_latency_seconds",
+    "Published to Kafka → result written, by final status",
+    ["model", "status"],
+    buckets=_LATENCY,
+)
+
+
+def record_result(result: InferenceResult) -> None:
+    model = result.model or "unknown"
+    RESULTS.labels(model, result.status.value).inc()
+    t = result.timings
+    if t.done_ms is not None and t.published_ms is not None:
+        LATENCY.labels(model, result.status.value).observe(max(0.0, t.done_ms - t.published_ms) / 1000.0)
+    if t.batch_start_ms is not None and t.queued_ms is not None:
+        QUEUE_WAIT.labels(model).observe(max(0.0, t.batch_start_ms - t.queued_ms) / 1000.0)
+
+
+def record_batch(model: str, size: int, tokens: int, padding_waste: float, compute_ms: float) -> None:
+    BATCH_SIZE.labels(model).observe(size)
+    BATCH_TOKENS.labels(model).observe(tokens)
+    PADDING_WASTE.labels(model).observe(padding_waste)
+    COMPUTE.labels(model).observe(compute_ms / 1000.0)

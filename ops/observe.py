@@ -1,0 +1,37 @@
+"""Hooks that turn pipeline events into log records and metrics, attached at process start.
+
+The core loops only call hooks (the store's result hooks, the engine's batch hooks); what the
+hooks do lives here, so logging and metrics never sit inline in the hot path.
+"""
+
+from __future__ import annotations
+
+from ops.logship.events import log_batch, log_result
+from ops.metrics.instruments import record_batch, record_result
+from workers.engine import BatchStats
+from workers.result_store import ResultStore
+
+
+def observe_store(store: ResultStore) -> ResultStore:
+    """Log and count every result this process makes terminal."""
+    for hook in (log_result, record_result):
+        if hook not in store.hooks:
+            store.hooks.append(hook)
+    return store
+
+
+def on_batch(stats: BatchStats) -> None:
+    """The engine's batch hook: one log record and the batch histograms."""
+    log_batch(
+        model=stats.model,
+        model_version=stats.model_version,
+        batch_id=stats.batch_id,
+        size=stats.size,
+        tokens=stats.tokens,
+        padded_tokens=stats.padded_tokens,
+        padding_waste=stats.padding_waste,
+        compute_ms=stats.compute_ms,
+        failed=stats.failed,
+        device=stats.device,
+    )
+    record_batch(stats.model, stats.size, stats.tokens, stats.padding_waste, stats.compute_ms)
