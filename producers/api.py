@@ -25,7 +25,7 @@ from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
 from pydantic import BaseModel
 
-from ops.logship.ecs import configure_logging
+from ops.logship.ecs import configure_logging, stop_logging
 from ops.observe import observe_store
 from producers.client import InferqClient
 from schemas.catalog import CATALOG
@@ -179,13 +179,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
 def main() -> None:
     s = get_settings()
-    shipper = configure_logging(s, "api")
+    configure_logging(s, "api")
     try:
         # log_config=None: uvicorn's records go through the ECS handlers configured above
         uvicorn.run(create_app(s), host=s.api_host, port=s.api_port, log_config=None)
     finally:
-        if shipper is not None:
-            shipper.close()
+        stop_logging()
 
 
 if __name__ == "__main__":

@@ -23,13 +23,9 @@ from kafka.producer.future import FutureRecordMetadata
 from schemas.messages import InferenceRequest, InferenceResult, Priority, ResultStatus, Task, now_ms
 from schemas.naming import requests_topic
 from schemas.settings import Settings, get_settings
-from workers.result_store import Admission, ResultStore, queued_result, request_digest
+from workers.result_store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
 
 SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
 
 
 class InferqClient:
@@ -142,9 +138,7 @@ class InferqClient:
                         if on_done is not None:
                             on_done(res)
 
-        pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.store.channel)  # before the first read: no completion slips between
-        try:
+        with DoneWatcher(self.store) as watcher:  # subscribed before the first read
             collect(list(pending))
             last_sweep = time.monotonic()
             while pending:
@@ -154,17 +148,10 @@ class InferqClient:
                         f"{len(pending)} of {len(done) + len(pending)} requests not finished "
                         f"after {timeout_s} s (first: {next(iter(pending))})"
                     )
-                woken = []
-                message = pubsub.get_message(timeout=min(SWEEP_S, give_up - now))
-                while message is not None:
-                    woken.append(_text(message["data"]))
-                    message = pubsub.get_message(timeout=0)
-                collect(woken)
+                collect(watcher.finished(min(SWEEP_S, give_up - now)))
                 if time.monotonic() - last_sweep >= SWEEP_S:  # covers a missed message
                     collect(list(pending))
                     last_sweep = time.monotonic()
-        finally:
-            pubsub.close()
         return done
 
     def cancel(self, request_id: str) -> ResultStatus | None:

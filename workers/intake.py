@@ -24,7 +24,7 @@ from celery import Celery
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 
-from ops.logship.ecs import configure_logging, mask_text
+from ops.logship.ecs import configure_logging, mask_text, stop_logging
 from ops.metrics.instruments import ADMITTED, DEAD_LETTERS
 from ops.observe import observe_store
 from schemas.errors import DuplicateRequestId, InferqError, InvalidRequest
@@ -224,7 +224,7 @@ def yield_cpu(policy: str) -> bool:
 
 def main() -> None:
     settings = get_settings()
-    shipper = configure_logging(settings, "intake")
+    configure_logging(settings, "intake")
     if yield_cpu(settings.intake_cpu_policy):
         log.info("intake runs at SCHED_IDLE (INFERQ_INTAKE_CPU_POLICY=idle)")
     stop = threading.Event()
@@ -234,8 +234,7 @@ def main() -> None:
     log.info("intake consuming %s as group %s", requests_topic(settings), settings.kafka_group_id)
     intake.run(stop)
     log.info("intake stopped")
-    if shipper is not None:
-        shipper.close()
+    stop_logging()
 
 
 if __name__ == "__main__":

@@ -214,5 +214,36 @@ class ResultStore:
         }
 
 
+class DoneWatcher:
+    """A subscription to the ``done`` channel: the ids of results that became terminal.
+
+    Subscribe before reading any result you wait for, so no completion slips between the read and
+    the subscription. Pub/sub is a wake-up, not the record: a missed message costs a poll.
+    """
+
+    def __init__(self, store: ResultStore) -> None:
+        self._pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(store.channel)
+        self._pubsub.get_message(timeout=1.0)  # the confirmation: subscribed on the server from here
+
+    def finished(self, timeout_s: float) -> list[str]:
+        """Ids announced since the last call: waits up to ``timeout_s`` for the first, then drains."""
+        ids: list[str] = []
+        message = self._pubsub.get_message(timeout=max(0.0, timeout_s))
+        while message is not None:
+            ids.append(_text(message["data"]))
+            message = self._pubsub.get_message(timeout=0)
+        return ids
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def __enter__(self) -> DoneWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
+
+
 def _text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -16,7 +16,7 @@ from typing import Any
 
 from celery import signals
 
-from ops.logship.ecs import configure_logging, current_shipper
+from ops.logship.ecs import configure_logging, stop_logging
 from ops.observe import observe_store, on_batch
 from schemas.errors import InferqError
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
@@ -140,9 +140,7 @@ def _drain(**kw: Any) -> None:
     _heartbeat_stop.set()
     for engine in list(_engines.values()):
         engine.close()
-    shipper = current_shipper()
-    if shipper is not None:
-        shipper.close()
+    stop_logging()
 
 
 __all__ = ["engine_for", "infer"]

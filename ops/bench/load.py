@@ -21,7 +21,7 @@ from kafka import KafkaProducer
 from schemas.messages import InferenceRequest
 from schemas.naming import requests_topic
 from schemas.settings import Settings
-from workers.result_store import ResultStore
+from workers.result_store import DoneWatcher, ResultStore
 
 
 @dataclass
@@ -74,9 +74,7 @@ class InferqLoad:
 
     def run(self, concurrency: int, texts: Sequence[str], warmup_s: float, window_s: float) -> Level:
         source = itertools.cycle(texts)
-        pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.store.channel)
-        pubsub.get_message(timeout=1.0)  # the subscribe confirmation
+        watcher = DoneWatcher(self.store)
         sent: dict[str, float] = {}
         latencies: list[float] = []
         errors = 0
@@ -92,13 +90,7 @@ class InferqLoad:
                 if now >= stop_at + 60:
                     errors += len(sent)  # never answered within a minute of the window
                     break
-                woken = []
-                message = pubsub.get_message(timeout=0.5)
-                while message is not None:
-                    rid = message["data"].decode()
-                    if rid in sent:
-                        woken.append(rid)
-                    message = pubsub.get_message(timeout=0)
+                woken = [rid for rid in watcher.finished(0.5) if rid in sent]
                 if not woken:
                     continue
                 results = self.store.get_many(woken)
@@ -113,7 +105,7 @@ class InferqLoad:
                     if got < stop_at:
                         sent[self._send(next(source))] = time.perf_counter()
         finally:
-            pubsub.close()
+            watcher.close()
         return summarise("inferq", concurrency, latencies, window_s, errors)
 
     def burst(self, texts: Sequence[str], timeout_s: float = 600.0) -> tuple[float, float, list[float]]:
@@ -122,9 +114,7 @@ class InferqLoad:
         Steady throughput is measured between the 10th and the 90th percentile of completions, so
         start-up and the drain at the end do not count; the whole-run figure is also returned.
         """
-        pubsub = self.store.client.pubsub(ignore_subscribe_messages=True)
-        pubsub.subscribe(self.store.channel)
-        pubsub.get_message(timeout=1.0)
+        watcher = DoneWatcher(self.store)
         start = time.perf_counter()
         sent = {self._send(t): time.perf_counter() for t in texts}
         self.producer.flush()
@@ -132,16 +122,13 @@ class InferqLoad:
         latencies: list[float] = []
         try:
             while sent and time.perf_counter() - start < timeout_s:
-                message = pubsub.get_message(timeout=0.5)
-                while message is not None:
-                    rid = message["data"].decode()
+                for rid in watcher.finished(0.5):
                     if rid in sent:
                         now = time.perf_counter()
                         latencies.append((now - sent.pop(rid)) * 1000.0)
                         done_at.append(now)
-                    message = pubsub.get_message(timeout=0)
         finally:
-            pubsub.close()
+            watcher.close()
         if sent:
             raise TimeoutError(f"{len(sent)} of {len(texts)} burst requests unanswered after {timeout_s} s")
         lo, hi = int(0.1 * len(done_at)), int(0.9 * len(done_at)) - 1

@@ -8,8 +8,12 @@ Input text is never logged unless ``INFERQ_LOG_INPUTS`` is on, and then only as
 
 from __future__ import annotations
 
+import atexit
+import copy
 import hashlib
 import logging
+import logging.handlers
+import queue
 import socket
 import sys
 from typing import Any
@@ -23,6 +27,7 @@ from schemas.naming import log_index, spool_dir
 from schemas.settings import Settings
 
 _shipper: Shipper | None = None
+_listener: logging.handlers.QueueListener | None = None
 
 
 class ShippingHandler(logging.Handler):
@@ -71,9 +76,26 @@ class DropTaskArguments(logging.Filter):
         return True
 
 
+class _Enqueue(logging.handlers.QueueHandler):
+    """Hands records to the listener thread as they are: formatting happens there.
+
+    The standard ``prepare`` formats the record and drops ``exc_info`` (so ECS ``error.*`` would be
+    lost); here only the message is frozen, so later changes to the arguments cannot alter it.
+    """
+
+    def prepare(self, record: logging.LogRecord) -> logging.LogRecord:
+        record = copy.copy(record)
+        record.msg, record.args = record.getMessage(), None
+        return record
+
+
 def configure_logging(settings: Settings, service: str) -> Shipper | None:
-    """Root logger → ECS JSON on stderr (+ Elasticsearch when ``log_ship``); returns the shipper."""
-    global _shipper
+    """Root logger → ECS JSON on stderr (+ Elasticsearch when ``log_ship``); returns the shipper.
+
+    Callers only enqueue records (a few microseconds, on the engine thread too); one listener
+    thread formats them (ECS JSON, twice) and writes/offers them, off every hot path.
+    """
+    global _shipper, _listener
     formatter = ecs_logging.StdlibFormatter(
         exclude_fields=["log.original"],
         extra={"service.name": service, "host.hostname": socket.gethostname()},
@@ -81,13 +103,11 @@ def configure_logging(settings: Settings, service: str) -> Shipper | None:
     root = logging.getLogger()
     for h in list(root.handlers):
         root.removeHandler(h)
+    if _listener is not None:
+        _listener.stop()
     stream = logging.StreamHandler(sys.stderr)
     stream.setFormatter(formatter)
-    stream.addFilter(DropTaskArguments())
-    root.addHandler(stream)
-    root.setLevel(settings.log_level)
-    for noisy in ("kafka", "elastic_transport", "urllib3", "httpx"):
-        logging.getLogger(noisy).setLevel(logging.WARNING)
+    handlers: list[logging.Handler] = [stream]
     if settings.log_ship:
         if _shipper is None:
             _shipper = Shipper(
@@ -101,14 +121,29 @@ def configure_logging(settings: Settings, service: str) -> Shipper | None:
                 spool_max_bytes=settings.log_spool_max_bytes,
                 on_drop=lambda n: LOG_DROPPED.labels(service).inc(n),
             )
-        shipping = ShippingHandler(_shipper, formatter)
-        shipping.addFilter(DropTaskArguments())
-        root.addHandler(shipping)
+        handlers.append(ShippingHandler(_shipper, formatter))
+    for h in handlers:
+        h.addFilter(DropTaskArguments())
+    records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()
+    root.addHandler(_Enqueue(records))
+    root.setLevel(settings.log_level)
+    for noisy in ("kafka", "elastic_transport", "urllib3", "httpx"):
+        logging.getLogger(noisy).setLevel(logging.WARNING)
+    _listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
+    _listener.start()
+    atexit.register(stop_logging)
     return _shipper
 
 
-def current_shipper() -> Shipper | None:
-    return _shipper
+def stop_logging(timeout_s: float = 5.0) -> None:
+    """Write out every queued record, then ship what the shipper holds (process exit)."""
+    global _listener, _shipper
+    if _listener is not None:
+        _listener.stop()  # processes every record already queued
+        _listener = None
+    if _shipper is not None:
+        _shipper.close(timeout_s)
+        _shipper = None
 
 
 def mask_text(text: str) -> str:

@@ -26,7 +26,7 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from ops.logship.ecs import configure_logging
+from ops.logship.ecs import configure_logging, stop_logging
 from schemas.naming import (
     inflight_key,
     metrics_dir,
@@ -199,7 +199,7 @@ def build_registry(settings: Settings) -> CollectorRegistry:
 
 def main() -> None:
     settings = get_settings()
-    shipper = configure_logging(settings, "exporter")
+    configure_logging(settings, "exporter")
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
@@ -211,8 +211,7 @@ def main() -> None:
     stop.wait()
     server.shutdown()
     thread.join(5)
-    if shipper is not None:
-        shipper.close()
+    stop_logging()
 
 
 if __name__ == "__main__":
