@@ -188,7 +188,10 @@ class Stack:
                 lambda: self._redis_ping(),
             ),
             *self._workers(),
-            Service("intake", [py, "-m", "workers.intake"], lambda: True),
+            *(
+                Service("intake" if i == 1 else f"intake-{i}", [py, "-m", "workers.intake"], lambda: True)
+                for i in range(1, s.intake_replicas + 1)
+            ),
             Service(
                 "api",
                 [py, "-m", "producers.api"],

@@ -95,6 +95,11 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(16, ge=1, description="Celery messages a worker holds at once (threads)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    intake_replicas: int = Field(
+        1,
+        ge=1,
+        description="Intake processes the local stack starts (one consumer group shares the partitions)",
+    )
     worker_processes: int = Field(
         1, ge=1, description="Worker processes on this host (the local stack starts this many)"
     )
@@ -134,6 +139,10 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(19108, description="Prometheus exporter (inferq-exporter) port")
     prometheus_port: int = Field(19090, description="Prometheus, when the local stack starts it")
+    metrics_read_live: bool = Field(
+        True,
+        description="The exporter also reads Kafka lag, queue depth, in flight, workers up (one per cluster)",
+    )
 
     # --- Local stack -------------------------------------------------------------------------
     state_dir: Path = Field(Path(".inferq"), description="Where `inferq-ops up` keeps data, pids and logs")

@@ -193,7 +193,8 @@ def build_registry(settings: Settings) -> CollectorRegistry:
     folder = metrics_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     MultiProcessCollector(registry, path=str(folder))
-    registry.register(PipelineCollector(settings))
+    if settings.metrics_read_live:  # pod sidecars serve only their pod's processes
+        registry.register(PipelineCollector(settings))
     return registry
 
 
