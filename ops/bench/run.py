@@ -29,7 +29,10 @@ from workers.runners.device import threads_per_process
 from workers.runners.embed import minilm_path
 
 MODEL = "all-MiniLM-L6-v2"
-SKIPPED = {"api", "flower"}  # not on the path Kafka → Redis
+# Not on the path Kafka → Redis. The log store and Prometheus run beside the pipeline, not on this
+# box, in production; here the log store shares the broker's process and both would take the
+# model's two cores. Processes still log (ECS on stderr); they just do not ship to Elasticsearch.
+SKIPPED = {"api", "flower", "exporter", "prometheus"}
 
 
 @dataclass(frozen=True)
@@ -110,7 +113,7 @@ def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Conso
 
 def _bench_inferq(settings: Settings, plan: BenchPlan, texts: list[str], step: Any) -> dict[str, Any]:
     bs = on_free_ports(settings, (settings.state_dir / "bench").resolve()).model_copy(
-        update={"worker_models": MODEL}
+        update={"worker_models": MODEL, "log_ship": False}
     )
     stack = Stack(bs)
     stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
