@@ -5,6 +5,7 @@ inferq-ops status
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
 inferq-ops bench     # raw model vs the pipeline vs peer servers; bench.json + bench.png
 inferq-ops kibana --url http://localhost:5601   # data view + dashboards into a Kibana
+inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
 inferq-ops down      # stops exactly what `up` started
 """
 
@@ -24,6 +25,7 @@ from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
 from ops.kibana.importer import import_dashboards
 from ops.stack import Stack
+from producers.auth import digest, new_key
 from schemas.errors import InferqError
 from schemas.naming import log_index
 from schemas.settings import get_settings
@@ -53,6 +55,10 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--password", help="basic-auth password")
     k.add_argument("--api-key", help="Kibana/Elasticsearch API key (instead of user/password)")
     k.add_argument("--space", help="Kibana space id (default space when omitted)")
+    a = sub.add_parser(
+        "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
+    )
+    a.add_argument("--tenant", required=True)
     args = p.parse_args(argv)
 
     console = Console()
@@ -79,6 +85,10 @@ def main(argv: list[str] | None = None) -> int:
             plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
             args.out.mkdir(parents=True, exist_ok=True)
             run_bench(settings, plan, args.out, console)
+        elif args.cmd == "api-key":
+            key = new_key()
+            console.print(f"key (give it to {args.tenant}; it is not stored): {key}")
+            console.print(f"INFERQ_API_KEYS entry: {args.tenant}:{digest(key)}")
         elif args.cmd == "kibana":
             auth = (args.user, args.password) if args.user else None
             report = import_dashboards(args.url, auth=auth, api_key=args.api_key, space=args.space)

@@ -8,28 +8,44 @@
 - ``GET /v1/models`` — the models the pipeline knows.
 - ``GET /healthz`` — Redis and Kafka reachable.
 
+With ``INFERQ_API_KEYS`` set, every ``/v1`` call needs a tenant's key (``Authorization: Bearer``
+or ``X-API-Key``); a tenant sees and cancels only its own requests — another tenant's id answers 404,
+exactly like an unknown one — and requests it posts carry its tenant. Bodies over
+``INFERQ_API_MAX_BODY_BYTES`` get 413; CORS is off unless ``INFERQ_API_CORS_ORIGINS`` names origins.
+
 Run it with ``inferq-api`` (or ``python -m producers.api``).
 """
 
 from __future__ import annotations
 
+import logging
 import re
 from collections.abc import AsyncIterator
 from contextlib import asynccontextmanager
 from typing import Any
 
 import uvicorn
-from fastapi import FastAPI, HTTPException, Query, Request
+from fastapi import Depends, FastAPI, Header, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
+from fastapi.middleware.cors import CORSMiddleware
 from fastapi.responses import JSONResponse
 from kafka.errors import KafkaError
 from pydantic import BaseModel
 
 from ops.logship.ecs import configure_logging, stop_logging
 from ops.observe import observe_store
+from producers.auth import KeyRing
 from producers.client import InferqClient
 from schemas.catalog import CATALOG
-from schemas.errors import DuplicateRequestId, ErrorCode, InvalidRequest, NotCancellable
+from schemas.errors import (
+    DuplicateRequestId,
+    ErrorCode,
+    InferqError,
+    InvalidRequest,
+    NotCancellable,
+    PayloadTooLarge,
+    Unauthorized,
+)
 from schemas.messages import (
     REQUEST_ID_PATTERN,
     ErrorInfo,
@@ -41,6 +57,8 @@ from schemas.messages import (
 from schemas.settings import Settings, get_settings
 from workers.result_store import Admission
 from workers.validation import check_request
+
+log = logging.getLogger(__name__)
 
 PUBLISH_TIMEOUT_S = 10.0
 MAX_LONG_POLL_MS = 30_000
@@ -71,6 +89,30 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     client = InferqClient(settings)
     observe_store(client.store)  # cancellations are terminal results too: logged and counted
+    ring = KeyRing.from_settings(settings)
+    if not ring.enabled:
+        log.warning("the result API has no API keys (INFERQ_API_KEYS): every caller sees every result")
+
+    def caller(
+        authorization: str | None = Header(None, include_in_schema=False),
+        x_api_key: str | None = Header(None, include_in_schema=False),
+    ) -> str | None:
+        """The caller's tenant; None when authentication is off; 401 for a missing or unknown key."""
+        if not ring.enabled:
+            return None
+        scheme, _, token = (authorization or "").partition(" ")
+        bearer = token.strip() if scheme.lower() == "bearer" else None
+        tenant = ring.tenant_for(x_api_key or bearer)
+        if tenant is None:
+            raise Unauthorized("missing or unknown API key")
+        return tenant
+
+    def owned(request_id: str, tenant: str | None) -> InferenceResult | None:
+        """The result, unless the id is malformed, unknown, or another tenant's (all look alike)."""
+        result = client.result(request_id) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else None
+        if result is None or (tenant is not None and result.tenant != tenant):
+            return None
+        return result
 
     @asynccontextmanager
     async def lifespan(app: FastAPI) -> AsyncIterator[None]:
@@ -95,6 +137,28 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         )
         return _error(422, info)
 
+    if settings.api_cors_origins.strip():
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=[o.strip() for o in settings.api_cors_origins.split(",") if o.strip()],
+            allow_methods=["GET", "POST", "DELETE"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+        )
+
+    @app.middleware("http")
+    async def _limit_body(request: Request, call_next: Any) -> Any:
+        size = request.headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > settings.api_max_body_bytes:
+            limit = settings.api_max_body_bytes
+            return _error(413, PayloadTooLarge(f"body of {size} bytes is over the limit of {limit}").info())
+        return await call_next(request)
+
+    @app.exception_handler(Unauthorized)
+    async def _unauthorized(request: Request, exc: InferqError) -> JSONResponse:
+        response = _error(401, exc.info())
+        response.headers["WWW-Authenticate"] = 'Bearer realm="inferq"'
+        return response
+
     @app.exception_handler(InvalidRequest)
     async def _rejected(request: Request, exc: InvalidRequest) -> JSONResponse:
         return _error(422, exc.info())
@@ -107,8 +171,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     def get_result(
         request_id: str,
         wait_ms: int = Query(0, ge=0, le=MAX_LONG_POLL_MS, description="Hold the answer until terminal"),
+        tenant: str | None = Depends(caller),
     ) -> InferenceResult:
-        result = client.result(request_id) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else None
+        result = owned(request_id, tenant)
         if result is None:
             raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
         if wait_ms and not result.status.terminal:
@@ -126,11 +191,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             409: {"model": ErrorBody, "description": "Already started or finished; not cancelled"},
         },
     )
-    def cancel(request_id: str) -> InferenceResult | JSONResponse:
+    def cancel(request_id: str, tenant: str | None = Depends(caller)) -> InferenceResult | JSONResponse:
         """Cancel a request that has not started yet; it ends ``cancelled``."""
-        status, result = (
-            client.store.cancel(request_id) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else (None, None)
-        )
+        status, result = client.store.cancel(request_id) if owned(request_id, tenant) else (None, None)
         if status is None or result is None:
             raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
         if status is not ResultStatus.CANCELLED:
@@ -143,8 +206,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         response_model=Accepted,
         responses={409: {"model": ErrorBody}, 422: {"model": ErrorBody}, 503: {"model": ErrorBody}},
     )
-    def post_request(body: InferenceRequest) -> Accepted | JSONResponse:
+    def post_request(body: InferenceRequest, tenant: str | None = Depends(caller)) -> Accepted | JSONResponse:
         """Record the request ``queued`` (so its result URL answers at once), then publish it."""
+        if tenant is not None:
+            if body.tenant not in (None, tenant):
+                return _error(403, Unauthorized(f"this key belongs to tenant {tenant!r}").info())
+            body = body.model_copy(update={"tenant": tenant})
         check_request(body, settings)
         verdict = client.admit(body)
         if verdict is Admission.CONFLICT:
@@ -166,7 +233,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         return Accepted(request_id=body.request_id, result_url=f"/v1/results/{body.request_id}")
 
     @app.get("/v1/models", response_model=list[ModelEntry])
-    def models() -> list[ModelEntry]:
+    def models(tenant: str | None = Depends(caller)) -> list[ModelEntry]:
         return [ModelEntry(name=m.name, task=m.task, description=m.description) for m in CATALOG.values()]
 
     @app.get("/healthz")

@@ -25,6 +25,8 @@ class ErrorCode(str, Enum):
     CANCELLED = "cancelled"
     NOT_CANCELLABLE = "not_cancellable"
     MODEL_ERROR = "model_error"
+    UNAUTHORIZED = "unauthorized"
+    PAYLOAD_TOO_LARGE = "payload_too_large"
     INTERNAL_ERROR = "internal_error"
 
 
@@ -103,6 +105,20 @@ class ModelError(InferqError):
 
     code = ErrorCode.MODEL_ERROR
     hint = "the input made the model fail; check it, or report it with the request id"
+
+
+class Unauthorized(InferqError):
+    """The API key is missing or unknown."""
+
+    code = ErrorCode.UNAUTHORIZED
+    hint = "send your tenant's key as `Authorization: Bearer <key>` (or `X-API-Key: <key>`)"
+
+
+class PayloadTooLarge(InferqError):
+    """An HTTP body over ``INFERQ_API_MAX_BODY_BYTES``."""
+
+    code = ErrorCode.PAYLOAD_TOO_LARGE
+    hint = "send fewer or shorter inputs (INFERQ_MAX_INPUTS_PER_REQUEST, INFERQ_MAX_TEXT_CHARS)"
 
 
 class ConfigurationError(InferqError):

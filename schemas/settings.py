@@ -114,6 +114,12 @@ class Settings(BaseSettings):
 
     # --- HTTP result API / Flower / Elasticsearch ---------------------------------------------
     api_host: str = "127.0.0.1"
+    api_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Comma-separated tenant:sha256(key) pairs; empty = no authentication (local use only)",
+    )
+    api_max_body_bytes: int = Field(1_048_576, ge=1_024, description="Larger HTTP bodies are refused (413)")
+    api_cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off")
     api_port: int = 18080
     flower_port: int = 15555
     flower_user: str = "admin"
