@@ -22,6 +22,9 @@ def test_no_record_is_lost_while_elasticsearch_is_down(tmp_path):
         for i in range(300):
             assert shipper.offer({"@timestamp": "2026-11-23T00:00:00Z", "message": f"before {i}"})
         assert shipper.flush(30)
+        es.indices.refresh(index="drill-logs")
+        assert es.count(index="drill-logs")["count"] == 300  # stored before the server goes away
+        es.indices.flush(index="drill-logs")  # and on disk, so the restart below keeps them
         broker.kill("broker", signal.SIGTERM)  # a stop, not a crash: what it acknowledged is kept
         eventually(lambda: broker.pid("broker") is None, 10, "the broker to stop")
         for i in range(300):
