@@ -8,12 +8,16 @@ the intake, the result API and Flower. Torn down (and checked stopped) at the en
 from __future__ import annotations
 
 import time
+import uuid
 from collections.abc import Callable, Iterator
 
 import pytest
+from kafka import KafkaConsumer
 
 from ops.stack import Stack, on_free_ports
 from producers.client import InferqClient
+from schemas.messages import DeadLetter
+from schemas.naming import deadletter_topic
 from schemas.settings import Settings
 
 
@@ -58,3 +62,37 @@ def eventually(check: Callable[[], object], timeout_s: float = 30.0, what: str =
             raise AssertionError(f"timed out after {timeout_s} s waiting for {what}")
         time.sleep(pause)
         pause = min(pause * 2, 0.25)
+
+
+def dead_letters(
+    settings: Settings, want: set[str], *, by_record_key: bool = False, timeout_s: float = 60.0
+) -> dict[str, DeadLetter]:
+    """Read the dead-letter topic from the start until every name in ``want`` is seen.
+
+    Letters are named by their request id (or, without one, their payload), or with
+    ``by_record_key`` by the Kafka key the bad record was published with.
+    """
+    consumer = KafkaConsumer(
+        deadletter_topic(settings),
+        bootstrap_servers=settings.kafka_bootstrap_servers,
+        group_id=f"test-{uuid.uuid4().hex}",
+        auto_offset_reset="earliest",
+        enable_auto_commit=False,
+        session_timeout_ms=6_000,
+        heartbeat_interval_ms=1_000,
+    )
+    found: dict[str, DeadLetter] = {}
+    give_up = time.monotonic() + timeout_s
+    try:
+        while not want <= found.keys() and time.monotonic() < give_up:
+            for records in consumer.poll(timeout_ms=200).values():
+                for rec in records:
+                    letter = DeadLetter.model_validate_json(rec.value)
+                    if by_record_key:
+                        name = rec.key.decode("utf-8", "replace") if rec.key else ""
+                    else:
+                        name = letter.request_id or letter.payload
+                    found[name] = letter
+    finally:
+        consumer.close()
+    return found

@@ -4,17 +4,16 @@ keeps flowing beside it, and nothing takes a process down."""
 from __future__ import annotations
 
 import json
-import time
 import uuid
 from typing import Any
 
 import httpx
 import pytest
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
-from schemas.messages import DeadLetter, ResultStatus, new_request_id
-from schemas.naming import deadletter_topic
+from schemas.messages import ResultStatus, new_request_id
+from tests.integration.conftest import dead_letters
 
 MODEL, INTENT = "all-MiniLM-L6-v2", "minilm-intent"
 
@@ -130,27 +129,6 @@ CASES: list[tuple[str, bytes, str, int | None, str | None]] = [
 ]
 
 
-def read_letters(settings, keys: set[str], timeout_s: float = 60.0) -> dict[str, DeadLetter]:
-    consumer = KafkaConsumer(
-        deadletter_topic(settings),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"corpus-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    found: dict[str, DeadLetter] = {}
-    give_up = time.monotonic() + timeout_s
-    try:
-        while not keys <= found.keys() and time.monotonic() < give_up:
-            for records in consumer.poll(timeout_ms=200).values():
-                for rec in records:
-                    if rec.key and rec.key.decode() in keys:
-                        found[rec.key.decode()] = DeadLetter.model_validate_json(rec.value)
-    finally:
-        consumer.close()
-    return found
-
-
 def test_every_bad_record_is_dead_lettered_with_its_code_while_valid_traffic_flows(client, settings):
     assert len(CASES) >= 30
     keys = {f"bad-{i}-{uuid.uuid4().hex[:6]}": case for i, case in enumerate(CASES)}
@@ -179,7 +157,7 @@ def test_every_bad_record_is_dead_lettered_with_its_code_while_valid_traffic_flo
     client.publish_raw(past["request_id"], json.dumps(past).encode())
     client.flush()
 
-    letters = read_letters(settings, set(keys))
+    letters = dead_letters(settings, set(keys), by_record_key=True)
     assert set(letters) == set(keys), f"no dead letter for: {[keys[k][0] for k in set(keys) - set(letters)]}"
     for key, (name, _, code, _, _) in keys.items():
         assert letters[key].error.code.value == code, (name, letters[key].error)

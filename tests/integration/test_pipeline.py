@@ -3,23 +3,21 @@
 from __future__ import annotations
 
 import json
-import uuid
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
 import pytest
-from kafka import KafkaConsumer
 
 from schemas.errors import ErrorCode
 from schemas.messages import (
     ClassifyOutput,
-    DeadLetter,
     EmbeddingOutput,
     InferenceRequest,
     ResultStatus,
     new_request_id,
 )
-from schemas.naming import deadletter_topic, result_key
+from schemas.naming import result_key
+from tests.integration.conftest import dead_letters
 
 pytestmark = pytest.mark.integration
 
@@ -31,33 +29,6 @@ TEXTS = [
     "set a timer for 25 minutes",
     "my card was declined at the grocery store, why",
 ]
-
-
-def dead_letters(settings, want: set[str], timeout_s: float = 30.0) -> dict[str, DeadLetter]:
-    """Read the dead-letter topic from the start until every id in ``want`` is seen."""
-    consumer = KafkaConsumer(
-        deadletter_topic(settings),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"test-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=6_000,
-        heartbeat_interval_ms=1_000,
-    )
-    found: dict[str, DeadLetter] = {}
-    try:
-        import time
-
-        give_up = time.monotonic() + timeout_s
-        while not want <= found.keys() and time.monotonic() < give_up:
-            for records in consumer.poll(timeout_ms=200).values():
-                for rec in records:
-                    letter = DeadLetter.model_validate_json(rec.value)
-                    key = letter.request_id or letter.payload
-                    found[key] = letter
-    finally:
-        consumer.close()
-    return found
 
 
 def test_requests_published_to_kafka_all_come_back_done(client):
