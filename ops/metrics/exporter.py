@@ -119,8 +119,7 @@ class PipelineCollector(Collector):
         counts: dict[str, int] = {m: 0 for m in self.s.model_names()}
         for key in self.results.scan_iter(match=worker_key_pattern(self.s), count=100):
             models = self.results.get(key) or b""
-            text = models.decode() if isinstance(models, bytes) else models
-            for m in text.split(","):
+            for m in (models.decode() if isinstance(models, bytes) else models).split(","):
                 if m:
                     counts[m] = counts.get(m, 0) + 1
         for m, n in sorted(counts.items()):
@@ -138,13 +137,18 @@ class PipelineCollector(Collector):
         for key in self.broker.scan_iter(match=f"{self.s.key_prefix}.model.*", count=100):
             name = key.decode() if isinstance(key, bytes) else key
             queues.add(name.split(PRIORITY_SEP)[0])
-        for q in sorted(queues):
-            pipe = self.broker.pipeline(transaction=False)
-            pipe.llen(q)
-            for p in sorted(set(CELERY_PRIORITY.values())):
-                if p:
-                    pipe.llen(f"{q}{PRIORITY_SEP}{p}")
-            depth.add_metric([q], float(sum(pipe.execute())))
+        # every list of every queue in one round trip: the queue itself (priority 0) and one per step
+        lists = {
+            q: [q] + [f"{q}{PRIORITY_SEP}{p}" for p in sorted(set(CELERY_PRIORITY.values())) if p]
+            for q in sorted(queues)
+        }
+        pipe = self.broker.pipeline(transaction=False)
+        for names in lists.values():
+            for name in names:
+                pipe.llen(name)
+        lengths = iter(pipe.execute())
+        for q, names in lists.items():  # the order the lengths were asked in
+            depth.add_metric([q], float(sum(next(lengths) for _ in names)))
         yield depth
 
     # -- local files ----------------------------------------------------------------------------
