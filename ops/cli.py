@@ -4,6 +4,7 @@ inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result AP
 inferq-ops status
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
 inferq-ops bench     # raw model vs the pipeline vs peer servers; bench.json + bench.png
+inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
 inferq-ops kibana --url http://localhost:5601   # data view + dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
 inferq-ops down      # stops exactly what `up` started
@@ -23,9 +24,12 @@ from rich.table import Table
 from ops.bench.peers import PEERS
 from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
+from ops.drill.faults import FAULTS
+from ops.drill.run import DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
 from ops.stack import Stack
 from producers.auth import digest, new_key
+from schemas.connections import redact_url
 from schemas.errors import InferqError
 from schemas.naming import log_index
 from schemas.settings import get_settings
@@ -49,6 +53,16 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated peers to compare ({', '.join(PEERS)}); '' for none",
     )
     b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png go")
+    dr = sub.add_parser("drill", help="fault drills under load; writes drill.json")
+    dr.add_argument("--requests", type=int, default=10_000, help="requests per drill")
+    dr.add_argument("--rate", type=float, default=150.0, help="requests published per second")
+    dr.add_argument(
+        "--only", default=",".join(FAULTS), help=f"comma-separated drills ({', '.join(FAULTS)}); '' for none"
+    )
+    dr.add_argument(
+        "--overload-s", type=float, default=60.0, help="seconds at 3 × capacity after the drills; 0 = skip"
+    )
+    dr.add_argument("--out", type=Path, default=Path("."), help="where drill.json goes")
     k = sub.add_parser("kibana", help="import the data view and dashboards into a Kibana")
     k.add_argument("--url", required=True, help="Kibana base URL, e.g. http://localhost:5601")
     k.add_argument("--user", help="basic-auth user (with --password)")
@@ -85,6 +99,15 @@ def main(argv: list[str] | None = None) -> int:
             plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
             args.out.mkdir(parents=True, exist_ok=True)
             run_bench(settings, plan, args.out, console)
+        elif args.cmd == "drill":
+            drills = [x.strip() for x in args.only.split(",") if x.strip()]
+            unknown = sorted(set(drills) - set(FAULTS))
+            if unknown:
+                p.error(f"unknown drill(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+            drill_plan = DrillPlan(tuple(drills), args.requests, args.rate, overload_s=args.overload_s)
+            drilled = run_drills(settings, drill_plan, args.out, console)
+            console.print(f"wrote {args.out / 'drill.json'}")
+            return 0 if drilled["ok"] else 1
         elif args.cmd == "api-key":
             key = new_key()
             console.print(f"key (give it to {args.tenant}; it is not stored): {key}")
@@ -134,7 +157,7 @@ def _print_endpoints(console: Console, s: object) -> None:
 
     assert isinstance(s, Settings)
     console.print(
-        f"  Kafka      {s.kafka_bootstrap_servers}\n  Redis      {s.redis_url}\n"
+        f"  Kafka      {s.kafka_bootstrap_servers}\n  Redis      {redact_url(s.redis_url)}\n"
         f"  Result API http://{s.api_host}:{s.api_port}/docs\n"
         f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user})\n"
         f"  ES API     {s.elasticsearch_url} (logs: index {log_index(s)})\n"

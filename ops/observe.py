@@ -7,7 +7,7 @@ hooks do lives here, so logging and metrics never sit inline in the hot path.
 from __future__ import annotations
 
 from ops.logship.events import log_batch, log_result
-from ops.metrics.instruments import record_batch, record_result
+from ops.metrics.instruments import record_batch, record_refused, record_result
 from workers.engine import BatchStats
 from workers.result_store import ResultStore
 
@@ -17,6 +17,8 @@ def observe_store(store: ResultStore) -> ResultStore:
     for hook in (log_result, record_result):
         if hook not in store.hooks:
             store.hooks.append(hook)
+    if record_refused not in store.refused_hooks:
+        store.refused_hooks.append(record_refused)
     return store
 
 

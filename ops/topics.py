@@ -8,13 +8,14 @@ from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
+from schemas.connections import kafka_options
 from schemas.naming import deadletter_topic, requests_topic
 from schemas.settings import Settings
 
 
 def ensure_topics(settings: Settings) -> list[str]:
     """Create the requests and dead-letter topics where missing; returns the topics created."""
-    admin = KafkaAdminClient(bootstrap_servers=settings.kafka_bootstrap_servers, request_timeout_ms=10_000)
+    admin = KafkaAdminClient(**kafka_options(settings), request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
         wanted = {

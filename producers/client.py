@@ -20,6 +20,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
+from schemas.connections import kafka_options
 from schemas.messages import InferenceRequest, InferenceResult, Priority, ResultStatus, Task, now_ms
 from schemas.naming import requests_topic
 from schemas.settings import Settings, get_settings
@@ -42,7 +43,7 @@ class InferqClient:
     def producer(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(
-                bootstrap_servers=self.settings.kafka_bootstrap_servers,
+                **kafka_options(self.settings),
                 acks="all",
                 linger_ms=self._linger_ms,
                 retries=5,
@@ -94,7 +95,11 @@ class InferqClient:
         The intake recognises the request as already admitted and hands it on as usual.
         """
         received = {"received_ms": now_ms()}
-        (verdict,) = self.store.admit([(request_digest(request), queued_result(request, received))])
+        deadline = request.deadline_ms()
+        (verdict,) = self.store.admit(
+            [(request_digest(request), queued_result(request, received))],
+            {request.request_id: deadline} if deadline is not None else None,
+        )
         return verdict
 
     def flush(self, timeout_s: float | None = None) -> None:

@@ -25,6 +25,7 @@ class ErrorCode(str, Enum):
     CANCELLED = "cancelled"
     NOT_CANCELLABLE = "not_cancellable"
     MODEL_ERROR = "model_error"
+    POISON_MESSAGE = "poison_message"
     UNAUTHORIZED = "unauthorized"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INTERNAL_ERROR = "internal_error"
@@ -105,6 +106,16 @@ class ModelError(InferqError):
 
     code = ErrorCode.MODEL_ERROR
     hint = "the input made the model fail; check it, or report it with the request id"
+
+
+class PoisonMessage(InferqError):
+    """A request was started ``max_attempts`` times and never finished: its worker died each time."""
+
+    code = ErrorCode.POISON_MESSAGE
+    hint = (
+        "the request crashed its worker on every attempt; inspect it on the dead-letter topic and send "
+        "a corrected request with a new id (INFERQ_MAX_ATTEMPTS sets how many starts are allowed)"
+    )
 
 
 class Unauthorized(InferqError):

@@ -6,8 +6,16 @@ Redis layout (``<p>`` is ``INFERQ_KEY_PREFIX``):
   (the :class:`schemas.messages.InferenceResult` JSON) and ``digest`` (payload digest, to tell a
   duplicate delivery from a conflicting reuse of an id). Expires after ``INFERQ_RESULT_TTL_S``.
 - ``<p>:worker:<hostname>`` — string, the models a ready worker serves; expires unless refreshed.
-- ``<p>:inflight`` — integer: requests admitted (queued or running) and not yet terminal; the
-  store's scripts count it up on admission and down on the terminal transition.
+- ``<p>:inflight`` and ``<p>:inflight:<model>`` — integers: requests admitted (queued or running)
+  and not yet terminal, in all and per model; the store's scripts count them up on admission and
+  down on the terminal transition. The intake's backpressure reads the per-model ones.
+- ``<p>:result:<id>`` also holds ``attempts``: how many times a worker started the request.
+- ``<p>:deadlines`` — sorted set: admitted request ids by deadline (epoch ms); a sweeper in every
+  worker ends the ones still ``queued`` past it as ``expired``, wherever their message waits.
+- ``<p>:owners`` — hash: Celery delivery tag → worker instance holding that message; the live
+  workers put back (from kombu's ``unacked`` hash) the messages of an instance that died.
+- ``<p>:instance:<token>`` — string, one per live worker process; expires unless refreshed.
+- ``<p>:node:<hostname>`` — string, the instance token a Celery node name last ran as.
 - ``<p>:done`` — pub/sub channel: each request id as its result becomes terminal, so clients can
   block instead of polling (the hash stays the source of truth; a missed message costs a poll).
 
@@ -38,13 +46,33 @@ def done_channel(settings: Settings) -> str:
     return f"{settings.key_prefix}:done"
 
 
-def inflight_key(settings: Settings) -> str:
-    """Counter: requests admitted and not yet terminal (kept by the store's scripts)."""
-    return f"{settings.key_prefix}:inflight"
+def inflight_key(settings: Settings, model: str | None = None) -> str:
+    """Counter: requests admitted and not yet terminal (kept by the store's scripts), per model."""
+    return f"{settings.key_prefix}:inflight" + (f":{model}" if model is not None else "")
 
 
 def worker_key(settings: Settings, hostname: str) -> str:
     return f"{settings.key_prefix}:worker:{hostname}"
+
+
+def deadlines_key(settings: Settings) -> str:
+    """Sorted set: request id by deadline (epoch ms), for requests admitted with a deadline."""
+    return f"{settings.key_prefix}:deadlines"
+
+
+def owners_key(settings: Settings) -> str:
+    """Hash: Celery delivery tag → instance token of the worker process running that message."""
+    return f"{settings.key_prefix}:owners"
+
+
+def instance_key(settings: Settings, token: str) -> str:
+    """One live worker process (refreshed by its heartbeat; gone = the process died)."""
+    return f"{settings.key_prefix}:instance:{token}"
+
+
+def node_key(settings: Settings, hostname: str) -> str:
+    """The instance token a Celery node name last ran as (a restart under the same name)."""
+    return f"{settings.key_prefix}:node:{hostname}"
 
 
 def worker_key_pattern(settings: Settings) -> str:

@@ -30,6 +30,11 @@ class Settings(BaseSettings):
     )
     kafka_partitions: int = Field(4, ge=1, description="Partitions of the requests topic when ops creates it")
     kafka_group_id: str = Field("inferq-intake", description="Consumer group of the intake")
+    kafka_group_instance_id: str = Field(
+        "",
+        description="Static group membership (KIP-345): a stable id per intake replica, so a replica "
+        "that restarts takes its partitions back at once; empty = dynamic membership",
+    )
     kafka_session_timeout_ms: int = Field(10_000, ge=1_000)
     kafka_heartbeat_interval_ms: int = Field(1_000, ge=100)
     kafka_max_poll_records: int = Field(500, ge=1)
@@ -50,6 +55,26 @@ class Settings(BaseSettings):
     kafka_max_message_bytes: int = Field(
         1_048_576, ge=1_024, description="Messages larger than this are dead-lettered"
     )
+    kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
+        "PLAINTEXT", description="How every Kafka client connects (TLS with SSL/SASL_SSL)"
+    )
+    kafka_sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = Field(
+        "PLAIN", description="SASL mechanism, with SASL_PLAINTEXT or SASL_SSL"
+    )
+    kafka_sasl_username: str = Field("", description="SASL user")
+    kafka_sasl_password: SecretStr = Field(SecretStr(""), description="SASL password (never logged)")
+    kafka_ssl_cafile: str = Field("", description="CA bundle that signed the brokers' certificates")
+    kafka_ssl_certfile: str = Field("", description="Client certificate, for brokers that require mutual TLS")
+    kafka_ssl_keyfile: str = Field("", description="Client certificate's private key")
+    backpressure_max_inflight: int = Field(
+        1_000,
+        ge=1,
+        description="Requests of one model admitted and unfinished above which the intake pauses the "
+        "partitions whose next record is for that model (the backlog stays in Kafka)",
+    )
+    backpressure_resume_ratio: float = Field(
+        0.8, gt=0, le=1, description="Paused partitions resume below this share of the bound"
+    )
 
     # --- Redis / Celery ----------------------------------------------------------------------
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Result store")
@@ -58,6 +83,14 @@ class Settings(BaseSettings):
         900,
         ge=30,
         description="Unacked Celery messages are redelivered after this; keep above the longest task",
+    )
+    redis_ssl_ca_certs: str = Field(
+        "", description="CA bundle for rediss:// URLs (TLS); ACL users go in the URL: rediss://user:pw@host"
+    )
+    redis_retry_max_s: float = Field(
+        30.0,
+        gt=0,
+        description="Transient Redis errors (a restart, a blip) are retried with backoff this long",
     )
     key_prefix: str = Field("inferq", description="Prefix of every Redis key")
     result_ttl_s: int = Field(86_400, ge=1, description="How long results stay readable in Redis")
@@ -111,6 +144,12 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op threads for torch on CPU; 0 = cores ÷ worker_processes (at least 1)"
     )
     model_max_length_tokens: int = Field(256, ge=8, description="Inputs are truncated to this many tokens")
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description="A request whose worker died this many times while running it is failed as poison "
+        "and dead-lettered instead of being run again",
+    )
 
     # --- Request limits ----------------------------------------------------------------------
     max_inputs_per_request: int = Field(64, ge=1)
@@ -129,8 +168,12 @@ class Settings(BaseSettings):
     flower_user: str = "admin"
     flower_password: SecretStr = SecretStr("inferq-local")
     elasticsearch_url: str = Field(
-        "http://127.0.0.1:19200", description="Elasticsearch-API endpoint for logs"
+        "http://127.0.0.1:19200", description="Elasticsearch-API endpoint for logs (https:// for TLS)"
     )
+    elasticsearch_api_key: SecretStr = Field(
+        SecretStr(""), description="Elasticsearch API key (base64 id:key) for shipping logs; never logged"
+    )
+    elasticsearch_ca_certs: str = Field("", description="CA bundle for an https:// Elasticsearch")
 
     # --- Logs (ECS JSON to stderr, shipped to Elasticsearch) and metrics -------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"

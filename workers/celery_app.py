@@ -10,14 +10,47 @@ The thread pool is deliberate: every task thread hands its requests to the same 
 
 from __future__ import annotations
 
+import logging
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
+from kombu.transport import redis as kombu_redis
 
+from schemas.connections import celery_broker_ssl
 from schemas.messages import Priority
 from schemas.naming import model_queue
 from schemas.settings import Settings, get_settings
+
+log = logging.getLogger(__name__)
+
+# kombu 5.7's Redis channel is not safe across a broker reconnect (seen in the Redis-restart drill):
+# closing the old channel "restores" its unacked messages, and acking a message that arrived on it
+# once the task ends, both go through a pool rebuilt from a connection that is already gone, and
+# the AttributeError is an "unrecoverable error" that stops the worker. Neither is needed: unacked
+# messages stay in kombu's unacked hash, a dead worker's are put back by the owner reaper
+# (workers.tasks), and anything else by the visibility timeout, where rerunning is harmless because
+# results only move forward. So the old channel neither restores nor acks.
+kombu_redis.Channel.do_restore = False
+_basic_ack, _basic_reject = kombu_redis.Channel.basic_ack, kombu_redis.Channel.basic_reject
+
+
+def _ack_unless_orphaned(self: Any, delivery_tag: Any, multiple: bool = False) -> None:
+    if self.connection is None:
+        log.warning("broker connection was replaced; message %s will be redelivered (harmless)", delivery_tag)
+        return
+    _basic_ack(self, delivery_tag, multiple)
+
+
+def _reject_unless_orphaned(self: Any, delivery_tag: Any, requeue: bool = False) -> None:
+    if self.connection is None:
+        log.warning("broker connection was replaced; message %s will be redelivered (harmless)", delivery_tag)
+        return
+    _basic_reject(self, delivery_tag, requeue)
+
+
+kombu_redis.Channel.basic_ack = _ack_unless_orphaned  # type: ignore[method-assign]
+kombu_redis.Channel.basic_reject = _reject_unless_orphaned  # type: ignore[method-assign]
 
 TASK_INFER = "inferq.infer"
 # Redis transport: one list per step, 0 served first. High-priority requests overtake queued
@@ -38,7 +71,9 @@ def make_app(settings: Settings) -> Celery:
     app = Celery("inferq", include=["workers.tasks"])
     app.conf.update(
         broker_url=settings.celery_broker_url,
+        broker_use_ssl=celery_broker_ssl(settings),  # rediss:// brokers: verify the certificate
         broker_connection_retry_on_startup=True,
+        broker_connection_max_retries=None,  # a Redis restart is waited out, never fatal
         broker_transport_options={
             "visibility_timeout": settings.celery_visibility_timeout_s,
             "priority_steps": sorted(CELERY_PRIORITY.values()),

@@ -23,7 +23,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
-from schemas.errors import DeadlineExpired, InferqError, ModelError
+from schemas.errors import DeadlineExpired, InferqError, ModelError, PoisonMessage
 from schemas.messages import (
     InferenceRequest,
     InferenceResult,
@@ -34,7 +34,7 @@ from schemas.messages import (
     now_ms,
 )
 from workers.batcher import Batcher, BatchPolicy, padded_tokens
-from workers.result_store import ResultStore
+from workers.result_store import TRANSIENT_ERRORS, ResultStore
 from workers.runners.base import Runner
 from workers.wait_policy import CostModel, FixedWait, WaitPolicy
 
@@ -56,6 +56,9 @@ class Job:
     skipped: bool = False  # the store held a terminal state already (cancelled, or a duplicate)
     status: ResultStatus = ResultStatus.QUEUED
     error: InferqError | None = None
+    attempts: int = 0  # starts recorded by the store, this one included
+    unwritten: bool = False  # its result could not be written (Redis gone past the retries)
+    source: dict[str, Any] | None = None  # where the request came from (Kafka coordinates)
 
     def finish(self, status: ResultStatus, error: InferqError | None = None) -> None:
         self.status, self.error = status, error
@@ -94,6 +97,7 @@ class BatchStats:
 
 
 BatchHook = Callable[[BatchStats], None]
+PoisonHook = Callable[[Job], None]
 
 
 class Engine:
@@ -106,18 +110,30 @@ class Engine:
         policy: BatchPolicy,
         wait: WaitPolicy | None = None,
         cost: CostModel | None = None,
+        max_attempts: int = 3,
     ) -> None:
         self.runner = runner
         self.store = store
         self.cost = cost or CostModel()
+        self.max_attempts = max_attempts
         self.batcher: Batcher[Piece] = Batcher(policy, wait or FixedWait(policy.max_wait_ms))
         self.hooks: list[BatchHook] = []
+        # called with each job failed as poison (started more than max_attempts times): the
+        # worker dead-letters it
+        self.poison_hooks: list[PoisonHook] = []
         self._thread = threading.Thread(target=self._loop, name=f"engine-{runner.name}", daemon=True)
         self._thread.start()
 
-    def submit(self, items: Sequence[tuple[InferenceRequest, dict[str, Any]]]) -> list[Job]:
+    def submit(
+        self,
+        items: Sequence[tuple[InferenceRequest, dict[str, Any]]],
+        sources: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[Job]:
         """Tokenise (on the caller's thread) and enqueue; returns one job per request."""
-        jobs = [Job(r, dict(t), [None] * len(r.texts()), len(r.texts())) for r, t in items]
+        jobs = [
+            Job(r, dict(t), [None] * len(r.texts()), len(r.texts()), source=src)
+            for (r, t), src in zip(items, sources or [None] * len(items), strict=True)
+        ]
         all_ids = iter(self.runner.tokenize([text for job in jobs for text in job.request.texts()]))
         for job in jobs:
             rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
@@ -140,6 +156,9 @@ class Engine:
                 continue
             try:
                 self.run_batch([e.item for e in batch])
+            except TRANSIENT_ERRORS:  # Redis gone past the retries: hand the messages back
+                log.exception("result store unreachable; this batch's messages go back to the queue")
+                self._give_back([e.item for e in batch])
             except Exception:  # never let one batch kill the model thread
                 log.exception("batch failed outside the model; its requests are failed")
                 self._fail_all([e.item for e in batch])
@@ -149,8 +168,9 @@ class Engine:
         start = now_ms()
         batch_id = secrets.token_hex(6)
         live = self._drop_expired(pieces, start)
-        ended = {id(p.job): p.job for p in pieces if p.job.finished and not p.job.done.is_set()}
         live = self._mark_running(live, start, batch_id) if live else live
+        # expired, and failed as poison: their results are written with this batch's
+        ended = {id(p.job): p.job for p in pieces if p.job.finished and not p.job.done.is_set()}
         if live:
             lengths = [len(p.ids) for p in live]
             padded = padded_tokens(lengths)
@@ -192,7 +212,12 @@ class Engine:
         return live
 
     def _mark_running(self, live: list[Piece], start: float, batch_id: str) -> list[Piece]:
-        """Mark first-time jobs ``running``; returns the pieces still to run (store said yes)."""
+        """Mark first-time jobs ``running``; returns the pieces still to run.
+
+        The store refuses a job that already ended (cancelled, or finished by a duplicate
+        delivery): it is skipped. A job started more than ``max_attempts`` times (its worker died
+        each time) is failed as poison instead of being run again.
+        """
         fresh: dict[int, Job] = {}
         for p in live:
             p.job.timings.update(
@@ -204,10 +229,17 @@ class Engine:
                 p.job.started = True
                 p.job.status = ResultStatus.RUNNING
                 fresh[id(p.job)] = p.job
-        accepted = self.store.advance([self._result(j) for j in fresh.values()])
-        for job, ok in zip(fresh.values(), accepted, strict=True):
-            job.skipped = not ok
-        return [p for p in live if not p.job.skipped]
+        attempts = self.store.start([self._result(j) for j in fresh.values()])
+        for job, n in zip(fresh.values(), attempts, strict=True):
+            job.skipped, job.attempts = n == 0, n
+            if n > self.max_attempts:
+                job.finish(
+                    ResultStatus.FAILED,
+                    PoisonMessage(f"request was started {n - 1} times and never finished; not run again"),
+                )
+                for hook in self.poison_hooks:
+                    hook(job)
+        return [p for p in live if not p.job.skipped and not p.job.finished]
 
     def _forward_isolated(self, batch: list[list[int]]) -> list[Any]:
         """Rows for each input; an input whose forward raised gets its exception instead."""
@@ -252,23 +284,34 @@ class Engine:
         return 0
 
     def _write(self, jobs: list[Job]) -> None:
+        """Write terminal results; a write that fails (after the client's retries) marks its jobs
+        ``unwritten`` so the Celery task puts its message back instead of acking it."""
         if not jobs:
             return
         try:
             self.store.advance([self._result(j) for j in jobs])
+        except Exception:
+            log.exception("could not write %d results; their messages go back to the queue", len(jobs))
+            for j in jobs:
+                j.unwritten = True
         finally:
             for j in jobs:
                 j.done.set()
+
+    def _give_back(self, pieces: list[Piece]) -> None:
+        for p in pieces:
+            if not p.job.done.is_set():
+                p.job.unwritten = True
+                p.job.done.set()
 
     def _fail_all(self, pieces: list[Piece]) -> None:
         jobs = {id(p.job): p.job for p in pieces if not p.job.done.is_set()}.values()
         for j in jobs:
             if not j.finished:
                 j.finish(ResultStatus.FAILED, ModelError("the worker failed while running this batch"))
-        try:
-            self._write(list(jobs))
-        except Exception:
-            log.exception("could not write failed results")
+        self._write([j for j in jobs if not j.skipped])
+        for j in jobs:
+            j.done.set()
 
     def _result(self, job: Job) -> InferenceResult:
         r = job.request

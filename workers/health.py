@@ -12,6 +12,7 @@ import sys
 
 import redis
 
+from schemas.connections import redis_client
 from schemas.naming import worker_key
 from schemas.settings import get_settings
 
@@ -20,7 +21,7 @@ def ready(hostname: str | None = None) -> bool:
     s = get_settings()
     host = hostname or socket.gethostname()
     try:
-        client = redis.Redis.from_url(s.redis_url, socket_timeout=2)
+        client = redis_client(s, ride_out=False, socket_timeout=2)
         return any(True for _ in client.scan_iter(match=worker_key(s, f"*@{host}"), count=100))
     except redis.RedisError:
         return False

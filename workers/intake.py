@@ -4,6 +4,12 @@ For each poll: validate every record; record the valid ones as ``queued`` in Red
 their model's Celery queue, many per message; publish the invalid ones to the dead-letter topic
 (and answer them ``failed`` where they carry a request id); only then commit the offsets. A crash
 anywhere before the commit replays the records, and the result store makes the replay harmless.
+A request whose deadline passed while it waited in Kafka is answered ``expired`` here.
+
+A model with ``INFERQ_BACKPRESSURE_MAX_INFLIGHT`` requests in flight pauses the partitions while
+the intake keeps polling (:mod:`workers.backpressure`). Transient failures (Redis or the Celery
+broker unreachable past the clients' own retries, Kafka errors) rewind the poll and retry it with
+backoff; nothing is committed until a poll is fully handed off.
 
 Run it with ``inferq-intake`` (or ``python -m workers.intake``); SIGTERM finishes the current poll,
 commits and exits.
@@ -11,31 +17,62 @@ commits and exits.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import os
 import signal
 import threading
 import time
-from collections.abc import Sequence
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
 from kafka import KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
+from kafka.structs import TopicPartition
+from kombu.exceptions import OperationalError
 
 from ops.logship.ecs import configure_logging, mask_text, stop_logging
-from ops.metrics.instruments import ADMITTED, DEAD_LETTERS
+from ops.metrics.instruments import ADMITTED, DEAD_LETTERS, REDELIVERED
 from ops.observe import observe_store
-from schemas.errors import DuplicateRequestId, InferqError, InvalidRequest
+from schemas.catalog import CATALOG
+from schemas.connections import kafka_options
+from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, InvalidRequest
 from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
+from workers.backpressure import Backpressure
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
-from workers.result_store import Admission, ResultStore, queued_result, request_digest
+from workers.result_store import TRANSIENT_ERRORS, Admission, ResultStore, queued_result, request_digest
 from workers.validation import parse_request, salvage_request_id
 
 log = logging.getLogger(__name__)
+
+# failures that pass: the poll is rewound and tried again after a pause
+RETRYABLE: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, OperationalError, KafkaError)
+RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
+# no records for this long while the group's log has some for us = the consumer is wedged
+STALL_AFTER_S, STALL_CHECK_S = 10.0, 5.0
+REBALANCING: tuple[type[Exception], ...] = (CommitFailedError, RebalanceInProgressError)
+
+
+def new_consumer(settings: Settings) -> KafkaConsumer:
+    """The intake's consumer: a (static, when configured) member of the intake group."""
+    return KafkaConsumer(
+        requests_topic(settings),
+        **kafka_options(settings),
+        group_id=settings.kafka_group_id,
+        group_instance_id=settings.kafka_group_instance_id or None,
+        enable_auto_commit=False,
+        auto_offset_reset="earliest",
+        max_poll_records=settings.kafka_max_poll_records,
+        session_timeout_ms=settings.kafka_session_timeout_ms,
+        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
+        fetch_max_wait_ms=settings.kafka_poll_timeout_ms,
+        max_partition_fetch_bytes=max(1_048_576, settings.kafka_max_message_bytes * 2),
+    )
 
 
 class Intake:
@@ -44,34 +81,31 @@ class Intake:
     def __init__(
         self,
         settings: Settings,
-        consumer: KafkaConsumer,
+        new_consumer: Callable[[], KafkaConsumer],
         producer: KafkaProducer,
         store: ResultStore,
         celery: Celery,
     ) -> None:
         self.s = settings
-        self.consumer = consumer
+        self._new_consumer = new_consumer
+        self.consumer = new_consumer()
         self.producer = producer
         self.store = store
         self.celery = celery
+        self.backpressure = Backpressure(
+            store.in_flight_by_model,
+            sorted(CATALOG),
+            settings.backpressure_max_inflight,
+            settings.backpressure_resume_ratio,
+        )
+        self._held: dict[TopicPartition, int] = {}  # paused partitions → position when paused
+        self._fed_at = self._stall_checked_at = time.monotonic()  # last records; last stall check
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
-        consumer = KafkaConsumer(
-            requests_topic(settings),
-            bootstrap_servers=settings.kafka_bootstrap_servers,
-            group_id=settings.kafka_group_id,
-            enable_auto_commit=False,
-            auto_offset_reset="earliest",
-            max_poll_records=settings.kafka_max_poll_records,
-            session_timeout_ms=settings.kafka_session_timeout_ms,
-            heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-            fetch_max_wait_ms=settings.kafka_poll_timeout_ms,
-            max_partition_fetch_bytes=max(1_048_576, settings.kafka_max_message_bytes * 2),
-        )
-        producer = KafkaProducer(bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=2)
+        producer = KafkaProducer(**kafka_options(settings), acks="all", linger_ms=2, retries=10)
         store = observe_store(ResultStore.from_settings(settings))
-        return cls(settings, consumer, producer, store, make_app(settings))
+        return cls(settings, lambda: new_consumer(settings), producer, store, make_app(settings))
 
     def run(self, stop: threading.Event) -> None:
         """Poll, hand off, commit, until ``stop`` is set; then close (every handled poll is committed).
@@ -84,12 +118,24 @@ class Intake:
         ``kafka_quiet_poll_ms`` (the most the first request after a quiet spell waits).
         """
         s = self.s
-        pause_s, quiet_since = 0.0, time.monotonic()
+        pause_s, quiet_since, retry_s = 0.0, time.monotonic(), RETRY_FIRST_S
         try:
             while not stop.is_set():
-                if self.step():
+                try:
+                    handled = self.step()
+                    retry_s = RETRY_FIRST_S
+                except REBALANCING as e:  # the next poll rejoins; uncommitted records come again (harmless)
+                    log.info("commit refused during a rebalance (%s); rejoining", type(e).__name__)
+                    continue
+                except RETRYABLE as e:
+                    log.warning("hand-off failed (%r); the poll is rewound, retrying in %.1f s", e, retry_s)
+                    stop.wait(retry_s)
+                    retry_s = min(RETRY_MAX_S, retry_s * 2)
+                    continue
+                if handled:
                     pause_s, quiet_since = 0.0, time.monotonic()
                     continue
+                self._check_stall()
                 quiet = (time.monotonic() - quiet_since) * 1000.0 >= s.kafka_quiet_after_ms
                 cap_ms = s.kafka_quiet_poll_ms if quiet else s.kafka_idle_poll_max_ms
                 pause_s = min(cap_ms / 1000.0, max(0.001, pause_s * 2))
@@ -101,20 +147,96 @@ class Intake:
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
+        room = self._apply_backpressure()
         # Joining the group takes several round trips inside poll: give it time until assigned
         # (kafka-python restarts a join cut short). Once assigned, wait only briefly for the
         # broker's answer, so a fetch sent by this poll is harvested by it, not by the next one.
         timeout_ms = self.s.kafka_poll_wait_ms if self.consumer.assignment() else self.s.kafka_poll_timeout_ms
-        polled = self.consumer.poll(timeout_ms=timeout_ms, max_records=self.s.kafka_max_poll_records)
-        records = [r for batch in polled.values() for r in batch]
-        if records:
-            self.handle(records)
-            self.consumer.commit()
-        return len(records)
+        polled = self.consumer.poll(
+            timeout_ms=timeout_ms, max_records=max(1, min(self.s.kafka_max_poll_records, room))
+        )
+        if not polled:
+            return 0
+        self._fed_at = time.monotonic()
+        try:
+            handled = self.handle(polled)
+        except RETRYABLE:
+            for tp, batch in polled.items():  # read them again: the store makes the replay harmless
+                self.consumer.seek(tp, batch[0].offset)
+            raise
+        self.consumer.commit()
+        self.backpressure.admitted(handled)
+        return handled
 
-    def handle(self, records: Sequence[ConsumerRecord]) -> None:
+    def _check_stall(self) -> None:
+        """Replace the consumer when it has fetched nothing for ``STALL_AFTER_S`` although the log
+        has records past its position (or it has no partitions at all).
+
+        Seen on the local broker after a restart during a rebalance: kafka-python believed it was
+        still a member of a group that had no members, and never fetched again. A new consumer (the
+        same static member) rejoins at once and resumes from the committed offsets.
+        """
+        now = time.monotonic()
+        if self.backpressure.paused or now - self._stall_checked_at < STALL_CHECK_S:
+            return
+        self._stall_checked_at = now
+        if now - self._fed_at < STALL_AFTER_S:
+            return
+        try:
+            assigned = list(self.consumer.assignment())
+            ends = self.consumer.end_offsets(assigned) if assigned else {}
+            behind = [tp for tp in assigned if ends.get(tp, 0) > self.consumer.position(tp)]
+        except KafkaError:
+            return  # the broker is away: nothing to judge by yet
+        if assigned and not behind:
+            return
+        log.warning(
+            "consumer fetched nothing for %.0f s with %s; replacing it",
+            now - self._fed_at,
+            f"{len(behind)} partitions behind" if assigned else "no partitions",
+        )
+        with contextlib.suppress(Exception):
+            self.consumer.close(autocommit=False)
+        self.consumer, self._held, self._fed_at = self._new_consumer(), {}, now
+
+    def _apply_backpressure(self) -> int:
+        """Pause every assigned partition while a model is at its bound, resume once all drained;
+        returns how many records the next poll may read.
+
+        Positions are noted when pausing and set again on resuming: kafka-python's fetcher can
+        otherwise stop fetching resumed partitions, or skip ahead of records it dropped while paused.
+        """
+        room = self.backpressure.room()
+        assigned = self.consumer.assignment()
+        if self.backpressure.paused and set(self._held) != assigned:
+            fresh = [tp for tp in assigned if tp not in self._held]
+            self._held.update({tp: self.consumer.position(tp) for tp in fresh})
+            self.consumer.pause(*fresh)
+            if len(self._held) == len(fresh):
+                log.warning(
+                    "backpressure: %s at %d requests in flight; partitions paused (backlog stays in Kafka)",
+                    ", ".join(self.backpressure.saturated),
+                    self.backpressure.max_inflight,
+                    extra={"event.dataset": "inferq.intake", "inferq.stage": "paused"},
+                )
+        elif not self.backpressure.paused and self._held:
+            held, self._held = self._held, {}
+            mine = [tp for tp in held if tp in assigned]
+            self.consumer.resume(*mine)
+            for tp in mine:
+                self.consumer.seek(tp, held[tp])
+            log.info(
+                "backpressure: below %d in flight; partitions resumed",
+                self.backpressure.resume_below,
+                extra={"event.dataset": "inferq.intake", "inferq.stage": "resumed"},
+            )
+        return room
+
+    def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
+        """Validate and hand off one poll; returns the records handled."""
         received = now_ms()
         accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]] = []
+        records = [r for batch in polled.values() for r in batch]
         for rec in records:
             try:
                 request = parse_request(rec.value, self.s)
@@ -124,6 +246,7 @@ class Intake:
             accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
         self.hand_off(accepted)
         self.producer.flush()
+        return len(records)
 
     def hand_off(self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]) -> None:
         """Admit to the result store, then send NEW and PENDING requests to Celery."""
@@ -132,9 +255,19 @@ class Intake:
         queued = now_ms()
         for _, _, t in accepted:
             t["queued_ms"] = queued
-        verdicts = self.store.admit([(request_digest(req), queued_result(req, t)) for _, req, t in accepted])
+        deadlines = {req.request_id: d for _, req, _ in accepted if (d := req.deadline_ms()) is not None}
+        verdicts = self.store.admit(
+            [(request_digest(req), queued_result(req, t)) for _, req, t in accepted], deadlines
+        )
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        late: list[InferenceResult] = []
         for (rec, req, t), verdict in zip(accepted, verdicts, strict=True):
+            if verdict is not Admission.NEW:
+                REDELIVERED.labels(verdict.value).inc()
+            deadline = req.deadline_ms()
+            if verdict in (Admission.NEW, Admission.PENDING) and deadline is not None and deadline <= queued:
+                late.append(_expired(req, t, queued))  # waited in Kafka past its deadline
+                continue
             if verdict is Admission.NEW:
                 ADMITTED.labels(req.model).inc()
                 if self.s.log_inputs:  # opt-in, and masked: never the text itself
@@ -149,11 +282,15 @@ class Intake:
                         },
                     )
             if verdict in (Admission.NEW, Admission.PENDING):
-                item = {"request": req.model_dump(mode="json"), "timings": t}
+                source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+                if rec.key:
+                    source["key"] = rec.key.decode("utf-8", "replace")
+                item = {"request": req.model_dump(mode="json"), "timings": t, "source": source}
                 key = (model_queue(self.s, req.model), CELERY_PRIORITY[req.priority])
                 by_queue.setdefault(key, []).append(item)
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
+        self.store.advance(late)
         n = self.s.transport_batch_size
         for (queue, priority), items in sorted(by_queue.items(), key=lambda kv: kv[0][1]):
             for i in range(0, len(items), n):
@@ -205,6 +342,18 @@ class Intake:
             value=letter.model_dump_json().encode(),
             headers=[("error_code", error.code.value.encode())],
         )
+
+
+def _expired(request: InferenceRequest, timings: dict[str, Any], now: float) -> InferenceResult:
+    return InferenceResult(
+        request_id=request.request_id,
+        status=ResultStatus.EXPIRED,
+        task=request.task,
+        model=request.model,
+        tenant=request.tenant,
+        error=DeadlineExpired("deadline passed while the request waited in Kafka").info(),
+        timings=Timings(**timings, done_ms=now),
+    )
 
 
 def yield_cpu(policy: str) -> bool:

@@ -17,14 +17,22 @@ from typing import Any
 
 import redis
 
-from schemas.errors import Cancelled
+from schemas.connections import redis_client
+from schemas.errors import Cancelled, DeadlineExpired
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import done_channel, inflight_key, result_key
+from schemas.naming import deadlines_key, done_channel, inflight_key, result_key
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
 
-# KEYS[1] result key, KEYS[2] in-flight counter; ARGV: digest, queued body, ttl_s
+# Redis errors worth waiting out (a restart, a network blip); the client already retried them for
+# ``redis_retry_max_s`` when they reach a caller, who should then retry later, not fail a request.
+TRANSIENT_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
+
+# Counters: KEYS[2] requests in flight (all models), KEYS[3] in flight for the request's model.
+
+# KEYS[1] result key, KEYS[4] deadlines; ARGV: digest, queued body, ttl_s, deadline ms ('' = none),
+# request id
 _ADMIT = """
 local cur = redis.call('HGET', KEYS[1], 'digest')
 if not cur then
@@ -33,6 +41,8 @@ if not cur then
   redis.call('HSET', KEYS[1], 'status', 'queued', 'body', ARGV[2], 'digest', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
   redis.call('INCR', KEYS[2])
+  redis.call('INCR', KEYS[3])
+  if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5]) end
   return 'new'
 end
 if cur ~= ARGV[1] then return 'conflict' end
@@ -41,8 +51,9 @@ if st == 'queued' or st == 'running' then return 'pending' end
 return 'terminal'
 """
 
-# KEYS[1] result key, KEYS[2] in-flight counter; ARGV: status, body, ttl_s, only_if_absent (0|1),
-# done channel, request id
+# KEYS[1] result key; ARGV: status, body, ttl_s, only_if_absent (0|1), done channel, request id.
+# Returns 0 when refused; when written, the request's attempt count for ``running`` (each start
+# counts one: a start after a worker died mid-batch is a retry), else 1.
 _ADVANCE = """
 local rank = {queued=0, running=1, done=2, failed=2, expired=2, cancelled=2}
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -55,12 +66,17 @@ redis.call('HSET', KEYS[1], 'status', ARGV[1], 'body', ARGV[2])
 redis.call('EXPIRE', KEYS[1], ARGV[3])
 if rank[ARGV[1]] >= 2 then
   redis.call('PUBLISH', ARGV[5], ARGV[6])
-  if st then redis.call('DECR', KEYS[2]) end
+  redis.call('ZREM', KEYS[4], ARGV[6])
+  if st then
+    redis.call('DECR', KEYS[2])
+    redis.call('DECR', KEYS[3])
+  end
 end
+if ARGV[1] == 'running' then return redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
 return 1
 """
 
-# KEYS[1] result key, KEYS[2] in-flight counter; ARGV: cancelled body, done channel, request id.
+# KEYS[1] result key; ARGV: cancelled body, done channel, request id.
 # Only a queued request can be cancelled; otherwise the current status is returned (or 'unknown').
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
@@ -69,7 +85,34 @@ if st ~= 'queued' then return st end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'body', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
 redis.call('DECR', KEYS[2])
+redis.call('DECR', KEYS[3])
+redis.call('ZREM', KEYS[4], ARGV[3])
 return 'cancelled'
+"""
+
+# KEYS[1] deadlines, KEYS[2] in flight (all); ARGV: now ms, result key prefix, in-flight key prefix,
+# done channel, error JSON, most to end. Ends every request past its deadline that is still
+# queued (its message may wait anywhere: Celery, a worker's prefetch); returns their new bodies.
+_EXPIRE_DUE = """
+local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[6]))
+local out = {}
+for _, id in ipairs(due) do
+  redis.call('ZREM', KEYS[1], id)
+  local key = ARGV[2] .. id
+  if redis.call('HGET', key, 'status') == 'queued' then
+    local body = cjson.decode(redis.call('HGET', key, 'body'))
+    body['status'] = 'expired'
+    body['error'] = cjson.decode(ARGV[5])
+    body['timings']['done_ms'] = tonumber(ARGV[1])
+    local text = cjson.encode(body)
+    redis.call('HSET', key, 'status', 'expired', 'body', text)
+    redis.call('PUBLISH', ARGV[4], id)
+    redis.call('DECR', KEYS[2])
+    redis.call('DECR', ARGV[3] .. (body['model'] or ''))
+    table.insert(out, text)
+  end
+end
+return out
 """
 
 
@@ -108,33 +151,56 @@ class ResultStore:
         self._admit = client.register_script(_ADMIT)
         self._advance = client.register_script(_ADVANCE)
         self._cancel = client.register_script(_CANCEL)
+        self._expire_due = client.register_script(_EXPIRE_DUE)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)
         # called with each result this process made terminal (logs, metrics); never raise into writes
         self.hooks: list[Callable[[InferenceResult], None]] = []
+        # called with each terminal result the store refused because the request had already
+        # ended: a duplicate delivery made invisible (counted by ops.observe)
+        self.refused_hooks: list[Callable[[InferenceResult], None]] = []
 
     @classmethod
     def from_settings(cls, settings: Settings) -> ResultStore:
-        return cls(redis.Redis.from_url(settings.redis_url, health_check_interval=30), settings)
+        return cls(redis_client(settings), settings)
 
-    def admit(self, items: Sequence[tuple[str, InferenceResult]]) -> list[Admission]:
-        """Record each (digest, queued result) unless the id is known; say what each one is."""
+    def admit(
+        self, items: Sequence[tuple[str, InferenceResult]], deadlines: dict[str, float] | None = None
+    ) -> list[Admission]:
+        """Record each (digest, queued result) unless the id is known; say what each one is.
+
+        ``deadlines`` (request id → epoch ms) enrols requests in the deadline sweep.
+        """
         pipe = self.client.pipeline(transaction=False)
         for digest, queued in items:
+            deadline = deadlines.get(queued.request_id) if deadlines else None
             self._admit(
-                keys=[result_key(self._s, queued.request_id), self.inflight_key],
-                args=[digest, queued.model_dump_json(), self._s.result_ttl_s],
+                keys=self._keys(queued.request_id, queued.model),
+                args=[
+                    digest,
+                    queued.model_dump_json(),
+                    self._s.result_ttl_s,
+                    "" if deadline is None else repr(deadline),
+                    queued.request_id,
+                ],
                 client=pipe,
             )
         return [Admission(_text(v)) for v in pipe.execute()]
 
     def advance(self, results: Iterable[InferenceResult], *, only_if_absent: bool = False) -> list[bool]:
         """Move each result forward; False where the store already held a later (or any) state."""
+        return [bool(n) for n in self._advance_many(results, only_if_absent)]
+
+    def start(self, results: Iterable[InferenceResult]) -> list[int]:
+        """Mark ``running`` results; each one's attempt number (1 = first start), 0 where refused."""
+        return self._advance_many(results, False)
+
+    def _advance_many(self, results: Iterable[InferenceResult], only_if_absent: bool) -> list[int]:
         pipe = self.client.pipeline(transaction=False)
         sent: list[InferenceResult] = []
         for result in results:
             self._advance(
-                keys=[result_key(self._s, result.request_id), self.inflight_key],
+                keys=self._keys(result.request_id, result.model),
                 args=[
                     result.status.value,
                     result.model_dump_json(),
@@ -148,13 +214,46 @@ class ResultStore:
             sent.append(result)
         if not sent:
             return []
-        accepted = [bool(v) for v in pipe.execute()]
-        self._notify(r for r, ok in zip(sent, accepted, strict=True) if ok and r.status.terminal)
-        return accepted
+        verdicts = [int(v) for v in pipe.execute()]
+        terminal = [(r, n) for r, n in zip(sent, verdicts, strict=True) if r.status.terminal]
+        self._notify(r for r, n in terminal if n)
+        if not only_if_absent:
+            self._notify((r for r, n in terminal if not n), self.refused_hooks)
+        return verdicts
 
-    def _notify(self, results: Iterable[InferenceResult]) -> None:
+    def _keys(self, request_id: str, model: str | None) -> list[str]:
+        return [
+            result_key(self._s, request_id),
+            self.inflight_key,
+            inflight_key(self._s, model or ""),
+            deadlines_key(self._s),
+        ]
+
+    def expire_due(self, now: float | None = None, limit: int = 1_000) -> list[InferenceResult]:
+        """End as ``expired`` every queued request whose deadline passed; returns their results."""
+        error = DeadlineExpired("deadline passed before the request reached the model").info()
+        bodies = self._expire_due(
+            keys=[deadlines_key(self._s), self.inflight_key],
+            args=[
+                repr(now_ms() if now is None else now),
+                result_key(self._s, ""),
+                inflight_key(self._s, ""),
+                self.channel,
+                error.model_dump_json(),
+                limit,
+            ],
+        )
+        results = [InferenceResult.model_validate_json(b) for b in bodies]
+        self._notify(results)
+        return results
+
+    def _notify(
+        self,
+        results: Iterable[InferenceResult],
+        hooks: list[Callable[[InferenceResult], None]] | None = None,
+    ) -> None:
         for result in results:
-            for hook in self.hooks:
+            for hook in self.hooks if hooks is None else hooks:
                 try:
                     hook(result)
                 except Exception:  # a broken hook must not fail a write that already happened
@@ -180,7 +279,7 @@ class ResultStore:
         )
         verdict = _text(
             self._cancel(
-                keys=[result_key(self._s, request_id), self.inflight_key],
+                keys=self._keys(request_id, current.model),
                 args=[cancelled.model_dump_json(), self.channel, request_id],
             )
         )
@@ -192,12 +291,19 @@ class ResultStore:
 
     def forget(self, request_id: str) -> None:
         """Delete a request's record (only for one that never reached Kafka)."""
-        if self.client.delete(result_key(self._s, request_id)):
+        current = self.get(request_id)
+        if self.client.delete(result_key(self._s, request_id)) and current is not None:
             self.client.decr(self.inflight_key)
+            self.client.decr(inflight_key(self._s, current.model or ""))
 
     def in_flight(self) -> int:
         """Requests admitted and not yet terminal, across every process."""
         return int(self.client.get(self.inflight_key) or 0)
+
+    def in_flight_by_model(self, models: Sequence[str]) -> dict[str, int]:
+        """Requests admitted and not yet terminal, per model (one round trip)."""
+        values = self.client.mget([inflight_key(self._s, m) for m in models]) if models else []
+        return {m: int(v or 0) for m, v in zip(models, values, strict=True)}
 
     def get(self, request_id: str) -> InferenceResult | None:
         body = self.client.hget(result_key(self._s, request_id), "body")

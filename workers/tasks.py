@@ -2,29 +2,43 @@
 
 One Celery message carries up to ``INFERQ_TRANSPORT_BATCH_SIZE`` requests for one model. The task
 hands them to the model's :class:`~workers.engine.Engine` and returns once every result is written,
-so the late ack means "results are in Redis".
+so the late ack means "results are in Redis"; when a result could not be written (Redis gone past
+the client's retries) the message is put back on its queue instead.
+
+A worker killed mid-batch (``kill -9``, out of memory) leaves its messages unacked in kombu's
+``unacked`` hash, where the Redis transport would leave them for the whole visibility timeout.
+Each running message is therefore recorded with the worker instance that holds it
+(``<p>:owners``), every worker process keeps an instance key alive, and every worker's heartbeat
+puts back the messages of instances whose key expired (or that restarted under the same node
+name) at once. The store counts starts per request; past ``INFERQ_MAX_ATTEMPTS`` a request is
+failed as poison and dead-lettered with its attempt count.
 """
 
 from __future__ import annotations
 
 import functools
 import logging
+import secrets
 import socket
 import threading
 from collections import Counter
+from datetime import datetime, timezone
 from typing import Any
 
 from celery import signals
+from celery.exceptions import Reject
+from kafka import KafkaProducer
 
 from ops.logship.ecs import configure_logging, stop_logging
 from ops.observe import observe_store, on_batch
+from schemas.connections import kafka_options
 from schemas.errors import InferqError
-from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import worker_key
+from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
+from schemas.naming import deadletter_topic, instance_key, node_key, owners_key, worker_key
 from schemas.settings import get_settings
 from workers.batcher import BatchPolicy
 from workers.celery_app import TASK_INFER, app
-from workers.engine import Engine
+from workers.engine import Engine, Job
 from workers.result_store import ResultStore
 from workers.runners import load_runner
 from workers.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
@@ -35,6 +49,9 @@ _engines: dict[str, Engine] = {}
 _engines_lock = threading.Lock()
 _heartbeat_stop = threading.Event()
 HEARTBEAT_S = 5.0
+DEADLINE_SWEEP_S = 0.25  # how late past its deadline a queued request may still look queued
+# this worker process; its key in Redis lives while the process does (3 missed heartbeats)
+INSTANCE = secrets.token_hex(8)
 
 
 @functools.cache
@@ -55,8 +72,9 @@ def engine_for(model: str) -> Engine:
                 if s.batch_wait == "adaptive"
                 else FixedWait(s.max_wait_ms)
             )
-            engine = Engine(load_runner(model, s), result_store(), policy, wait, cost)
+            engine = Engine(load_runner(model, s), result_store(), policy, wait, cost, s.max_attempts)
             engine.hooks.append(on_batch)
+            engine.poison_hooks.append(dead_letter_poison)
             _engines[model] = engine
         return _engines[model]
 
@@ -65,10 +83,13 @@ def engine_for(model: str) -> Engine:
 def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
     """Run a list of ``{"request": ..., "timings": ...}``; returns counts by status."""
     by_model: dict[str, list[tuple[InferenceRequest, dict[str, Any]]]] = {}
+    sources: dict[str, list[dict[str, Any] | None]] = {}
     for item in items:
         request = InferenceRequest.model_validate(item["request"])
         by_model.setdefault(request.model, []).append((request, item.get("timings", {})))
-    jobs, counts = [], Counter[str]()
+        sources.setdefault(request.model, []).append(item.get("source"))
+    jobs: list[Job] = []
+    counts = Counter[str]()
     for model, reqs in by_model.items():
         try:
             engine = engine_for(model)
@@ -77,11 +98,14 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
             _fail(reqs, e)
             counts[ResultStatus.FAILED.value] += len(reqs)
             continue
-        jobs += engine.submit(reqs)
+        jobs += engine.submit(reqs, sources[model])
     timeout_s = get_settings().celery_visibility_timeout_s
     for job in jobs:
         if not job.done.wait(timeout_s):
             raise TimeoutError(f"request {job.request.request_id} not finished after {timeout_s} s")
+    unwritten = sum(job.unwritten for job in jobs)
+    if unwritten:  # the store was unreachable: run this message again later (results are idempotent)
+        raise Reject(f"{unwritten} results could not be written to Redis", requeue=True)
     counts.update("skipped" if job.skipped else job.status.value for job in jobs)
     return dict(counts)
 
@@ -101,18 +125,141 @@ def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqErro
     )
 
 
+@functools.cache
+def _dead_letter_producer() -> KafkaProducer:
+    return KafkaProducer(**kafka_options(get_settings()), acks="all", retries=10)
+
+
+def dead_letter_poison(job: Job) -> None:
+    """The engine's poison hook: publish the request to the dead-letter topic with its attempts."""
+    s, req, src = get_settings(), job.request, job.source or {}
+    error = job.error.info() if job.error else None
+    try:
+        letter = DeadLetter(
+            error=error,
+            request_id=req.request_id,
+            source_topic=src.get("topic", ""),
+            source_partition=src.get("partition", -1),
+            source_offset=src.get("offset", -1),
+            key=src.get("key"),
+            payload=req.model_dump_json(),
+            attempts=job.attempts - 1,
+            dead_lettered_at=datetime.now(timezone.utc),
+        )
+        _dead_letter_producer().send(
+            deadletter_topic(s),
+            key=req.request_id.encode(),
+            value=letter.model_dump_json().encode(),
+            headers=[("error_code", letter.error.code.value.encode())],
+        )
+        log.warning(
+            "dead-lettering poison request %s after %d attempts",
+            req.request_id,
+            letter.attempts,
+            extra={
+                "event.dataset": "inferq.deadletter",
+                "event.action": "dead_letter",
+                "event.outcome": "failure",
+                "inferq.stage": "worker",
+                "inferq.request_id": req.request_id,
+                "inferq.error_code": letter.error.code.value,
+            },
+        )
+    except Exception:  # the failed result is still written; the letter is best effort
+        log.exception("could not dead-letter poison request %s", req.request_id)
+
+
+_tags: dict[str, str] = {}  # task id → kombu delivery tag, for the messages this process holds
+
+
+@signals.task_received.connect
+def _own(request: Any = None, **kw: Any) -> None:
+    """Record that this process holds the message (on arrival, prefetched ones included), so it is
+    put back at once if the process dies. Celery hides the delivery tag from tasks; the received
+    request still carries the kombu message."""
+    tag = getattr(getattr(request, "message", None), "delivery_tag", None)
+    if tag:
+        _tags[request.id] = tag
+        result_store().client.hset(owners_key(get_settings()), tag, INSTANCE)
+
+
+@signals.task_postrun.connect
+def _release(task_id: str | None = None, **kw: Any) -> None:
+    tag = _tags.pop(task_id, None) if task_id else None
+    if tag:
+        result_store().client.hdel(owners_key(get_settings()), tag)
+
+
+def reap_dead_owners() -> int:
+    """Put back on their queues the messages held by worker instances that died; returns how many.
+
+    kombu's restore (a WATCH transaction on the unacked hash) makes two workers reaping at once
+    restore each message once.
+    """
+    s, client = get_settings(), result_store().client
+    owners = {_text(k): _text(v) for k, v in client.hgetall(owners_key(s)).items()}
+    tokens = sorted(set(owners.values()))
+    if not tokens:
+        return 0
+    pipe = client.pipeline(transaction=False)
+    for token in tokens:
+        pipe.exists(instance_key(s, token))
+    alive = {t for t, up in zip(tokens, pipe.execute(), strict=True) if up}
+    dead = [tag for tag, token in owners.items() if token not in alive]
+    if not dead:
+        return 0
+    with app.connection_for_write() as conn:
+        qos = conn.default_channel.qos
+        for tag in dead:
+            qos.restore_by_tag(tag, leftmost=True)
+            client.hdel(owners_key(s), tag)
+    log.warning("put back %d messages held by worker processes that died", len(dead))
+    return len(dead)
+
+
 def _heartbeat(hostname: str, models: list[str]) -> None:
-    """Advertise this worker and its models in Redis while it lives (ops and the exporter read it)."""
+    """Advertise this worker and its models in Redis while it lives (ops and the exporter read it),
+    and put back the messages of workers that died."""
     store = result_store()
-    key = worker_key(get_settings(), hostname)
+    s = get_settings()
+    key = worker_key(s, hostname)
     while True:
         try:
             store.client.set(key, ",".join(models), ex=int(HEARTBEAT_S * 3))
+            store.client.set(instance_key(s, INSTANCE), hostname, ex=int(HEARTBEAT_S * 3))
+            reap_dead_owners()
         except Exception:
             log.warning("heartbeat to Redis failed; retrying", exc_info=True)
         if _heartbeat_stop.wait(HEARTBEAT_S):
             store.client.delete(key)
+            store.client.delete(instance_key(s, INSTANCE))
             return
+
+
+def _sweep_deadlines() -> None:
+    """End queued requests whose deadline passed, wherever their message waits (every worker runs
+    this; the store's script makes each expiry happen once)."""
+    store = result_store()
+    while not _heartbeat_stop.wait(DEADLINE_SWEEP_S):
+        try:
+            store.expire_due()
+        except Exception:
+            log.warning("deadline sweep failed; retrying", exc_info=True)
+
+
+@signals.worker_init.connect
+def _claim_instance(sender: Any = None, **kw: Any) -> None:
+    """Go live as a new instance before taking messages; a previous run under this node name is dead."""
+    s, client = get_settings(), result_store().client
+    hostname = getattr(sender, "hostname", None) or socket.gethostname()
+    client.set(instance_key(s, INSTANCE), hostname, ex=int(HEARTBEAT_S * 3))
+    previous = client.getset(node_key(s, hostname), INSTANCE)
+    if previous and _text(previous) != INSTANCE:
+        client.delete(instance_key(s, _text(previous)))  # its messages are put back by the next reap
+
+
+def _text(value: bytes | str) -> str:
+    return value.decode() if isinstance(value, bytes) else value
 
 
 @signals.setup_logging.connect
@@ -131,6 +278,7 @@ def _warm_up(sender: Any = None, **kw: Any) -> None:
         engine.runner.forward(engine.runner.tokenize(["warm up"]))
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     threading.Thread(target=_heartbeat, args=(hostname, models), daemon=True, name="heartbeat").start()
+    threading.Thread(target=_sweep_deadlines, daemon=True, name="deadlines").start()
     log.info("worker %s ready: %s", hostname, ", ".join(models))
 
 

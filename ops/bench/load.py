@@ -18,6 +18,7 @@ import httpx
 import numpy as np
 from kafka import KafkaProducer
 
+from schemas.connections import kafka_options
 from schemas.messages import InferenceRequest
 from schemas.naming import requests_topic
 from schemas.settings import Settings
@@ -62,9 +63,7 @@ class InferqLoad:
     def __init__(self, settings: Settings, model: str) -> None:
         self.s, self.model = settings, model
         self.store = ResultStore.from_settings(settings)
-        self.producer = KafkaProducer(
-            bootstrap_servers=settings.kafka_bootstrap_servers, acks="all", linger_ms=0
-        )
+        self.producer = KafkaProducer(**kafka_options(settings), acks="all", linger_ms=0)
         self.topic = requests_topic(settings)
 
     def _send(self, text: str) -> str:

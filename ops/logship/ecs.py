@@ -19,10 +19,10 @@ import sys
 from typing import Any
 
 import ecs_logging
-from elasticsearch import Elasticsearch
 
 from ops.logship.shipper import Shipper
 from ops.metrics.instruments import LOG_DROPPED
+from schemas.connections import elasticsearch_client
 from schemas.naming import log_index, spool_dir
 from schemas.settings import Settings
 
@@ -111,7 +111,7 @@ def configure_logging(settings: Settings, service: str) -> Shipper | None:
     if settings.log_ship:
         if _shipper is None:
             _shipper = Shipper(
-                Elasticsearch(settings.elasticsearch_url, request_timeout=10),
+                elasticsearch_client(settings, request_timeout=10),
                 log_index(settings),
                 spool_dir(settings),
                 queue_max_records=settings.log_queue_max_records,

@@ -19,7 +19,6 @@ import threading
 from collections.abc import Iterator
 from typing import Any
 
-import redis
 from kafka import KafkaAdminClient, KafkaConsumer, TopicPartition
 from prometheus_client import CollectorRegistry, Counter, start_http_server
 from prometheus_client.core import GaugeMetricFamily, Metric
@@ -27,6 +26,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ops.logship.ecs import configure_logging, stop_logging
+from schemas.connections import kafka_options, redis_client
 from schemas.naming import (
     inflight_key,
     metrics_dir,
@@ -49,8 +49,8 @@ class PipelineCollector(Collector):
 
     def __init__(self, settings: Settings) -> None:
         self.s = settings
-        self.results = redis.Redis.from_url(settings.redis_url, socket_timeout=2)
-        self.broker = redis.Redis.from_url(settings.celery_broker_url, socket_timeout=2)
+        self.results = redis_client(settings, ride_out=False, socket_timeout=2)
+        self.broker = redis_client(settings, settings.celery_broker_url, ride_out=False, socket_timeout=2)
         self._admin: KafkaAdminClient | None = None
         self._consumer: KafkaConsumer | None = None
 
@@ -73,11 +73,9 @@ class PipelineCollector(Collector):
     # -- Kafka --------------------------------------------------------------------------------
     def _kafka(self) -> Iterator[Metric]:
         if self._admin is None:
-            self._admin = KafkaAdminClient(
-                bootstrap_servers=self.s.kafka_bootstrap_servers, request_timeout_ms=5_000
-            )
+            self._admin = KafkaAdminClient(**kafka_options(self.s), request_timeout_ms=5_000)
             self._consumer = KafkaConsumer(
-                bootstrap_servers=self.s.kafka_bootstrap_servers,
+                **kafka_options(self.s),
                 request_timeout_ms=5_000,
                 enable_auto_commit=False,
             )

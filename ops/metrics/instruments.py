@@ -14,6 +14,16 @@ from prometheus_client import Counter, Histogram
 from schemas.messages import InferenceResult
 
 ADMITTED = Counter("inferq_requests_admitted", "Requests the intake accepted and queued", ["model"])
+REDELIVERED = Counter(
+    "inferq_redeliveries",
+    "Requests read again from Kafka (a replay after a crash or rewind), by what the store said",
+    ["verdict"],
+)
+DUPLICATES_REFUSED = Counter(
+    "inferq_duplicate_results_refused",
+    "Terminal results not written because the request had already ended (a duplicate delivery)",
+    ["status"],
+)
 RESULTS = Counter("inferq_results", "Terminal results written, by status", ["model", "status"])
 DEAD_LETTERS = Counter("inferq_dead_letters", "Records sent to the dead-letter topic", ["code"])
 LOG_DROPPED = Counter("inferq_log_records_dropped", "Log records dropped (queue or spool full)", ["service"])
@@ -53,6 +63,10 @@ def record_result(result: InferenceResult) -> None:
         LATENCY.labels(model, result.status.value).observe(max(0.0, t.done_ms - t.published_ms) / 1000.0)
     if t.batch_start_ms is not None and t.queued_ms is not None:
         QUEUE_WAIT.labels(model).observe(max(0.0, t.batch_start_ms - t.queued_ms) / 1000.0)
+
+
+def record_refused(result: InferenceResult) -> None:
+    DUPLICATES_REFUSED.labels(result.status.value).inc()
 
 
 def record_batch(model: str, size: int, tokens: int, padding_waste: float, compute_ms: float) -> None:

@@ -29,6 +29,8 @@ def settings(tmp_path_factory) -> Settings:
         torch_threads=1,
         worker_processes=1,
         transport_batch_size=32,
+        # in every process's settings (unused with PLAINTEXT): no log may ever show it
+        kafka_sasl_password="sasl-secret-never-logged-7c1",
     )
     return on_free_ports(base, tmp_path_factory.mktemp("inferq-state"))
 

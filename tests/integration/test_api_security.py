@@ -9,9 +9,12 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
+from ops.stack import Stack
 from producers.api import create_app
 from producers.auth import digest, new_key
+from producers.client import InferqClient
 from schemas.messages import new_request_id
+from schemas.settings import Settings
 
 KEY_A, KEY_B = new_key(), new_key()
 MODEL = "all-MiniLM-L6-v2"
@@ -79,3 +82,14 @@ def test_cors_is_off_unless_origins_are_named(secured, settings):
         assert ok.headers["access-control-allow-origin"] == "https://app.example"
         bad = c.options("/v1/models", headers=preflight)
         assert "access-control-allow-origin" not in bad.headers
+
+
+def test_no_secret_reaches_any_service_log(stack: Stack, settings: Settings, client: InferqClient) -> None:
+    client.wait(client.submit("embed", "all-MiniLM-L6-v2", "something to log about"), 60)
+    secrets = [settings.kafka_sasl_password.get_secret_value(), settings.flower_password.get_secret_value()]
+    logs = sorted((settings.state_dir / "logs").glob("*.log"))
+    assert {p.stem for p in logs} >= {"worker", "intake", "api", "flower"}
+    for path in logs:
+        text = path.read_text(errors="replace")
+        for secret in secrets:
+            assert secret not in text, f"{secret!r} appears in {path.name}"

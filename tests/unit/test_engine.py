@@ -40,17 +40,23 @@ class MemoryStore:
     def __init__(self):
         self.results = {}
         self.writes = []
+        self.attempts = {}
 
     def advance(self, results, *, only_if_absent=False):
-        accepted = []
+        return [bool(n) for n in self.start(results)]
+
+    def start(self, results):
+        verdicts = []
         for r in results:
             held = self.results.get(r.request_id)
             ok = held is None or not held.status.terminal
             if ok:
                 self.writes.append((r.request_id, r.status))
                 self.results[r.request_id] = r
-            accepted.append(ok)
-        return accepted
+                if r.status is ResultStatus.RUNNING:
+                    self.attempts[r.request_id] = self.attempts.get(r.request_id, 0) + 1
+            verdicts.append(self.attempts.get(r.request_id, 1) if ok else 0)
+        return verdicts
 
 
 def make_engine(runner=None, policy=None):
@@ -161,3 +167,35 @@ def test_priority_and_tenant_reach_the_batcher():
     (entry,) = engine.batcher._pool.values()
     assert (entry.priority, entry.tenant) == (0, "acme")
     engine.close()
+
+
+def test_a_request_started_more_than_max_attempts_is_failed_as_poison_not_run():
+    runner, store = FakeRunner(), MemoryStore()
+    engine = Engine(runner, store, BatchPolicy(64, 10_000, 10_000), max_attempts=2)
+    poisoned = []
+    engine.poison_hooks.append(poisoned.append)
+    bad, good = req("boom"), req("fine")
+    store.attempts[bad.request_id] = 2  # two earlier starts whose worker died
+    jobs = engine.submit([(bad, {}), (good, {})], sources=[{"topic": "t", "partition": 0, "offset": 7}, None])
+    engine.close()  # flushes the waiting batch
+    assert all(job.done.is_set() for job in jobs)
+    assert store.results[bad.request_id].status is ResultStatus.FAILED
+    assert store.results[bad.request_id].error.code is ErrorCode.POISON_MESSAGE
+    assert store.results[good.request_id].status is ResultStatus.DONE
+    assert [j.request.request_id for j in poisoned] == [bad.request_id]
+    assert poisoned[0].attempts == 3 and poisoned[0].source == {"topic": "t", "partition": 0, "offset": 7}
+    assert runner.forwarded == [["fine"]]  # only the good one reached the model
+
+
+def test_a_store_outage_hands_the_batch_back_instead_of_failing_it():
+    import redis
+
+    class DownStore(MemoryStore):
+        def start(self, results):
+            raise redis.ConnectionError("gone")
+
+    store = DownStore()
+    engine = Engine(FakeRunner(), store, BatchPolicy(64, 10_000, 10_000))
+    jobs = engine.submit([(req("a"), {})])
+    engine.close()
+    assert jobs[0].unwritten and not store.results  # nothing failed: the message goes back

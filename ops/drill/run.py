@@ -1,0 +1,170 @@
+"""``inferq-ops drill``: each fault under steady traffic, then every accepted request accounted for.
+
+A drill stack of its own (free loopback ports, ``<state_dir>/drill``; broker, Redis, worker,
+intake) serves every drill in turn. For each: publish ``requests`` unique requests at ``rate_per_s``;
+once ``fault_at`` of them are accepted, inject the fault and bring the service back; wait until
+every accepted request is terminal; count lost and duplicated ones. ``drill.json`` gets one entry
+per drill (``requests``, ``lost``, ``duplicated``, statuses, recovery times, the redeliveries the
+pipeline absorbed) and, when asked, the overload run (:mod:`ops.drill.overload`).
+"""
+
+from __future__ import annotations
+
+import json
+import secrets
+import time
+from collections import Counter
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
+from rich.table import Table
+
+from ops.drill.faults import FAULTS, counter_totals, inject
+from ops.drill.overload import run_overload
+from ops.drill.traffic import Ledger, Publisher, keys_in_log
+from ops.stack import Stack, on_free_ports
+from schemas.naming import metrics_dir
+from schemas.settings import Settings
+
+SERVICES = ["broker", "redis", "worker", "intake"]
+COUNTERS = ("inferq_redeliveries_total", "inferq_duplicate_results_refused_total")
+
+
+@dataclass(frozen=True)
+class DrillPlan:
+    drills: Sequence[str] = tuple(FAULTS)
+    requests: int = 10_000
+    rate_per_s: float = 150.0
+    fault_at: float = 0.3  # share of the requests accepted before the fault
+    timeout_s: float = 600.0
+    overload_s: float = 0.0  # 0 = no overload run
+
+
+def drill_settings(settings: Settings, state_dir: Path) -> Settings:
+    """The drill stack's settings: free ports, its own folder, logs not shipped (the ES-API server
+    shares the broker's process here and would take the model's cores)."""
+    return on_free_ports(settings, state_dir).model_copy(update={"log_ship": False})
+
+
+def run_drills(
+    settings: Settings, plan: DrillPlan, out: Path | None, console: Console | None = None
+) -> dict[str, Any]:
+    console = console or Console(quiet=True)
+    ds = drill_settings(settings, (settings.state_dir / "drill").resolve())
+    stack = Stack(ds)
+    report: dict[str, Any] = {"plan": {**plan.__dict__, "drills": list(plan.drills)}, "drills": []}
+    columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"))
+    try:
+        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+            bar = progress.add_task("starting the drill stack", total=plan.requests)
+            stack.up(only=SERVICES)
+            ledger = Ledger(ds)
+            try:
+                for name in plan.drills:
+                    progress.reset(bar, description=f"{name}: {FAULTS[name].what}", total=plan.requests)
+                    entry = one_drill(
+                        stack, ds, ledger, name, plan, lambda n: progress.update(bar, completed=n)
+                    )
+                    report["drills"].append(entry)
+                    progress.console.print(
+                        f"{name}: {entry['requests']} requests, lost {entry['lost']}, "
+                        f"duplicated {entry['duplicated']}, {entry['by_status']}"
+                    )
+                if plan.overload_s:
+                    progress.reset(bar, description="overload: 3 × capacity", total=plan.overload_s)
+                    report["overload"] = run_overload(
+                        stack, ds, ledger, plan.overload_s, lambda s: progress.update(bar, completed=s)
+                    )
+            finally:
+                ledger.close()
+    finally:
+        stack.down()
+    # ``lost`` counts what the pipeline lost; an acknowledged request the broker no longer has in its
+    # log (``lost_by_broker``) never reached the pipeline and is reported apart
+    report["ok"] = all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"])
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "drill.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_report(console, report)
+    return report
+
+
+def one_drill(
+    stack: Stack,
+    ds: Settings,
+    ledger: Ledger,
+    name: str,
+    plan: DrillPlan,
+    progress: Callable[[int], None],
+) -> dict[str, Any]:
+    fault = FAULTS[name]
+    before = counter_totals(metrics_dir(ds), COUNTERS)
+    t0 = time.monotonic()
+    pub = Publisher(ds, f"{name}-{secrets.token_hex(3)}", plan.requests, plan.rate_per_s).start()
+    while len(pub.accepted) < plan.requests * plan.fault_at and not pub.done.is_set():
+        progress(len(pub.accepted))
+        time.sleep(0.05)
+
+    def running_now() -> dict[str, int]:
+        """Requests running when the fault hits; a worker is killed only while some are (mid-batch)."""
+        give_up = time.monotonic() + 10.0
+        while True:
+            states = ledger.statuses(list(pub.accepted))
+            running = sum(st == "running" for st, _ in states.values())
+            if running or fault.service != "worker" or time.monotonic() > give_up:
+                return {"running_at_fault": running}
+            time.sleep(0.005)
+
+    observed = inject(stack, fault, running_now)
+
+    def accepted() -> list[str]:
+        progress(len(pub.accepted))
+        return list(pub.accepted)
+
+    final = ledger.wait_terminal(accepted, pub.done, plan.timeout_s)
+    after = counter_totals(metrics_dir(ds), COUNTERS)
+    terminal_ids = [rid for rid, (st, _) in final.items() if st not in (None, "queued", "running")]
+    unfinished = set(final) - set(terminal_ids)
+    # an acknowledged request missing from the log was lost by the broker, not by the pipeline
+    broker_lost = unfinished - keys_in_log(ds) if unfinished else set()
+    duplicated = {rid for rid in final if ledger.announced[rid] > 1} | (ledger.changed & set(final))
+    return {
+        "name": name,
+        "fault": fault.what,
+        "requests": len(pub.accepted),
+        "lost": len(unfinished - broker_lost),
+        "lost_by_broker": len(broker_lost),
+        "duplicated": len(duplicated),
+        "by_status": dict(Counter(st or "missing" for st, _ in final.values())),
+        "republished_by_producer": pub.republished,
+        "redelivered_in_pipeline": int(after[COUNTERS[0]] - before[COUNTERS[0]]),
+        "duplicate_results_refused": int(after[COUNTERS[1]] - before[COUNTERS[1]]),
+        **observed,
+        "wall_s": round(time.monotonic() - t0, 1),
+    }
+
+
+def print_report(console: Console, report: dict[str, Any]) -> None:
+    t = Table("drill", "requests", "lost", "duplicated", "statuses", "absorbed", "back after s", "wall s")
+    for d in report["drills"]:
+        absorbed = (
+            f"{d['republished_by_producer']} re-sent, {d['redelivered_in_pipeline']} re-read, "
+            f"{d['duplicate_results_refused']} refused"
+        )
+        t.add_row(
+            d["name"],
+            str(d["requests"]),
+            str(d["lost"]),
+            str(d["duplicated"]),
+            ", ".join(f"{k} {v}" for k, v in sorted(d["by_status"].items())),
+            absorbed,
+            f"{d['back_after_s']:.1f}",
+            f"{d['wall_s']:.0f}",
+        )
+    console.print(t)
+    if "overload" in report:
+        console.print_json(data=report["overload"])

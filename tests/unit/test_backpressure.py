@@ -1,0 +1,34 @@
+"""Backpressure decisions on a fake clock and a fake in-flight counter (the drills run it for real)."""
+
+from workers.backpressure import CHECK_S, Backpressure
+
+
+def make(counts):
+    return Backpressure(lambda models: {m: counts.get(m, 0) for m in models}, ["a", "b"], 100, 0.8)
+
+
+def test_a_poll_may_read_only_what_the_fullest_model_has_room_for():
+    bp = make({"a": 30, "b": 90})
+    assert bp.room(now_s=1.0) == 10 and not bp.paused
+    bp.admitted(4)
+    assert bp.room(now_s=1.0) == 6  # until the next read of the counters
+
+
+def test_pauses_at_the_bound_and_resumes_only_below_the_resume_level():
+    counts = {"a": 100}
+    bp = make(counts)
+    assert bp.room(now_s=1.0) == 0 and bp.paused and bp.saturated == ["a"]
+    counts["a"] = 85
+    assert bp.room(now_s=1.0 + CHECK_S) == 0 and bp.paused  # between 80 and 100: stays paused
+    counts["a"] = 80
+    assert bp.room(now_s=1.0 + 2 * CHECK_S) == 0 and bp.paused  # 80 is not below 80
+    counts["a"] = 79
+    assert bp.room(now_s=1.0 + 3 * CHECK_S) == 21 and not bp.paused
+
+
+def test_counters_are_read_at_most_once_per_check_period():
+    reads = []
+    bp = Backpressure(lambda models: reads.append(1) or dict.fromkeys(models, 0), ["a"], 100, 0.8)
+    for i in range(10):
+        bp.room(now_s=5.0 + i * CHECK_S / 10)
+    assert len(reads) == 1
