@@ -100,6 +100,7 @@ class Intake:
         )
         self._held: dict[TopicPartition, int] = {}  # paused partitions → position when paused
         self._fed_at = self._stall_checked_at = time.monotonic()  # last records; last stall check
+        self._stall_marks: dict[TopicPartition, int] = {}  # positions at the last stall check
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
@@ -170,7 +171,7 @@ class Intake:
 
     def _check_stall(self) -> None:
         """Replace the consumer when it has fetched nothing for ``STALL_AFTER_S`` although the log
-        has records past its position (or it has no partitions at all).
+        has records past its position, and its position did not move between two checks.
 
         Seen on the local broker after a restart during a rebalance: kafka-python believed it was
         still a member of a group that had no members, and never fetched again. A new consumer (the
@@ -180,24 +181,29 @@ class Intake:
         if self.backpressure.paused or now - self._stall_checked_at < STALL_CHECK_S:
             return
         self._stall_checked_at = now
-        if now - self._fed_at < STALL_AFTER_S:
+        assigned = sorted(self.consumer.assignment())
+        if now - self._fed_at < STALL_AFTER_S or not assigned:  # joining is kafka-python's to finish
+            self._stall_marks = {}
             return
         try:
-            assigned = list(self.consumer.assignment())
-            ends = self.consumer.end_offsets(assigned) if assigned else {}
-            behind = [tp for tp in assigned if ends.get(tp, 0) > self.consumer.position(tp)]
+            ends = self.consumer.end_offsets(assigned)
+            marks = {tp: self.consumer.position(tp) for tp in assigned}
         except KafkaError:
             return  # the broker is away: nothing to judge by yet
-        if assigned and not behind:
+        behind = [tp for tp in assigned if ends.get(tp, 0) > marks[tp]]
+        # behind, and not one record further than at the previous check: wedged
+        wedged = bool(behind) and marks == self._stall_marks
+        self._stall_marks = marks
+        if not wedged:
             return
         log.warning(
-            "consumer fetched nothing for %.0f s with %s; replacing it",
+            "consumer fetched nothing for %.0f s, %d partitions behind; replacing it",
             now - self._fed_at,
-            f"{len(behind)} partitions behind" if assigned else "no partitions",
+            len(behind),
         )
         with contextlib.suppress(Exception):
             self.consumer.close(autocommit=False)
-        self.consumer, self._held, self._fed_at = self._new_consumer(), {}, now
+        self.consumer, self._held, self._fed_at, self._stall_marks = self._new_consumer(), {}, now, {}
 
     def _apply_backpressure(self) -> int:
         """Pause every assigned partition while a model is at its bound, resume once all drained;

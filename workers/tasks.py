@@ -7,7 +7,7 @@ the client's retries) the message is put back on its queue instead.
 
 A worker killed mid-batch (``kill -9``, out of memory) leaves its messages unacked in kombu's
 ``unacked`` hash, where the Redis transport would leave them for the whole visibility timeout.
-Each running message is therefore recorded with the worker instance that holds it
+Each message is therefore recorded, as it arrives, with the worker process that holds it
 (``<p>:owners``), every worker process keeps an instance key alive, and every worker's heartbeat
 puts back the messages of instances whose key expired (or that restarted under the same node
 name) at once. The store counts starts per request; past ``INFERQ_MAX_ATTEMPTS`` a request is

@@ -155,6 +155,7 @@ def run_overload(
         "deadline_s": deadline_s,
         "memory_mb": _memory_summary(rows),
         "peak_kafka_lag": max((r["kafka_lag"] or 0.0 for r in rows), default=0.0),
+        "median_kafka_lag": _median([r["kafka_lag"] for r in rows if r["kafka_lag"] is not None]),
         "peak_in_flight": max((r["in_flight"] or 0.0 for r in rows), default=0.0),
         "samples": rows,
         "expired_written_after_deadline_ms": {
@@ -176,6 +177,11 @@ def _memory_summary(rows: list[dict[str, float | None]]) -> dict[str, dict[str, 
             "last": _r(values[-1]) if values else None,
         }
     return out
+
+
+def _median(values: list[float | None]) -> float | None:
+    clean = sorted(v for v in values if v is not None)
+    return clean[len(clean) // 2] if clean else None
 
 
 def _r(v: float | None) -> float | None:
