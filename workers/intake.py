@@ -28,7 +28,8 @@ from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka.admin import MemberToRemove
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import TopicPartition
@@ -145,6 +146,25 @@ class Intake:
             self.producer.flush()
             self.consumer.close(autocommit=False)
             self.producer.close()
+            self._leave_group()
+
+    def _leave_group(self) -> None:
+        """A static member does not leave its group on close (so a restart keeps its partitions);
+        on a deliberate stop it is removed explicitly (KIP-345), so the others take over at once
+        instead of after the session timeout."""
+        instance = self.s.kafka_group_instance_id
+        if not instance:
+            return
+        try:
+            admin = KafkaAdminClient(**kafka_options(self.s), request_timeout_ms=5_000)
+            try:
+                admin.remove_group_members(
+                    self.s.kafka_group_id, [MemberToRemove(group_instance_id=instance)]
+                )
+            finally:
+                admin.close()
+        except Exception as e:  # the broker may be gone too; the session timeout then does it
+            log.warning("could not leave group %s as %s: %r", self.s.kafka_group_id, instance, e)
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
