@@ -21,6 +21,7 @@ import logging
 import secrets
 import socket
 import threading
+import time
 from collections import Counter
 from datetime import datetime, timezone
 from typing import Any
@@ -190,31 +191,37 @@ def _release(task_id: str | None = None, **kw: Any) -> None:
         result_store().client.hdel(owners_key(get_settings()), tag)
 
 
-def reap_dead_owners() -> int:
-    """Put back on their queues the messages held by worker instances that died; returns how many.
+ORPHAN_AFTER_S = 30.0  # an unacked message nobody owns for this long was lost with its worker
 
-    kombu's restore (a WATCH transaction on the unacked hash) makes two workers reaping at once
-    restore each message once.
+
+def reap_dead_owners() -> int:
+    """Put back on their queues the messages held by worker processes that died; returns how many.
+
+    Two kinds: those recorded with an instance whose key is gone, and those no live worker has
+    recorded for ``ORPHAN_AFTER_S`` (a worker killed between taking a message from Redis and
+    recording it). kombu's restore (a WATCH transaction on the unacked hash) makes two workers
+    reaping at once restore each message once; restoring one that was in fact finished only
+    reruns requests the store already ended, which it refuses.
     """
     s, client = get_settings(), result_store().client
     owners = {_text(k): _text(v) for k, v in client.hgetall(owners_key(s)).items()}
     tokens = sorted(set(owners.values()))
-    if not tokens:
-        return 0
     pipe = client.pipeline(transaction=False)
     for token in tokens:
         pipe.exists(instance_key(s, token))
-    alive = {t for t, up in zip(tokens, pipe.execute(), strict=True) if up}
+    alive = {t for t, up in zip(tokens, pipe.execute(), strict=True) if up} if tokens else set()
     dead = [tag for tag, token in owners.items() if token not in alive]
-    if not dead:
-        return 0
     with app.connection_for_write() as conn:
-        qos = conn.default_channel.qos
-        for tag in dead:
+        channel = conn.default_channel
+        qos = channel.qos
+        old = channel.client.zrangebyscore(qos.unacked_index_key, "-inf", time.time() - ORPHAN_AFTER_S)
+        orphans = [tag for tag in map(_text, old) if tag not in owners]
+        for tag in dead + orphans:
             qos.restore_by_tag(tag, leftmost=True)
             client.hdel(owners_key(s), tag)
-    log.warning("put back %d messages held by worker processes that died", len(dead))
-    return len(dead)
+    if dead or orphans:
+        log.warning("put back %d messages of dead workers and %d unowned ones", len(dead), len(orphans))
+    return len(dead) + len(orphans)
 
 
 def _heartbeat(hostname: str, models: list[str]) -> None:
