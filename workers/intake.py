@@ -46,7 +46,14 @@ from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
 from workers.backpressure import Backpressure
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
-from workers.result_store import TRANSIENT_ERRORS, Admission, ResultStore, queued_result, request_digest
+from workers.result_store import (
+    TRANSIENT_ERRORS,
+    Admission,
+    ResultStore,
+    queued_result,
+    request_digest,
+    request_result,
+)
 from workers.validation import parse_request, salvage_request_id
 
 log = logging.getLogger(__name__)
@@ -292,7 +299,8 @@ class Intake:
                 REDELIVERED.labels(verdict.value).inc()
             deadline = req.deadline_ms()
             if verdict in (Admission.NEW, Admission.PENDING) and deadline is not None and deadline <= queued:
-                late.append(_expired(req, t, queued))  # waited in Kafka past its deadline
+                error = DeadlineExpired("deadline passed while the request waited in Kafka")
+                late.append(request_result(req, ResultStatus.EXPIRED, {**t, "done_ms": queued}, error))
                 continue
             if verdict is Admission.NEW:
                 ADMITTED.labels(req.model).inc()
@@ -368,18 +376,6 @@ class Intake:
             value=letter.model_dump_json().encode(),
             headers=[("error_code", error.code.value.encode())],
         )
-
-
-def _expired(request: InferenceRequest, timings: dict[str, Any], now: float) -> InferenceResult:
-    return InferenceResult(
-        request_id=request.request_id,
-        status=ResultStatus.EXPIRED,
-        task=request.task,
-        model=request.model,
-        tenant=request.tenant,
-        error=DeadlineExpired("deadline passed while the request waited in Kafka").info(),
-        timings=Timings(**timings, done_ms=now),
-    )
 
 
 def yield_cpu(policy: str) -> bool:

@@ -18,7 +18,7 @@ from typing import Any
 import redis
 
 from schemas.connections import redis_client
-from schemas.errors import Cancelled, DeadlineExpired
+from schemas.errors import Cancelled, DeadlineExpired, InferqError
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadlines_key, done_channel, inflight_key, result_key
 from schemas.settings import Settings
@@ -130,16 +130,27 @@ def request_digest(request: InferenceRequest) -> str:
     return hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:32]
 
 
-def queued_result(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:
-    """The first result a request has: ``queued``, with the timings known so far."""
+def request_result(
+    request: InferenceRequest,
+    status: ResultStatus,
+    timings: dict[str, Any],
+    error: InferqError | None = None,
+) -> InferenceResult:
+    """A result without outputs for ``request`` (queued, or ended before the model ran)."""
     return InferenceResult(
         request_id=request.request_id,
-        status=ResultStatus.QUEUED,
+        status=status,
         task=request.task,
         model=request.model,
         tenant=request.tenant,
+        error=error.info() if error else None,
         timings=Timings(**timings),
     )
+
+
+def queued_result(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:
+    """The first result a request has: ``queued``, with the timings known so far."""
+    return request_result(request, ResultStatus.QUEUED, timings)
 
 
 class ResultStore:
@@ -185,7 +196,7 @@ class ResultStore:
                 ],
                 client=pipe,
             )
-        return [Admission(_text(v)) for v in pipe.execute()]
+        return [Admission(as_text(v)) for v in pipe.execute()]
 
     def advance(self, results: Iterable[InferenceResult], *, only_if_absent: bool = False) -> list[bool]:
         """Move each result forward; False where the store already held a later (or any) state."""
@@ -277,7 +288,7 @@ class ResultStore:
                 "timings": current.timings.model_copy(update={"done_ms": now_ms()}),
             }
         )
-        verdict = _text(
+        verdict = as_text(
             self._cancel(
                 keys=self._keys(request_id, current.model),
                 args=[cancelled.model_dump_json(), self.channel, request_id],
@@ -337,7 +348,7 @@ class DoneWatcher:
         ids: list[str] = []
         message = self._pubsub.get_message(timeout=max(0.0, timeout_s))
         while message is not None:
-            ids.append(_text(message["data"]))
+            ids.append(as_text(message["data"]))
             message = self._pubsub.get_message(timeout=0)
         return ids
 
@@ -351,5 +362,5 @@ class DoneWatcher:
         self.close()
 
 
-def _text(value: bytes | str) -> str:
+def as_text(value: bytes | str) -> str:
     return value.decode() if isinstance(value, bytes) else value

@@ -34,13 +34,13 @@ from ops.logship.ecs import configure_logging, stop_logging
 from ops.observe import observe_store, on_batch
 from schemas.connections import kafka_options
 from schemas.errors import InferqError
-from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
+from schemas.messages import DeadLetter, InferenceRequest, ResultStatus, now_ms
 from schemas.naming import deadletter_topic, instance_key, node_key, owners_key, worker_key
 from schemas.settings import get_settings
 from workers.batcher import BatchPolicy
 from workers.celery_app import TASK_INFER, app
 from workers.engine import Engine, Job
-from workers.result_store import ResultStore
+from workers.result_store import ResultStore, as_text, request_result
 from workers.runners import load_runner
 from workers.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
 
@@ -113,16 +113,7 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
 
 def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqError) -> None:
     result_store().advance(
-        InferenceResult(
-            request_id=r.request_id,
-            status=ResultStatus.FAILED,
-            task=r.task,
-            model=r.model,
-            tenant=r.tenant,
-            error=error.info(),
-            timings=Timings(**{**t, "done_ms": now_ms()}),
-        )
-        for r, t in reqs
+        request_result(r, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, error) for r, t in reqs
     )
 
 
@@ -204,7 +195,7 @@ def reap_dead_owners() -> int:
     reruns requests the store already ended, which it refuses.
     """
     s, client = get_settings(), result_store().client
-    owners = {_text(k): _text(v) for k, v in client.hgetall(owners_key(s)).items()}
+    owners = {as_text(k): as_text(v) for k, v in client.hgetall(owners_key(s)).items()}
     tokens = sorted(set(owners.values()))
     pipe = client.pipeline(transaction=False)
     for token in tokens:
@@ -215,7 +206,7 @@ def reap_dead_owners() -> int:
         channel = conn.default_channel
         qos = channel.qos
         old = channel.client.zrangebyscore(qos.unacked_index_key, "-inf", time.time() - ORPHAN_AFTER_S)
-        orphans = [tag for tag in map(_text, old) if tag not in owners]
+        orphans = [tag for tag in map(as_text, old) if tag not in owners]
         for tag in dead + orphans:
             qos.restore_by_tag(tag, leftmost=True)
             client.hdel(owners_key(s), tag)
@@ -261,12 +252,8 @@ def _claim_instance(sender: Any = None, **kw: Any) -> None:
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     client.set(instance_key(s, INSTANCE), hostname, ex=int(HEARTBEAT_S * 3))
     previous = client.getset(node_key(s, hostname), INSTANCE)
-    if previous and _text(previous) != INSTANCE:
-        client.delete(instance_key(s, _text(previous)))  # its messages are put back by the next reap
-
-
-def _text(value: bytes | str) -> str:
-    return value.decode() if isinstance(value, bytes) else value
+    if previous and as_text(previous) != INSTANCE:
+        client.delete(instance_key(s, as_text(previous)))  # its messages are put back by the next reap
 
 
 @signals.setup_logging.connect
