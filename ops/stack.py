@@ -15,6 +15,7 @@ import os
 import shutil
 import signal
 import socket
+import struct
 import subprocess
 import sys
 import time
@@ -82,12 +83,31 @@ def on_free_ports(settings: Settings, state_dir: Path) -> Settings:
     )
 
 
-def _tcp_open(port: int, host: str = "127.0.0.1") -> bool:
+_PROBE_ID = 0x1F2E3D4C  # a correlation id no echo of the request itself can carry
+
+
+def _kafka_ok(port: int, host: str = "127.0.0.1") -> bool:
+    """True once a Kafka broker answers an ApiVersions request on ``port``.
+
+    An open port is not enough: a connect to a free port in the ephemeral range can succeed as a
+    TCP self-connect (the socket talks to itself), which would echo the request back. The answer
+    must carry our correlation id and no error.
+    """
+    client = b"inferq-ready"
+    body = struct.pack(">hhih", 18, 0, _PROBE_ID, len(client)) + client  # ApiVersions v0
     try:
-        with socket.create_connection((host, port), timeout=0.5):
-            return True
+        with socket.create_connection((host, port), timeout=1.0) as sock:
+            sock.sendall(struct.pack(">i", len(body)) + body)
+            head = b""
+            while len(head) < 10:
+                chunk = sock.recv(10 - len(head))
+                if not chunk:
+                    return False
+                head += chunk
     except OSError:
         return False
+    _, correlation, error = struct.unpack(">iih", head)
+    return correlation == _PROBE_ID and error == 0
 
 
 def _http_ok(url: str, accept: tuple[int, ...] = (200,), auth: tuple[str, str] | None = None) -> bool:
@@ -167,7 +187,7 @@ class Stack:
                     "--elasticsearch-port",
                     str(es_port),
                 ],
-                lambda: (tansu or _tcp_open(kafka_port)) and _http_ok(s.elasticsearch_url),
+                lambda: (tansu or _kafka_ok(kafka_port)) and _http_ok(s.elasticsearch_url),
                 # noida-db's own stop is Ctrl-C, which saves its data; the drill saw a SIGTERM'd
                 # broker come back without the last acknowledged records
                 stop_signal=signal.SIGINT,
@@ -305,7 +325,7 @@ class Stack:
                     f"--advertised-listener-url=tcp://127.0.0.1:{port}",
                     "--storage-engine=memory://tansu/",
                 ],
-                lambda: _tcp_open(port),
+                lambda: _kafka_ok(port),
             )
         ]
 

@@ -17,6 +17,7 @@ from producers.client import InferqClient
 from schemas.messages import ResultStatus
 from schemas.naming import deadletter_topic
 from schemas.settings import Settings
+from tests.integration.conftest import diagnose
 
 
 def test_publish_to_result_on_tansu(tmp_path):
@@ -37,7 +38,10 @@ def test_publish_to_result_on_tansu(tmp_path):
             ids += [client.submit("classify", "minilm-intent", "how do I reset my password")]
             junk = f"junk-{uuid.uuid4().hex[:6]}"
             client.publish_raw(junk, b"{not json")
-            results = client.wait_all(ids, timeout_s=120)
+            try:
+                results = client.wait_all(ids, timeout_s=120)
+            except TimeoutError as e:  # say which service failed: CI keeps only this message
+                raise AssertionError(f"{e}\n{diagnose(stack)}") from e
             assert {r.status for r in results.values()} == {ResultStatus.DONE}
             assert len(results[ids[0]].outputs[0].embedding) == 384
             assert results[ids[-1]].outputs[0].labels
