@@ -1,15 +1,21 @@
 """Hooks that turn pipeline events into log records and metrics, attached at process start.
 
-The core loops only call hooks (the store's result hooks, the engine's batch hooks); what the
+The core loops only call hooks (the store's result hooks, the engine's batch hooks, the
+decoder's step hooks); what the
 hooks do lives here, so logging and metrics never sit inline in the hot path.
 """
 
 from __future__ import annotations
 
+from typing import TYPE_CHECKING
+
 from ops.logship.events import log_batch, log_result
-from ops.metrics.instruments import record_batch, record_refused, record_result
+from ops.metrics.instruments import record_batch, record_refused, record_result, record_step
 from workers.engine import BatchStats
 from workers.result_store import ResultStore
+
+if TYPE_CHECKING:  # the decoder imports torch; the intake and the API must not
+    from workers.decoder import StepStats
 
 
 def observe_store(store: ResultStore) -> ResultStore:
@@ -37,3 +43,9 @@ def on_batch(stats: BatchStats) -> None:
         device=stats.device,
     )
     record_batch(stats.model, stats.size, stats.tokens, stats.padding_waste, stats.compute_ms)
+
+
+def on_step(stats: StepStats) -> None:
+    """The decoder's step hook: generated tokens and sequences per step (no log record: a step is
+    a few ms; each request's record carries its totals)."""
+    record_step(stats.model, stats.running, stats.tokens)

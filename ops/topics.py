@@ -9,18 +9,19 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 
 from schemas.connections import kafka_options
-from schemas.naming import deadletter_topic, requests_topic
+from schemas.naming import deadletter_topic, requests_topic, stream_topic
 from schemas.settings import Settings
 
 
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the requests and dead-letter topics where missing; returns the topics created."""
+    """Create the requests, dead-letter and stream topics where missing; returns the topics created."""
     admin = KafkaAdminClient(**kafka_options(settings), request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
         wanted = {
             requests_topic(settings): settings.kafka_partitions,
             deadletter_topic(settings): 1,
+            stream_topic(settings): settings.kafka_partitions,
         }
         new = [
             NewTopic(t, num_partitions=n, replication_factor=1)

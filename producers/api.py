@@ -3,7 +3,8 @@
 - ``GET /v1/results/{request_id}`` — status, outputs, timings and model version; 404 if unknown.
   ``?wait_ms=N`` holds the answer until the result is terminal or N ms pass (long poll).
 - ``DELETE /v1/results/{request_id}`` — cancel a request that has not started: 200 with the
-  ``cancelled`` result; 409 with the current result when it already started or finished.
+  ``cancelled`` result; 202 for a running generation, which stops and keeps its text so far;
+  409 with the current result when it already started (not a generation) or finished.
 - ``POST /v1/requests`` — publish a request to Kafka for clients that only speak HTTP; 202.
 - ``GET /v1/models`` — the models the pipeline knows.
 - ``GET /healthz`` — Redis and Kafka reachable.
@@ -187,15 +188,21 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/results/{request_id}",
         response_model=InferenceResult,
         responses={
+            202: {"model": InferenceResult, "description": "A running generation was asked to stop"},
             404: {"description": "No such request"},
             409: {"model": ErrorBody, "description": "Already started or finished; not cancelled"},
         },
     )
     def cancel(request_id: str, tenant: str | None = Depends(caller)) -> InferenceResult | JSONResponse:
-        """Cancel a request that has not started yet; it ends ``cancelled``."""
-        status, result = client.store.cancel(request_id) if owned(request_id, tenant) else (None, None)
+        """Cancel a request that has not started yet (it ends ``cancelled``); a running generation
+        is stopped (202: it ends ``cancelled`` with the text so far within one sync interval)."""
+        status, result, stopping = (
+            client.store.cancel(request_id) if owned(request_id, tenant) else (None, None, False)
+        )
         if status is None or result is None:
             raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
+        if stopping:
+            return JSONResponse(status_code=202, content=result.model_dump(mode="json"))
         if status is not ResultStatus.CANCELLED:
             return _error(409, NotCancellable(request_id, status.value).info())
         return result

@@ -21,7 +21,15 @@ from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
 from schemas.connections import kafka_options
-from schemas.messages import InferenceRequest, InferenceResult, Priority, ResultStatus, Task, now_ms
+from schemas.messages import (
+    GenerationParams,
+    InferenceRequest,
+    InferenceResult,
+    Priority,
+    ResultStatus,
+    Task,
+    now_ms,
+)
 from schemas.naming import requests_topic
 from schemas.settings import Settings, get_settings
 from workers.result_store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
@@ -62,8 +70,13 @@ class InferqClient:
         priority: Priority | str = Priority.NORMAL,
         deadline: datetime | None = None,
         top_k: int = 5,
+        generation: GenerationParams | dict[str, Any] | None = None,
     ) -> str:
-        """Publish one request (validated here first); returns its request id."""
+        """Publish one request (validated here first); returns its request id.
+
+        ``generation`` (task ``generate``): ``max_new_tokens``, ``temperature``, ``top_p``,
+        ``stop``, ``seed``, ``stream_to_kafka`` — see :class:`schemas.messages.GenerationParams`.
+        """
         fields: dict[str, Any] = dict(
             task=task,
             model=model,
@@ -72,6 +85,7 @@ class InferqClient:
             priority=priority,
             deadline=deadline,
             top_k=top_k,
+            generation=generation,
         )
         if request_id is not None:
             fields["request_id"] = request_id
@@ -81,7 +95,7 @@ class InferqClient:
 
     def publish(self, request: InferenceRequest) -> FutureRecordMetadata:
         """Publish an already built request; the future resolves when the broker has it."""
-        return self.publish_raw(request.request_id, request.model_dump_json().encode())
+        return self.publish_raw(request.request_id, request.wire_json().encode())
 
     def publish_raw(self, key: str | None, value: bytes) -> FutureRecordMetadata:
         """Publish bytes as they are (for tools and tests that send what they like)."""
@@ -160,13 +174,13 @@ class InferqClient:
         return done
 
     def cancel(self, request_id: str) -> ResultStatus | None:
-        """Cancel a request that has not started yet.
+        """Cancel a request that has not started yet, or stop a running generation.
 
-        Returns ``cancelled`` when it is (now) cancelled, its running or terminal status when it
-        was too late, and None when the id is unknown.
+        Returns ``cancelled`` when it is (now) cancelled; ``running`` when it already runs — a
+        generation is then being stopped, and ``wait()`` returns it ``cancelled`` with the text
+        so far; its terminal status when it was too late; None when the id is unknown.
         """
-        status, _ = self.store.cancel(request_id)
-        return status
+        return self.store.cancel(request_id).status
 
     def close(self) -> None:
         if self._producer is not None:

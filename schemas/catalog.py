@@ -38,6 +38,20 @@ CATALOG: dict[str, ModelInfo] = {
             "157 intents (CLINC150 + support intents): MiniLM embeddings + logistic-regression head "
             "(from the rag-intent-classifier package)",
         ),
+        ModelInfo(
+            "tiny-lm",
+            Task.GENERATE,
+            "workers.runners.causal:load_tiny_lm",
+            "a 4-layer Llama-style causal LM built from a fixed config and seed with MiniLM's tokenizer "
+            "and word embeddings: random layers, so real words but no sense (for tests and benchmarks)",
+        ),
+        ModelInfo(
+            "causal-lm",
+            Task.GENERATE,
+            "workers.runners.causal:load_causal_lm",
+            "any causal LM in the hub-style folder named by INFERQ_GENERATE_MODEL_DIR (GPT-2, Llama, "
+            "Qwen2, …); a worker serves it when the folder is set and the model is in INFERQ_WORKER_MODELS",
+        ),
     )
 }
 

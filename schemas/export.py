@@ -12,9 +12,9 @@ from pathlib import Path
 
 from pydantic import BaseModel
 
-from schemas.messages import DeadLetter, InferenceRequest, InferenceResult
+from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, StreamChunk
 
-EXPORTED: tuple[type[BaseModel], ...] = (InferenceRequest, InferenceResult, DeadLetter)
+EXPORTED: tuple[type[BaseModel], ...] = (InferenceRequest, InferenceResult, DeadLetter, StreamChunk)
 SCHEMA_DIR = Path(__file__).resolve().parent / "jsonschema"
 
 

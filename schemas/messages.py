@@ -14,7 +14,15 @@ from datetime import datetime
 from enum import Enum
 from typing import Annotated, Any, Literal
 
-from pydantic import AwareDatetime, BaseModel, ConfigDict, Field, StringConstraints, field_validator
+from pydantic import (
+    AwareDatetime,
+    BaseModel,
+    ConfigDict,
+    Field,
+    StringConstraints,
+    field_validator,
+    model_validator,
+)
 
 from schemas.errors import ErrorCode
 
@@ -40,6 +48,7 @@ def now_ms() -> float:
 class Task(str, Enum):
     EMBED = "embed"
     CLASSIFY = "classify"
+    GENERATE = "generate"
 
 
 class Priority(str, Enum):
@@ -65,6 +74,38 @@ class _Model(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
 
+StopSequence = Annotated[str, StringConstraints(min_length=1, max_length=64)]
+
+
+class GenerationParams(_Model):
+    """``generate``: how to continue each prompt. Defaults give greedy decoding of 64 tokens."""
+
+    max_new_tokens: int = Field(
+        64, ge=1, le=4_096, description="Most tokens generated per prompt (the operator's cap may be lower)"
+    )
+    temperature: float = Field(0.0, ge=0.0, le=5.0, description="0 = greedy (argmax); higher = more random")
+    top_p: float = Field(
+        1.0,
+        gt=0.0,
+        le=1.0,
+        description="Nucleus sampling: sample from the smallest set of tokens with this mass",
+    )
+    stop: list[StopSequence] = Field(
+        default_factory=list,
+        max_length=8,
+        description="Generation ends before the first of these strings; it is not part of the text",
+    )
+    seed: int | None = Field(
+        None,
+        ge=0,
+        le=2**63 - 1,
+        description="Seed of the sampler: the same seed and prompt give the same text",
+    )
+    stream_to_kafka: bool = Field(
+        False, description="Also publish each chunk of text to <prefix>.stream as it is produced"
+    )
+
+
 class InferenceRequest(_Model):
     """One inference request: one text or a list of texts for one model."""
 
@@ -80,6 +121,15 @@ class InferenceRequest(_Model):
     priority: Priority = Priority.NORMAL
     deadline: AwareDatetime | None = Field(None, description="Past this instant the request ends `expired`")
     top_k: int = Field(5, ge=1, le=200, description="classify: how many labels to return, best first")
+    generation: GenerationParams | None = Field(
+        None, description="generate: decoding parameters (defaults when absent); refused for other tasks"
+    )
+
+    @model_validator(mode="after")
+    def _generation_only_for_generate(self) -> InferenceRequest:
+        if self.generation is not None and self.task is not Task.GENERATE:
+            raise ValueError(f"generation parameters are for task 'generate', not {self.task.value!r}")
+        return self
 
     @field_validator("inputs")
     @classmethod
@@ -94,6 +144,19 @@ class InferenceRequest(_Model):
 
     def deadline_ms(self) -> float | None:
         return self.deadline.timestamp() * 1000.0 if self.deadline else None
+
+    def wire_json(self) -> str:
+        """The request as published and digested: fields left unset (None) are omitted, so a newer
+        producer or intake that knows more optional fields still speaks to older consumers."""
+        return self.model_dump_json(exclude_none=True)
+
+    def wire_dict(self) -> dict[str, Any]:
+        """:meth:`wire_json` as a JSON-ready dict (what the intake hands to Celery)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+    def generation_params(self) -> GenerationParams:
+        """The decoding parameters, defaults filled in."""
+        return self.generation or GenerationParams()
 
 
 class ErrorInfo(_Model):
@@ -118,7 +181,24 @@ class ClassifyOutput(_Model):
     labels: list[LabelScore] = Field(description="Best first")
 
 
-Output = Annotated[EmbeddingOutput | ClassifyOutput, Field(discriminator="kind")]
+class FinishReason(str, Enum):
+    """Why a generation ended."""
+
+    STOP = "stop"  # a stop sequence was produced (it is cut from the text)
+    EOS = "eos"  # the model produced its end-of-sequence token
+    LENGTH = "length"  # max_new_tokens, the operator's cap, or the model's context was reached
+    DEADLINE = "deadline"  # the request's deadline passed mid-way (status expired, text so far kept)
+    CANCELLED = "cancelled"  # cancelled mid-way (status cancelled, text so far kept)
+
+
+class GenerationOutput(_Model):
+    kind: Literal["generation"] = "generation"
+    text: str = Field(description="The text generated so far (the whole of it once finished)")
+    tokens: int = Field(description="Tokens generated so far")
+    finish_reason: FinishReason | None = Field(None, description="None while the generation runs")
+
+
+Output = Annotated[EmbeddingOutput | ClassifyOutput | GenerationOutput, Field(discriminator="kind")]
 
 
 class Timings(_Model):
@@ -128,6 +208,7 @@ class Timings(_Model):
     received_ms: float | None = Field(None, description="Intake read it from Kafka")
     queued_ms: float | None = Field(None, description="Intake handed it to Celery")
     batch_start_ms: float | None = None
+    first_token_ms: float | None = Field(None, description="generate: the first token was produced")
     done_ms: float | None = None
     batch_size: int | None = Field(None, description="Texts in the forward pass that served it")
     batch_id: str | None = None
@@ -144,6 +225,21 @@ class InferenceResult(_Model):
     outputs: list[Output] | None = Field(None, description="One per input text, in input order")
     error: ErrorInfo | None = None
     timings: Timings = Field(default_factory=Timings)
+
+
+class StreamChunk(_Model):
+    """generate with ``stream_to_kafka``: new text of one input, on ``<prefix>.stream`` (key = request id).
+
+    Chunks of a request arrive in order; concatenated per ``index`` they give the final text. The
+    last chunk of an input carries its ``finish_reason``; the result in Redis remains the record.
+    """
+
+    schema_version: Literal[1] = 1
+    request_id: str
+    index: int = Field(description="Which input of the request this continues")
+    text: str = Field(description="Text added since the previous chunk of this input")
+    tokens: int = Field(description="Tokens generated so far for this input")
+    finish_reason: FinishReason | None = None
 
 
 class DeadLetter(_Model):

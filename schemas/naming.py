@@ -9,7 +9,8 @@ Redis layout (``<p>`` is ``INFERQ_KEY_PREFIX``):
 - ``<p>:inflight`` and ``<p>:inflight:<model>`` — integers: requests admitted (queued or running)
   and not yet terminal, in all and per model; the store's scripts count them up on admission and
   down on the terminal transition. The intake's backpressure reads the per-model ones.
-- ``<p>:result:<id>`` also holds ``attempts``: how many times a worker started the request.
+- ``<p>:result:<id>`` also holds ``attempts``: how many times a worker started the request, and
+  ``stop`` once a client cancelled a running generation (the worker ends it at its next sync).
 - ``<p>:deadlines`` — sorted set: admitted request ids by deadline (epoch ms); a sweeper in every
   worker ends the ones still ``queued`` past it as ``expired``, wherever their message waits.
 - ``<p>:owners`` — hash: Celery delivery tag → worker instance holding that message; the live
@@ -19,7 +20,8 @@ Redis layout (``<p>`` is ``INFERQ_KEY_PREFIX``):
 - ``<p>:done`` — pub/sub channel: each request id as its result becomes terminal, so clients can
   block instead of polling (the hash stays the source of truth; a missed message costs a poll).
 
-Kafka topics (``<t>`` is ``INFERQ_TOPIC_PREFIX``): ``<t>.requests`` and ``<t>.deadletter``.
+Kafka topics (``<t>`` is ``INFERQ_TOPIC_PREFIX``): ``<t>.requests``, ``<t>.deadletter`` and ``<t>.stream``
+(generated text chunks, key = request id).
 Celery queues: ``<p>.model.<model>``, one per model.
 
 Elasticsearch (logs): writes go to ``<p>-logs`` — a data stream with an ILM policy of the same name
@@ -85,6 +87,11 @@ def requests_topic(settings: Settings) -> str:
 
 def deadletter_topic(settings: Settings) -> str:
     return f"{settings.topic_prefix}.deadletter"
+
+
+def stream_topic(settings: Settings) -> str:
+    """generate: chunks of text as they are produced, for requests with ``stream_to_kafka``."""
+    return f"{settings.topic_prefix}.stream"
 
 
 def log_index(settings: Settings) -> str:

@@ -122,9 +122,38 @@ class Settings(BaseSettings):
     )
     transport_batch_size: int = Field(64, ge=1, description="Requests per Celery message sent by the intake")
 
+    # --- Generation (task generate: continuous batching) ---------------------------------------
+    generate_batching: Literal["continuous", "static"] = Field(
+        "continuous",
+        description="continuous: requests join the running batch between decode steps and leave when "
+        "done; static: a new batch starts only when the whole running one has finished",
+    )
+    generate_max_running: int = Field(16, ge=1, description="Sequences decoded together in one step")
+    generate_max_batch_tokens: int = Field(
+        16_384,
+        ge=16,
+        description="KV-cache budget: a sequence joins only while the running ones' prompt + "
+        "max_new_tokens, summed, stay within this",
+    )
+    generate_max_new_tokens: int = Field(
+        512, ge=1, description="Largest max_new_tokens a request may ask for (more → validation_error)"
+    )
+    generate_max_prompt_tokens: int = Field(
+        1_024, ge=1, description="Longest prompt in tokens (longer → the request fails validation_error)"
+    )
+    generate_stream_interval_ms: float = Field(
+        50.0,
+        gt=0,
+        description="How often the text so far is written to Redis (and cancellations are read)",
+    )
+    generate_model_dir: str = Field(
+        "", description="Hub-style folder (config, tokenizer, weights) served as model causal-lm"
+    )
+
     # --- Worker ------------------------------------------------------------------------------
     worker_models: str = Field(
-        "all-MiniLM-L6-v2,minilm-intent", description="Comma-separated models this worker loads and serves"
+        "all-MiniLM-L6-v2,minilm-intent,tiny-lm",
+        description="Comma-separated models this worker loads and serves",
     )
     worker_concurrency: int = Field(16, ge=1, description="Celery messages a worker holds at once (threads)")
     device: str = Field("auto", description="auto | cpu | cuda | cuda:N")

@@ -142,6 +142,10 @@ class Engine:
                 self.batcher.put(Piece(job, i, ids), len(ids), priority=rank, tenant=tenant)
         return jobs
 
+    def warm_up(self) -> None:
+        """One real forward pass, so the first request pays no lazy initialisation."""
+        self.runner.forward(self.runner.tokenize(["warm up"]))
+
     def close(self, timeout_s: float = 30.0) -> None:
         """Run what is waiting, then stop the thread."""
         self.batcher.close()
@@ -229,16 +233,9 @@ class Engine:
                 p.job.started = True
                 p.job.status = ResultStatus.RUNNING
                 fresh[id(p.job)] = p.job
-        attempts = self.store.start([self._result(j) for j in fresh.values()])
-        for job, n in zip(fresh.values(), attempts, strict=True):
-            job.skipped, job.attempts = n == 0, n
-            if n > self.max_attempts:
-                job.finish(
-                    ResultStatus.FAILED,
-                    PoisonMessage(f"request was started {n - 1} times and never finished; not run again"),
-                )
-                for hook in self.poison_hooks:
-                    hook(job)
+        for job in start_jobs(self.store, list(fresh.values()), self._result, self.max_attempts):
+            for hook in self.poison_hooks:
+                hook(job)
         return [p for p in live if not p.job.skipped and not p.job.finished]
 
     def _forward_isolated(self, batch: list[list[int]]) -> list[Any]:
@@ -327,6 +324,27 @@ class Engine:
             error=job.error.info() if job.error else None,
             timings=Timings(**job.timings),
         )
+
+
+def start_jobs(
+    store: ResultStore, jobs: list[Job], result: Callable[[Job], InferenceResult], max_attempts: int
+) -> list[Job]:
+    """Record ``running`` for jobs about to start; returns the ones failed as poison.
+
+    The store refuses a job that already ended (cancelled, or finished by a duplicate delivery):
+    it is marked ``skipped``. A job started more than ``max_attempts`` times (its worker died each
+    time) is failed as poison instead of being run again.
+    """
+    poisoned = []
+    for job, n in zip(jobs, store.start([result(j) for j in jobs]), strict=True):
+        job.skipped, job.attempts = n == 0, n
+        if n > max_attempts:
+            job.finish(
+                ResultStatus.FAILED,
+                PoisonMessage(f"request was started {n - 1} times and never finished; not run again"),
+            )
+            poisoned.append(job)
+    return poisoned
 
 
 def is_out_of_memory(error: BaseException) -> bool:

@@ -319,7 +319,7 @@ class Intake:
                 source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
                 if rec.key:
                     source["key"] = rec.key.decode("utf-8", "replace")
-                item = {"request": req.model_dump(mode="json"), "timings": t, "source": source}
+                item = {"request": req.wire_dict(), "timings": t, "source": source}
                 key = (model_queue(self.s, req.model), CELERY_PRIORITY[req.priority])
                 by_queue.setdefault(key, []).append(item)
             elif verdict is Admission.CONFLICT:

@@ -13,7 +13,7 @@ import hashlib
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
-from typing import Any
+from typing import Any, NamedTuple
 
 import redis
 
@@ -77,10 +77,18 @@ return 1
 """
 
 # KEYS[1] result key; ARGV: cancelled body, done channel, request id.
-# Only a queued request can be cancelled; otherwise the current status is returned (or 'unknown').
+# A queued request is cancelled; a running generation is asked to stop ('stopping': the worker ends
+# it at its next sync, keeping the text so far); otherwise the current status (or 'unknown').
 _CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'unknown' end
+if st == 'running' then
+  local ok, body = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'body'))
+  if ok and body['task'] == 'generate' then
+    redis.call('HSET', KEYS[1], 'stop', 'cancel')
+    return 'stopping'
+  end
+end
 if st ~= 'queued' then return st end
 redis.call('HSET', KEYS[1], 'status', 'cancelled', 'body', ARGV[1])
 redis.call('PUBLISH', ARGV[2], ARGV[3])
@@ -88,6 +96,15 @@ redis.call('DECR', KEYS[2])
 redis.call('DECR', KEYS[3])
 redis.call('ZREM', KEYS[4], ARGV[3])
 return 'cancelled'
+"""
+
+# KEYS[1] result key; ARGV: body. While the request runs, replace its body (a generation's text so
+# far) and return its stop flag ('' = none); once it is not running, return '!' .. its status.
+_PROGRESS = """
+local st = redis.call('HGET', KEYS[1], 'status')
+if st ~= 'running' then return '!' .. (st or '') end
+redis.call('HSET', KEYS[1], 'body', ARGV[1])
+return redis.call('HGET', KEYS[1], 'stop') or ''
 """
 
 # KEYS[1] deadlines, KEYS[2] in flight (all); ARGV: now ms, result key prefix, in-flight key prefix,
@@ -125,9 +142,18 @@ class Admission(str, Enum):
     CONFLICT = "conflict"  # the id is taken by a different payload: reject
 
 
+class Cancellation(NamedTuple):
+    """What a cancel call found: the status now, the result now, and whether a running generation
+    was asked to stop (it then ends ``cancelled`` with its text so far, within one sync interval)."""
+
+    status: ResultStatus | None
+    result: InferenceResult | None
+    stopping: bool = False
+
+
 def request_digest(request: InferenceRequest) -> str:
     """Digest of a request's content, to tell a redelivery from a reuse of its id."""
-    return hashlib.sha256(request.model_dump_json().encode()).hexdigest()[:32]
+    return hashlib.sha256(request.wire_json().encode()).hexdigest()[:32]
 
 
 def request_result(
@@ -162,6 +188,7 @@ class ResultStore:
         self._admit = client.register_script(_ADMIT)
         self._advance = client.register_script(_ADVANCE)
         self._cancel = client.register_script(_CANCEL)
+        self._progress = client.register_script(_PROGRESS)
         self._expire_due = client.register_script(_EXPIRE_DUE)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)
@@ -270,17 +297,18 @@ class ResultStore:
                 except Exception:  # a broken hook must not fail a write that already happened
                     log.exception("result hook %r failed", hook)
 
-    def cancel(self, request_id: str) -> tuple[ResultStatus | None, InferenceResult | None]:
-        """Cancel a request that has not started; returns (status now, result now).
+    def cancel(self, request_id: str) -> Cancellation:
+        """Cancel a request that has not started, or stop a running generation.
 
-        The status is ``cancelled`` when this call (or an earlier one) cancelled it, the running or
-        terminal status when it was too late, and None for an unknown id.
+        The status is ``cancelled`` when this call (or an earlier one) cancelled it; ``running``
+        with ``stopping`` for a generation asked to stop; the running or terminal status when it
+        was too late; None for an unknown id.
         """
         current = self.get(request_id)
         if current is None:
-            return None, None
-        if current.status is not ResultStatus.QUEUED:
-            return current.status, current
+            return Cancellation(None, None)
+        if current.status not in (ResultStatus.QUEUED, ResultStatus.RUNNING):
+            return Cancellation(current.status, current)
         cancelled = current.model_copy(
             update={
                 "status": ResultStatus.CANCELLED,
@@ -296,9 +324,22 @@ class ResultStore:
         )
         if verdict == "cancelled":
             self._notify([cancelled])
-            return ResultStatus.CANCELLED, cancelled
+            return Cancellation(ResultStatus.CANCELLED, cancelled)
         latest = self.get(request_id)  # it moved on between the read and the script
-        return (latest.status if latest else None), latest
+        return Cancellation(latest.status if latest else None, latest, stopping=verdict == "stopping")
+
+    def progress(self, results: Sequence[InferenceResult]) -> list[str]:
+        """Replace running results' bodies (a generation's text so far), one round trip.
+
+        Returns per result its stop flag: ``""`` to go on, ``"cancel"`` when a client asked it
+        to stop, ``"gone"`` when it is no longer running (ended elsewhere: stop working on it).
+        """
+        if not results:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for r in results:
+            self._progress(keys=[result_key(self._s, r.request_id)], args=[r.model_dump_json()], client=pipe)
+        return ["gone" if (v := as_text(flag)).startswith("!") else v for flag in pipe.execute()]
 
     def forget(self, request_id: str) -> None:
         """Delete a request's record (only for one that never reached Kafka)."""

@@ -17,6 +17,7 @@ failed as poison and dead-lettered with its attempt count.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import secrets
 import socket
@@ -29,24 +30,37 @@ from typing import Any
 from celery import signals
 from celery.exceptions import Reject
 from kafka import KafkaProducer
+from pydantic import ValidationError
 
 from ops.logship.ecs import configure_logging, stop_logging
-from ops.observe import observe_store, on_batch
+from ops.observe import observe_store, on_batch, on_step
 from schemas.connections import kafka_options
-from schemas.errors import InferqError
-from schemas.messages import DeadLetter, InferenceRequest, ResultStatus, now_ms
-from schemas.naming import deadletter_topic, instance_key, node_key, owners_key, worker_key
+from schemas.errors import ErrorCode, InferqError, InvalidRequest
+from schemas.messages import (
+    DeadLetter,
+    InferenceRequest,
+    InferenceResult,
+    ResultStatus,
+    StreamChunk,
+    Task,
+    Timings,
+    now_ms,
+)
+from schemas.naming import deadletter_topic, instance_key, node_key, owners_key, stream_topic, worker_key
 from schemas.settings import get_settings
 from workers.batcher import BatchPolicy
 from workers.celery_app import TASK_INFER, app
+from workers.decoder import Chunk, DecodePolicy, Decoder
 from workers.engine import Engine, Job
 from workers.result_store import ResultStore, as_text, request_result
 from workers.runners import load_runner
+from workers.runners.causal import CausalLM
+from workers.validation import salvage_request_id
 from workers.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
 
 log = logging.getLogger(__name__)
 
-_engines: dict[str, Engine] = {}
+_engines: dict[str, Engine | Decoder] = {}
 _engines_lock = threading.Lock()
 _heartbeat_stop = threading.Event()
 HEARTBEAT_S = 5.0
@@ -61,23 +75,43 @@ def result_store() -> ResultStore:
     return observe_store(ResultStore.from_settings(get_settings()))
 
 
-def engine_for(model: str) -> Engine:
-    """The process's engine for ``model``, loaded on first use."""
+def engine_for(model: str) -> Engine | Decoder:
+    """The process's engine for ``model``, loaded on first use: the dynamic batcher for encoders,
+    the continuous-batching decoder for causal LMs."""
     with _engines_lock:
         if model not in _engines:
-            s = get_settings()
-            policy = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.priority_aging_ms)
-            cost = CostModel()
-            wait: WaitPolicy = (
-                AdaptiveWait(cost, s.target_latency_ms, s.max_wait_ms)
-                if s.batch_wait == "adaptive"
-                else FixedWait(s.max_wait_ms)
-            )
-            engine = Engine(load_runner(model, s), result_store(), policy, wait, cost, s.max_attempts)
-            engine.hooks.append(on_batch)
-            engine.poison_hooks.append(dead_letter_poison)
-            _engines[model] = engine
+            _engines[model] = _new_engine(model)
         return _engines[model]
+
+
+def _new_engine(model: str) -> Engine | Decoder:
+    s = get_settings()
+    runner = load_runner(model, s)
+    if isinstance(runner, CausalLM):
+        policy = DecodePolicy(
+            s.generate_max_running,
+            s.generate_max_batch_tokens,
+            s.generate_max_new_tokens,
+            s.generate_max_prompt_tokens,
+            s.generate_stream_interval_ms,
+            static=s.generate_batching == "static",
+        )
+        decoder = Decoder(runner, result_store(), policy, s.max_attempts)
+        decoder.step_hooks.append(on_step)
+        decoder.reject_hooks.append(dead_letter_job)
+        decoder.chunk_hooks.append(publish_chunk)
+        return decoder
+    batch = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.priority_aging_ms)
+    cost = CostModel()
+    wait: WaitPolicy = (
+        AdaptiveWait(cost, s.target_latency_ms, s.max_wait_ms)
+        if s.batch_wait == "adaptive"
+        else FixedWait(s.max_wait_ms)
+    )
+    engine = Engine(runner, result_store(), batch, wait, cost, s.max_attempts)
+    engine.hooks.append(on_batch)
+    engine.poison_hooks.append(dead_letter_job)
+    return engine
 
 
 @app.task(name=TASK_INFER, bind=True, acks_late=True)
@@ -85,12 +119,16 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
     """Run a list of ``{"request": ..., "timings": ...}``; returns counts by status."""
     by_model: dict[str, list[tuple[InferenceRequest, dict[str, Any]]]] = {}
     sources: dict[str, list[dict[str, Any] | None]] = {}
+    counts = Counter[str]()
     for item in items:
-        request = InferenceRequest.model_validate(item["request"])
+        try:
+            request = InferenceRequest.model_validate(item["request"])
+        except ValidationError as e:  # e.g. sent by a newer intake: answer it, keep the others going
+            counts[ResultStatus.FAILED.value] += _unreadable(item, e)
+            continue
         by_model.setdefault(request.model, []).append((request, item.get("timings", {})))
         sources.setdefault(request.model, []).append(item.get("source"))
     jobs: list[Job] = []
-    counts = Counter[str]()
     for model, reqs in by_model.items():
         try:
             engine = engine_for(model)
@@ -111,6 +149,30 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
     return dict(counts)
 
 
+def _unreadable(item: dict[str, Any], error: ValidationError) -> int:
+    """Fail a request this worker cannot read (a field it does not know: an intake newer than the
+    worker, mid-upgrade); returns 1 when a result could be written (its id was readable)."""
+    found = item.get("request")
+    raw: dict[str, Any] = found if isinstance(found, dict) else {}
+    rid = salvage_request_id(json.dumps(raw).encode())
+    log.error("cannot read request %s from its Celery message: %s", rid, error)
+    if rid is None:
+        return 0
+    failed = InferenceResult(
+        request_id=rid,
+        status=ResultStatus.FAILED,
+        task=raw.get("task") if raw.get("task") in {t.value for t in Task} else None,
+        model=raw.get("model") if isinstance(raw.get("model"), str) else None,
+        error=InvalidRequest(
+            f"this worker cannot read the request: {error.errors()[0]['msg']}",
+            hint="upgrade the workers to the intake's version, then send the request again with a new id",
+        ).info(),
+        timings=Timings(**{**item.get("timings", {}), "done_ms": now_ms()}),
+    )
+    result_store().advance([failed])
+    return 1
+
+
 def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqError) -> None:
     result_store().advance(
         request_result(r, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, error) for r, t in reqs
@@ -118,15 +180,32 @@ def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqErro
 
 
 @functools.cache
-def _dead_letter_producer() -> KafkaProducer:
-    return KafkaProducer(**kafka_options(get_settings()), acks="all", retries=10)
+def _producer() -> KafkaProducer:
+    """The process's Kafka producer (dead letters, generation stream chunks)."""
+    return KafkaProducer(**kafka_options(get_settings()), acks="all", retries=10, linger_ms=5)
 
 
-def dead_letter_poison(job: Job) -> None:
-    """The engine's poison hook: publish the request to the dead-letter topic with its attempts."""
+def publish_chunk(chunk: Chunk) -> None:
+    """The decoder's chunk hook: new text of a ``stream_to_kafka`` request, keyed by request id."""
+    message = StreamChunk(
+        request_id=chunk.request_id,
+        index=chunk.index,
+        text=chunk.text,
+        tokens=chunk.tokens,
+        finish_reason=chunk.finish_reason,
+    )
+    _producer().send(
+        stream_topic(get_settings()), key=chunk.request_id.encode(), value=message.model_dump_json().encode()
+    )
+
+
+def dead_letter_job(job: Job) -> None:
+    """Engines' reject hook: publish a request the worker refused (failed as poison after its
+    attempts, or invalid in a way only the model can tell) to the dead-letter topic."""
     s, req, src = get_settings(), job.request, job.source or {}
     error = job.error.info() if job.error else None
     try:
+        poison = error is not None and error.code is ErrorCode.POISON_MESSAGE
         letter = DeadLetter(
             error=error,
             request_id=req.request_id,
@@ -134,19 +213,20 @@ def dead_letter_poison(job: Job) -> None:
             source_partition=src.get("partition", -1),
             source_offset=src.get("offset", -1),
             key=src.get("key"),
-            payload=req.model_dump_json(),
-            attempts=job.attempts - 1,
+            payload=req.wire_json(),
+            attempts=job.attempts - 1 if poison else max(1, job.attempts),
             dead_lettered_at=datetime.now(timezone.utc),
         )
-        _dead_letter_producer().send(
+        _producer().send(
             deadletter_topic(s),
             key=req.request_id.encode(),
             value=letter.model_dump_json().encode(),
             headers=[("error_code", letter.error.code.value.encode())],
         )
         log.warning(
-            "dead-lettering poison request %s after %d attempts",
+            "dead-lettering request %s (%s) after %d attempts",
             req.request_id,
+            letter.error.code.value,
             letter.attempts,
             extra={
                 "event.dataset": "inferq.deadletter",
@@ -158,7 +238,7 @@ def dead_letter_poison(job: Job) -> None:
             },
         )
     except Exception:  # the failed result is still written; the letter is best effort
-        log.exception("could not dead-letter poison request %s", req.request_id)
+        log.exception("could not dead-letter request %s", req.request_id)
 
 
 _tags: dict[str, str] = {}  # task id → kombu delivery tag, for the messages this process holds
@@ -267,9 +347,7 @@ def _warm_up(sender: Any = None, **kw: Any) -> None:
     """Load every declared model before the worker is advertised as ready."""
     models = get_settings().model_names()
     for model in models:
-        engine = engine_for(model)
-        # one real forward pass, so the first request does not pay for lazy initialisation
-        engine.runner.forward(engine.runner.tokenize(["warm up"]))
+        engine_for(model).warm_up()  # one real pass: the first request pays no lazy initialisation
     hostname = getattr(sender, "hostname", None) or socket.gethostname()
     threading.Thread(target=_heartbeat, args=(hostname, models), daemon=True, name="heartbeat").start()
     threading.Thread(target=_sweep_deadlines, daemon=True, name="deadlines").start()

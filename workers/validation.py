@@ -86,6 +86,12 @@ def check_request(request: InferenceRequest, settings: Settings) -> InferenceReq
             raise InvalidRequest(
                 f"inputs[{i}] has {len(t)} characters; the limit is {settings.max_text_chars}"
             )
+    wanted = request.generation.max_new_tokens if request.generation else 0
+    if wanted > settings.generate_max_new_tokens:
+        raise InvalidRequest(
+            f"generation.max_new_tokens is {wanted}; the limit is {settings.generate_max_new_tokens}",
+            hint="ask for fewer tokens (INFERQ_GENERATE_MAX_NEW_TOKENS sets the limit)",
+        )
     return request
 
 

@@ -68,7 +68,7 @@ class InferqLoad:
 
     def _send(self, text: str) -> str:
         req = InferenceRequest(task="embed", model=self.model, inputs=text)
-        self.producer.send(self.topic, key=req.request_id.encode(), value=req.model_dump_json().encode())
+        self.producer.send(self.topic, key=req.request_id.encode(), value=req.wire_json().encode())
         return req.request_id
 
     def run(self, concurrency: int, texts: Sequence[str], warmup_s: float, window_s: float) -> Level:

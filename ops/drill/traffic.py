@@ -97,7 +97,7 @@ class Publisher:
 
 
 def _body(req: InferenceRequest) -> bytes:
-    return req.model_dump_json().encode()
+    return req.wire_json().encode()
 
 
 def keys_in_log(settings: Settings, timeout_s: float = 60.0) -> set[str]:

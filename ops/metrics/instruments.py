@@ -53,6 +53,19 @@ LATENCY = Histogram(
     ["model", "status"],
     buckets=_LATENCY,
 )
+GENERATED_TOKENS = Counter("inferq_generated_tokens", "Tokens generated (task generate)", ["model"])
+DECODE_RUNNING = Histogram(
+    "inferq_decode_batch_sequences",
+    "Sequences in each decode step (continuous batching keeps this near the cap)",
+    ["model"],
+    buckets=(1, 2, 4, 8, 16, 32, 64, 128),
+)
+FIRST_TOKEN = Histogram(
+    "inferq_time_to_first_token_seconds",
+    "Published to Kafka → first generated token (task generate)",
+    ["model"],
+    buckets=_LATENCY,
+)
 
 
 def record_result(result: InferenceResult) -> None:
@@ -63,6 +76,8 @@ def record_result(result: InferenceResult) -> None:
         LATENCY.labels(model, result.status.value).observe(max(0.0, t.done_ms - t.published_ms) / 1000.0)
     if t.batch_start_ms is not None and t.queued_ms is not None:
         QUEUE_WAIT.labels(model).observe(max(0.0, t.batch_start_ms - t.queued_ms) / 1000.0)
+    if t.first_token_ms is not None and t.published_ms is not None:
+        FIRST_TOKEN.labels(model).observe(max(0.0, t.first_token_ms - t.published_ms) / 1000.0)
 
 
 def record_refused(result: InferenceResult) -> None:
@@ -74,3 +89,8 @@ def record_batch(model: str, size: int, tokens: int, padding_waste: float, compu
     BATCH_TOKENS.labels(model).observe(tokens)
     PADDING_WASTE.labels(model).observe(padding_waste)
     COMPUTE.labels(model).observe(compute_ms / 1000.0)
+
+
+def record_step(model: str, running: int, tokens: int) -> None:
+    GENERATED_TOKENS.labels(model).inc(tokens)
+    DECODE_RUNNING.labels(model).observe(running)

@@ -1,0 +1,291 @@
+"""Continuous batching on the real tiny-lm (config-built, loads in a second) with an in-memory store.
+
+Joins and leaves are made deterministic by acting from the decoder's own step hook: a request
+submitted there joins at the very next iteration. Every greedy output is checked token for token
+against the same prompt decoded alone without padding, so left padding, the KV joins and the
+row removals are shown not to change what a sequence computes.
+"""
+
+from __future__ import annotations
+
+import threading
+from datetime import datetime, timedelta, timezone
+
+import pytest
+import torch
+
+from schemas.errors import ErrorCode
+from schemas.messages import FinishReason, InferenceRequest, ResultStatus, now_ms
+from schemas.settings import Settings
+from workers.decoder import Chunk, DecodePolicy, Decoder, StepStats
+from workers.runners.causal import CausalLM, load_tiny_lm
+
+PROMPTS = ["the weather in lisbon is", "i want to talk to a human", "reset my password", "a"]
+
+
+@pytest.fixture(scope="module")
+def lm() -> CausalLM:
+    return load_tiny_lm(Settings(torch_threads=1, device="cpu"))
+
+
+def alone(lm: CausalLM, prompt: str, n: int) -> list[int]:
+    """Greedy continuation of one prompt, no batch, no padding: the reference."""
+    ids = torch.tensor([lm.tokenize([prompt])[0]])
+    out: list[int] = []
+    with torch.inference_mode():
+        for _ in range(n):
+            token = int(lm.model(input_ids=ids).logits[0, -1].argmax())
+            if token in lm.eos_ids:
+                break
+            out.append(token)
+            ids = torch.cat([ids, torch.tensor([[token]])], 1)
+    return out
+
+
+class MemoryStore:
+    """Forward-only like the real store, with the stop flags a client's cancel sets."""
+
+    def __init__(self) -> None:
+        self.results: dict = {}
+        self.progressed: list = []
+        self.stop: set[str] = set()
+        self.cancel_after_tokens: dict[str, int] = {}
+        self.lock = threading.Lock()
+
+    def start(self, results):
+        return [2 if r.request_id in self.results else 1 for r in self._put(results)]
+
+    def advance(self, results, *, only_if_absent=False):
+        return [True for _ in self._put(results)]
+
+    def _put(self, results):
+        results = list(results)
+        with self.lock:
+            for r in results:
+                held = self.results.get(r.request_id)
+                if held is None or not held.status.terminal:
+                    self.results[r.request_id] = r
+        return results
+
+    def progress(self, results):
+        flags = []
+        for r in results:
+            self.progressed.append(r)
+            self.results[r.request_id] = r
+            tokens = sum(o.tokens for o in r.outputs or [])
+            if tokens >= self.cancel_after_tokens.get(r.request_id, 10**9):
+                self.stop.add(r.request_id)
+            flags.append("cancel" if r.request_id in self.stop else "")
+        return flags
+
+
+def gen(prompt: str | list[str], **params) -> InferenceRequest:
+    return InferenceRequest(task="generate", model="tiny-lm", inputs=prompt, generation=params)
+
+
+def decoder(lm, store=None, **policy) -> tuple[Decoder, MemoryStore, list[StepStats]]:
+    store = store or MemoryStore()
+    d = Decoder(lm, store, DecodePolicy(**{"stream_interval_ms": 0.0, **policy}))
+    steps: list[StepStats] = []
+    d.step_hooks.append(steps.append)
+    return d, store, steps
+
+
+def tokens_of(lm: CausalLM, text: str) -> list[int]:
+    return lm.tokenize([text])[0][1:]  # without the BOS token
+
+
+def wait(jobs, timeout_s=60):
+    for j in jobs:
+        assert j.done.wait(timeout_s), "decoder did not finish in time"
+
+
+def test_requests_join_and_leave_mid_batch_and_compute_what_they_would_alone(lm):
+    d, store, steps = decoder(lm)
+    reqs = [
+        gen(PROMPTS[0], max_new_tokens=30),
+        gen(PROMPTS[1], max_new_tokens=8),
+        gen(PROMPTS[2], max_new_tokens=20),
+    ]
+    later: list = []
+
+    def join_later(stats: StepStats) -> None:  # B joins after A's 3rd step, C after the 6th
+        if len(steps) in (3, 6):
+            later.extend(d.submit([(reqs[len(later) + 1], {})]))
+
+    d.step_hooks.append(join_later)
+    jobs = d.submit([(reqs[0], {})])
+    wait(jobs)
+    wait(later)
+    d.close()
+    running = [s.running for s in steps]
+    assert max(running) == 3 and running[0] == 1 and running[-1] == 1  # joined mid-batch, left early
+    assert [s.joined for s in steps if s.joined] == [1, 1, 1]  # A, then B and C between two steps
+    for r, n in zip(reqs, (30, 8, 20), strict=True):
+        out = store.results[r.request_id]
+        assert out.status is ResultStatus.DONE
+        (o,) = out.outputs
+        assert o.tokens == n and o.finish_reason is FinishReason.LENGTH
+        assert tokens_of(lm, o.text) == alone(lm, r.inputs, n)[: len(tokens_of(lm, o.text))]
+        assert o.text == lm.detokenize(alone(lm, r.inputs, n))
+        assert out.timings.first_token_ms is not None
+    # B left the batch while A and C were still running: A's text was unaffected by its leaving
+    assert (
+        store.results[reqs[1].request_id].timings.done_ms < store.results[reqs[0].request_id].timings.done_ms
+    )
+
+
+def test_static_batching_makes_a_newcomer_wait_for_the_whole_batch(lm):
+    d, store, steps = decoder(lm, static=True)
+    a, b = gen(PROMPTS[0], max_new_tokens=20), gen(PROMPTS[1], max_new_tokens=5)
+    later: list = []
+    d.step_hooks.append(lambda st: later.extend(d.submit([(b, {})])) if len(steps) == 2 else None)
+    wait(d.submit([(a, {})]))
+    wait(later)
+    d.close()
+    assert max(s.running for s in steps) == 1
+    ra, rb = store.results[a.request_id], store.results[b.request_id]
+    assert rb.timings.first_token_ms >= ra.timings.done_ms
+    assert rb.outputs[0].text == lm.detokenize(alone(lm, b.inputs, 5))
+
+
+def test_a_stop_sequence_ends_the_text_before_it(lm):
+    full = lm.detokenize(alone(lm, PROMPTS[2], 24))
+    stop = full.split()[3]  # a word in the middle of the greedy continuation
+    d, store, _ = decoder(lm)
+    r = gen(PROMPTS[2], max_new_tokens=24, stop=[stop, "never-produced"])
+    wait(d.submit([(r, {})]))
+    d.close()
+    (o,) = store.results[r.request_id].outputs
+    assert o.finish_reason is FinishReason.STOP
+    assert o.text == full[: full.index(stop)] and stop not in o.text
+    assert o.tokens < 24
+
+
+def test_the_text_grows_in_the_store_while_it_runs_and_chunks_add_up(lm):
+    d, store, _ = decoder(lm)
+    chunks: list[Chunk] = []
+    d.chunk_hooks.append(chunks.append)
+    r = gen([PROMPTS[0], PROMPTS[3]], max_new_tokens=12, stream_to_kafka=True)
+    wait(d.submit([(r, {})]))
+    d.close()
+    partial = [p for p in store.progressed if p.request_id == r.request_id]
+    assert all(p.status is ResultStatus.RUNNING for p in partial)
+    lengths = [p.outputs[0].tokens for p in partial]
+    assert lengths == sorted(lengths) and 0 < lengths[0] < 12  # seen growing, before the end
+    final = store.results[r.request_id]
+    assert [o.text for o in final.outputs] == [
+        lm.detokenize(alone(lm, p, 12)) for p in (PROMPTS[0], PROMPTS[3])
+    ]
+    for index, o in enumerate(final.outputs):
+        mine = [c for c in chunks if c.index == index]
+        assert "".join(c.text for c in mine) == o.text
+        assert mine[-1].finish_reason is FinishReason.LENGTH and all(
+            c.finish_reason is None for c in mine[:-1]
+        )
+
+
+def test_cancel_mid_way_keeps_the_text_so_far_and_frees_the_slot(lm):
+    d, store, _ = decoder(lm)
+    victim, other = gen(PROMPTS[0], max_new_tokens=200), gen(PROMPTS[1], max_new_tokens=40)
+    store.cancel_after_tokens[victim.request_id] = 5
+    wait(d.submit([(victim, {}), (other, {})]))
+    d.close()
+    res = store.results[victim.request_id]
+    assert res.status is ResultStatus.CANCELLED and res.error.code is ErrorCode.CANCELLED
+    (o,) = res.outputs
+    assert o.finish_reason is FinishReason.CANCELLED and 5 <= o.tokens < 200
+    assert o.text == lm.detokenize(alone(lm, PROMPTS[0], o.tokens))
+    assert store.results[other.request_id].status is ResultStatus.DONE  # its neighbour carried on
+    assert store.results[other.request_id].outputs[0].tokens == 40
+
+
+def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(lm):
+    clock = {"skew_ms": 0.0}
+    store = MemoryStore()
+    d = Decoder(lm, store, DecodePolicy(stream_interval_ms=0.0), wall_ms=lambda: now_ms() + clock["skew_ms"])
+    steps: list[StepStats] = []
+
+    def jump(stats: StepStats) -> None:  # after 6 steps, time jumps an hour ahead
+        steps.append(stats)
+        if len(steps) == 6:
+            clock["skew_ms"] = 3_600_000.0
+
+    d.step_hooks.append(jump)
+    late = gen(PROMPTS[0], max_new_tokens=300)
+    late = late.model_copy(update={"deadline": datetime.now(timezone.utc) + timedelta(minutes=30)})
+    wait(d.submit([(late, {})]))
+    d.close()
+    res = store.results[late.request_id]
+    assert res.status is ResultStatus.EXPIRED and res.error.code is ErrorCode.DEADLINE_EXPIRED
+    assert res.outputs[0].finish_reason is FinishReason.DEADLINE and 0 < res.outputs[0].tokens < 300
+
+
+def test_a_past_deadline_never_reaches_the_model(lm):
+    d, store, steps = decoder(lm)
+    r = gen(PROMPTS[0]).model_copy(update={"deadline": datetime.now(timezone.utc) - timedelta(seconds=1)})
+    wait(d.submit([(r, {})]))
+    d.close()
+    assert store.results[r.request_id].status is ResultStatus.EXPIRED and not steps
+
+
+def test_a_prompt_over_the_limit_fails_alone_and_is_rejected(lm):
+    d, store, _ = decoder(lm, max_prompt_tokens=8)
+    rejected: list = []
+    d.reject_hooks.append(rejected.append)
+    long, fine = gen("one two three four five six seven eight nine"), gen("short", max_new_tokens=4)
+    wait(d.submit([(long, {}), (fine, {})]))
+    d.close()
+    res = store.results[long.request_id]
+    assert res.status is ResultStatus.FAILED and res.error.code is ErrorCode.VALIDATION_ERROR
+    assert "the limit is 8" in res.error.message
+    assert [j.request.request_id for j in rejected] == [long.request_id]
+    assert store.results[fine.request_id].status is ResultStatus.DONE
+
+
+def test_the_token_budget_admits_what_fits_and_a_lone_oversized_sequence_still_runs(lm):
+    d, store, steps = decoder(lm, max_batch_tokens=40)
+    reqs = [gen(PROMPTS[i], max_new_tokens=30) for i in range(3)]  # each reserves > 30 tokens
+    wait(d.submit([(r, {}) for r in reqs]))
+    d.close()
+    assert max(s.running for s in steps) == 1
+    assert all(store.results[r.request_id].outputs[0].tokens == 30 for r in reqs)
+    d, store, steps = decoder(lm, max_batch_tokens=16)  # smaller than any one sequence
+    r = gen(PROMPTS[0], max_new_tokens=30)
+    wait(d.submit([(r, {})]))
+    d.close()
+    assert store.results[r.request_id].status is ResultStatus.DONE
+
+
+def test_seeded_sampling_repeats_whatever_shares_the_batch(lm):
+    texts = []
+    for neighbours in (0, 3):
+        d, store, _ = decoder(lm)
+        r = gen(PROMPTS[0], max_new_tokens=16, temperature=0.9, top_p=0.95, seed=123)
+        others = [gen(PROMPTS[1], max_new_tokens=10, temperature=1.0) for _ in range(neighbours)]
+        wait(d.submit([(x, {}) for x in [*others, r]]))
+        d.close()
+        texts.append(store.results[r.request_id].outputs[0].text)
+    assert texts[0] == texts[1] and texts[0]
+
+
+def test_a_failing_step_fails_its_requests_and_the_decoder_goes_on(lm, monkeypatch):
+    d, store, _ = decoder(lm)
+    real = lm.decode
+    calls = {"n": 0}
+
+    def flaky(batch, tokens):
+        calls["n"] += 1
+        if calls["n"] == 3:
+            raise RuntimeError("kernel exploded")
+        return real(batch, tokens)
+
+    monkeypatch.setattr(lm, "decode", flaky)
+    first = gen(PROMPTS[0], max_new_tokens=10)
+    wait(d.submit([(first, {})]))
+    after = gen(PROMPTS[1], max_new_tokens=4)
+    wait(d.submit([(after, {})]))
+    d.close()
+    res = store.results[first.request_id]
+    assert res.status is ResultStatus.FAILED and res.error.code is ErrorCode.MODEL_ERROR
+    assert store.results[after.request_id].status is ResultStatus.DONE

@@ -1,0 +1,429 @@
+"""Continuous (iteration-level) batching of one causal language model: the ``generate`` task.
+
+Celery task threads :meth:`Decoder.submit` requests (tokenised on their own thread) and wait on
+the returned jobs, as with the embedding :class:`~workers.engine.Engine`. The decoder's thread
+runs one loop, one iteration per decode step:
+
+1. **join** — waiting prompts enter the running batch while it has room (``max_running``
+   sequences, and ``max_batch_tokens`` of KV cache reserved: prompt + max new tokens each, so a
+   running sequence never runs out of room). They are prefilled together and their KV rows
+   appended to the batch (:class:`~workers.runners.causal.KVBatch`). With ``static`` batching
+   nobody joins until the whole running batch has finished (the classic scheme, kept to compare).
+2. **step** — one token for every running sequence: one forward pass over the batch, then each
+   sequence's own sampler (:mod:`workers.sampling`).
+3. **leave** — sequences that produced their end-of-sequence token, a stop sequence, their last
+   allowed token, or passed their request's deadline leave the batch at once; a request whose
+   sequences have all ended gets its final result.
+4. **sync** — every ``stream_interval_ms``: the text so far of every running request is written
+   to Redis (a poll shows it growing), chunks go to the hooks (Kafka stream), and the stop flags
+   clients set with cancel are read; a cancelled request ends ``cancelled`` with its text so far.
+
+A request that passes its deadline mid-way ends ``expired`` with its text so far. A failure in a
+forward pass fails the sequences of that pass (the batch is rebuilt from nothing), never the
+process. Times are in ms unless a name says ``_s``.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import deque
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+from schemas.errors import Cancelled, DeadlineExpired, InferqError, InvalidRequest, ModelError
+from schemas.messages import (
+    FinishReason,
+    GenerationOutput,
+    InferenceRequest,
+    InferenceResult,
+    ResultStatus,
+    Timings,
+    now_ms,
+)
+from workers.engine import PRIORITY_RANK, Job, start_jobs
+from workers.result_store import TRANSIENT_ERRORS, ResultStore
+from workers.runners.causal import CausalLM, KVBatch
+from workers.sampling import Sampler, StopText, pick_tokens
+
+log = logging.getLogger(__name__)
+
+# how each kind of end shows in the request's status
+_ENDS = {
+    FinishReason.DEADLINE: (ResultStatus.EXPIRED, DeadlineExpired),
+    FinishReason.CANCELLED: (ResultStatus.CANCELLED, Cancelled),
+}
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    max_running: int = 16  # sequences decoded together
+    max_batch_tokens: int = 16_384  # KV cache reserved by the running sequences (prompt + budget)
+    max_new_tokens: int = 512  # the operator's cap on any request's max_new_tokens
+    max_prompt_tokens: int = 1_024
+    stream_interval_ms: float = 50.0
+    static: bool = False  # join only when the running batch is empty
+
+
+@dataclass(eq=False)
+class Seq:
+    """One prompt being continued."""
+
+    job: Job
+    index: int
+    prompt: list[int]
+    budget: int  # tokens it may generate
+    sampler: Sampler
+    stops: StopText
+    stream: bool
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""  # visible text so far (held-back stop prefixes excluded)
+    sent: int = 0  # characters of ``text`` already handed to the chunk hooks
+    finish: FinishReason | None = None
+
+    @property
+    def reserve(self) -> int:
+        return len(self.prompt) + self.budget
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """New text of one sequence, for the stream hooks (Kafka)."""
+
+    request_id: str
+    index: int
+    text: str
+    tokens: int
+    finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one decode step did; handed to hooks (metrics)."""
+
+    model: str
+    running: int
+    joined: int
+    tokens: int
+    step_ms: float
+
+
+StepHook = Callable[[StepStats], None]
+JobHook = Callable[[Job], None]
+ChunkHook = Callable[[Chunk], None]
+
+
+class Decoder:
+    """Iteration-level batching of one causal LM on a dedicated thread."""
+
+    def __init__(
+        self,
+        runner: CausalLM,
+        store: ResultStore,
+        policy: DecodePolicy,
+        max_attempts: int = 3,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], float] = now_ms,
+    ) -> None:
+        """``clock`` (seconds) paces the syncs; ``wall_ms`` (epoch ms) dates timings and judges deadlines."""
+        self.runner = runner
+        self.store = store
+        self.policy = policy
+        self.max_attempts = max_attempts
+        self._clock = clock
+        self._wall_ms = wall_ms
+        self.step_hooks: list[StepHook] = []
+        self.reject_hooks: list[JobHook] = []  # failed before running (poison, prompt too long)
+        self.chunk_hooks: list[ChunkHook] = []  # new text of requests with stream_to_kafka
+        self._waiting: list[deque[Seq]] = [deque() for _ in PRIORITY_RANK]
+        self._running: list[Seq] = []
+        self._kv: KVBatch | None = None
+        self._seqs: dict[int, list[Seq]] = {}  # id(job) → its sequences
+        self._cond = threading.Condition()
+        self._closed = False
+        self._synced_s = 0.0
+        self._thread = threading.Thread(target=self._loop, name=f"decoder-{runner.name}", daemon=True)
+        self._thread.start()
+
+    # -- callers' side --------------------------------------------------------------------
+    def submit(
+        self,
+        items: Sequence[tuple[InferenceRequest, dict[str, Any]]],
+        sources: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[Job]:
+        """Tokenise (on the caller's thread) and queue; returns one job per request."""
+        jobs = []
+        for (request, timings), source in zip(items, sources or [None] * len(items), strict=True):
+            texts = request.texts()
+            job = Job(request, dict(timings), [None] * len(texts), len(texts), source=source)
+            jobs.append(job)
+            seqs, error = self._sequences(job, self.runner.tokenize(texts))
+            if error is not None:
+                self._reject(job, error)
+                continue
+            with self._cond:
+                self._seqs[id(job)] = seqs
+                self._waiting[PRIORITY_RANK[request.priority]].extend(seqs)
+                self._cond.notify()
+        return jobs
+
+    def _sequences(self, job: Job, prompts: list[list[int]]) -> tuple[list[Seq], InferqError | None]:
+        params, p = job.request.generation_params(), self.policy
+        seqs = []
+        for i, prompt in enumerate(prompts):
+            limit = min(p.max_prompt_tokens, self.runner.max_context_tokens - 1)
+            if len(prompt) > limit:
+                return [], InvalidRequest(
+                    f"inputs[{i}] is {len(prompt)} tokens; the limit is {limit}",
+                    hint="shorten the prompt (INFERQ_GENERATE_MAX_PROMPT_TOKENS sets the limit)",
+                )
+            budget = min(
+                params.max_new_tokens, p.max_new_tokens, self.runner.max_context_tokens - len(prompt)
+            )
+            sampler, stops = Sampler.for_request(params, i), StopText(params.stop)
+            seqs.append(Seq(job, i, prompt, budget, sampler, stops, params.stream_to_kafka))
+        return seqs, None
+
+    def _reject(self, job: Job, error: InferqError) -> None:
+        job.finish(ResultStatus.FAILED, error)
+        for hook in self.reject_hooks:
+            hook(job)
+        self._write([job])
+
+    def warm_up(self) -> None:
+        """A prefill and a decode step (on the caller's thread, before any request arrives)."""
+        prompts = self.runner.tokenize(["warm up", "a longer warm up prompt"])
+        _, kv = self.runner.prefill(prompts)
+        self.runner.decode(kv, [p[-1] for p in prompts])
+
+    def close(self, timeout_s: float = 60.0) -> None:
+        """Finish what runs and waits, then stop the thread."""
+        with self._cond:
+            self._closed = True
+            self._cond.notify_all()
+        self._thread.join(timeout_s)
+
+    # -- the loop -------------------------------------------------------------------------
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._running and not any(self._waiting) and not self._closed:
+                    self._cond.wait(1.0)
+                if self._closed and not self._running and not any(self._waiting):
+                    return
+            try:
+                joined = self._join()
+                if self._running:
+                    self._step(joined)
+                self._sync()
+            except TRANSIENT_ERRORS:  # Redis gone past the retries: hand the messages back
+                log.exception("result store unreachable; the running requests go back to the queue")
+                self._abandon(unwritten=True)
+            except Exception as e:  # never let one step kill the model thread
+                log.exception("decode step failed; its requests are failed")
+                self._abandon(error=ModelError(f"generation failed in the model: {e!r}"))
+
+    def _join(self) -> int:
+        """Move waiting sequences into the running batch while there is room; returns how many."""
+        if self.policy.static and self._running:
+            return 0
+        joiners = self._take_waiting()
+        if not joiners:
+            return 0
+        start = self._wall_ms()
+        jobs = list({id(s.job): s.job for s in joiners}.values())
+        for job in jobs:  # a deadline that passed while it waited: no need to run it
+            deadline = job.request.deadline_ms()
+            if deadline is not None and deadline <= start and not job.finished:
+                self._end_job(job, FinishReason.DEADLINE)
+        fresh = [j for j in jobs if not j.started and not j.finished and self._pending(j)]
+        for job in fresh:
+            job.started, job.status = True, ResultStatus.RUNNING
+            job.timings.update(batch_start_ms=start, batch_size=len(self._running) + len(joiners))
+        for job in start_jobs(self.store, fresh, self._result, self.max_attempts):
+            self._reject(job, job.error or ModelError("poison"))
+        for job in fresh:
+            if job.skipped:  # the store refused it: cancelled while queued, or already answered
+                self._end_job(job, FinishReason.CANCELLED)
+        self._complete(jobs)
+        live = [s for s in joiners if s.finish is None and not s.job.finished]
+        if not live:
+            return 0
+        logits, kv = self.runner.prefill([s.prompt for s in live])
+        self._kv = kv if self._kv is None else self._kv.join(kv)
+        self._running += live
+        self._accept(live, pick_tokens(logits, [s.sampler for s in live]))
+        return len(live)
+
+    def _pending(self, job: Job) -> bool:
+        return any(s.finish is None for s in self._seqs.get(id(job), []))
+
+    def _take_waiting(self) -> list[Seq]:
+        """Highest priority first, in arrival order, within the sequence and token budgets. A lone
+        sequence over the token budget still runs alone (nothing waits forever)."""
+        p = self.policy
+        room = p.max_batch_tokens - sum(s.reserve for s in self._running)
+        taken: list[Seq] = []
+        with self._cond:
+            for queue in self._waiting:
+                while queue and len(self._running) + len(taken) < p.max_running:
+                    s = queue[0]
+                    if s.finish is not None:  # its request ended while it waited
+                        queue.popleft()
+                        continue
+                    if s.reserve > room and (self._running or taken):
+                        return taken
+                    taken.append(queue.popleft())
+                    room -= s.reserve
+        return taken
+
+    def _step(self, joined: int) -> None:
+        assert self._kv is not None
+        started, rows = self._clock(), len(self._running)
+        logits, self._kv = self.runner.decode(self._kv, [s.tokens[-1] for s in self._running])
+        self._accept(self._running, pick_tokens(logits, [s.sampler for s in self._running]))
+        stats = StepStats(self.runner.name, rows, joined, rows, (self._clock() - started) * 1e3)
+        for hook in self.step_hooks:
+            hook(stats)
+
+    def _accept(self, seqs: Sequence[Seq], picks: Sequence[int]) -> None:
+        """Append each sequence's new token; mark the ones that end (eos, stop, budget, deadline)."""
+        now = self._wall_ms()
+        for s, token in zip(seqs, picks, strict=True):
+            if s.finish is not None:
+                continue
+            s.job.timings.setdefault("first_token_ms", now)
+            if token in self.runner.eos_ids:
+                s.finish = FinishReason.EOS
+                continue
+            s.tokens.append(token)
+            s.text, stopped = s.stops.update(self.runner.detokenize(s.tokens))
+            if stopped:
+                s.finish = FinishReason.STOP
+            elif len(s.tokens) >= s.budget:
+                s.finish = FinishReason.LENGTH
+        for job in {id(s.job): s.job for s in seqs}.values():
+            deadline = job.request.deadline_ms()
+            if deadline is not None and deadline <= now and not job.finished:
+                self._end_job(job, FinishReason.DEADLINE)
+        self._leave()
+
+    def _leave(self) -> None:
+        """Drop ended sequences from the batch; write the results of requests now complete."""
+        keep = [i for i, s in enumerate(self._running) if s.finish is None]
+        if len(keep) == len(self._running):
+            return
+        ended = [s for s in self._running if s.finish is not None]
+        self._kv = self._kv.keep(keep) if keep and self._kv is not None else None
+        self._running = [self._running[i] for i in keep]
+        self._emit(ended)
+        self._complete(list({id(s.job): s.job for s in ended}.values()))
+
+    def _complete(self, jobs: Sequence[Job]) -> None:
+        """Give each job whose sequences have all ended its terminal status, and write them."""
+        complete = []
+        for job in jobs:
+            seqs = self._seqs.get(id(job), [])
+            if job.done.is_set() or not all(s.finish is not None for s in seqs):
+                continue
+            if not job.finished:
+                status, error = ResultStatus.DONE, None
+                for reason, (st, cls) in _ENDS.items():
+                    if any(s.finish is reason for s in seqs):
+                        tokens = sum(len(s.tokens) for s in seqs)
+                        status, error = (
+                            st,
+                            cls(f"{reason.value} after {tokens} generated tokens; text so far kept"),
+                        )
+                job.finish(status, error)
+            complete.append(job)
+        self._write(complete)
+
+    def _end_job(self, job: Job, reason: FinishReason) -> None:
+        """End every sequence of ``job`` that still runs or waits (deadline, cancel)."""
+        for s in self._seqs.get(id(job), []):
+            if s.finish is None:
+                s.finish = reason
+
+    # -- Redis and streams ----------------------------------------------------------------
+    def _sync(self, force: bool = False) -> None:
+        """Write the running requests' text so far and read their stop flags (every interval)."""
+        now = self._clock()
+        if not force and (now - self._synced_s) * 1000.0 < self.policy.stream_interval_ms:
+            return
+        self._synced_s = now
+        jobs = list({id(s.job): s.job for s in self._running}.values())
+        if not jobs:
+            return
+        self._emit(self._running)
+        flags = self.store.progress([self._result(j) for j in jobs])
+        for job, flag in zip(jobs, flags, strict=True):
+            if flag == "cancel":
+                self._end_job(job, FinishReason.CANCELLED)
+            elif flag == "gone":  # ended elsewhere (a duplicate delivery): drop it silently
+                job.skipped = True
+                self._end_job(job, FinishReason.CANCELLED)
+        self._leave()
+
+    def _emit(self, seqs: Sequence[Seq]) -> None:
+        for s in seqs:
+            if not s.stream or not self.chunk_hooks or (s.sent == len(s.text) and s.finish is None):
+                continue
+            chunk = Chunk(s.job.request.request_id, s.index, s.text[s.sent :], len(s.tokens), s.finish)
+            s.sent = len(s.text)
+            for hook in self.chunk_hooks:
+                try:
+                    hook(chunk)
+                except Exception:  # a stream is best effort; the result in Redis is the record
+                    log.exception("chunk hook %r failed", hook)
+
+    def _write(self, jobs: list[Job]) -> None:
+        """Write terminal results (one round trip); a failed write hands the messages back."""
+        todo = [j for j in jobs if not j.skipped]
+        try:
+            if todo:
+                self.store.advance([self._result(j) for j in todo])
+        except Exception:
+            log.exception("could not write %d results; their messages go back to the queue", len(todo))
+            for j in todo:
+                j.unwritten = True
+        finally:
+            for j in jobs:
+                self._forget(j)
+
+    def _forget(self, job: Job) -> None:
+        with self._cond:
+            self._seqs.pop(id(job), None)
+        job.done.set()
+
+    def _abandon(self, *, error: InferqError | None = None, unwritten: bool = False) -> None:
+        """After a failed step: end every running request (failed, or handed back unwritten)."""
+        jobs = list({id(s.job): s.job for s in self._running}.values())
+        self._running, self._kv = [], None
+        for job in jobs:
+            self._end_job(job, FinishReason.CANCELLED)
+            job.unwritten = unwritten
+            if error is not None and not unwritten:
+                job.finish(ResultStatus.FAILED, error)
+        if unwritten:
+            for job in jobs:
+                self._forget(job)
+        else:
+            self._write(jobs)
+
+    def _result(self, job: Job) -> InferenceResult:
+        r, seqs = job.request, sorted(self._seqs.get(id(job), []), key=lambda s: s.index)
+        outputs = [GenerationOutput(text=s.text, tokens=len(s.tokens), finish_reason=s.finish) for s in seqs]
+        return InferenceResult(
+            request_id=r.request_id,
+            status=job.status,
+            task=r.task,
+            model=r.model,
+            model_version=self.runner.version,
+            tenant=r.tenant,
+            outputs=outputs if job.status is not ResultStatus.FAILED and outputs else None,
+            error=job.error.info() if job.error else None,
+            timings=Timings(**job.timings),
+        )
