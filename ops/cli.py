@@ -3,7 +3,7 @@
 inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
 inferq-ops status
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
-inferq-ops bench     # raw model vs the pipeline vs peer servers; bench.json + bench.png
+inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
 inferq-ops kibana --url http://localhost:5601   # data view + dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
@@ -13,6 +13,7 @@ inferq-ops down      # stops exactly what `up` started
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import shutil
 import sys
@@ -53,6 +54,12 @@ def main(argv: list[str] | None = None) -> int:
         help=f"comma-separated peers to compare ({', '.join(PEERS)}); '' for none",
     )
     b.add_argument("--out", type=Path, default=Path("."), help="where bench.json and bench.png go")
+    b.add_argument(
+        "--generate",
+        choices=["also", "only", "no"],
+        default="also",
+        help="generation, continuous vs static batching: with the rest (also), alone (only) or not (no)",
+    )
     dr = sub.add_parser("drill", help="fault drills under load; writes drill.json")
     dr.add_argument("--requests", type=int, default=10_000, help="requests per drill")
     dr.add_argument("--rate", type=float, default=150.0, help="requests published per second")
@@ -97,6 +104,11 @@ def main(argv: list[str] | None = None) -> int:
             if unknown:
                 p.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
             plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
+            plan = dataclasses.replace(
+                plan,
+                embed=args.generate != "only",
+                generate=None if args.generate == "no" else plan.generate,
+            )
             args.out.mkdir(parents=True, exist_ok=True)
             run_bench(settings, plan, args.out, console)
         elif args.cmd == "drill":

@@ -9,7 +9,7 @@ from __future__ import annotations
 import os
 import platform
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -18,6 +18,7 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
 from ops.bench.corpus import bench_texts
+from ops.bench.generate import GeneratePlan, bench_generate, print_generate
 from ops.bench.load import InferqLoad, Level, http_level
 from ops.bench.peers import PEERS, PeerServer, install
 from ops.bench.raw import measure_raw
@@ -43,35 +44,71 @@ class BenchPlan:
     low_load_window_s: float = 15.0
     burst_texts: int = 2_000
     peers: Sequence[str] = ("infinity-emb", "ray-serve", "bentoml")
+    generate: GeneratePlan | None = field(default_factory=GeneratePlan)
+    embed: bool = True  # the raw / pipeline / peers part (off for a generation-only run)
 
     @classmethod
-    def quick(cls, peers: Sequence[str]) -> BenchPlan:
-        return cls((1, 8, 32), 1.0, 3.0, 5.0, 400, peers)
+    def quick(cls, peers: Sequence[str], generate: bool = True) -> BenchPlan:
+        return cls((1, 8, 32), 1.0, 3.0, 5.0, 400, peers, GeneratePlan.quick() if generate else None)
 
 
 def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Console) -> dict[str, Any]:
     texts = bench_texts(512)
     threads = threads_per_process(settings)
-    steps = 1 + 2 + len(plan.levels) + len(plan.peers) * (2 + len(plan.levels))
+    steps = (1 + 2 + len(plan.levels) + len(plan.peers) * (2 + len(plan.levels))) * plan.embed
+    steps += 2 if plan.generate else 0
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
         TextColumn("{task.completed}/{task.total}"),
         TimeElapsedColumn(),
     )
+    data: dict[str, Any] = {
+        "machine": {"cpus": os.cpu_count(), "torch_threads": threads, "platform": platform.platform()},
+        "plan": {k: _plain(v) for k, v in plan.__dict__.items()},
+    }
     with Progress(*columns, console=console) as progress:
         task = progress.add_task("bench", total=steps)
 
         def step(what: str, advance: int = 1) -> None:
             progress.update(task, description=what, advance=advance)
 
-        step("raw: tokenise + forward, length-sorted", 0)
-        raw = measure_raw(settings, MODEL, texts, progress=lambda m: progress.update(task, description=m))
-        step("inferq: starting the stack")
-        inferq = _bench_inferq(settings, plan, texts, step)
-        peer_root = (settings.state_dir / "peers").resolve()
-        peers = {name: _bench_peer(name, plan, texts, peer_root, threads, step) for name in plan.peers}
+        if plan.embed:
+            data.update(_bench_embed(settings, plan, texts, threads, step, progress, task))
+        if plan.generate:
+            data["generate"] = bench_generate(settings, plan.generate, step)
+    write_json(out_dir / "bench.json", data)
+    if plan.embed:
+        plot(out_dir / "bench.png", data)
+        print_report(console, data)
+    if plan.generate:
+        print_generate(console, data["generate"])
+    console.print(f"wrote {out_dir / 'bench.json'}" + (f" and {out_dir / 'bench.png'}" if plan.embed else ""))
+    return data
 
+
+def _plain(value: Any) -> Any:
+    if isinstance(value, tuple):
+        return list(value)
+    return value.__dict__ if isinstance(value, GeneratePlan) else value
+
+
+def _bench_embed(
+    settings: Settings,
+    plan: BenchPlan,
+    texts: list[str],
+    threads: int,
+    step: Any,
+    progress: Progress,
+    task: Any,
+) -> dict[str, Any]:
+    """Raw model, the pipeline and the peers on all-MiniLM-L6-v2."""
+    step("raw: tokenise + forward, length-sorted", 0)
+    raw = measure_raw(settings, MODEL, texts, progress=lambda m: progress.update(task, description=m))
+    step("inferq: starting the stack")
+    inferq = _bench_inferq(settings, plan, texts, step)
+    peer_root = (settings.state_dir / "peers").resolve()
+    peers = {name: _bench_peer(name, plan, texts, peer_root, threads, step) for name in plan.peers}
     data: dict[str, Any] = {
         "model": MODEL,
         "machine": {
@@ -94,7 +131,6 @@ def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Conso
         "low_load_p99_ms": inferq["summary"]["low_load_p99_ms"],
         "inferq": inferq,
         "peers": peers,
-        "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in plan.__dict__.items()},
     }
     data["goals"] = goals(
         data["raw_best_seq_per_s"],
@@ -104,10 +140,6 @@ def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Conso
         data["low_load_p99_ms"],
     )
     data["ratio"] = data["goals"]["ratio"]
-    write_json(out_dir / "bench.json", data)
-    plot(out_dir / "bench.png", data)
-    print_report(console, data)
-    console.print(f"wrote {out_dir / 'bench.json'} and {out_dir / 'bench.png'}")
     return data
 
 

@@ -13,21 +13,19 @@ import uuid
 import httpx
 from kafka import KafkaConsumer
 
-from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus, StreamChunk
 from schemas.naming import stream_topic
-from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually
 
 MODEL = "tiny-lm"
 
 
-def generate(client: InferqClient, prompt: str | list[str], **params) -> str:
+def generate(client, prompt, **params):
     return client.submit("generate", MODEL, prompt, generation=params)
 
 
-def running_with_text(client: InferqClient, rid: str, min_tokens: int = 1):
+def running_with_text(client, rid, min_tokens=1):
     def check():
         r = client.result(rid)
         return (
@@ -39,7 +37,7 @@ def running_with_text(client: InferqClient, rid: str, min_tokens: int = 1):
     return eventually(check, timeout_s=60, what=f"{rid} running with {min_tokens}+ tokens")
 
 
-def test_a_generation_streams_into_redis_and_finishes(client: InferqClient):
+def test_a_generation_streams_into_redis_and_finishes(client):
     rid = generate(client, "the weather in lisbon is", max_new_tokens=300)
     first = running_with_text(client, rid)
     later = running_with_text(client, rid, min_tokens=first.outputs[0].tokens + 5)
@@ -54,7 +52,7 @@ def test_a_generation_streams_into_redis_and_finishes(client: InferqClient):
     assert t.published_ms <= t.received_ms <= t.batch_start_ms <= t.first_token_ms <= t.done_ms
 
 
-def test_greedy_is_repeatable_and_a_stop_sequence_cuts_the_text(client: InferqClient):
+def test_greedy_is_repeatable_and_a_stop_sequence_cuts_the_text(client):
     prompt = "i want to talk to a human about my order"
     a, b = (generate(client, prompt, max_new_tokens=24) for _ in range(2))
     ra, rb = client.wait(a, 60), client.wait(b, 60)
@@ -66,7 +64,7 @@ def test_greedy_is_repeatable_and_a_stop_sequence_cuts_the_text(client: InferqCl
     assert rc.outputs[0].text == full[: full.index(stop)]
 
 
-def test_requests_join_and_leave_the_running_batch(client: InferqClient):
+def test_requests_join_and_leave_the_running_batch(client):
     long_id = generate(client, "a long story about the sea", max_new_tokens=400)
     running_with_text(client, long_id, min_tokens=10)
     short_ids = [generate(client, f"short question {i}", max_new_tokens=8) for i in range(3)]
@@ -79,7 +77,7 @@ def test_requests_join_and_leave_the_running_batch(client: InferqClient):
     assert client.wait(long_id, 120).outputs[0].tokens == 400
 
 
-def test_cancel_stops_a_running_generation_and_keeps_its_text(client: InferqClient, settings: Settings):
+def test_cancel_stops_a_running_generation_and_keeps_its_text(client, settings):
     rid = generate(client, "tell me everything", max_new_tokens=500)
     running_with_text(client, rid, min_tokens=5)
     assert client.cancel(rid) is ResultStatus.RUNNING  # being stopped
@@ -95,7 +93,7 @@ def test_cancel_stops_a_running_generation_and_keeps_its_text(client: InferqClie
     assert client.wait(other, 30).status is ResultStatus.CANCELLED
 
 
-def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(client: InferqClient):
+def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(client):
     from datetime import datetime, timedelta, timezone
 
     rid = client.submit(
@@ -110,7 +108,7 @@ def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(client: InferqClie
     assert res.outputs[0].finish_reason is FinishReason.DEADLINE and 0 < res.outputs[0].tokens < 500
 
 
-def test_chunks_on_the_stream_topic_add_up_to_the_result(client: InferqClient, settings: Settings):
+def test_chunks_on_the_stream_topic_add_up_to_the_result(client, settings):
     rid = generate(client, ["first prompt", "second prompt"], max_new_tokens=40, stream_to_kafka=True)
     res = client.wait(rid, 60)
     consumer = KafkaConsumer(
@@ -134,7 +132,7 @@ def test_chunks_on_the_stream_topic_add_up_to_the_result(client: InferqClient, s
         assert "".join(c.text for c in mine) == out.text and mine[-1].finish_reason is FinishReason.LENGTH
 
 
-def test_a_request_over_the_token_cap_is_dead_lettered(client: InferqClient, settings: Settings):
+def test_a_request_over_the_token_cap_is_dead_lettered(client, settings):
     too_many = settings.generate_max_new_tokens + 1
     body = {"schema_version": 1, "task": "generate", "model": MODEL, "inputs": "hi"}
     request = InferenceRequest.model_validate(body)

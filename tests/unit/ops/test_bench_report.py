@@ -65,3 +65,35 @@ def test_json_table_and_plot_are_written(tmp_path):
     print_report(console, data)
     text = console.export_text()
     assert "0.920" in text and "other" in text and "no venv" in text
+
+
+def test_generate_figures_come_from_the_results_timings():
+    from ops.bench.generate import GeneratePlan, print_generate, summarise
+    from schemas.messages import GenerationOutput, InferenceResult, ResultStatus, Timings
+
+    def result(i, tokens, ttft_ms, total_ms, status=ResultStatus.DONE):
+        t0 = 1_000_000.0 + i * 10
+        return InferenceResult(
+            request_id=f"req-{i:016d}",
+            status=status,
+            outputs=[GenerationOutput(text="x", tokens=tokens, finish_reason="length")],
+            timings=Timings(published_ms=t0, first_token_ms=t0 + ttft_ms, done_ms=t0 + total_ms),
+        )
+
+    results = [result(0, 100, 20, 1_000), result(1, 50, 40, 990), result(2, 0, 5, 10, ResultStatus.FAILED)]
+    m = summarise("continuous", results)
+    assert (m.requests, m.tokens, m.failed) == (3, 150, 1)
+    assert m.wall_s == 1.0 and m.tokens_per_s == 150.0  # first publish → last result
+    assert m.ttft_p50_ms == 30.0 and m.latency_p99_ms > 990
+    budgets = GeneratePlan(requests=50).budgets()
+    assert budgets == GeneratePlan(requests=50).budgets() and min(budgets) >= 8 and max(budgets) <= 160
+    data = {
+        "model": "tiny-lm",
+        "plan": GeneratePlan().__dict__,
+        "modes": {"continuous": m.as_dict(), "static": m.as_dict()},
+        "tokens_per_s_ratio": 1.0,
+        "ttft_p50_ratio": 1.0,
+    }
+    console = Console(record=True, width=200)
+    print_generate(console, data)
+    assert "continuous" in console.export_text() and "tokens/s × 1.00" in console.export_text()
