@@ -43,7 +43,11 @@ class Sampler:
         probs = torch.softmax(logits / self.temperature, dim=-1)
         if self.top_p < 1.0:
             probs = nucleus(probs, self.top_p)
-        return int(torch.multinomial(probs, 1, generator=self._generator))
+        # inverse-CDF draw: one uniform number per token (torch.multinomial over a 30k vocabulary
+        # took a fifth of a decode step on the CPU)
+        cdf = probs.cumsum(-1)
+        u = torch.rand((), generator=self._generator) * cdf[-1]
+        return min(int(torch.searchsorted(cdf, u, right=True)), len(cdf) - 1)
 
 
 def nucleus(probs: torch.Tensor, top_p: float) -> torch.Tensor:

@@ -39,8 +39,8 @@ MODES = ("continuous", "static")
 
 @dataclass(frozen=True)
 class GeneratePlan:
-    requests: int = 96
-    concurrency: int = 16
+    requests: int = 128
+    concurrency: int = 32  # twice the running batch: requests queue, as under load
     min_new_tokens: int = 8
     max_new_tokens: int = 160
     max_running: int = 16
@@ -48,7 +48,7 @@ class GeneratePlan:
 
     @classmethod
     def quick(cls) -> GeneratePlan:
-        return cls(requests=32, concurrency=8, max_new_tokens=96, max_running=8)
+        return cls(requests=48, concurrency=16, max_new_tokens=96, max_running=8)
 
     def budgets(self) -> list[int]:
         rng = random.Random(self.seed)
