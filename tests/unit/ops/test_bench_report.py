@@ -96,4 +96,5 @@ def test_generate_figures_come_from_the_results_timings():
     }
     console = Console(record=True, width=200)
     print_generate(console, data)
-    assert "continuous" in console.export_text() and "tokens/s × 1.00" in console.export_text()
+    text = console.export_text()
+    assert "continuous" in text and "tokens/s × 1.00" in text
