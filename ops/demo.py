@@ -1,4 +1,5 @@
-"""The demo: real texts through Kafka → intake → Celery → batched model → Redis, then a summary."""
+"""The demo: real texts through Kafka → intake → Celery → batched model → Redis, then a summary;
+then a few generations (tiny-lm, continuous batching)."""
 
 from __future__ import annotations
 
@@ -14,7 +15,14 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 from rich.table import Table
 
 from producers.client import InferqClient
-from schemas.messages import ClassifyOutput, EmbeddingOutput, InferenceRequest, InferenceResult, ResultStatus
+from schemas.messages import (
+    ClassifyOutput,
+    EmbeddingOutput,
+    GenerationOutput,
+    InferenceRequest,
+    InferenceResult,
+    ResultStatus,
+)
 from schemas.settings import Settings
 
 
@@ -96,6 +104,48 @@ def one_in_flight(client: InferqClient, n: int) -> dict[str, float]:
     return percentiles_ms(lat)
 
 
+GENERATE_PROMPTS = (
+    "the weather in lisbon is",
+    "i want to talk to a human about",
+    "my order arrived and",
+    "how do i reset my",
+)
+
+
+def generate_demo(client: InferqClient, n: int = 12) -> tuple[dict[str, Any], list[tuple[str, str]]]:
+    """``n`` generate requests (tiny-lm) of different lengths at once: continuous batching lets the
+    short ones finish while the long ones run. Returns the figures and two (prompt, text) samples."""
+    ids, t0 = [], time.monotonic()
+    for i in range(n):
+        params = {"max_new_tokens": 16 + 24 * (i % 4), "temperature": 0.8, "top_p": 0.95, "seed": i}
+        ids.append(client.submit("generate", "tiny-lm", GENERATE_PROMPTS[i % 4], generation=params))
+    results = client.wait_all(ids, timeout_s=300)
+    wall_s = time.monotonic() - t0
+    done = [results[rid] for rid in ids if results[rid].status is ResultStatus.DONE]
+    outs = [o for r in done for o in r.outputs or [] if isinstance(o, GenerationOutput)]
+    ttft = [
+        r.timings.first_token_ms - (r.timings.published_ms or 0) for r in done if r.timings.first_token_ms
+    ]
+    figures = {
+        "requests": n,
+        "done": len(done),
+        "tokens": sum(o.tokens for o in outs),
+        "tokens_per_s": round(sum(o.tokens for o in outs) / wall_s, 1),
+        "time_to_first_token_ms": percentiles_ms(ttft),
+    }
+    samples = [(GENERATE_PROMPTS[i % 4], o.text) for i, o in enumerate(outs[:2])]
+    return figures, samples
+
+
+def _print_generate(console: Console, g: dict[str, Any], samples: list[tuple[str, str]]) -> None:
+    console.print(
+        f"generate (tiny-lm, continuous batching): {g['done']}/{g['requests']} done, {g['tokens']} tokens, "
+        f"{g['tokens_per_s']} tokens/s, time to first token p50 {g['time_to_first_token_ms']['p50']} ms"
+    )
+    for prompt, text in samples:
+        console.print(f"  generate {prompt!r} → {text[:80]!r}")
+
+
 def run_demo(settings: Settings, n: int, console: Console) -> dict[str, Any]:
     requests = demo_requests(n)
     with InferqClient(settings) as client:
@@ -112,7 +162,9 @@ def run_demo(settings: Settings, n: int, console: Console) -> dict[str, Any]:
         wall_s = time.monotonic() - t0
         summary = summarize(results, wall_s)
         summary["one_in_flight_latency_ms"] = one_in_flight(client, LOW_LOAD_REQUESTS)
+        summary["generate"], samples = generate_demo(client)
     _print(console, summary, requests, results)
+    _print_generate(console, summary["generate"], samples)
     (settings.state_dir / "demo.json").write_text(json.dumps(summary, indent=2))
     return summary
 
