@@ -70,5 +70,5 @@ def test_an_operator_folder_loads_through_the_auto_classes(lm, tmp_path):
 def test_causal_lm_without_a_folder_is_a_clear_error(tmp_path):
     with pytest.raises(ConfigurationError, match="INFERQ_GENERATE_MODEL_DIR"):
         load_runner("causal-lm", Settings())
-    with pytest.raises(ConfigurationError, match="config.json"):
+    with pytest.raises(ConfigurationError, match=r"config\.json"):
         load_runner("causal-lm", Settings(generate_model_dir=str(tmp_path)))
