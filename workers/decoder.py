@@ -139,6 +139,7 @@ class Decoder:
         self.chunk_hooks: list[ChunkHook] = []  # new text of requests with stream_to_kafka
         self._waiting: list[deque[Seq]] = [deque() for _ in PRIORITY_RANK]
         self._running: list[Seq] = []
+        self._joining: list[Seq] = []  # taken from the queue, not yet running (a failure ends them too)
         self._kv: KVBatch | None = None
         self._seqs: dict[int, list[Seq]] = {}  # id(job) → its sequences
         self._cond = threading.Condition()
@@ -229,7 +230,7 @@ class Decoder:
         """Move waiting sequences into the running batch while there is room; returns how many."""
         if self.policy.static and self._running:
             return 0
-        joiners = self._take_waiting()
+        joiners = self._joining = self._take_waiting()
         if not joiners:
             return 0
         start = self._wall_ms()
@@ -250,10 +251,12 @@ class Decoder:
         self._complete(jobs)
         live = [s for s in joiners if s.finish is None and not s.job.finished]
         if not live:
+            self._joining = []
             return 0
         logits, kv = self.runner.prefill([s.prompt for s in live])
         self._kv = kv if self._kv is None else self._kv.join(kv)
         self._running += live
+        self._joining = []
         self._accept(live, pick_tokens(logits, [s.sampler for s in live]))
         return len(live)
 
@@ -399,9 +402,13 @@ class Decoder:
         job.done.set()
 
     def _abandon(self, *, error: InferqError | None = None, unwritten: bool = False) -> None:
-        """After a failed step: end every running request (failed, or handed back unwritten)."""
-        jobs = list({id(s.job): s.job for s in self._running}.values())
-        self._running, self._kv = [], None
+        """After a failed step: end every running or joining request (failed, or handed back unwritten)."""
+        jobs = [
+            j
+            for j in {id(s.job): s.job for s in self._running + self._joining}.values()
+            if not j.done.is_set()
+        ]
+        self._running, self._joining, self._kv = [], [], None
         for job in jobs:
             self._end_job(job, FinishReason.CANCELLED)
             job.unwritten = unwritten

@@ -289,3 +289,26 @@ def test_a_failing_step_fails_its_requests_and_the_decoder_goes_on(lm, monkeypat
     res = store.results[first.request_id]
     assert res.status is ResultStatus.FAILED and res.error.code is ErrorCode.MODEL_ERROR
     assert store.results[after.request_id].status is ResultStatus.DONE
+
+
+def test_redis_gone_while_joining_hands_the_requests_back_unwritten(lm):
+    import redis
+
+    class FlakyStore(MemoryStore):
+        failed = False
+
+        def start(self, results):
+            if not self.failed:
+                self.failed = True
+                raise redis.ConnectionError("Redis restarting")
+            return super().start(results)
+
+    store = FlakyStore()
+    d = Decoder(lm, store, DecodePolicy(stream_interval_ms=0.0))
+    first = gen(PROMPTS[0], max_new_tokens=5)
+    (job,) = d.submit([(first, {})])
+    assert job.done.wait(30) and job.unwritten  # the Celery task puts its message back
+    second = gen(PROMPTS[1], max_new_tokens=5)
+    wait(d.submit([(second, {})]))
+    d.close()
+    assert store.results[second.request_id].status is ResultStatus.DONE
