@@ -6,15 +6,29 @@ counter the store keeps exact). The poll reads at most the smallest of these, so
 passes its bound. When a model reaches it, the intake pauses its partitions (the requests topic
 is shared, so that is all of them) and keeps polling, so the group keeps it; they resume once every
 model is below ``resume_ratio`` of the bound. What waits, waits in Kafka, uncommitted.
+
+While paused, :class:`PartitionHold` still reads the head of each partition every
+``SKIM_EVERY_S``: requests there whose deadline has passed (and records that are invalid) need no
+capacity, so they are answered at once (``expired``, or dead-lettered) and committed past; the rest
+is left where it was. Under overload the oldest records expire first, so a request that waits in
+Kafka past its deadline is answered within about ``SKIM_EVERY_S`` of it, not when its turn comes.
 """
 
 from __future__ import annotations
 
+import logging
 import time
 from collections.abc import Callable, Sequence
 
+from kafka import KafkaConsumer
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+log = logging.getLogger(__name__)
+
 # how often the counters are read while records flow (one Redis MGET); paused, at most this often too
 CHECK_S = 0.005
+SKIM_EVERY_S = 0.25  # while paused, how often the backlog's head is read for what needs no capacity
 
 
 class Backpressure:
@@ -55,3 +69,88 @@ class Backpressure:
     def admitted(self, n: int) -> None:
         """``n`` requests were just admitted: the room left shrinks until the next read."""
         self._room = max(0, self._room - n)
+
+
+Polled = dict[TopicPartition, list[ConsumerRecord]]
+
+
+class PartitionHold:
+    """Pauses the intake consumer's partitions while :class:`Backpressure` says so, and resumes
+    them at the positions they had (kafka-python's fetcher can otherwise stop fetching resumed
+    partitions, or skip ahead of records it dropped while paused)."""
+
+    def __init__(self, backpressure: Backpressure) -> None:
+        self.backpressure = backpressure
+        self.held: dict[TopicPartition, int] = {}  # paused partition → its position
+        self._skimmed_s = 0.0
+
+    def apply(self, consumer: KafkaConsumer) -> int:
+        """Pause or resume as the bound says; returns how many records the next poll may read."""
+        room = self.backpressure.room()
+        assigned = consumer.assignment()
+        if self.backpressure.paused and set(self.held) != assigned:
+            fresh = [tp for tp in assigned if tp not in self.held]
+            self.held.update({tp: consumer.position(tp) for tp in fresh})
+            consumer.pause(*fresh)
+            if len(self.held) == len(fresh):
+                log.warning(
+                    "backpressure: %s at %d requests in flight; partitions paused (backlog stays in Kafka)",
+                    ", ".join(self.backpressure.saturated),
+                    self.backpressure.max_inflight,
+                    extra={"event.dataset": "inferq.intake", "inferq.stage": "paused"},
+                )
+        elif not self.backpressure.paused and self.held:
+            held, self.held = self.held, {}
+            mine = [tp for tp in held if tp in assigned]
+            consumer.resume(*mine)
+            for tp in mine:
+                consumer.seek(tp, held[tp])
+            log.info(
+                "backpressure: below %d in flight; partitions resumed",
+                self.backpressure.resume_below,
+                extra={"event.dataset": "inferq.intake", "inferq.stage": "resumed"},
+            )
+        return room
+
+    def skim(
+        self,
+        consumer: KafkaConsumer,
+        needs_no_room: Callable[[ConsumerRecord], bool],
+        handle: Callable[[Polled], int],
+        wait_ms: int = 20,
+    ) -> int:
+        """While paused: hand ``handle`` the records at the head of each partition that need no
+        capacity (``needs_no_room``), commit past them, and put the positions back on the first
+        record that does. Returns the records handled."""
+        now = time.monotonic()
+        if not self.held or now - self._skimmed_s < SKIM_EVERY_S:
+            return 0
+        self._skimmed_s = now
+        held = [tp for tp in self.held if tp in consumer.assignment()]
+        for tp in held:
+            consumer.seek(tp, self.held[tp])
+        consumer.resume(*held)
+        try:
+            polled = consumer.poll(timeout_ms=wait_ms)
+        finally:  # a rebalance inside the poll may have taken some away
+            consumer.pause(*[tp for tp in held if tp in consumer.assignment()])
+        heads: Polled = {}
+        for tp, records in polled.items():
+            if tp not in self.held:
+                continue
+            n = 0
+            while n < len(records) and needs_no_room(records[n]):
+                n += 1
+            if n:
+                heads[tp] = records[:n]
+            self.held[tp] = records[n].offset if n < len(records) else records[-1].offset + 1
+            consumer.seek(tp, self.held[tp])
+        if not heads:
+            return 0
+        handled = handle(heads)
+        consumer.commit({tp: OffsetAndMetadata(self.held[tp], "", -1) for tp in heads})
+        return handled
+
+    def reset(self) -> None:
+        """The consumer was replaced: nothing is held by the new one."""
+        self.held = {}

@@ -7,7 +7,8 @@ anywhere before the commit replays the records, and the result store makes the r
 A request whose deadline passed while it waited in Kafka is answered ``expired`` here.
 
 A model with ``INFERQ_BACKPRESSURE_MAX_INFLIGHT`` requests in flight pauses the partitions while
-the intake keeps polling (:mod:`workers.backpressure`). Transient failures (Redis or the Celery
+the intake keeps polling, and still answers the expired and invalid records at their head
+(:mod:`workers.backpressure`). Transient failures (Redis or the Celery
 broker unreachable past the clients' own retries, Kafka errors) rewind the poll and retry it with
 backoff; nothing is committed until a poll is fully handed off.
 
@@ -44,7 +45,7 @@ from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, Inv
 from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
-from workers.backpressure import Backpressure
+from workers.backpressure import Backpressure, PartitionHold
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
 from workers.result_store import (
     TRANSIENT_ERRORS,
@@ -106,7 +107,7 @@ class Intake:
             settings.backpressure_max_inflight,
             settings.backpressure_resume_ratio,
         )
-        self._held: dict[TopicPartition, int] = {}  # paused partitions → position when paused
+        self.hold = PartitionHold(self.backpressure)
         self._fed_at = self._stall_checked_at = time.monotonic()  # last records; last stall check
         self._stall_marks: dict[TopicPartition, int] = {}  # positions at the last stall check
 
@@ -175,7 +176,12 @@ class Intake:
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
-        room = self._apply_backpressure()
+        room = self.hold.apply(self.consumer)
+        if self.backpressure.paused:  # what needs no capacity is answered even while paused
+            skimmed = self.hold.skim(self.consumer, self._needs_no_room, self.handle)
+            if skimmed:
+                return skimmed
+        # Paused, this poll reads nothing but keeps the group going (a rebalance completes in poll).
         # Joining the group takes several round trips inside poll: give it time until assigned
         # (kafka-python restarts a join cut short). Once assigned, wait only briefly for the
         # broker's answer, so a fetch sent by this poll is harvested by it, not by the next one.
@@ -230,40 +236,17 @@ class Intake:
         )
         with contextlib.suppress(Exception):
             self.consumer.close(autocommit=False)
-        self.consumer, self._held, self._fed_at, self._stall_marks = self._new_consumer(), {}, now, {}
+        self.consumer, self._fed_at, self._stall_marks = self._new_consumer(), now, {}
+        self.hold.reset()
 
-    def _apply_backpressure(self) -> int:
-        """Pause every assigned partition while a model is at its bound, resume once all drained;
-        returns how many records the next poll may read.
-
-        Positions are noted when pausing and set again on resuming: kafka-python's fetcher can
-        otherwise stop fetching resumed partitions, or skip ahead of records it dropped while paused.
-        """
-        room = self.backpressure.room()
-        assigned = self.consumer.assignment()
-        if self.backpressure.paused and set(self._held) != assigned:
-            fresh = [tp for tp in assigned if tp not in self._held]
-            self._held.update({tp: self.consumer.position(tp) for tp in fresh})
-            self.consumer.pause(*fresh)
-            if len(self._held) == len(fresh):
-                log.warning(
-                    "backpressure: %s at %d requests in flight; partitions paused (backlog stays in Kafka)",
-                    ", ".join(self.backpressure.saturated),
-                    self.backpressure.max_inflight,
-                    extra={"event.dataset": "inferq.intake", "inferq.stage": "paused"},
-                )
-        elif not self.backpressure.paused and self._held:
-            held, self._held = self._held, {}
-            mine = [tp for tp in held if tp in assigned]
-            self.consumer.resume(*mine)
-            for tp in mine:
-                self.consumer.seek(tp, held[tp])
-            log.info(
-                "backpressure: below %d in flight; partitions resumed",
-                self.backpressure.resume_below,
-                extra={"event.dataset": "inferq.intake", "inferq.stage": "resumed"},
-            )
-        return room
+    def _needs_no_room(self, record: ConsumerRecord) -> bool:
+        """An invalid record (it is dead-lettered) or a request already past its deadline (it is
+        answered ``expired``): neither takes a model's capacity."""
+        try:
+            deadline = parse_request(record.value, self.s).deadline_ms()
+        except InvalidRequest:
+            return True
+        return deadline is not None and deadline <= now_ms()
 
     def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
         """Validate and hand off one poll; returns the records handled."""

@@ -77,6 +77,26 @@ class Publisher:
             producer.close()
             self.done.set()
 
+    def resend(self, request_ids: set[str]) -> int:
+        """Publish accepted requests again, same id and payload, until acknowledged (what a producer
+        that wants end-to-end delivery does for requests that never got a result); returns how many."""
+        producer = KafkaProducer(
+            **kafka_options(self.settings), acks="all", linger_ms=5, retries=0, request_timeout_ms=5_000
+        )
+        topic = requests_topic(self.settings)
+        try:
+            window = [
+                (req, producer.send(topic, key=rid.encode(), value=_body(req)))
+                for rid in sorted(request_ids)
+                if (req := self.accepted.get(rid)) is not None
+            ]
+            sent = len(window)
+            self._settle(producer, topic, window)
+        finally:
+            producer.close()
+        self.republished += sent
+        return sent
+
     def _settle(
         self, producer: KafkaProducer, topic: str, window: list[tuple[InferenceRequest, FutureRecordMetadata]]
     ) -> None:

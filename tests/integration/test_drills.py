@@ -1,7 +1,8 @@
 """The fault drills at test size, on a drill stack of their own (``ops.drill``, as ``inferq-ops drill``).
 
 Four faults, 2,000 requests each: kill -9 of the worker mid-batch and of the intake, restarts of
-Redis and of the broker. Every accepted request must end ``done``, none lost, none duplicated.
+Redis and of the broker. Every accepted request must end ``done``, none lost, none duplicated
+(records the local broker drops on a restart are re-sent by the drill's producer, and counted).
 Then a short overload at 3 × the measured capacity with a low backpressure bound: the backlog must
 stay in Kafka, in-flight requests under the bound, and every request end ``done`` or ``expired``.
 """
@@ -43,14 +44,13 @@ def test_a_fault_loses_and_duplicates_nothing(report: dict, name: str) -> None:
     drill = next(d for d in report["drills"] if d["name"] == name)
     assert drill["requests"] == REQUESTS
     assert (drill["lost"], drill["duplicated"]) == (0, 0)
+    assert drill["by_status"] == {"done": REQUESTS}
     # the local broker (noida-db, one node, no replication) drops a few acknowledged records when it
-    # restarts (2-16 of 2,000 here): they are not in its log, never reach the pipeline, and are
-    # counted apart; every other drill must show none, and a few percent at most is the broker's
+    # restarts (2-62 seen here): the drill finds them missing from the log and its producer sends
+    # them again (same id, same payload); no other fault may make the broker lose any
     broker_lost = drill["lost_by_broker"] if name == "broker-restart" else 0
     assert drill["lost_by_broker"] == broker_lost <= REQUESTS // 20
-    assert drill["by_status"] == {"done": REQUESTS - broker_lost} | (
-        {"missing": broker_lost} if broker_lost else {}
-    )
+    assert drill["resent_after_broker_loss"] == broker_lost
     assert drill["back_after_s"] > 0
     if name == "worker-kill":
         assert drill["running_at_fault"] > 0  # killed in the middle of a batch
@@ -63,6 +63,9 @@ def test_overload_keeps_the_backlog_in_kafka_and_ends_every_request(report: dict
     assert set(ov["by_status"]) <= {"done", "expired"} and sum(ov["by_status"].values()) == ov["requests"]
     assert ov["peak_kafka_lag"] > 0  # the backlog waited in Kafka …
     assert ov["peak_in_flight"] <= 2 * BOUND  # … not in Celery or Redis
+    # what expired in the backlog was answered about when it expired (the paused intake skims the
+    # head of the backlog every 0.25 s), not when its turn to be read came; generous for slow CI
+    assert ov["expired_written_after_deadline_ms"]["max"] < 5_000
 
 
 def test_drill_json_holds_the_report(report: dict) -> None:
