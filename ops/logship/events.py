@@ -10,7 +10,7 @@ from __future__ import annotations
 import logging
 from typing import Any
 
-from schemas.messages import InferenceResult, ResultStatus
+from schemas.messages import GenerationOutput, InferenceResult, ResultStatus
 
 log = logging.getLogger("inferq.events")
 
@@ -31,6 +31,7 @@ def request_fields(result: InferenceResult) -> dict[str, Any]:
         "queue": _span(t.queued_ms, t.batch_start_ms),
         "compute": _span(t.batch_start_ms, t.done_ms),
         "total": _span(t.published_ms or t.received_ms, t.done_ms),
+        "first_token": _span(t.published_ms or t.received_ms, t.first_token_ms),
     }
     total = durations["total"]
     fields: dict[str, Any] = {
@@ -51,6 +52,12 @@ def request_fields(result: InferenceResult) -> dict[str, Any]:
         "inferq.inputs": len(result.outputs) if result.outputs else None,
     }
     fields.update({f"inferq.duration_ms.{k}": v for k, v in durations.items()})
+    generated = [o for o in result.outputs or [] if isinstance(o, GenerationOutput)]
+    if generated:
+        fields["inferq.generated_tokens"] = sum(o.tokens for o in generated)
+        reasons = sorted({o.finish_reason.value for o in generated if o.finish_reason})
+        if reasons:  # a keyword field: one value, or the list when the inputs ended differently
+            fields["inferq.finish_reason"] = reasons[0] if len(reasons) == 1 else reasons
     return {k: v for k, v in fields.items() if v is not None}
 
 

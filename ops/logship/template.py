@@ -70,7 +70,12 @@ PROPERTIES: dict[str, Any] = {
         source=_obj(topic=KEYWORD, partition=INT, offset=LONG),
         celery_task=KEYWORD,
         # per request: milliseconds spent in each stage, and in all
-        duration_ms=_obj(kafka=FLOAT, intake=FLOAT, queue=FLOAT, compute=FLOAT, total=FLOAT),
+        duration_ms=_obj(
+            kafka=FLOAT, intake=FLOAT, queue=FLOAT, compute=FLOAT, total=FLOAT, first_token=FLOAT
+        ),
+        # per generate request: tokens generated, and why each input ended
+        generated_tokens=INT,
+        finish_reason=KEYWORD,
         # per batch
         batch=_obj(
             size=INT,

@@ -80,6 +80,26 @@ PANELS: list[tuple[str, str, list[dict[str, str]]]] = [
     ),
     ("Tokens per batch (p50)", "short", [_q(_quantile(0.5, "inferq_batch_tokens", "model"), "{{model}}")]),
     (
+        "Generation: tokens per second, sequences per decode step",
+        "short",
+        [
+            _q("sum by (model) (rate(inferq_generated_tokens_total[1m]))", "tokens/s {{model}}"),
+            _q(
+                "sum by (model) (rate(inferq_decode_batch_sequences_sum[5m]))"
+                " / sum by (model) (rate(inferq_decode_batch_sequences_count[5m]))",
+                "sequences/step {{model}}",
+            ),
+        ],
+    ),
+    (
+        "Generation: time to first token",
+        "s",
+        [
+            _q(_quantile(0.5, "inferq_time_to_first_token_seconds", "model"), "p50 {{model}}"),
+            _q(_quantile(0.95, "inferq_time_to_first_token_seconds", "model"), "p95 {{model}}"),
+        ],
+    ),
+    (
         "Dead letters per second, by reason",
         "reqps",
         [_q("sum by (code) (rate(inferq_dead_letters_total[5m]))", "{{code}}")],
