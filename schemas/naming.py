@@ -13,6 +13,9 @@ Redis layout (``<p>`` is ``INFERQ_KEY_PREFIX``):
   ``stop`` once a client cancelled a running generation (the worker ends it at its next sync).
 - ``<p>:deadlines`` — sorted set: admitted request ids by deadline (epoch ms); a sweeper in every
   worker ends the ones still ``queued`` past it as ``expired``, wherever their message waits.
+- ``<p>:pending`` — sorted set: queued request ids by admission time; while a request is queued its
+  hash also holds ``handoff`` (Celery queue, priority, message item). Workers send again the ones
+  still queued ``INFERQ_REQUEUE_QUEUED_AFTER_S`` after admission (a message lost with a worker).
 - ``<p>:owners`` — hash: Celery delivery tag → worker instance holding that message; the live
   workers put back (from kombu's ``unacked`` hash) the messages of an instance that died.
 - ``<p>:instance:<token>`` — string, one per live worker process; expires unless refreshed.
@@ -60,6 +63,12 @@ def worker_key(settings: Settings, hostname: str) -> str:
 def deadlines_key(settings: Settings) -> str:
     """Sorted set: request id by deadline (epoch ms), for requests admitted with a deadline."""
     return f"{settings.key_prefix}:deadlines"
+
+
+def pending_key(settings: Settings) -> str:
+    """Sorted set: queued request ids by admission time (epoch ms); their hand-off is kept in the
+    result hash until they start, so a Celery message lost with a worker can be sent again."""
+    return f"{settings.key_prefix}:pending"
 
 
 def owners_key(settings: Settings) -> str:

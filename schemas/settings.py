@@ -173,6 +173,12 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op threads for torch on CPU; 0 = cores ÷ worker_processes (at least 1)"
     )
     model_max_length_tokens: int = Field(256, ge=8, description="Inputs are truncated to this many tokens")
+    requeue_queued_after_s: float = Field(
+        120.0,
+        gt=0,
+        description="A request still queued this long after admission is sent to its Celery queue again "
+        "(its message was lost with a worker killed as it took it); keep it above the longest queue wait",
+    )
     max_attempts: int = Field(
         3,
         ge=1,

@@ -272,8 +272,9 @@ class Intake:
         for _, _, t in accepted:
             t["queued_ms"] = queued
         deadlines = {req.request_id: d for _, req, _ in accepted if (d := req.deadline_ms()) is not None}
+        handoffs = {req.request_id: self._handoff(rec, req, t) for rec, req, t in accepted}
         verdicts = self.store.admit(
-            [(request_digest(req), queued_result(req, t)) for _, req, t in accepted], deadlines
+            [(request_digest(req), queued_result(req, t)) for _, req, t in accepted], deadlines, handoffs
         )
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         late: list[InferenceResult] = []
@@ -299,12 +300,8 @@ class Intake:
                         },
                     )
             if verdict in (Admission.NEW, Admission.PENDING):
-                source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
-                if rec.key:
-                    source["key"] = rec.key.decode("utf-8", "replace")
-                item = {"request": req.wire_dict(), "timings": t, "source": source}
-                key = (model_queue(self.s, req.model), CELERY_PRIORITY[req.priority])
-                by_queue.setdefault(key, []).append(item)
+                h = handoffs[req.request_id]
+                by_queue.setdefault((h["queue"], h["priority"]), []).append(h["item"])
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
         self.store.advance(late)
@@ -312,6 +309,18 @@ class Intake:
         for (queue, priority), items in sorted(by_queue.items(), key=lambda kv: kv[0][1]):
             for i in range(0, len(items), n):
                 self.celery.send_task(TASK_INFER, args=[items[i : i + n]], queue=queue, priority=priority)
+
+    def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> dict[str, Any]:
+        """Where a request goes in Celery and the item its message carries (kept by the store
+        while the request is queued, so a lost message can be sent again)."""
+        source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+        if rec.key:
+            source["key"] = rec.key.decode("utf-8", "replace")
+        return {
+            "queue": model_queue(self.s, req.model),
+            "priority": CELERY_PRIORITY[req.priority],
+            "item": {"request": req.wire_dict(), "timings": timings, "source": source},
+        }
 
     def reject(self, rec: ConsumerRecord, error: InferqError, received: float, *, answer: bool) -> None:
         """Dead-letter a record; with ``answer``, also write a ``failed`` result for its id."""

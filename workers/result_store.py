@@ -10,6 +10,7 @@ clients wake at once instead of polling. Key layout is in :mod:`schemas.naming`.
 from __future__ import annotations
 
 import hashlib
+import json
 import logging
 from collections.abc import Callable, Iterable, Sequence
 from enum import Enum
@@ -20,117 +21,15 @@ import redis
 from schemas.connections import redis_client
 from schemas.errors import Cancelled, DeadlineExpired, InferqError
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import deadlines_key, done_channel, inflight_key, result_key
+from schemas.naming import deadlines_key, done_channel, inflight_key, pending_key, result_key
 from schemas.settings import Settings
+from workers import store_scripts as lua
 
 log = logging.getLogger(__name__)
 
 # Redis errors worth waiting out (a restart, a network blip); the client already retried them for
 # ``redis_retry_max_s`` when they reach a caller, who should then retry later, not fail a request.
 TRANSIENT_ERRORS: tuple[type[Exception], ...] = (redis.ConnectionError, redis.TimeoutError)
-
-# Counters: KEYS[2] requests in flight (all models), KEYS[3] in flight for the request's model.
-
-# KEYS[1] result key, KEYS[4] deadlines; ARGV: digest, queued body, ttl_s, deadline ms ('' = none),
-# request id
-_ADMIT = """
-local cur = redis.call('HGET', KEYS[1], 'digest')
-if not cur then
-  local st = redis.call('HGET', KEYS[1], 'status')
-  if st then return 'terminal' end
-  redis.call('HSET', KEYS[1], 'status', 'queued', 'body', ARGV[2], 'digest', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[3])
-  redis.call('INCR', KEYS[2])
-  redis.call('INCR', KEYS[3])
-  if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5]) end
-  return 'new'
-end
-if cur ~= ARGV[1] then return 'conflict' end
-local st = redis.call('HGET', KEYS[1], 'status')
-if st == 'queued' or st == 'running' then return 'pending' end
-return 'terminal'
-"""
-
-# KEYS[1] result key; ARGV: status, body, ttl_s, only_if_absent (0|1), done channel, request id.
-# Returns 0 when refused; when written, the request's attempt count for ``running`` (each start
-# counts one: a start after a worker died mid-batch is a retry), else 1.
-_ADVANCE = """
-local rank = {queued=0, running=1, done=2, failed=2, expired=2, cancelled=2}
-local st = redis.call('HGET', KEYS[1], 'status')
-if st then
-  if ARGV[4] == '1' then return 0 end
-  if rank[st] >= 2 then return 0 end
-  if rank[ARGV[1]] < rank[st] then return 0 end
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'body', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-if rank[ARGV[1]] >= 2 then
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
-  redis.call('ZREM', KEYS[4], ARGV[6])
-  if st then
-    redis.call('DECR', KEYS[2])
-    redis.call('DECR', KEYS[3])
-  end
-end
-if ARGV[1] == 'running' then return redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-return 1
-"""
-
-# KEYS[1] result key; ARGV: cancelled body, done channel, request id.
-# A queued request is cancelled; a running generation is asked to stop ('stopping': the worker ends
-# it at its next sync, keeping the text so far); otherwise the current status (or 'unknown').
-_CANCEL = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then return 'unknown' end
-if st == 'running' then
-  local ok, body = pcall(cjson.decode, redis.call('HGET', KEYS[1], 'body'))
-  if ok and body['task'] == 'generate' then
-    redis.call('HSET', KEYS[1], 'stop', 'cancel')
-    return 'stopping'
-  end
-end
-if st ~= 'queued' then return st end
-redis.call('HSET', KEYS[1], 'status', 'cancelled', 'body', ARGV[1])
-redis.call('PUBLISH', ARGV[2], ARGV[3])
-redis.call('DECR', KEYS[2])
-redis.call('DECR', KEYS[3])
-redis.call('ZREM', KEYS[4], ARGV[3])
-return 'cancelled'
-"""
-
-# KEYS[1] result key; ARGV: body. While the request runs, replace its body (a generation's text so
-# far) and return its stop flag ('' = none); once it is not running, return '!' .. its status.
-_PROGRESS = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if st ~= 'running' then return '!' .. (st or '') end
-redis.call('HSET', KEYS[1], 'body', ARGV[1])
-return redis.call('HGET', KEYS[1], 'stop') or ''
-"""
-
-# KEYS[1] deadlines, KEYS[2] in flight (all); ARGV: now ms, result key prefix, in-flight key prefix,
-# done channel, error JSON, most to end. Ends every request past its deadline that is still
-# queued (its message may wait anywhere: Celery, a worker's prefetch); returns their new bodies.
-_EXPIRE_DUE = """
-local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[6]))
-local out = {}
-for _, id in ipairs(due) do
-  redis.call('ZREM', KEYS[1], id)
-  local key = ARGV[2] .. id
-  if redis.call('HGET', key, 'status') == 'queued' then
-    local body = cjson.decode(redis.call('HGET', key, 'body'))
-    body['status'] = 'expired'
-    body['error'] = cjson.decode(ARGV[5])
-    body['timings']['done_ms'] = tonumber(ARGV[1])
-    local text = cjson.encode(body)
-    redis.call('HSET', key, 'status', 'expired', 'body', text)
-    redis.call('PUBLISH', ARGV[4], id)
-    redis.call('DECR', KEYS[2])
-    redis.call('DECR', ARGV[3] .. (body['model'] or ''))
-    table.insert(out, text)
-  end
-end
-return out
-"""
 
 
 class Admission(str, Enum):
@@ -185,11 +84,12 @@ class ResultStore:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.client = client
         self._s = settings
-        self._admit = client.register_script(_ADMIT)
-        self._advance = client.register_script(_ADVANCE)
-        self._cancel = client.register_script(_CANCEL)
-        self._progress = client.register_script(_PROGRESS)
-        self._expire_due = client.register_script(_EXPIRE_DUE)
+        self._admit = client.register_script(lua.ADMIT)
+        self._advance = client.register_script(lua.ADVANCE)
+        self._cancel = client.register_script(lua.CANCEL)
+        self._progress = client.register_script(lua.PROGRESS)
+        self._expire_due = client.register_script(lua.EXPIRE_DUE)
+        self._claim_stale = client.register_script(lua.CLAIM_STALE)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)
         # called with each result this process made terminal (logs, metrics); never raise into writes
@@ -203,15 +103,22 @@ class ResultStore:
         return cls(redis_client(settings), settings)
 
     def admit(
-        self, items: Sequence[tuple[str, InferenceResult]], deadlines: dict[str, float] | None = None
+        self,
+        items: Sequence[tuple[str, InferenceResult]],
+        deadlines: dict[str, float] | None = None,
+        handoffs: dict[str, dict[str, Any]] | None = None,
     ) -> list[Admission]:
         """Record each (digest, queued result) unless the id is known; say what each one is.
 
-        ``deadlines`` (request id → epoch ms) enrols requests in the deadline sweep.
+        ``deadlines`` (request id → epoch ms) enrols requests in the deadline sweep; ``handoffs``
+        (request id → its Celery queue, priority and message item) are kept while the request is
+        queued, so :meth:`claim_stale` can send a lost one again.
         """
         pipe = self.client.pipeline(transaction=False)
+        now = repr(now_ms())
         for digest, queued in items:
             deadline = deadlines.get(queued.request_id) if deadlines else None
+            handoff = handoffs.get(queued.request_id) if handoffs else None
             self._admit(
                 keys=self._keys(queued.request_id, queued.model),
                 args=[
@@ -220,6 +127,8 @@ class ResultStore:
                     self._s.result_ttl_s,
                     "" if deadline is None else repr(deadline),
                     queued.request_id,
+                    "" if handoff is None else json.dumps(handoff),
+                    now,
                 ],
                 client=pipe,
             )
@@ -265,13 +174,14 @@ class ResultStore:
             self.inflight_key,
             inflight_key(self._s, model or ""),
             deadlines_key(self._s),
+            pending_key(self._s),
         ]
 
     def expire_due(self, now: float | None = None, limit: int = 1_000) -> list[InferenceResult]:
         """End as ``expired`` every queued request whose deadline passed; returns their results."""
         error = DeadlineExpired("deadline passed before the request reached the model").info()
         bodies = self._expire_due(
-            keys=[deadlines_key(self._s), self.inflight_key],
+            keys=[deadlines_key(self._s), self.inflight_key, pending_key(self._s)],
             args=[
                 repr(now_ms() if now is None else now),
                 result_key(self._s, ""),
@@ -340,6 +250,17 @@ class ResultStore:
         for r in results:
             self._progress(keys=[result_key(self._s, r.request_id)], args=[r.model_dump_json()], client=pipe)
         return ["gone" if (v := as_text(flag)).startswith("!") else v for flag in pipe.execute()]
+
+    def claim_stale(self, older_than_s: float, limit: int = 500) -> list[dict[str, Any]]:
+        """Hand-offs of requests still queued ``older_than_s`` after admission, claimed (each is
+        returned to one caller per period): send them to Celery again. A duplicate message is
+        harmless; a lost one (a worker killed as it took it from Redis) is recovered."""
+        now = now_ms()
+        found = self._claim_stale(
+            keys=[pending_key(self._s)],
+            args=[repr(now - older_than_s * 1000.0), repr(now), result_key(self._s, ""), limit],
+        )
+        return [json.loads(h) for h in found]
 
     def forget(self, request_id: str) -> None:
         """Delete a request's record (only for one that never reached Kafka)."""

@@ -33,6 +33,7 @@ from kafka import KafkaProducer
 from pydantic import ValidationError
 
 from ops.logship.ecs import configure_logging, stop_logging
+from ops.metrics.instruments import REDELIVERED
 from ops.observe import observe_store, on_batch, on_step
 from schemas.connections import kafka_options
 from schemas.errors import ErrorCode, InferqError, InvalidRequest
@@ -295,6 +296,29 @@ def reap_dead_owners() -> int:
     return len(dead) + len(orphans)
 
 
+def requeue_stale() -> int:
+    """Send again the requests still queued ``requeue_queued_after_s`` after admission.
+
+    kombu's Redis transport takes a message off its queue and records it as unacked in two steps;
+    a worker killed between them loses the message, and its requests would wait forever. The store
+    keeps each queued request's hand-off until it starts; every worker claims the stale ones (each
+    one by one worker per period) and sends them again. A duplicate is harmless: results only move
+    forward and are written once.
+    """
+    s = get_settings()
+    handoffs = result_store().claim_stale(s.requeue_queued_after_s)
+    for h in handoffs:
+        app.send_task(TASK_INFER, args=[[h["item"]]], queue=h["queue"], priority=h["priority"])
+    if handoffs:
+        REDELIVERED.labels("requeued").inc(len(handoffs))
+        log.warning(
+            "sent %d requests again: still queued %.0f s after admission",
+            len(handoffs),
+            s.requeue_queued_after_s,
+        )
+    return len(handoffs)
+
+
 def _heartbeat(hostname: str, models: list[str]) -> None:
     """Advertise this worker and its models in Redis while it lives (ops and the exporter read it),
     and put back the messages of workers that died."""
@@ -306,6 +330,7 @@ def _heartbeat(hostname: str, models: list[str]) -> None:
             store.client.set(key, ",".join(models), ex=int(HEARTBEAT_S * 3))
             store.client.set(instance_key(s, INSTANCE), hostname, ex=int(HEARTBEAT_S * 3))
             reap_dead_owners()
+            requeue_stale()
         except Exception:
             log.warning("heartbeat to Redis failed; retrying", exc_info=True)
         if _heartbeat_stop.wait(HEARTBEAT_S):

@@ -46,8 +46,12 @@ class DrillPlan:
 
 def drill_settings(settings: Settings, state_dir: Path) -> Settings:
     """The drill stack's settings: free ports, its own folder, logs not shipped (the ES-API server
-    shares the broker's process here and would take the model's cores)."""
-    return on_free_ports(settings, state_dir).model_copy(update={"log_ship": False})
+    shares the broker's process here and would take the model's cores), and stale queued requests
+    sent again after 45 s (above the drill's longest queue wait, ~18 s at the default bound; the
+    production default of 120 s would outlast the drill's wait for progress)."""
+    return on_free_ports(settings, state_dir).model_copy(
+        update={"log_ship": False, "requeue_queued_after_s": min(settings.requeue_queued_after_s, 45.0)}
+    )
 
 
 def run_drills(
@@ -125,7 +129,7 @@ def one_drill(
         progress(len(pub.accepted))
         return list(pub.accepted)
 
-    final = ledger.wait_terminal(accepted, pub.done, plan.timeout_s, stalled_s=20.0)
+    final = ledger.wait_terminal(accepted, pub.done, plan.timeout_s)
     # An acknowledged request missing from the log was dropped by the broker (the local one loses a
     # few acknowledged records when it restarts): it never reached the pipeline. The producer
     # sends those again, same id and payload, as one that wants end-to-end delivery does.
