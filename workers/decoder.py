@@ -43,7 +43,7 @@ from schemas.messages import (
     Timings,
     now_ms,
 )
-from workers.engine import PRIORITY_RANK, Job, start_jobs
+from workers.engine import PRIORITY_RANK, Job, JobHook, start_jobs
 from workers.result_store import TRANSIENT_ERRORS, ResultStore
 from workers.runners.causal import CausalLM, KVBatch
 from workers.sampling import Sampler, StopText, pick_tokens
@@ -111,7 +111,6 @@ class StepStats:
 
 
 StepHook = Callable[[StepStats], None]
-JobHook = Callable[[Job], None]
 ChunkHook = Callable[[Chunk], None]
 
 

@@ -97,7 +97,7 @@ class BatchStats:
 
 
 BatchHook = Callable[[BatchStats], None]
-PoisonHook = Callable[[Job], None]
+JobHook = Callable[[Job], None]  # a request the worker refused (poison, or invalid for the model)
 
 
 class Engine:
@@ -120,7 +120,7 @@ class Engine:
         self.hooks: list[BatchHook] = []
         # called with each job failed as poison (started more than max_attempts times): the
         # worker dead-letters it
-        self.poison_hooks: list[PoisonHook] = []
+        self.poison_hooks: list[JobHook] = []
         self._thread = threading.Thread(target=self._loop, name=f"engine-{runner.name}", daemon=True)
         self._thread.start()
 
