@@ -1,8 +1,10 @@
 """Generation: continuous versus static batching, through the whole pipeline, in one run.
 
 For each mode a stack of its own (broker, Redis, worker serving tiny-lm, intake) takes the same
-closed-loop load: ``concurrency`` clients, each publishing a ``generate`` request to Kafka and the
-next one as soon as its result is terminal, until ``requests`` have finished. Each request asks
+closed-loop loads: ``concurrency`` clients, each publishing a ``generate`` request to Kafka and the
+next one as soon as its result is terminal, until ``requests`` have finished — once with as many
+clients as the running batch holds (at capacity: continuous batching never makes anyone wait),
+once with twice as many (oversubscribed: requests queue in both modes). Each request asks
 for a different number of tokens (drawn once, with a fixed seed, between ``min_new_tokens`` and
 ``max_new_tokens``), so short and long generations share the batch: static batching holds every
 member until the longest is done; continuous batching lets members leave and newcomers join
@@ -39,8 +41,8 @@ MODES = ("continuous", "static")
 
 @dataclass(frozen=True)
 class GeneratePlan:
-    requests: int = 128
-    concurrency: int = 32  # twice the running batch: requests queue, as under load
+    requests: int = 96
+    concurrency: tuple[int, ...] = (16, 32)  # the running batch's size, then twice it
     min_new_tokens: int = 8
     max_new_tokens: int = 160
     max_running: int = 16
@@ -48,7 +50,7 @@ class GeneratePlan:
 
     @classmethod
     def quick(cls) -> GeneratePlan:
-        return cls(requests=48, concurrency=16, max_new_tokens=96, max_running=8)
+        return cls(requests=32, concurrency=(8,), max_new_tokens=96, max_running=8)
 
     def budgets(self) -> list[int]:
         rng = random.Random(self.seed)
@@ -72,7 +74,9 @@ class ModeResult:
         return asdict(self)
 
 
-def closed_loop(settings: Settings, plan: GeneratePlan, prompts: Sequence[str]) -> list[InferenceResult]:
+def closed_loop(
+    settings: Settings, plan: GeneratePlan, concurrency: int, prompts: Sequence[str]
+) -> list[InferenceResult]:
     """Run the plan's requests, ``concurrency`` at a time; returns every terminal result."""
     store = ResultStore.from_settings(settings)
     producer = KafkaProducer(**kafka_options(settings), acks="all", linger_ms=0)
@@ -92,7 +96,7 @@ def closed_loop(settings: Settings, plan: GeneratePlan, prompts: Sequence[str]) 
 
     with DoneWatcher(store) as watcher:
         nxt = 0
-        while nxt < min(plan.concurrency, plan.requests):
+        while nxt < min(concurrency, plan.requests):
             send(nxt)
             nxt += 1
         give_up = time.monotonic() + 600
@@ -147,7 +151,7 @@ def bench_generate(settings: Settings, plan: GeneratePlan, step: Callable[[str],
     prompts = [t[:160] for t in bench_texts(256, seed=plan.seed)]
     modes: dict[str, dict[str, Any]] = {}
     for mode in MODES:
-        step(f"generate: {mode} batching, {plan.requests} requests, {plan.concurrency} in flight")
+        step(f"generate: {mode} batching, {plan.requests} requests at {plan.concurrency} in flight")
         gs = on_free_ports(settings, (settings.state_dir / f"bench-generate-{mode}").resolve()).model_copy(
             update={
                 "worker_models": MODEL,
@@ -159,52 +163,57 @@ def bench_generate(settings: Settings, plan: GeneratePlan, step: Callable[[str],
         stack = Stack(gs)
         try:
             stack.up(only=["broker", "redis", "worker", "intake"])
-            warm = GeneratePlan(requests=4, concurrency=4, max_new_tokens=16, seed=plan.seed + 1)
-            closed_loop(gs, warm, prompts)
-            modes[mode] = summarise(mode, closed_loop(gs, plan, prompts)).as_dict()
+            warm = GeneratePlan(requests=4, max_new_tokens=16, seed=plan.seed + 1)
+            closed_loop(gs, warm, 4, prompts)
+            modes[mode] = {
+                str(c): summarise(mode, closed_loop(gs, plan, c, prompts)).as_dict() for c in plan.concurrency
+            }
         finally:
             stack.down()
-    cont, static = modes["continuous"], modes["static"]
-    return {
-        "model": MODEL,
-        "plan": asdict(plan),
-        "modes": modes,
-        "tokens_per_s_ratio": cont["tokens_per_s"] / static["tokens_per_s"]
-        if static["tokens_per_s"]
-        else None,
-        "ttft_p50_ratio": static["ttft_p50_ms"] / cont["ttft_p50_ms"] if cont["ttft_p50_ms"] else None,
-    }
+    ratios = {}
+    for c in map(str, plan.concurrency):
+        cont, static = modes["continuous"][c], modes["static"][c]
+        ratios[c] = {
+            "tokens_per_s": cont["tokens_per_s"] / static["tokens_per_s"] if static["tokens_per_s"] else None,
+            "ttft_p50": static["ttft_p50_ms"] / cont["ttft_p50_ms"] if cont["ttft_p50_ms"] else None,
+        }
+    return {"model": MODEL, "plan": asdict(plan), "modes": modes, "continuous_over_static": ratios}
 
 
 def print_generate(console: Console, data: dict[str, Any]) -> None:
     p = data["plan"]
     t = Table(
-        title=f"generate ({data['model']}): {p['requests']} requests, {p['concurrency']} in flight, "
-        f"{p['min_new_tokens']}–{p['max_new_tokens']} new tokens each"
+        title=f"generate ({data['model']}): {p['requests']} requests per load, running batch of "
+        f"{p['max_running']}, {p['min_new_tokens']}–{p['max_new_tokens']} new tokens each"
     )
-    for col in (
+    cols = (
         "batching",
+        "in flight",
         "tokens/s",
-        "TTFT p50 (ms)",
-        "TTFT p99 (ms)",
-        "latency p50 (ms)",
-        "p99 (ms)",
+        "TTFT p50 ms",
+        "TTFT p99 ms",
+        "latency p50 ms",
+        "p99 ms",
         "failed",
-    ):
+    )
+    for col in cols:
         t.add_column(col, justify="left" if col == "batching" else "right")
-    for mode, m in data["modes"].items():
-        t.add_row(
-            mode,
-            f"{m['tokens_per_s']:.0f}",
-            f"{m['ttft_p50_ms']:.0f}",
-            f"{m['ttft_p99_ms']:.0f}",
-            f"{m['latency_p50_ms']:.0f}",
-            f"{m['latency_p99_ms']:.0f}",
-            str(m["failed"]),
-        )
+    for mode, levels in data["modes"].items():
+        for c, m in levels.items():
+            t.add_row(
+                mode,
+                c,
+                f"{m['tokens_per_s']:.0f}",
+                f"{m['ttft_p50_ms']:.0f}",
+                f"{m['ttft_p99_ms']:.0f}",
+                f"{m['latency_p50_ms']:.0f}",
+                f"{m['latency_p99_ms']:.0f}",
+                str(m["failed"]),
+            )
     console.print(t)
-    if data.get("tokens_per_s_ratio"):
-        console.print(
-            f"continuous ÷ static: tokens/s × {data['tokens_per_s_ratio']:.2f}, "
-            f"TTFT p50 ÷ {data['ttft_p50_ratio']:.1f}"
-        )
+    for c, r in data.get("continuous_over_static", {}).items():
+        if r["tokens_per_s"] and r["ttft_p50"]:
+            console.print(
+                f"{c} in flight, continuous ÷ static: tokens/s × {r['tokens_per_s']:.2f}, "
+                f"TTFT p50 ÷ {r['ttft_p50']:.1f}"
+            )

@@ -90,9 +90,8 @@ def test_generate_figures_come_from_the_results_timings():
     data = {
         "model": "tiny-lm",
         "plan": GeneratePlan().__dict__,
-        "modes": {"continuous": m.as_dict(), "static": m.as_dict()},
-        "tokens_per_s_ratio": 1.0,
-        "ttft_p50_ratio": 1.0,
+        "modes": {"continuous": {"16": m.as_dict()}, "static": {"16": m.as_dict()}},
+        "continuous_over_static": {"16": {"tokens_per_s": 1.0, "ttft_p50": 1.0}},
     }
     console = Console(record=True, width=200)
     print_generate(console, data)
