@@ -17,7 +17,6 @@ failed as poison and dead-lettered with its attempt count.
 from __future__ import annotations
 
 import functools
-import json
 import logging
 import secrets
 import socket
@@ -56,7 +55,7 @@ from workers.engine import Engine, Job
 from workers.result_store import ResultStore, as_text, request_result
 from workers.runners import load_runner
 from workers.runners.causal import CausalLM
-from workers.validation import salvage_request_id
+from workers.validation import readable_request_id
 from workers.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
 
 log = logging.getLogger(__name__)
@@ -155,7 +154,7 @@ def _unreadable(item: dict[str, Any], error: ValidationError) -> int:
     worker, mid-upgrade); returns 1 when a result could be written (its id was readable)."""
     found = item.get("request")
     raw: dict[str, Any] = found if isinstance(found, dict) else {}
-    rid = salvage_request_id(json.dumps(raw).encode())
+    rid = readable_request_id(raw)
     log.error("cannot read request %s from its Celery message: %s", rid, error)
     if rid is None:
         return 0

@@ -101,5 +101,10 @@ def salvage_request_id(raw: bytes | None) -> str | None:
         data = json.loads(raw or b"")
     except (ValueError, UnicodeDecodeError):
         return None
+    return readable_request_id(data)
+
+
+def readable_request_id(data: object) -> str | None:
+    """``data["request_id"]`` when ``data`` is an object holding a well-formed request id."""
     rid = data.get("request_id") if isinstance(data, dict) else None
     return rid if isinstance(rid, str) and _ID.match(rid) else None
