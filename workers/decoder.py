@@ -154,12 +154,10 @@ class Decoder:
         sources: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[Job]:
         """Tokenise (on the caller's thread) and queue; returns one job per request."""
-        jobs = []
-        for (request, timings), source in zip(items, sources or [None] * len(items), strict=True):
-            texts = request.texts()
-            job = Job(request, dict(timings), [None] * len(texts), len(texts), source=source)
-            jobs.append(job)
-            seqs, error = self._sequences(job, self.runner.tokenize(texts))
+        jobs = Job.new(items, sources)
+        for job in jobs:
+            request = job.request
+            seqs, error = self._sequences(job, self.runner.tokenize(request.texts()))
             if error is not None:
                 self._reject(job, error)
                 continue

@@ -60,6 +60,18 @@ class Job:
     unwritten: bool = False  # its result could not be written (Redis gone past the retries)
     source: dict[str, Any] | None = None  # where the request came from (Kafka coordinates)
 
+    @classmethod
+    def new(
+        cls,
+        items: Sequence[tuple[InferenceRequest, dict[str, Any]]],
+        sources: Sequence[dict[str, Any] | None] | None = None,
+    ) -> list[Job]:
+        """One job per (request, timings so far), with where each came from (Kafka coordinates)."""
+        return [
+            cls(r, dict(t), [None] * len(r.texts()), len(r.texts()), source=src)
+            for (r, t), src in zip(items, sources or [None] * len(items), strict=True)
+        ]
+
     def finish(self, status: ResultStatus, error: InferqError | None = None) -> None:
         self.status, self.error = status, error
         self.timings["done_ms"] = now_ms()
@@ -130,10 +142,7 @@ class Engine:
         sources: Sequence[dict[str, Any] | None] | None = None,
     ) -> list[Job]:
         """Tokenise (on the caller's thread) and enqueue; returns one job per request."""
-        jobs = [
-            Job(r, dict(t), [None] * len(r.texts()), len(r.texts()), source=src)
-            for (r, t), src in zip(items, sources or [None] * len(items), strict=True)
-        ]
+        jobs = Job.new(items, sources)
         all_ids = iter(self.runner.tokenize([text for job in jobs for text in job.request.texts()]))
         for job in jobs:
             rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
