@@ -48,4 +48,4 @@ def on_batch(stats: BatchStats) -> None:
 def on_step(stats: StepStats) -> None:
     """The decoder's step hook: generated tokens and sequences per step (no log record: a step is
     a few ms; each request's record carries its totals)."""
-    record_step(stats.model, stats.running, stats.tokens)
+    record_step(stats.model, stats.running)

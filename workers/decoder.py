@@ -104,9 +104,8 @@ class StepStats:
     """What one decode step did; handed to hooks (metrics)."""
 
     model: str
-    running: int
+    running: int  # rows in the step: each produced one token
     joined: int
-    tokens: int
     step_ms: float
 
 
@@ -284,7 +283,7 @@ class Decoder:
         started, rows = self._clock(), len(self._running)
         logits, self._kv = self.runner.decode(self._kv, [s.tokens[-1] for s in self._running])
         self._accept(self._running, pick_tokens(logits, [s.sampler for s in self._running]))
-        stats = StepStats(self.runner.name, rows, joined, rows, (self._clock() - started) * 1e3)
+        stats = StepStats(self.runner.name, rows, joined, (self._clock() - started) * 1e3)
         for hook in self.step_hooks:
             hook(stats)
 
@@ -418,7 +417,7 @@ class Decoder:
             self._write(jobs)
 
     def _result(self, job: Job) -> InferenceResult:
-        r, seqs = job.request, sorted(self._seqs.get(id(job), []), key=lambda s: s.index)
+        r, seqs = job.request, self._seqs.get(id(job), [])  # built in input order
         outputs = [GenerationOutput(text=s.text, tokens=len(s.tokens), finish_reason=s.finish) for s in seqs]
         return InferenceResult(
             request_id=r.request_id,

@@ -75,6 +75,7 @@ def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Conso
 
         if plan.embed:
             data.update(_bench_embed(settings, plan, texts, threads, step, progress, task))
+            data["machine"]["device"] = data["raw"]["device"]
         if plan.generate:
             data["generate"] = bench_generate(settings, plan.generate, step)
     write_json(out_dir / "bench.json", data)
@@ -111,14 +112,9 @@ def _bench_embed(
     peers = {name: _bench_peer(name, plan, texts, peer_root, threads, step) for name in plan.peers}
     data: dict[str, Any] = {
         "model": MODEL,
-        "machine": {
-            "cpus": os.cpu_count(),
-            "torch_threads": threads,
-            "device": raw.device,
-            "platform": platform.platform(),
-        },
         "corpus": {"texts": len(texts), "mean_chars": sum(map(len, texts)) / len(texts)},
         "raw": {
+            "device": raw.device,
             "seq_per_s_by_layout_and_batch": raw.layouts,
             "best_layout": raw.best()[0],
             "best_batch_size": raw.best()[1],

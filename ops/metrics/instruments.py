@@ -91,6 +91,7 @@ def record_batch(model: str, size: int, tokens: int, padding_waste: float, compu
     COMPUTE.labels(model).observe(compute_ms / 1000.0)
 
 
-def record_step(model: str, running: int, tokens: int) -> None:
-    GENERATED_TOKENS.labels(model).inc(tokens)
+def record_step(model: str, running: int) -> None:
+    """One decode step over ``running`` rows: one token each."""
+    GENERATED_TOKENS.labels(model).inc(running)
     DECODE_RUNNING.labels(model).observe(running)
