@@ -173,6 +173,11 @@ class Settings(BaseSettings):
         0, ge=0, description="Intra-op threads for torch on CPU; 0 = cores ÷ worker_processes (at least 1)"
     )
     model_max_length_tokens: int = Field(256, ge=8, description="Inputs are truncated to this many tokens")
+    encoder_graph: Literal["torchscript", "eager"] = Field(
+        "torchscript",
+        description="torchscript: encoders run as a graph traced at load (checked against eager mode; "
+        "no Python, no GIL between ops); eager: plain transformers modules",
+    )
     requeue_queued_after_s: float = Field(
         120.0,
         gt=0,

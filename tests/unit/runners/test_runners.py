@@ -70,6 +70,35 @@ def test_a_folder_without_config_is_a_clear_error(tmp_path):
         HFEncoder("nothing", tmp_path, torch.device("cpu"), 8)
 
 
+def test_the_traced_graph_matches_eager_mode_on_shapes_it_was_not_traced_with(tiny, tiny_folder):
+    eager = HFEncoder("tiny", tiny_folder, torch.device("cpu"), max_length_tokens=8, graph=False)
+    assert tiny.graph and not eager.graph
+    texts = ["hello", "how are you", "talk to a human", "weather weather", "you", "hello world how are"]
+    for batch in ([tiny.tokenize(texts[:1])[0]], tiny.tokenize(texts[:3]), tiny.tokenize(texts)):
+        np.testing.assert_allclose(tiny.forward(batch), eager.forward(batch), atol=1e-5)
+
+
+def test_an_encoder_the_tracer_cannot_follow_runs_eagerly(tiny_folder, monkeypatch):
+    def refuse(*args, **kwargs):
+        raise RuntimeError("cannot trace this")
+
+    monkeypatch.setattr(torch.jit, "trace", refuse)
+    enc = HFEncoder("tiny", tiny_folder, torch.device("cpu"), max_length_tokens=8)
+    assert not enc.graph
+    assert enc.forward(enc.tokenize(["hello world"])).shape == (1, 16)
+
+
+def test_a_trace_that_does_not_match_eager_mode_is_not_used(tiny_folder, monkeypatch):
+    class Wrong(torch.nn.Module):
+        def forward(self, ids, mask):
+            return torch.zeros((ids.shape[0], 16))
+
+    monkeypatch.setattr(torch.jit, "trace", lambda *args, **kwargs: Wrong())
+    enc = HFEncoder("tiny", tiny_folder, torch.device("cpu"), max_length_tokens=8)
+    assert not enc.graph
+    np.testing.assert_allclose(np.linalg.norm(enc.forward(enc.tokenize(["hello"])), axis=1), 1.0, atol=1e-5)
+
+
 def test_head_classifier_returns_top_k_best_first(tiny):
     rng = np.random.default_rng(0)
     x = rng.normal(size=(60, 16))
@@ -103,6 +132,7 @@ def test_shipped_models_load_and_answer(monkeypatch):
     s = Settings(torch_threads=1)
     embed, classify = load_runner("all-MiniLM-L6-v2", s), load_runner("minilm-intent", s)
     assert embed.version.startswith("all-MiniLM-L6-v2@")
+    assert classify.encoder is embed and embed.graph  # one traced encoder serves both
     texts = ["I want to talk to a human right now", "what's the weather in Paris tomorrow"]
     ids = classify.tokenize(texts)
     emb = embed.forward(ids)
