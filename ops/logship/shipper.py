@@ -111,10 +111,11 @@ class Shipper:
             return []
         mine = f"{os.getpid()}-"
         files = [p for p in self.spool_dir.glob("*.ndjson") if p.name.startswith(mine) or not _owner_alive(p)]
-        return sorted(files, key=lambda p: p.stat().st_mtime if p.exists() else 0.0)
+        stats = {p: st for p in files if (st := _stat(p)) is not None}
+        return sorted(stats, key=lambda p: stats[p].st_mtime)
 
     def spool_bytes(self) -> int:
-        return sum(p.stat().st_size for p in self.spool_files() if p.exists())
+        return sum(st.st_size for p in self.spool_files() if (st := _stat(p)) is not None)
 
     def _dropped(self, n: int) -> None:
         self.counters.dropped += n
@@ -212,6 +213,15 @@ class Shipper:
                 raise
             sending.unlink()
             self.counters.replayed += len(docs)
+
+
+def _stat(path: Path) -> os.stat_result | None:
+    """A spool file's stat, or None once the shipper thread has taken it for replay (renamed:
+    a check-then-stat would race with that rename)."""
+    try:
+        return path.stat()
+    except FileNotFoundError:
+        return None
 
 
 def _owner_alive(path: Path) -> bool:
