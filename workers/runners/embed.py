@@ -118,7 +118,7 @@ class HFEncoder:
     @torch.inference_mode()
     def embed(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
         """Unit-norm mean-pooled embeddings, shape (len(batch), dim), float32."""
-        out: np.ndarray = self._pooled(*self.collate(batch)).float().cpu().numpy()
+        out: np.ndarray = self._pooled(*self.collate(batch)).cpu().numpy()
         return out
 
     def forward(self, batch: Sequence[Sequence[int]]) -> np.ndarray:
