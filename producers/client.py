@@ -32,6 +32,7 @@ from schemas.messages import (
 )
 from schemas.naming import requests_topic
 from schemas.settings import Settings, get_settings
+from workers.doorbell import Doorbell
 from workers.result_store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
 
 SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
@@ -45,6 +46,7 @@ class InferqClient:
         self._linger_ms = linger_ms
         self._producer: KafkaProducer | None = None
         self._store: ResultStore | None = None
+        self._doorbell: Doorbell | None = None
 
     # -- publishing ---------------------------------------------------------------------------
     @property
@@ -98,10 +100,19 @@ class InferqClient:
         return self.publish_raw(request.request_id, request.wire_json().encode())
 
     def publish_raw(self, key: str | None, value: bytes) -> FutureRecordMetadata:
-        """Publish bytes as they are (for tools and tests that send what they like)."""
-        return self.producer.send(
+        """Publish bytes as they are (for tools and tests that send what they like).
+
+        Once the broker has the record, the intake's doorbell is rung (``intake_doorbell``), so an
+        idle intake picks it up at once instead of at its next poll.
+        """
+        future = self.producer.send(
             requests_topic(self.settings), key=key.encode() if key else None, value=value
         )
+        if self.settings.intake_doorbell:
+            if self._doorbell is None:
+                self._doorbell = Doorbell(self.settings)
+            future.add_callback(self._doorbell.ring)
+        return future
 
     def admit(self, request: InferenceRequest) -> Admission:
         """Record ``request`` as ``queued`` before publishing, so its result is readable at once.
@@ -186,6 +197,9 @@ class InferqClient:
         if self._producer is not None:
             self._producer.close()
             self._producer = None
+        if self._doorbell is not None:
+            self._doorbell.close()
+            self._doorbell = None
 
     def __enter__(self) -> InferqClient:
         return self

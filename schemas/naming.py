@@ -71,6 +71,12 @@ def pending_key(settings: Settings) -> str:
     return f"{settings.key_prefix}:pending"
 
 
+def doorbell_key(settings: Settings) -> str:
+    """List of at most one element: rung by producers once the broker has their record, popped by
+    an idle intake (see :mod:`workers.doorbell`)."""
+    return f"{settings.key_prefix}:intake:doorbell"
+
+
 def owners_key(settings: Settings) -> str:
     """Hash: Celery delivery tag → instance token of the worker process running that message."""
     return f"{settings.key_prefix}:owners"

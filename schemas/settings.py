@@ -50,6 +50,11 @@ class Settings(BaseSettings):
     kafka_idle_poll_max_ms: float = Field(
         5.0, gt=0, description="After empty polls the intake pauses, doubling from 1 ms up to this"
     )
+    intake_doorbell: bool = Field(
+        True,
+        description="Idle intakes wait on a Redis doorbell rung by InferqClient once the broker has a "
+        "record, so they poll only every kafka_quiet_poll_ms (other producers' records wait up to that)",
+    )
     kafka_quiet_after_ms: float = Field(1_000.0, ge=0, description="No records for this long = quiet")
     kafka_quiet_poll_ms: float = Field(50.0, gt=0, description="Pause between polls while quiet")
     kafka_max_message_bytes: int = Field(

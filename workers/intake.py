@@ -47,6 +47,7 @@ from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
 from workers.backpressure import Backpressure, PartitionHold
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
+from workers.doorbell import Doorbell
 from workers.result_store import (
     TRANSIENT_ERRORS,
     Admission,
@@ -108,6 +109,7 @@ class Intake:
             settings.backpressure_resume_ratio,
         )
         self.hold = PartitionHold(self.backpressure)
+        self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
         self._fed_at = self._stall_checked_at = time.monotonic()  # last records; last stall check
         self._stall_marks: dict[TopicPartition, int] = {}  # positions at the last stall check
 
@@ -125,7 +127,10 @@ class Intake:
         kafka-python would spin a core on them, stealing it from the model. The pause doubles from
         1 ms up to ``kafka_idle_poll_max_ms`` (the most a request arriving in steady traffic
         waits), and after ``kafka_quiet_after_ms`` without records stretches to
-        ``kafka_quiet_poll_ms`` (the most the first request after a quiet spell waits).
+        ``kafka_quiet_poll_ms`` (the most the first request after a quiet spell waits). With the
+        doorbell on (``intake_doorbell``) the pause waits on it instead of sleeping and stretches
+        to ``kafka_quiet_poll_ms`` at once: clients that ring are picked up as soon as they have
+        rung, and the rare polls leave the model's cores alone (:mod:`workers.doorbell`).
         """
         s = self.s
         pause_s, quiet_since, retry_s = 0.0, time.monotonic(), RETRY_FIRST_S
@@ -147,14 +152,19 @@ class Intake:
                     continue
                 self._check_stall()
                 quiet = (time.monotonic() - quiet_since) * 1000.0 >= s.kafka_quiet_after_ms
-                cap_ms = s.kafka_quiet_poll_ms if quiet else s.kafka_idle_poll_max_ms
+                cap_ms = s.kafka_quiet_poll_ms if quiet or self.doorbell else s.kafka_idle_poll_max_ms
                 pause_s = min(cap_ms / 1000.0, max(0.001, pause_s * 2))
-                stop.wait(pause_s)
+                if self.doorbell is None:
+                    stop.wait(pause_s)
+                elif self.doorbell.wait(pause_s, stop):
+                    pause_s = 0.0  # rung: poll now, and poll briskly again if that poll is empty
         finally:
             self.producer.flush()
             self.consumer.close(autocommit=False)
             self.producer.close()
             self._leave_group()
+            if self.doorbell is not None:
+                self.doorbell.close()
 
     def _leave_group(self) -> None:
         """A static member does not leave its group on close (so a restart keeps its partitions);

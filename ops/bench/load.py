@@ -16,11 +16,9 @@ from dataclasses import asdict, dataclass
 
 import httpx
 import numpy as np
-from kafka import KafkaProducer
 
-from schemas.connections import kafka_options
+from producers.client import InferqClient
 from schemas.messages import InferenceRequest
-from schemas.naming import requests_topic
 from schemas.settings import Settings
 from workers.result_store import DoneWatcher, ResultStore
 
@@ -63,12 +61,13 @@ class InferqLoad:
     def __init__(self, settings: Settings, model: str) -> None:
         self.s, self.model = settings, model
         self.store = ResultStore.from_settings(settings)
-        self.producer = KafkaProducer(**kafka_options(settings), acks="all", linger_ms=0)
-        self.topic = requests_topic(settings)
+        # the client library users publish with (acks=all, and the intake's doorbell rung after each
+        # record), without lingering: one closed-loop client sends one record at a time
+        self.client = InferqClient(settings, linger_ms=0)
 
     def _send(self, text: str) -> str:
         req = InferenceRequest(task="embed", model=self.model, inputs=text)
-        self.producer.send(self.topic, key=req.request_id.encode(), value=req.wire_json().encode())
+        self.client.publish(req)
         return req.request_id
 
     def run(self, concurrency: int, texts: Sequence[str], warmup_s: float, window_s: float) -> Level:
@@ -116,7 +115,7 @@ class InferqLoad:
         watcher = DoneWatcher(self.store)
         start = time.perf_counter()
         sent = {self._send(t): time.perf_counter() for t in texts}
-        self.producer.flush()
+        self.client.flush()
         done_at: list[float] = []
         latencies: list[float] = []
         try:
@@ -135,7 +134,7 @@ class InferqLoad:
         return steady, len(texts) / (done_at[-1] - start), latencies
 
     def close(self) -> None:
-        self.producer.close()
+        self.client.close()
 
 
 def http_level(

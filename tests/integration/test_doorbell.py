@@ -1,0 +1,76 @@
+"""The intake's doorbell on a real broker, Redis and intake (no worker: admission is what is watched).
+
+With polls 2 s apart when idle, a request published through InferqClient is still admitted at once,
+because the client rings the doorbell once the broker has the record and the idle intake waits on it.
+"""
+
+from __future__ import annotations
+
+import threading
+import time
+
+import pytest
+
+from ops.stack import Stack, on_free_ports
+from producers.client import InferqClient
+from schemas.messages import ResultStatus
+from schemas.settings import Settings
+from tests.integration.conftest import eventually
+from workers.doorbell import Doorbell
+
+QUIET_POLL_MS = 2_000.0
+
+
+@pytest.fixture(scope="module")
+def rare_polls(tmp_path_factory):
+    base = Settings(
+        kafka_session_timeout_ms=6_000,
+        kafka_quiet_after_ms=0.0,  # quiet at once: the intake pauses up to QUIET_POLL_MS between polls
+        kafka_quiet_poll_ms=QUIET_POLL_MS,
+        log_ship=False,
+    )
+    settings = on_free_ports(base, tmp_path_factory.mktemp("doorbell"))
+    stack = Stack(settings)
+    try:
+        stack.up(only=["broker", "redis", "intake"])
+        yield settings
+    finally:
+        stack.down()
+
+
+def test_a_ring_wakes_an_idle_intake_at_once(rare_polls):
+    with InferqClient(rare_polls) as client:
+        first = client.submit("embed", "all-MiniLM-L6-v2", "wake up")  # the group is joined by now
+        eventually(lambda: client.result(first), 60, "the first request admitted")
+        pickups_ms = []
+        for i in range(3):
+            time.sleep(QUIET_POLL_MS / 1000 + 0.5)  # the intake is at its longest pause
+            rid = client.submit("embed", "all-MiniLM-L6-v2", f"request {i}")
+            result = eventually(lambda rid=rid: client.result(rid), 30, f"request {i} admitted")
+            assert result.status is ResultStatus.QUEUED  # no worker: admitted, and no further
+            pickups_ms.append(result.timings.received_ms - result.timings.published_ms)
+    # polls alone would pick each up anywhere in a 2 s pause (all three under 0.5 s: 1 in 64)
+    assert max(pickups_ms) < 500, pickups_ms
+
+
+def test_rings_coalesce_and_a_wait_without_one_times_out(rare_polls):
+    bell = Doorbell(rare_polls.model_copy(update={"key_prefix": "doorbell-unit"}))
+    try:
+        for _ in range(5):
+            bell.ring()
+        assert bell.wait(1.0, threading.Event())
+        assert not bell.wait(0.05, threading.Event())  # the five rings were one
+    finally:
+        bell.close()
+
+
+def test_without_redis_a_wait_is_a_pause_and_a_ring_is_dropped(rare_polls):
+    gone = rare_polls.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
+    bell = Doorbell(gone)
+    try:
+        bell.ring()  # never raises
+        started = time.monotonic()
+        assert not bell.wait(0.2, threading.Event())
+        assert time.monotonic() - started >= 0.2
+    finally:
+        bell.close()
