@@ -128,9 +128,9 @@ class Intake:
         1 ms up to ``kafka_idle_poll_max_ms`` (the most a request arriving in steady traffic
         waits), and after ``kafka_quiet_after_ms`` without records stretches to
         ``kafka_quiet_poll_ms`` (the most the first request after a quiet spell waits). With the
-        doorbell on (``intake_doorbell``) the pause waits on it instead of sleeping and stretches
-        to ``kafka_quiet_poll_ms`` at once: clients that ring are picked up as soon as they have
-        rung, and the rare polls leave the model's cores alone (:mod:`workers.doorbell`).
+        doorbell on (``intake_doorbell``) an empty poll is followed by a wait on it of up to
+        ``kafka_quiet_poll_ms`` instead: clients that ring are picked up as soon as they have rung,
+        and the rare polls leave the model's cores alone (:mod:`workers.doorbell`).
         """
         s = self.s
         pause_s, quiet_since, retry_s = 0.0, time.monotonic(), RETRY_FIRST_S
@@ -151,13 +151,13 @@ class Intake:
                     pause_s, quiet_since = 0.0, time.monotonic()
                     continue
                 self._check_stall()
+                if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
+                    self.doorbell.wait(s.kafka_quiet_poll_ms / 1000.0, stop)
+                    continue
                 quiet = (time.monotonic() - quiet_since) * 1000.0 >= s.kafka_quiet_after_ms
-                cap_ms = s.kafka_quiet_poll_ms if quiet or self.doorbell else s.kafka_idle_poll_max_ms
+                cap_ms = s.kafka_quiet_poll_ms if quiet else s.kafka_idle_poll_max_ms
                 pause_s = min(cap_ms / 1000.0, max(0.001, pause_s * 2))
-                if self.doorbell is None:
-                    stop.wait(pause_s)
-                elif self.doorbell.wait(pause_s, stop):
-                    pause_s = 0.0  # rung: poll now, and poll briskly again if that poll is empty
+                stop.wait(pause_s)
         finally:
             self.producer.flush()
             self.consumer.close(autocommit=False)

@@ -26,6 +26,10 @@ def test_publish_to_result_on_tansu(tmp_path):
         kafka_partitions=2,
         kafka_session_timeout_ms=2_000,  # Tansu's group joins wait about half of it
         kafka_heartbeat_interval_ms=500,
+        # Tansu answers a fetch it holds late, long after records arrive, when fetch.max.wait is
+        # short (measured: at 20 ms records took 23-38 s to reach a consumer, at 50 ms this test's
+        # first record took 24-60 s and sometimes missed its 120 s; at 500 ms, 55 ms p50 and 6 s)
+        kafka_poll_timeout_ms=500,
         torch_threads=1,
         log_ship=False,
     )
