@@ -48,7 +48,9 @@ class Settings(BaseSettings):
         "normal", description="idle = the intake runs only on otherwise idle CPU (Linux SCHED_IDLE)"
     )
     kafka_idle_poll_max_ms: float = Field(
-        5.0, gt=0, description="After empty polls the intake pauses, doubling from 1 ms up to this"
+        5.0,
+        gt=0,
+        description="Doorbell off: after empty polls the intake pauses, doubling from 1 ms up to this",
     )
     intake_doorbell: bool = Field(
         True,
