@@ -15,7 +15,7 @@ from workers.engine import BatchStats
 from workers.result_store import ResultStore
 
 if TYPE_CHECKING:  # the decoder imports torch; the intake and the API must not
-    from workers.decoder import StepStats
+    from workers.sequences import StepStats
 
 
 def observe_store(store: ResultStore) -> ResultStore:

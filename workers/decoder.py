@@ -30,7 +30,6 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
 from typing import Any
 
 from schemas.errors import Cancelled, DeadlineExpired, InferqError, InvalidRequest, ModelError
@@ -43,10 +42,11 @@ from schemas.messages import (
     Timings,
     now_ms,
 )
-from workers.engine import PRIORITY_RANK, Job, JobHook, start_jobs
+from workers.jobs import PRIORITY_RANK, Job, JobHook, start_jobs
 from workers.result_store import TRANSIENT_ERRORS, ResultStore
 from workers.runners.causal import CausalLM, KVBatch
 from workers.sampling import Sampler, StopText, pick_tokens
+from workers.sequences import Chunk, ChunkHook, DecodePolicy, Seq, StepHook, StepStats
 
 log = logging.getLogger(__name__)
 
@@ -55,62 +55,6 @@ _ENDS = {
     FinishReason.DEADLINE: (ResultStatus.EXPIRED, DeadlineExpired),
     FinishReason.CANCELLED: (ResultStatus.CANCELLED, Cancelled),
 }
-
-
-@dataclass(frozen=True)
-class DecodePolicy:
-    max_running: int = 16  # sequences decoded together
-    max_batch_tokens: int = 16_384  # KV cache reserved by the running sequences (prompt + budget)
-    max_new_tokens: int = 512  # the operator's cap on any request's max_new_tokens
-    max_prompt_tokens: int = 1_024
-    stream_interval_ms: float = 50.0
-    static: bool = False  # join only when the running batch is empty
-
-
-@dataclass(eq=False)
-class Seq:
-    """One prompt being continued."""
-
-    job: Job
-    index: int
-    prompt: list[int]
-    budget: int  # tokens it may generate
-    sampler: Sampler
-    stops: StopText
-    stream: bool
-    tokens: list[int] = field(default_factory=list)
-    text: str = ""  # visible text so far (held-back stop prefixes excluded)
-    sent: int = 0  # characters of ``text`` already handed to the chunk hooks
-    finish: FinishReason | None = None
-
-    @property
-    def reserve(self) -> int:
-        return len(self.prompt) + self.budget
-
-
-@dataclass(frozen=True)
-class Chunk:
-    """New text of one sequence, for the stream hooks (Kafka)."""
-
-    request_id: str
-    index: int
-    text: str
-    tokens: int
-    finish_reason: FinishReason | None
-
-
-@dataclass(frozen=True)
-class StepStats:
-    """What one decode step did; handed to hooks (metrics)."""
-
-    model: str
-    running: int  # rows in the step: each produced one token
-    joined: int
-    step_ms: float
-
-
-StepHook = Callable[[StepStats], None]
-ChunkHook = Callable[[Chunk], None]
 
 
 class Decoder:

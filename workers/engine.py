@@ -7,9 +7,13 @@ batching, so a request with many inputs spreads over batches and a batch mixes r
 Tokenisation happens on the callers' threads, overlapped with the forward pass of the previous
 batch, so the model never waits for it.
 
-Before a batch runs, its requests are marked ``running`` in the store; one the store refuses (it
-was cancelled, or a duplicate delivery already finished it) leaves the batch unrun. Expired
-requests never reach the model. A failure inside a forward pass is isolated by splitting the batch
+Each batch's requests are marked ``running`` in the store; one the store refuses (it was
+cancelled, or a duplicate delivery already finished it) ends without a write. For requests whose
+Celery message came for the first time the mark runs on a helper thread during the forward pass
+(a Redis round trip off every batch's path; a request cancelled in that window is computed and its
+output dropped). A batch holding a redelivered request is marked first, so a request whose
+worker died on it too often (poison) never reaches the model again. Expired requests never reach
+the model. A failure inside a forward pass is isolated by splitting the batch
 and retrying the halves, so one bad input fails only its own request; an out-of-memory error also
 lowers the batcher's token ceiling for the rest of the process's life.
 """
@@ -20,72 +24,19 @@ import logging
 import secrets
 import threading
 from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+from concurrent.futures import Future, ThreadPoolExecutor
+from dataclasses import dataclass
 from typing import Any
 
-from schemas.errors import DeadlineExpired, InferqError, ModelError, PoisonMessage
-from schemas.messages import (
-    InferenceRequest,
-    InferenceResult,
-    Output,
-    Priority,
-    ResultStatus,
-    Timings,
-    now_ms,
-)
+from schemas.errors import DeadlineExpired, ModelError
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from workers.batcher import Batcher, BatchPolicy, padded_tokens
+from workers.jobs import PRIORITY_RANK, Job, JobHook, Piece, start_jobs
 from workers.result_store import TRANSIENT_ERRORS, ResultStore
 from workers.runners.base import Runner
 from workers.wait_policy import CostModel, FixedWait, WaitPolicy
 
-PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
-
 log = logging.getLogger(__name__)
-
-
-@dataclass
-class Job:
-    """One request inside the worker, until its result is written."""
-
-    request: InferenceRequest
-    timings: dict[str, Any]
-    outputs: list[Output | None]
-    remaining: int
-    done: threading.Event = field(default_factory=threading.Event)
-    started: bool = False
-    skipped: bool = False  # the store held a terminal state already (cancelled, or a duplicate)
-    status: ResultStatus = ResultStatus.QUEUED
-    error: InferqError | None = None
-    attempts: int = 0  # starts recorded by the store, this one included
-    unwritten: bool = False  # its result could not be written (Redis gone past the retries)
-    source: dict[str, Any] | None = None  # where the request came from (Kafka coordinates)
-
-    @classmethod
-    def new(
-        cls,
-        items: Sequence[tuple[InferenceRequest, dict[str, Any]]],
-        sources: Sequence[dict[str, Any] | None] | None = None,
-    ) -> list[Job]:
-        """One job per (request, timings so far), with where each came from (Kafka coordinates)."""
-        return [
-            cls(r, dict(t), [None] * len(r.texts()), len(r.texts()), source=src)
-            for (r, t), src in zip(items, sources or [None] * len(items), strict=True)
-        ]
-
-    def finish(self, status: ResultStatus, error: InferqError | None = None) -> None:
-        self.status, self.error = status, error
-        self.timings["done_ms"] = now_ms()
-
-    @property
-    def finished(self) -> bool:
-        return self.skipped or self.status.terminal
-
-
-@dataclass(frozen=True)
-class Piece:
-    job: Job
-    index: int
-    ids: list[int]
 
 
 @dataclass(frozen=True)
@@ -109,7 +60,6 @@ class BatchStats:
 
 
 BatchHook = Callable[[BatchStats], None]
-JobHook = Callable[[Job], None]  # a request the worker refused (poison, or invalid for the model)
 
 
 class Engine:
@@ -133,6 +83,8 @@ class Engine:
         # called with each job failed as poison (started more than max_attempts times): the
         # worker dead-letters it
         self.poison_hooks: list[JobHook] = []
+        # records each batch's start in the store while its forward pass runs (first deliveries)
+        self._marker = ThreadPoolExecutor(1, thread_name_prefix=f"mark-{runner.name}")
         self._thread = threading.Thread(target=self._loop, name=f"engine-{runner.name}", daemon=True)
         self._thread.start()
 
@@ -140,9 +92,14 @@ class Engine:
         self,
         items: Sequence[tuple[InferenceRequest, dict[str, Any]]],
         sources: Sequence[dict[str, Any] | None] | None = None,
+        first_delivery: bool = False,
     ) -> list[Job]:
-        """Tokenise (on the caller's thread) and enqueue; returns one job per request."""
-        jobs = Job.new(items, sources)
+        """Tokenise (on the caller's thread) and enqueue; returns one job per request.
+
+        ``first_delivery``: the requests' Celery message was not put back after a worker died,
+        so their ``running`` mark may overlap the forward pass.
+        """
+        jobs = Job.new(items, sources, first_delivery)
         all_ids = iter(self.runner.tokenize([text for job in jobs for text in job.request.texts()]))
         for job in jobs:
             rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
@@ -159,6 +116,7 @@ class Engine:
         """Run what is waiting, then stop the thread."""
         self.batcher.close()
         self._thread.join(timeout_s)
+        self._marker.shutdown(wait=False)
 
     def _loop(self) -> None:
         while True:
@@ -181,38 +139,50 @@ class Engine:
         start = now_ms()
         batch_id = secrets.token_hex(6)
         live = self._drop_expired(pieces, start)
-        live = self._mark_running(live, start, batch_id) if live else live
+        marking: Future[list[Piece]] | None = None
+        if live and all(p.job.first_delivery for p in live):
+            marking = self._marker.submit(self._mark_running, live, start, batch_id)
+        elif live:
+            live = self._mark_running(live, start, batch_id)
+        forwarded = [len(p.ids) for p in live]
+        forward_start = now_ms()
+        rows = self._forward_isolated([p.ids for p in live]) if live else []
+        compute_ms = now_ms() - forward_start
+        if marking is not None:  # keep the rows of the jobs the store let start
+            kept = {id(p) for p in marking.result()}
+            pairs = [(p, r) for p, r in zip(live, rows, strict=True) if id(p) in kept]
+            live, rows = [p for p, _ in pairs], [r for _, r in pairs]
         # expired, and failed as poison: their results are written with this batch's
         ended = {id(p.job): p.job for p in pieces if p.job.finished and not p.job.done.is_set()}
-        if live:
-            lengths = [len(p.ids) for p in live]
-            padded = padded_tokens(lengths)
-            forward_start = now_ms()
-            rows = self._forward_isolated([p.ids for p in live])
-            compute_ms = now_ms() - forward_start
-            self.cost.observe(padded, len(lengths), compute_ms)
-            failed = 0
-            for piece, row in zip(live, rows, strict=True):
-                failed += self._absorb(piece, row)
-                if piece.job.finished:
-                    ended[id(piece.job)] = piece.job
-            stats = BatchStats(
-                self.runner.name,
-                batch_id,
-                len(live),
-                sum(lengths),
-                padded,
-                compute_ms,
-                failed,
-                self.runner.device,
-                self.runner.version,
-            )
-            for hook in self.hooks:
-                hook(stats)
+        failed = 0
+        for piece, row in zip(live, rows, strict=True):
+            failed += self._absorb(piece, row)
+            if piece.job.finished:
+                ended[id(piece.job)] = piece.job
         for piece in pieces:  # skipped jobs end here without a write: the store has their answer
             if piece.job.skipped and not piece.job.done.is_set():
                 piece.job.done.set()
         self._write([j for j in ended.values() if not j.skipped])
+        if forwarded:
+            self._observe(batch_id, forwarded, compute_ms, failed)
+
+    def _observe(self, batch_id: str, lengths: list[int], compute_ms: float, failed: int) -> None:
+        """Feed the cost model and the batch hooks (metrics, logs) with a forward pass just run
+        (``lengths``: its inputs' token counts); after the writes, off the requests' path."""
+        stats = BatchStats(
+            self.runner.name,
+            batch_id,
+            len(lengths),
+            sum(lengths),
+            padded_tokens(lengths),
+            compute_ms,
+            failed,
+            self.runner.device,
+            self.runner.version,
+        )
+        self.cost.observe(stats.padded_tokens, stats.size, stats.compute_ms)
+        for hook in self.hooks:
+            hook(stats)
 
     def _drop_expired(self, pieces: list[Piece], now: float) -> list[Piece]:
         live = []
@@ -333,27 +303,6 @@ class Engine:
             error=job.error.info() if job.error else None,
             timings=Timings(**job.timings),
         )
-
-
-def start_jobs(
-    store: ResultStore, jobs: list[Job], result: Callable[[Job], InferenceResult], max_attempts: int
-) -> list[Job]:
-    """Record ``running`` for jobs about to start; returns the ones failed as poison.
-
-    The store refuses a job that already ended (cancelled, or finished by a duplicate delivery):
-    it is marked ``skipped``. A job started more than ``max_attempts`` times (its worker died each
-    time) is failed as poison instead of being run again.
-    """
-    poisoned = []
-    for job, n in zip(jobs, store.start([result(j) for j in jobs]), strict=True):
-        job.skipped, job.attempts = n == 0, n
-        if n > max_attempts:
-            job.finish(
-                ResultStatus.FAILED,
-                PoisonMessage(f"request was started {n - 1} times and never finished; not run again"),
-            )
-            poisoned.append(job)
-    return poisoned
 
 
 def is_out_of_memory(error: BaseException) -> bool:

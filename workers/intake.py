@@ -56,6 +56,7 @@ from workers.result_store import (
     request_digest,
     request_result,
 )
+from workers.stall import StallWatch
 from workers.validation import parse_request, salvage_request_id
 
 log = logging.getLogger(__name__)
@@ -63,8 +64,6 @@ log = logging.getLogger(__name__)
 # failures that pass: the poll is rewound and tried again after a pause
 RETRYABLE: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, OperationalError, KafkaError)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
-# no records for this long while the group's log has some for us = the consumer is wedged
-STALL_AFTER_S, STALL_CHECK_S = 10.0, 5.0
 REBALANCING: tuple[type[Exception], ...] = (CommitFailedError, RebalanceInProgressError)
 
 
@@ -110,8 +109,7 @@ class Intake:
         )
         self.hold = PartitionHold(self.backpressure)
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
-        self._fed_at = self._stall_checked_at = time.monotonic()  # last records; last stall check
-        self._stall_marks: dict[TopicPartition, int] = {}  # positions at the last stall check
+        self.stall = StallWatch()
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
@@ -201,7 +199,7 @@ class Intake:
         )
         if not polled:
             return 0
-        self._fed_at = time.monotonic()
+        self.stall.fed()
         try:
             handled = self.handle(polled)
         except RETRYABLE:
@@ -213,40 +211,18 @@ class Intake:
         return handled
 
     def _check_stall(self) -> None:
-        """Replace the consumer when it has fetched nothing for ``STALL_AFTER_S`` although the log
-        has records past its position, and its position did not move between two checks.
-
-        Seen on the local broker after a restart during a rebalance: kafka-python believed it was
-        still a member of a group that had no members, and never fetched again. A new consumer (the
-        same static member) rejoins at once and resumes from the committed offsets.
-        """
-        now = time.monotonic()
-        if self.backpressure.paused or now - self._stall_checked_at < STALL_CHECK_S:
-            return
-        self._stall_checked_at = now
-        assigned = sorted(self.consumer.assignment())
-        if now - self._fed_at < STALL_AFTER_S or not assigned:  # joining is kafka-python's to finish
-            self._stall_marks = {}
-            return
-        try:
-            ends = self.consumer.end_offsets(assigned)
-            marks = {tp: self.consumer.position(tp) for tp in assigned}
-        except KafkaError:
-            return  # the broker is away: nothing to judge by yet
-        behind = [tp for tp in assigned if ends.get(tp, 0) > marks[tp]]
-        # behind, and not one record further than at the previous check: wedged
-        wedged = bool(behind) and marks == self._stall_marks
-        self._stall_marks = marks
-        if not wedged:
+        """Replace a wedged consumer (:mod:`workers.stall`); not while paused, when it reads nothing
+        on purpose."""
+        if self.backpressure.paused or not self.stall.wedged(self.consumer):
             return
         log.warning(
-            "consumer fetched nothing for %.0f s, %d partitions behind; replacing it",
-            now - self._fed_at,
-            len(behind),
+            "consumer fetched nothing for %.0f s with records behind it; replacing it",
+            time.monotonic() - self.stall.fed_at,
         )
         with contextlib.suppress(Exception):
             self.consumer.close(autocommit=False)
-        self.consumer, self._fed_at, self._stall_marks = self._new_consumer(), now, {}
+        self.consumer = self._new_consumer()
+        self.stall.reset()
         self.hold.reset()
 
     def _needs_no_room(self, record: ConsumerRecord) -> bool:

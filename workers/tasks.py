@@ -50,11 +50,13 @@ from schemas.naming import deadletter_topic, instance_key, node_key, owners_key,
 from schemas.settings import get_settings
 from workers.batcher import BatchPolicy
 from workers.celery_app import TASK_INFER, app
-from workers.decoder import Chunk, DecodePolicy, Decoder
-from workers.engine import Engine, Job
+from workers.decoder import Decoder
+from workers.engine import Engine
+from workers.jobs import Job
 from workers.result_store import ResultStore, as_text, request_result
 from workers.runners import load_runner
 from workers.runners.causal import CausalLM
+from workers.sequences import Chunk, DecodePolicy
 from workers.validation import readable_request_id
 from workers.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
 
@@ -120,6 +122,8 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
     by_model: dict[str, list[tuple[InferenceRequest, dict[str, Any]]]] = {}
     sources: dict[str, list[dict[str, Any] | None]] = {}
     counts = Counter[str]()
+    # kombu marks a message it puts back (its worker died, or it was rejected) as redelivered
+    first = not (self.request.delivery_info or {}).get("redelivered", False)
     for item in items:
         try:
             request = InferenceRequest.model_validate(item["request"])
@@ -137,7 +141,10 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
             _fail(reqs, e)
             counts[ResultStatus.FAILED.value] += len(reqs)
             continue
-        jobs += engine.submit(reqs, sources[model])
+        if isinstance(engine, Engine):
+            jobs += engine.submit(reqs, sources[model], first_delivery=first)
+        else:  # the decoder marks joiners before their prefill, which is short next to decoding
+            jobs += engine.submit(reqs, sources[model])
     timeout_s = get_settings().celery_visibility_timeout_s
     for job in jobs:
         if not job.done.wait(timeout_s):

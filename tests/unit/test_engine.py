@@ -199,3 +199,63 @@ def test_a_store_outage_hands_the_batch_back_instead_of_failing_it():
     jobs = engine.submit([(req("a"), {})])
     engine.close()
     assert jobs[0].unwritten and not store.results  # nothing failed: the message goes back
+
+
+def test_first_deliveries_are_marked_running_while_their_forward_pass_runs():
+    import threading
+
+    class SlowStore(MemoryStore):
+        """Its ``running`` write waits for the forward pass to begin: only an overlapped mark sees it."""
+
+        def __init__(self):
+            super().__init__()
+            self.forward_began, self.overlapped = threading.Event(), []
+
+        def start(self, results):
+            results = list(results)
+            if any(r.status is ResultStatus.RUNNING for r in results):
+                self.overlapped.append(self.forward_began.wait(5.0))
+            return super().start(results)
+
+    class SignallingRunner(FakeRunner):
+        def forward(self, batch):
+            store.forward_began.set()
+            return super().forward(batch)
+
+    store = SlowStore()
+    engine = Engine(SignallingRunner(), store, BatchPolicy(64, 10_000, 10_000))
+    first = req("first time")
+    engine.submit([(first, {})], first_delivery=True)
+    engine.close()
+    assert store.overlapped == [True]
+    assert [s for rid, s in store.writes if rid == first.request_id] == [
+        ResultStatus.RUNNING,
+        ResultStatus.DONE,
+    ]
+
+
+def test_a_first_delivery_cancelled_as_its_batch_starts_is_dropped_not_overwritten():
+    engine, _, store = make_engine()
+    gone, kept = req("cancel me"), req("keep me")
+    store.results[gone.request_id] = InferenceResult(
+        request_id=gone.request_id, status=ResultStatus.CANCELLED
+    )
+    jobs = engine.submit([(gone, {}), (kept, {})], first_delivery=True)
+    engine.close()
+    assert all(j.done.is_set() for j in jobs) and jobs[0].skipped and not jobs[1].skipped
+    assert store.results[gone.request_id].status is ResultStatus.CANCELLED
+    assert store.results[kept.request_id].status is ResultStatus.DONE
+    assert store.results[kept.request_id].outputs[0].embedding == [7.0]
+
+
+def test_a_batch_holding_a_redelivered_request_is_marked_before_the_model_runs():
+    runner, store = FakeRunner(), MemoryStore()
+    engine = Engine(runner, store, BatchPolicy(64, 10_000, 10_000), max_attempts=2)
+    bad, good = req("boom"), req("fine")
+    store.attempts[bad.request_id] = 2  # its worker died on it twice: kombu put the message back
+    engine.submit([(good, {})], first_delivery=True)
+    engine.submit([(bad, {})], first_delivery=False)
+    engine.close()
+    assert store.results[bad.request_id].error.code is ErrorCode.POISON_MESSAGE
+    assert store.results[good.request_id].status is ResultStatus.DONE
+    assert runner.forwarded == [["fine"]]  # one batch; the poison never reached the model

@@ -1,0 +1,70 @@
+"""What the generation :class:`~workers.decoder.Decoder` works with: its policy, the sequences
+it continues, and what it hands its hooks (stream chunks, step statistics).
+
+Kept apart from the decoder's loop so the loop module stays about the loop. Times in ms.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+from schemas.messages import FinishReason
+from workers.jobs import Job
+from workers.sampling import Sampler, StopText
+
+
+@dataclass(frozen=True)
+class DecodePolicy:
+    max_running: int = 16  # sequences decoded together
+    max_batch_tokens: int = 16_384  # KV cache reserved by the running sequences (prompt + budget)
+    max_new_tokens: int = 512  # the operator's cap on any request's max_new_tokens
+    max_prompt_tokens: int = 1_024
+    stream_interval_ms: float = 50.0
+    static: bool = False  # join only when the running batch is empty
+
+
+@dataclass(eq=False)
+class Seq:
+    """One prompt being continued."""
+
+    job: Job
+    index: int
+    prompt: list[int]
+    budget: int  # tokens it may generate
+    sampler: Sampler
+    stops: StopText
+    stream: bool
+    tokens: list[int] = field(default_factory=list)
+    text: str = ""  # visible text so far (held-back stop prefixes excluded)
+    sent: int = 0  # characters of ``text`` already handed to the chunk hooks
+    finish: FinishReason | None = None
+
+    @property
+    def reserve(self) -> int:
+        return len(self.prompt) + self.budget
+
+
+@dataclass(frozen=True)
+class Chunk:
+    """New text of one sequence, for the stream hooks (Kafka)."""
+
+    request_id: str
+    index: int
+    text: str
+    tokens: int
+    finish_reason: FinishReason | None
+
+
+@dataclass(frozen=True)
+class StepStats:
+    """What one decode step did; handed to hooks (metrics)."""
+
+    model: str
+    running: int  # rows in the step: each produced one token
+    joined: int
+    step_ms: float
+
+
+StepHook = Callable[[StepStats], None]
+ChunkHook = Callable[[Chunk], None]
