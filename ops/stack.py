@@ -48,6 +48,9 @@ class Service:
     before_start: Callable[[], None] | None = None
 
 
+LOCAL_TRIM_EVERY_S = 10.0  # how often the local intakes trim what they committed (workers/trim.py)
+
+
 def settings_env(settings: Settings) -> dict[str, str]:
     """The settings as ``INFERQ_*`` variables, so every child reads exactly what the parent has."""
     env = {}
@@ -147,6 +150,10 @@ class Stack:
     """The local stack under one state folder."""
 
     def __init__(self, settings: Settings) -> None:
+        trim_set = "kafka_trim_committed_every_s" in settings.model_fields_set
+        if settings.local_kafka == "noida" and not trim_set:
+            # noida-db rewrites its data file as the log changes, at a cost that grows with the log
+            settings = settings.model_copy(update={"kafka_trim_committed_every_s": LOCAL_TRIM_EVERY_S})
         self.s = settings
         self.root = settings.state_dir.resolve()
         self.run_dir, self.log_dir, self.data_dir = self.root / "run", self.root / "logs", self.root / "data"

@@ -20,7 +20,7 @@ from typing import Any
 from kafka import KafkaProducer
 from kafka.producer.future import FutureRecordMetadata
 
-from schemas.connections import kafka_options
+from schemas.connections import kafka_client_options
 from schemas.messages import (
     GenerationParams,
     InferenceRequest,
@@ -53,7 +53,7 @@ class InferqClient:
     def producer(self) -> KafkaProducer:
         if self._producer is None:
             self._producer = KafkaProducer(
-                **kafka_options(self.settings),
+                **kafka_client_options(self.settings),
                 acks="all",
                 linger_ms=self._linger_ms,
                 retries=5,

@@ -61,6 +61,14 @@ def kafka_options(settings: Settings) -> dict[str, Any]:
     return opts
 
 
+def kafka_client_options(settings: Settings) -> dict[str, Any]:
+    """:func:`kafka_options` for the producers and consumers on the request path, with
+    kafka-python's own sensors off: they cost ~0.25 ms of CPU on every poll and every send
+    (measured on 3.0.12, one request's round trip 1.85 → 1.54 ms), and nothing reads them; inferq
+    exports its own metrics. Admin clients take no such option."""
+    return {**kafka_options(settings), "metrics_enabled": False}
+
+
 def redis_retry_count(settings: Settings) -> int:
     """Retries that make the backoff (20 ms doubling to 1 s) last about ``redis_retry_max_s``."""
     ramp = 6  # 20 ms → 1.28 s in doublings, ~1.3 s in all

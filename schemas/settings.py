@@ -59,6 +59,13 @@ class Settings(BaseSettings):
     )
     kafka_quiet_after_ms: float = Field(1_000.0, ge=0, description="No records for this long = quiet")
     kafka_quiet_poll_ms: float = Field(50.0, gt=0, description="Pause between polls while quiet")
+    kafka_trim_committed_every_s: float = Field(
+        0.0,
+        ge=0,
+        description="Delete the requests topic's records the intake has committed, this often (0 = never: "
+        "Kafka's retention decides). `inferq-ops up` sets 10 for its broker, which rewrites its whole "
+        "data file as the log changes, at a CPU cost that grows with the log",
+    )
     kafka_max_message_bytes: int = Field(
         1_048_576, ge=1_024, description="Messages larger than this are dead-lettered"
     )

@@ -20,7 +20,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import os
 import signal
 import threading
 import time
@@ -40,13 +39,14 @@ from ops.logship.ecs import configure_logging, mask_text, stop_logging
 from ops.metrics.instruments import ADMITTED, DEAD_LETTERS, REDELIVERED
 from ops.observe import observe_store
 from schemas.catalog import CATALOG
-from schemas.connections import kafka_options
+from schemas.connections import kafka_client_options, kafka_options
 from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, InvalidRequest
 from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
 from workers.backpressure import Backpressure, PartitionHold
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
+from workers.cpu import yield_cpu
 from workers.doorbell import Doorbell
 from workers.result_store import (
     TRANSIENT_ERRORS,
@@ -57,6 +57,7 @@ from workers.result_store import (
     request_result,
 )
 from workers.stall import StallWatch
+from workers.trim import CommittedTrim
 from workers.validation import parse_request, salvage_request_id
 
 log = logging.getLogger(__name__)
@@ -71,7 +72,7 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
     """The intake's consumer: a (static, when configured) member of the intake group."""
     return KafkaConsumer(
         requests_topic(settings),
-        **kafka_options(settings),
+        **kafka_client_options(settings),
         group_id=settings.kafka_group_id,
         group_instance_id=settings.kafka_group_instance_id or None,
         enable_auto_commit=False,
@@ -110,10 +111,14 @@ class Intake:
         self.hold = PartitionHold(self.backpressure)
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
         self.stall = StallWatch()
+        self.trim = CommittedTrim(
+            lambda: KafkaAdminClient(**kafka_options(settings), request_timeout_ms=5_000),
+            settings.kafka_trim_committed_every_s,
+        )
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
-        producer = KafkaProducer(**kafka_options(settings), acks="all", linger_ms=2, retries=10)
+        producer = KafkaProducer(**kafka_client_options(settings), acks="all", linger_ms=2, retries=10)
         store = observe_store(ResultStore.from_settings(settings))
         return cls(settings, lambda: new_consumer(settings), producer, store, make_app(settings))
 
@@ -149,6 +154,8 @@ class Intake:
                     pause_s, quiet_since = 0.0, time.monotonic()
                     continue
                 self._check_stall()
+                if self.trim.due(idle=True):
+                    self.trim.trim()
                 if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
                     self.doorbell.wait(s.kafka_quiet_poll_ms / 1000.0, stop)
                     continue
@@ -161,6 +168,7 @@ class Intake:
             self.consumer.close(autocommit=False)
             self.producer.close()
             self._leave_group()
+            self.trim.close()
             if self.doorbell is not None:
                 self.doorbell.close()
 
@@ -207,7 +215,10 @@ class Intake:
                 self.consumer.seek(tp, batch[0].offset)
             raise
         self.consumer.commit()
+        self.trim.committed({tp: batch[-1].offset + 1 for tp, batch in polled.items()})
         self.backpressure.admitted(handled)
+        if self.trim.due(idle=False):
+            self.trim.trim()
         return handled
 
     def _check_stall(self) -> None:
@@ -354,21 +365,6 @@ class Intake:
             value=letter.model_dump_json().encode(),
             headers=[("error_code", error.code.value.encode())],
         )
-
-
-def yield_cpu(policy: str) -> bool:
-    """With ``idle``, run this process (and the threads it starts later) at SCHED_IDLE.
-
-    On a CPU box the model's forward pass uses every core; the intake's frequent short polls
-    would preempt one of its threads and stall the whole pass at the next barrier (measured:
-    batch-1 forward 27 → 46 ms beside a process busy 2.4 ms every 7.4 ms; unchanged at SCHED_IDLE).
-    Idle-class work still runs whenever a core is free, which is when a forward pass ends.
-    Returns whether the policy was applied (not on non-Linux systems).
-    """
-    if policy != "idle" or not hasattr(os, "sched_setscheduler"):
-        return False
-    os.sched_setscheduler(0, os.SCHED_IDLE, os.sched_param(0))
-    return True
 
 
 def main() -> None:

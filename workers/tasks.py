@@ -34,7 +34,7 @@ from pydantic import ValidationError
 from ops.logship.ecs import configure_logging, stop_logging
 from ops.metrics.instruments import REDELIVERED
 from ops.observe import observe_store, on_batch, on_step
-from schemas.connections import kafka_options
+from schemas.connections import kafka_client_options
 from schemas.errors import ErrorCode, InferqError, InvalidRequest
 from schemas.messages import (
     DeadLetter,
@@ -189,7 +189,7 @@ def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqErro
 @functools.cache
 def _producer() -> KafkaProducer:
     """The process's Kafka producer (dead letters, generation stream chunks)."""
-    return KafkaProducer(**kafka_options(get_settings()), acks="all", retries=10, linger_ms=5)
+    return KafkaProducer(**kafka_client_options(get_settings()), acks="all", retries=10, linger_ms=5)
 
 
 def publish_chunk(chunk: Chunk) -> None:
