@@ -71,10 +71,10 @@ def pending_key(settings: Settings) -> str:
     return f"{settings.key_prefix}:pending"
 
 
-def doorbell_key(settings: Settings) -> str:
-    """List of at most one element: rung by producers once the broker has their record, popped by
-    an idle intake (see :mod:`workers.doorbell`)."""
-    return f"{settings.key_prefix}:intake:doorbell"
+def doorbell_key(settings: Settings, partition: int) -> str:
+    """List of at most one element per partition of the requests topic: rung by producers once the
+    broker has their record there, popped by the idle intake that owns it (:mod:`workers.doorbell`)."""
+    return f"{settings.key_prefix}:intake:doorbell:{partition}"
 
 
 def owners_key(settings: Settings) -> str:

@@ -10,8 +10,10 @@ the client pushes onto a one-element Redis list, and the intake, between empty p
 ``BLPOP`` instead of sleeping, so it can pause long (``kafka_quiet_poll_ms``) and still wake at
 once. A record from any other producer waits at most that pause.
 
-A ring is never lost: the list keeps it until the intake pops it (several rings in a row are one
-element, so at worst the intake makes one extra empty poll). The doorbell is only a wake-up; the
+There is one doorbell per partition of the requests topic, and an intake waits on those of the
+partitions it owns, so with several intakes a ring wakes the one that will read the record. A ring
+is never lost: the list keeps it until the intake pops it (several rings in a row are one element,
+so at worst the intake makes one extra empty poll). The doorbell is only a wake-up; the
 record itself is always read from Kafka. Both sides use a Redis client that does not ride out
 outages, so a Redis blip costs a ring (the pause then runs out) instead of blocking either side.
 """
@@ -20,6 +22,7 @@ from __future__ import annotations
 
 import logging
 import threading
+from collections.abc import Iterable
 
 import redis
 
@@ -34,24 +37,34 @@ SOCKET_TIMEOUT_S = 5.0  # a hung Redis costs at most this per ring; waits are cu
 
 class Doorbell:
     def __init__(self, settings: Settings) -> None:
-        self.key = doorbell_key(settings)
+        self._s = settings
         self._client = redis_client(settings, ride_out=False, socket_timeout=SOCKET_TIMEOUT_S)
 
-    def ring(self, _: object = None) -> None:
-        """Say a record is in the broker (usable as a kafka-python send callback; never raises)."""
+    def ring(self, metadata: object) -> None:
+        """Say a record is in the broker: a kafka-python send callback, given the record's
+        metadata (its partition picks the doorbell). Never raises."""
+        partition = getattr(metadata, "partition", None)
+        if not isinstance(partition, int):
+            return
+        key = doorbell_key(self._s, partition)
         try:
             pipe = self._client.pipeline(transaction=False)
-            pipe.lpush(self.key, 1)
-            pipe.ltrim(self.key, 0, 0)
+            pipe.lpush(key, 1)
+            pipe.ltrim(key, 0, 0)
             pipe.execute()
         except redis.RedisError as e:  # the intake's pause runs out instead
             log.debug("doorbell not rung: %r", e)
 
-    def wait(self, timeout_s: float, stop: threading.Event) -> bool:
-        """Wait up to ``timeout_s`` for a ring; True if rung. Without Redis, sleeps the timeout."""
+    def wait(self, partitions: Iterable[int], timeout_s: float, stop: threading.Event) -> bool:
+        """Wait up to ``timeout_s`` for a ring on any of ``partitions``; True if rung. Without
+        Redis (or without partitions, while joining the group), sleeps the timeout."""
+        keys = [doorbell_key(self._s, p) for p in sorted(set(partitions))]
+        if not keys:
+            stop.wait(timeout_s)
+            return False
         try:
             wait_s = min(max(timeout_s, 0.001), SOCKET_TIMEOUT_S / 2)
-            return self._client.blpop([self.key], timeout=wait_s) is not None
+            return self._client.blpop(keys, timeout=wait_s) is not None
         except redis.RedisError as e:
             log.debug("doorbell unreachable (%r); pausing instead", e)
             stop.wait(timeout_s)

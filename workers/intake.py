@@ -157,7 +157,8 @@ class Intake:
                 if self.trim.due(idle=True):
                     self.trim.trim()
                 if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
-                    self.doorbell.wait(s.kafka_quiet_poll_ms / 1000.0, stop)
+                    mine = [tp.partition for tp in self.consumer.assignment()]
+                    self.doorbell.wait(mine, s.kafka_quiet_poll_ms / 1000.0, stop)
                     continue
                 quiet = (time.monotonic() - quiet_since) * 1000.0 >= s.kafka_quiet_after_ms
                 cap_ms = s.kafka_quiet_poll_ms if quiet else s.kafka_idle_poll_max_ms

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 import platform
+import shutil
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -144,13 +145,17 @@ def _bench_inferq(settings: Settings, plan: BenchPlan, texts: list[str], step: A
         update={"worker_models": MODEL, "log_ship": False}
     )
     stack = Stack(bs)
+    if not any(svc["running"] for svc in stack.status().values()):
+        # every run starts from an empty broker log and store: nothing left by earlier runs
+        shutil.rmtree(stack.data_dir, ignore_errors=True)
     stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
     load = InferqLoad(bs, MODEL)
     try:
         load.burst(texts[:64])  # warm every path (and the cost model) before measuring
         step("inferq: saturation burst")
         n = plan.burst_texts
-        steady, whole, latencies = load.burst([texts[i % len(texts)] + f" [{i}]" for i in range(n)])
+        # the raw figure's texts, unchanged (each request still has its own id)
+        steady, whole, latencies = load.burst([texts[i % len(texts)] for i in range(n)])
         levels: list[Level] = []
         for c in plan.levels:
             step(f"inferq: {c} in flight")

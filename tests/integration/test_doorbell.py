@@ -18,6 +18,14 @@ from schemas.settings import Settings
 from tests.integration.conftest import eventually
 from workers.doorbell import Doorbell
 
+
+class RecordMetadata:
+    """What kafka-python hands a send callback, as far as the doorbell reads it."""
+
+    def __init__(self, topic, partition):
+        self.topic, self.partition = topic, partition
+
+
 QUIET_POLL_MS = 2_000.0
 
 
@@ -57,9 +65,21 @@ def test_rings_coalesce_and_a_wait_without_one_times_out(rare_polls):
     bell = Doorbell(rare_polls.model_copy(update={"key_prefix": "doorbell-unit"}))
     try:
         for _ in range(5):
-            bell.ring()
-        assert bell.wait(1.0, threading.Event())
-        assert not bell.wait(0.05, threading.Event())  # the five rings were one
+            bell.ring(RecordMetadata("inferq.requests", 0))
+        assert bell.wait([0], 1.0, threading.Event())
+        assert not bell.wait([0], 0.05, threading.Event())  # the five rings were one
+    finally:
+        bell.close()
+
+
+def test_a_ring_wakes_only_the_intake_that_owns_the_records_partition(rare_polls):
+    bell = Doorbell(rare_polls.model_copy(update={"key_prefix": "doorbell-partitions"}))
+    try:
+        bell.ring(RecordMetadata("inferq.requests", 2))
+        assert not bell.wait([0, 1], 0.05, threading.Event())  # another intake's partitions
+        assert bell.wait([1, 2], 1.0, threading.Event())  # kept for the owner
+        bell.ring(None)  # no metadata (a failed send): nothing to ring
+        assert not bell.wait([0, 1, 2], 0.05, threading.Event())
     finally:
         bell.close()
 
@@ -68,9 +88,9 @@ def test_without_redis_a_wait_is_a_pause_and_a_ring_is_dropped(rare_polls):
     gone = rare_polls.model_copy(update={"redis_url": "redis://127.0.0.1:1/0"})
     bell = Doorbell(gone)
     try:
-        bell.ring()  # never raises
+        bell.ring(RecordMetadata("inferq.requests", 0))  # never raises
         started = time.monotonic()
-        assert not bell.wait(0.2, threading.Event())
+        assert not bell.wait([0], 0.2, threading.Event())
         assert time.monotonic() - started >= 0.2
     finally:
         bell.close()
