@@ -1,6 +1,6 @@
 """Backpressure decisions on a fake clock and a fake in-flight counter (the drills run it for real)."""
 
-from workers.backpressure import CHECK_S, Backpressure
+from workers.backpressure import CHECK_FAR_S, CHECK_S, Backpressure
 
 
 def make(counts):
@@ -32,3 +32,15 @@ def test_counters_are_read_at_most_once_per_check_period():
     for i in range(10):
         bp.room(now_s=5.0 + i * CHECK_S / 10)
     assert len(reads) == 1
+
+
+def test_far_from_the_bound_a_reading_lasts_longer_until_admissions_bring_it_near():
+    reads, counts = [], {"a": 10}
+    bp = Backpressure(lambda models: reads.append(1) or {m: counts[m] for m in models}, ["a"], 100, 0.8)
+    assert bp.room(now_s=1.0) == 90
+    assert bp.room(now_s=1.0 + CHECK_FAR_S / 2) == 90 and len(reads) == 1  # far: still good
+    bp.admitted(45, now_s=1.0 + CHECK_FAR_S / 2)  # 45 left: no longer far from the bound
+    counts["a"] = 60
+    assert bp.room(now_s=1.0 + CHECK_FAR_S / 2 + CHECK_S) == 40 and len(reads) == 2
+    assert bp.room(now_s=1.0 + CHECK_FAR_S / 2 + 1.5 * CHECK_S) == 40 and len(reads) == 2
+    assert bp.room(now_s=1.0 + CHECK_FAR_S / 2 + 2 * CHECK_S) == 40 and len(reads) == 3  # near: CHECK_S
