@@ -57,7 +57,9 @@ class Backpressure:
     def room(self, now_s: float | None = None) -> int:
         """How many records the next poll may read (0 = stay paused); updates ``paused``."""
         now_s = time.monotonic() if now_s is None else now_s
-        if now_s < self._next_check:
+        # a cached reading serves until the next check, except one used up by our own admissions:
+        # room 0 while not paused is read again at once (a poll reads at least one record)
+        if now_s < self._next_check and (self.paused or self._room > 0):
             return 0 if self.paused else self._room
         self._next_check = now_s + CHECK_S
         counts = self._in_flight(self.models)

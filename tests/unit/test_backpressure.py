@@ -44,3 +44,12 @@ def test_far_from_the_bound_a_reading_lasts_longer_until_admissions_bring_it_nea
     assert bp.room(now_s=1.0 + CHECK_FAR_S / 2 + CHECK_S) == 40 and len(reads) == 2
     assert bp.room(now_s=1.0 + CHECK_FAR_S / 2 + 1.5 * CHECK_S) == 40 and len(reads) == 2
     assert bp.room(now_s=1.0 + CHECK_FAR_S / 2 + 2 * CHECK_S) == 40 and len(reads) == 3  # near: CHECK_S
+
+
+def test_room_used_up_by_our_own_admissions_is_read_again_at_once():
+    reads, counts = [], {"a": 0}
+    bp = Backpressure(lambda models: reads.append(1) or {m: counts[m] for m in models}, ["a"], 100, 0.8)
+    assert bp.room(now_s=1.0) == 100
+    bp.admitted(100, now_s=1.0)
+    counts["a"] = 100
+    assert bp.room(now_s=1.001) == 0 and bp.paused and len(reads) == 2  # not a cached 0 unpaused
