@@ -13,7 +13,9 @@ once. A record from any other producer waits at most that pause.
 There is one doorbell per partition of the requests topic, and an intake waits on those of the
 partitions it owns, so with several intakes a ring wakes the one that will read the record. A ring
 is never lost: the list keeps it until the intake pops it (several rings in a row are one element,
-so at worst the intake makes one extra empty poll). The doorbell is only a wake-up; the
+so at worst the intake makes one extra empty poll). A woken intake polls up to three times before it
+waits again: the first poll may only harvest the fetch kafka-python sent before the record arrived,
+which the local broker answers at once, empty. The doorbell is only a wake-up; the
 record itself is always read from Kafka. Both sides use a Redis client that does not ride out
 outages, so a Redis blip costs a ring (the pause then runs out) instead of blocking either side.
 """

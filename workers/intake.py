@@ -29,7 +29,6 @@ from typing import Any
 
 from celery import Celery
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
-from kafka.admin import MemberToRemove
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import TopicPartition
@@ -46,6 +45,7 @@ from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
 from workers.backpressure import Backpressure, PartitionHold
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
+from workers.consumer import leave_group, new_consumer
 from workers.cpu import yield_cpu
 from workers.doorbell import Doorbell
 from workers.result_store import (
@@ -65,24 +65,11 @@ log = logging.getLogger(__name__)
 # failures that pass: the poll is rewound and tried again after a pause
 RETRYABLE: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, OperationalError, KafkaError)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
+# after a ring, polls that may come back empty before the intake waits again: the first harvests
+# the fetch kafka-python sent before the record arrived (the local broker answers it at once,
+# empty); without them a ringing record waited a whole kafka_quiet_poll_ms, 1 in 100 at low load
+RUNG_POLLS = 2
 REBALANCING: tuple[type[Exception], ...] = (CommitFailedError, RebalanceInProgressError)
-
-
-def new_consumer(settings: Settings) -> KafkaConsumer:
-    """The intake's consumer: a (static, when configured) member of the intake group."""
-    return KafkaConsumer(
-        requests_topic(settings),
-        **kafka_client_options(settings),
-        group_id=settings.kafka_group_id,
-        group_instance_id=settings.kafka_group_instance_id or None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        max_poll_records=settings.kafka_max_poll_records,
-        session_timeout_ms=settings.kafka_session_timeout_ms,
-        heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
-        fetch_max_wait_ms=settings.kafka_poll_timeout_ms,
-        max_partition_fetch_bytes=max(1_048_576, settings.kafka_max_message_bytes * 2),
-    )
 
 
 class Intake:
@@ -111,6 +98,7 @@ class Intake:
         self.hold = PartitionHold(self.backpressure)
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
         self.stall = StallWatch()
+        self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(
             lambda: KafkaAdminClient(**kafka_options(settings), request_timeout_ms=5_000),
             settings.kafka_trim_committed_every_s,
@@ -135,7 +123,6 @@ class Intake:
         ``kafka_quiet_poll_ms`` instead: clients that ring are picked up as soon as they have rung,
         and the rare polls leave the model's cores alone (:mod:`workers.doorbell`).
         """
-        s = self.s
         pause_s, quiet_since, retry_s = 0.0, time.monotonic(), RETRY_FIRST_S
         try:
             while not stop.is_set():
@@ -151,45 +138,38 @@ class Intake:
                     retry_s = min(RETRY_MAX_S, retry_s * 2)
                     continue
                 if handled:
-                    pause_s, quiet_since = 0.0, time.monotonic()
+                    pause_s, quiet_since, self._rung_polls = 0.0, time.monotonic(), 0
                     continue
-                self._check_stall()
-                if self.trim.due(idle=True):
-                    self.trim.trim()
-                if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
-                    mine = [tp.partition for tp in self.consumer.assignment()]
-                    self.doorbell.wait(mine, s.kafka_quiet_poll_ms / 1000.0, stop)
-                    continue
-                quiet = (time.monotonic() - quiet_since) * 1000.0 >= s.kafka_quiet_after_ms
-                cap_ms = s.kafka_quiet_poll_ms if quiet else s.kafka_idle_poll_max_ms
-                pause_s = min(cap_ms / 1000.0, max(0.001, pause_s * 2))
-                stop.wait(pause_s)
+                pause_s = self._idle(stop, pause_s, quiet_since)
         finally:
             self.producer.flush()
             self.consumer.close(autocommit=False)
             self.producer.close()
-            self._leave_group()
+            leave_group(self.s)
             self.trim.close()
             if self.doorbell is not None:
                 self.doorbell.close()
 
-    def _leave_group(self) -> None:
-        """A static member does not leave its group on close (so a restart keeps its partitions);
-        on a deliberate stop it is removed explicitly (KIP-345), so the others take over at once
-        instead of after the session timeout."""
-        instance = self.s.kafka_group_instance_id
-        if not instance:
-            return
-        try:
-            admin = KafkaAdminClient(**kafka_options(self.s), request_timeout_ms=5_000)
-            try:
-                admin.remove_group_members(
-                    self.s.kafka_group_id, [MemberToRemove(group_instance_id=instance)]
-                )
-            finally:
-                admin.close()
-        except Exception as e:  # the broker may be gone too; the session timeout then does it
-            log.warning("could not leave group %s as %s: %r", self.s.kafka_group_id, instance, e)
+    def _idle(self, stop: threading.Event, pause_s: float, quiet_since: float) -> float:
+        """After an empty poll: housekeeping, then wait for a reason to poll again; returns the
+        pause (doorbell off: doubling up to its cap, see :meth:`run`)."""
+        s = self.s
+        self._check_stall()
+        if self.trim.due(idle=True):
+            self.trim.trim()
+        if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
+            if self._rung_polls:  # rung, yet nothing read: that poll harvested a fetch sent before
+                self._rung_polls -= 1  # the record arrived (kafka-python keeps one in flight)
+                return pause_s
+            mine = [tp.partition for tp in self.consumer.assignment()]
+            if self.doorbell.wait(mine, s.kafka_quiet_poll_ms / 1000.0, stop):
+                self._rung_polls = RUNG_POLLS
+            return pause_s
+        quiet = (time.monotonic() - quiet_since) * 1000.0 >= s.kafka_quiet_after_ms
+        cap_ms = s.kafka_quiet_poll_ms if quiet else s.kafka_idle_poll_max_ms
+        pause_s = min(cap_ms / 1000.0, max(0.001, pause_s * 2))
+        stop.wait(pause_s)
+        return pause_s
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""

@@ -14,7 +14,9 @@ from transformers import AutoModel, AutoTokenizer
 
 
 def build(model_path: str, max_batch_size: int, wait_s: float, threads: int):
-    @serve.deployment(ray_actor_options={"num_cpus": 0})
+    # Ray Serve admits 5 requests per replica by default, which caps @serve.batch at 5 (its own
+    # warning says so): let a full batch, and the next one, be in the replica at once
+    @serve.deployment(ray_actor_options={"num_cpus": 0}, max_ongoing_requests=2 * max_batch_size)
     class Embedder:
         def __init__(self) -> None:
             torch.set_num_threads(threads)
