@@ -48,7 +48,7 @@ class Service:
     before_start: Callable[[], None] | None = None
 
 
-LOCAL_TRIM_EVERY_S = 10.0  # how often the local intakes trim what they committed (workers/trim.py)
+LOCAL_TRIM_EVERY_S = 2.0  # how often the local intakes trim what they committed (workers/trim.py)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:

@@ -63,7 +63,7 @@ class Settings(BaseSettings):
         0.0,
         ge=0,
         description="Delete the requests topic's records the intake has committed, this often (0 = never: "
-        "Kafka's retention decides). `inferq-ops up` sets 10 for its broker, which rewrites its whole "
+        "Kafka's retention decides). `inferq-ops up` sets 2 for its broker, which rewrites its whole "
         "data file as the log changes, at a CPU cost that grows with the log",
     )
     kafka_max_message_bytes: int = Field(

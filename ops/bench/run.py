@@ -152,15 +152,15 @@ def _bench_inferq(settings: Settings, plan: BenchPlan, texts: list[str], step: A
     load = InferqLoad(bs, MODEL)
     try:
         load.burst(texts[:64])  # warm every path (and the cost model) before measuring
+        levels: list[Level] = []
+        for c in plan.levels:  # lightest first: none inherits a heavier one's backlog or log
+            step(f"inferq: {c} in flight")
+            window = plan.low_load_window_s if c == min(plan.levels) else plan.window_s
+            levels.append(load.run(c, texts, plan.warmup_s, window))
         step("inferq: saturation burst")
         n = plan.burst_texts
         # the raw figure's texts, unchanged (each request still has its own id)
         steady, whole, latencies = load.burst([texts[i % len(texts)] for i in range(n)])
-        levels: list[Level] = []
-        for c in plan.levels:
-            step(f"inferq: {c} in flight")
-            window = plan.low_load_window_s if c == min(plan.levels) else plan.window_s
-            levels.append(load.run(c, texts, plan.warmup_s, window))
     finally:
         load.close()
         stack.down()
