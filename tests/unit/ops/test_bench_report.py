@@ -44,7 +44,12 @@ def test_json_table_and_plot_are_written(tmp_path):
     data = {
         "model": "m",
         "machine": {"device": "cpu", "cpus": 2},
-        "raw": {"best_layout": "1 process × 2 threads", "best_batch_size": 32, "batch1_p50_ms": 25.0},
+        "raw": {
+            "best_layout": "1 process × 2 threads",
+            "best_batch_size": 32,
+            "best_swept_seq_per_s": 104.0,
+            "batch1_p50_ms": 25.0,
+        },
         "raw_best_seq_per_s": 100.0,
         "pipeline_seq_per_s": 92.0,
         "ratio": 0.92,
