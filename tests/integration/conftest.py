@@ -7,10 +7,12 @@ the intake, the result API and Flower. Torn down (and checked stopped) at the en
 
 from __future__ import annotations
 
+import contextlib
 import secrets
 import time
 import uuid
 from collections.abc import Callable, Iterator
+from pathlib import Path
 
 import pytest
 from kafka import KafkaConsumer
@@ -48,6 +50,19 @@ def stack(settings: Settings) -> Iterator[Stack]:
     finally:
         st.down()
     assert not any(v["running"] for v in st.status().values()), "down left a service running"
+
+
+@contextlib.contextmanager
+def intake_only(base: Settings, state_dir: Path) -> Iterator[Settings]:
+    """A stack of broker, Redis and intake and no worker (what is admitted stays ``queued``), on
+    free ports under ``state_dir``: for tests that watch the intake alone."""
+    settings = on_free_ports(base, state_dir)
+    st = Stack(settings)
+    try:
+        st.up(only=["broker", "redis", "intake"])
+        yield settings
+    finally:
+        st.down()
 
 
 @pytest.fixture

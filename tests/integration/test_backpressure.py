@@ -11,12 +11,11 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ops.stack import Stack, on_free_ports
 from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.settings import Settings
-from tests.integration.conftest import dead_letters, eventually
+from tests.integration.conftest import dead_letters, eventually, intake_only
 
 BOUND = 5
 
@@ -29,13 +28,8 @@ def paused(tmp_path_factory):
         backpressure_max_inflight=BOUND,
         log_ship=False,
     )
-    settings = on_free_ports(base, tmp_path_factory.mktemp("backpressure"))
-    stack = Stack(settings)
-    try:
-        stack.up(only=["broker", "redis", "intake"])
+    with intake_only(base, tmp_path_factory.mktemp("backpressure")) as settings:
         yield settings
-    finally:
-        stack.down()
 
 
 def test_expired_and_invalid_records_at_the_head_are_answered_while_paused(paused):

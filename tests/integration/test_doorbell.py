@@ -11,11 +11,10 @@ import time
 
 import pytest
 
-from ops.stack import Stack, on_free_ports
 from producers.client import InferqClient
 from schemas.messages import ResultStatus
 from schemas.settings import Settings
-from tests.integration.conftest import eventually
+from tests.integration.conftest import eventually, intake_only
 from workers.doorbell import Doorbell
 
 
@@ -37,13 +36,8 @@ def rare_polls(tmp_path_factory):
         kafka_quiet_poll_ms=QUIET_POLL_MS,
         log_ship=False,
     )
-    settings = on_free_ports(base, tmp_path_factory.mktemp("doorbell"))
-    stack = Stack(settings)
-    try:
-        stack.up(only=["broker", "redis", "intake"])
+    with intake_only(base, tmp_path_factory.mktemp("doorbell")) as settings:
         yield settings
-    finally:
-        stack.down()
 
 
 def test_a_ring_wakes_an_idle_intake_at_once(rare_polls):
