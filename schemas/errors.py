@@ -29,6 +29,11 @@ class ErrorCode(str, Enum):
     UNAUTHORIZED = "unauthorized"
     PAYLOAD_TOO_LARGE = "payload_too_large"
     INTERNAL_ERROR = "internal_error"
+    MODEL_UNAVAILABLE = "model_unavailable"
+    QUOTA_EXCEEDED = "quota_exceeded"
+    NOT_FOUND = "not_found"
+    METHOD_NOT_ALLOWED = "method_not_allowed"
+    FORBIDDEN = "forbidden"
 
 
 class InferqError(Exception):
@@ -130,6 +135,39 @@ class PayloadTooLarge(InferqError):
 
     code = ErrorCode.PAYLOAD_TOO_LARGE
     hint = "send fewer or shorter inputs (INFERQ_MAX_INPUTS_PER_REQUEST, INFERQ_MAX_TEXT_CHARS)"
+
+
+class ModelUnavailable(InferqError):
+    """No live worker serves the requested model (it is in the catalogue, but nobody runs it)."""
+
+    code = ErrorCode.MODEL_UNAVAILABLE
+    hint = "start a worker that serves this model (INFERQ_WORKER_MODELS), or send the request to one that runs"
+
+
+class QuotaExceeded(InferqError):
+    """A tenant is over one of its own limits (requests in flight, stored result bytes)."""
+
+    code = ErrorCode.QUOTA_EXCEEDED
+    hint = "wait for your requests in flight to finish, or ask the operator to raise your tenant's limits"
+
+
+class NotFound(InferqError):
+    """No such request (unknown, expired from the store, or not the caller's)."""
+
+    code = ErrorCode.NOT_FOUND
+    hint = "check the request id; results are kept for INFERQ_RESULT_TTL_S"
+
+
+class MethodNotAllowed(InferqError):
+    code = ErrorCode.METHOD_NOT_ALLOWED
+    hint = "see /openapi.json for the methods each path takes"
+
+
+class Forbidden(InferqError):
+    """The caller is authenticated but may not do this (another tenant's name, topic or id)."""
+
+    code = ErrorCode.FORBIDDEN
+    hint = "act only as the tenant your key (or Kafka principal) belongs to"
 
 
 class ConfigurationError(InferqError):
