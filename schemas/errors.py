@@ -141,7 +141,10 @@ class ModelUnavailable(InferqError):
     """No live worker serves the requested model (it is in the catalogue, but nobody runs it)."""
 
     code = ErrorCode.MODEL_UNAVAILABLE
-    hint = "start a worker that serves this model (INFERQ_WORKER_MODELS), or send the request to one that runs"
+    hint = (
+        "start a worker that serves this model (INFERQ_WORKER_MODELS), or send the request to a model "
+        "that runs"
+    )
 
 
 class QuotaExceeded(InferqError):
