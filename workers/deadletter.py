@@ -94,7 +94,7 @@ def build(
     text = raw[:cap].decode("utf-8", "replace")
     truncated = len(raw) > cap
     for _ in range(12):  # each cut is proportional to the excess: a few rounds reach the cap
-        letter = DeadLetter(**fields, payload=text, payload_truncated=truncated)  # type: ignore[arg-type]
+        letter = DeadLetter(**fields, payload=text, payload_truncated=truncated)
         value = letter.model_dump_json().encode()
         if len(value) <= cap:
             return _letter(record_key, value, letter)
@@ -109,7 +109,7 @@ def build(
         hint=error.hint[:TEXT_MAX_CHARS],
         detail=None,
     )
-    letter = DeadLetter(**{**fields, "error": small}, payload="", payload_truncated=bool(raw))  # type: ignore[arg-type]
+    letter = DeadLetter(**{**fields, "error": small}, payload="", payload_truncated=bool(raw))
     return _letter(record_key, letter.model_dump_json().encode(), letter)
 
 

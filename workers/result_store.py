@@ -52,7 +52,13 @@ class Cancellation(NamedTuple):
 
 def request_digest(request: InferenceRequest) -> str:
     """Digest of a request's content, to tell a redelivery from a reuse of its id."""
-    return hashlib.sha256(request.wire_json().encode()).hexdigest()[:32]
+    return bytes_digest(request.wire_json().encode())
+
+
+def bytes_digest(raw: bytes) -> str:
+    """:func:`request_digest` of a record's raw bytes (equal when they are the request's wire JSON,
+    which is what the API and the producer client publish)."""
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def request_result(
@@ -90,6 +96,7 @@ class ResultStore:
         self._progress = client.register_script(lua.PROGRESS)
         self._expire_due = client.register_script(lua.EXPIRE_DUE)
         self._claim_stale = client.register_script(lua.CLAIM_STALE)
+        self._fail_owned = client.register_script(lua.FAIL_OWNED)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)
         # called with each result this process made terminal (logs, metrics); never raise into writes
@@ -167,6 +174,33 @@ class ResultStore:
         if not only_if_absent:
             self._notify((r for r, n in terminal if not n), self.refused_hooks)
         return verdicts
+
+    def fail_owned(self, items: Sequence[tuple[Sequence[str], InferenceResult]]) -> list[bool]:
+        """Write each ``failed`` result (the intake's answer to a record it dead-lettered) where its
+        id is unknown, or over a ``queued`` record whose digest is one of the given ones (the same
+        content: the API admits a request before it publishes exactly its wire JSON), releasing
+        its in-flight count; refused otherwise. One round trip; True where written."""
+        if not items:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for digests, failed in items:
+            raw, parsed = [*digests, "", ""][:2]
+            self._fail_owned(
+                keys=self._keys(failed.request_id, failed.model),
+                args=[
+                    failed.model_dump_json(),
+                    self._s.result_ttl_s,
+                    self.channel,
+                    failed.request_id,
+                    raw,
+                    parsed,
+                    inflight_key(self._s, ""),
+                ],
+                client=pipe,
+            )
+        written = [bool(int(v)) for v in pipe.execute()]
+        self._notify(r for (_, r), ok in zip(items, written, strict=True) if ok)
+        return written
 
     def _keys(self, request_id: str, model: str | None) -> list[str]:
         return [
