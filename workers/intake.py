@@ -444,7 +444,12 @@ class Intake:
             digests = [bytes_digest(rec.value or b"")]
             with contextlib.suppress(Exception):  # parsed, it may be stored under its wire digest
                 digests.append(request_digest(parse_request(rec.value, self.s)))
-            self.store.fail_owned([(digests, failed)])
+            try:
+                self.store.fail_owned([(digests, failed)])
+            except RETRYABLE:
+                raise
+            except Exception:  # the record itself may be what breaks the store: the letter still goes
+                log.exception("could not write the failed answer for %s", rid)
         self._letters.append(letter)
 
 
