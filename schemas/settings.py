@@ -216,6 +216,13 @@ class Settings(BaseSettings):
         description="A request still queued this long after admission is sent to its Celery queue again "
         "(its message was lost with a worker killed as it took it); keep it above the longest queue wait",
     )
+    republish_unseen_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request the API admitted and published that no intake has read this long after, "
+        "while the intake has committed past where it would be, is published to Kafka again (the broker "
+        "lost it)",
+    )
     max_attempts: int = Field(
         3,
         ge=1,

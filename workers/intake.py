@@ -49,7 +49,7 @@ from schemas.catalog import CATALOG
 from schemas.connections import kafka_client_options, kafka_options
 from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, InvalidRequest
 from schemas.messages import NAME_PATTERN, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import model_queue, requests_topic
+from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
 from workers import deadletter
 from workers.backpressure import Backpressure, PartitionHold
@@ -57,6 +57,7 @@ from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
 from workers.consumer import leave_group, new_consumer
 from workers.cpu import yield_cpu
 from workers.doorbell import Doorbell
+from workers.lost import LostRecords
 from workers.result_store import (
     TRANSIENT_ERRORS,
     Admission,
@@ -126,6 +127,7 @@ class Intake:
         self.stall = StallWatch()
         self.strikes: dict[Where, int] = {}
         self._letters: list[deadletter.Letter] = []
+        self.lost = LostRecords(settings, store, producer)
         self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(
             lambda: KafkaAdminClient(**kafka_options(settings), request_timeout_ms=5_000),
@@ -198,6 +200,7 @@ class Intake:
         pause (doorbell off: doubling up to its cap, see :meth:`run`)."""
         s = self.s
         self._check_stall()
+        self.lost.sweep(self.consumer)
         if self.trim.due(idle=True):
             self.trim.trim()
         if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
@@ -314,6 +317,8 @@ class Intake:
                 continue
             accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
         self.hand_off(accepted)
+        # before the commit: the API's copy of these may go (see _republish_lost)
+        self.store.seen([req for rec, req, _ in accepted if _admitted(rec)])
 
     def _handle_alone(self, rec: ConsumerRecord, received: float) -> None:
         """A record whose polls failed ``MAX_STRIKES`` times: handled by itself, and dead-lettered
@@ -451,6 +456,11 @@ class Intake:
             except Exception:  # the record itself may be what breaks the store: the letter still goes
                 log.exception("could not write the failed answer for %s", rid)
         self._letters.append(letter)
+
+
+def _admitted(rec: ConsumerRecord) -> bool:
+    """Whether the API admitted this record's request before publishing it (its header says so)."""
+    return any(k == ADMITTED_HEADER for k, _ in rec.headers or ())
 
 
 def _salvage(raw: bytes | None) -> tuple[str | None, str | None]:

@@ -21,7 +21,15 @@ import redis
 from schemas.connections import redis_client
 from schemas.errors import Cancelled, DeadlineExpired, InferqError
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import deadlines_key, done_channel, inflight_key, pending_key, result_key
+from schemas.naming import (
+    deadlines_key,
+    done_channel,
+    inflight_key,
+    pending_key,
+    result_key,
+    unseen_key,
+    unseen_wire_key,
+)
 from schemas.settings import Settings
 from workers import store_scripts as lua
 
@@ -97,6 +105,7 @@ class ResultStore:
         self._expire_due = client.register_script(lua.EXPIRE_DUE)
         self._claim_stale = client.register_script(lua.CLAIM_STALE)
         self._fail_owned = client.register_script(lua.FAIL_OWNED)
+        self._unseen = client.register_script(lua.UNSEEN)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)
         # called with each result this process made terminal (logs, metrics); never raise into writes
@@ -201,6 +210,40 @@ class ResultStore:
         written = [bool(int(v)) for v in pipe.execute()]
         self._notify(r for (_, r), ok in zip(items, written, strict=True) if ok)
         return written
+
+    # -- the API's hand-offs to Kafka, until an intake reads them (a record the broker loses) --------
+    def expect(self, request: InferenceRequest) -> None:
+        """Keep the wire JSON of a request just admitted, about to be published, until an intake
+        reads it (:meth:`seen`); :meth:`unseen` finds the ones it never read."""
+        key = self._keys(request.request_id, request.model)[0]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(unseen_key(self._s), {key: now_ms()})
+        pipe.hset(unseen_wire_key(self._s), key, request.wire_json())
+        pipe.execute()
+
+    def seen(self, requests: Sequence[InferenceRequest]) -> None:
+        """The intake read these requests from Kafka: their hand-offs are no longer needed."""
+        if not requests:
+            return
+        keys = [self._keys(r.request_id, r.model)[0] for r in requests]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(unseen_key(self._s), *keys)
+        pipe.hdel(unseen_wire_key(self._s), *keys)
+        pipe.execute()
+
+    def unseen(self, older_than_s: float, limit: int = 500) -> list[tuple[str, str]]:
+        """(result key, wire JSON) of requests published ``older_than_s`` ago or more that no
+        intake has read and that are still queued."""
+        flat = self._unseen(
+            keys=[unseen_key(self._s), unseen_wire_key(self._s)],
+            args=[repr(now_ms() - older_than_s * 1000.0), limit],
+        )
+        found = [as_text(v) for v in flat]
+        return list(zip(found[0::2], found[1::2], strict=True))
+
+    def republished(self, key: str) -> None:
+        """A hand-off was published again: it counts as new (found again only if lost again)."""
+        self.client.zadd(unseen_key(self._s), {key: now_ms()}, xx=True)
 
     def _keys(self, request_id: str, model: str | None) -> list[str]:
         return [
