@@ -19,7 +19,7 @@ from producers.client import InferqClient
 from schemas.connections import kafka_options
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
-from schemas.naming import requests_topic, result_key
+from schemas.naming import requests_topic, result_key, unseen_key
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually, intake_only
 from workers import deadletter
@@ -143,3 +143,42 @@ def test_a_failed_answer_replaces_the_queued_record_the_api_admitted(intake, pro
         dead_letters(intake, {other.request_id})
         assert client.result(other.request_id).status is ResultStatus.QUEUED
         assert client.store.in_flight() == before + 1
+
+
+@pytest.fixture(scope="module")
+def lossy(tmp_path_factory) -> Iterator[Settings]:
+    base = Settings(
+        kafka_partitions=2, kafka_session_timeout_ms=6_000, log_ship=False, republish_unseen_after_s=2
+    )
+    with intake_only(base, tmp_path_factory.mktemp("intake-lost")) as settings:
+        yield settings
+
+
+def test_a_request_the_api_admitted_whose_record_the_broker_lost_is_published_again(lossy):
+    """Point 16: the API records ``queued`` and then publishes; a record the broker loses after
+    acknowledging it (an unclean restart) left the request queued for ever. Here the loss is the
+    record never reaching the log at all, the same thing as seen from the intake."""
+    lost = InferenceRequest(task="embed", model=MODEL, inputs="its record was lost")
+    fine = InferenceRequest(task="embed", model=MODEL, inputs="its record arrived")
+    traffic = valid(6, "moves the committed offsets on")
+    with InferqClient(lossy) as client:
+        client.admit(lost)  # admitted, never published
+        client.admit(fine)
+        client.publish(fine)  # what the API does: admit, then publish (with the admitted header)
+        for r in traffic:
+            client.publish(r)
+        client.flush()
+        unseen = client.store.client
+        eventually(
+            lambda: unseen.zscore(unseen_key(lossy), result_key(lossy, fine.request_id)) is None,
+            timeout_s=30,
+            what="the intake to mark the published request read",
+        )
+        lost_key = result_key(lossy, lost.request_id)
+        eventually(
+            lambda: unseen.hexists(lost_key, "handoff"), timeout_s=60, what="the lost request handed on"
+        )
+        assert client.result(lost.request_id).status is ResultStatus.QUEUED  # admitted once, not twice
+        eventually(
+            lambda: unseen.zscore(unseen_key(lossy), lost_key) is None, timeout_s=30, what="its copy dropped"
+        )
