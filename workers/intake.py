@@ -185,7 +185,11 @@ class Intake:
                 if handled:
                     pause_s, quiet_since, self._rung_polls = 0.0, time.monotonic(), 0
                     continue
-                pause_s = self._idle(stop, pause_s, quiet_since)
+                try:
+                    pause_s = self._idle(stop, pause_s, quiet_since)
+                except Exception:  # housekeeping (doorbell, trim, stall check): never exit on it
+                    log.warning("intake housekeeping failed; retrying in %.1f s", retry_s, exc_info=True)
+                    stop.wait(retry_s)
         finally:
             self.producer.flush()
             self.consumer.close(autocommit=False)
