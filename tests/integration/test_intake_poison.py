@@ -83,7 +83,7 @@ def test_undecodable_records_are_typed_dead_letters_and_intake_reads_on(intake, 
 
 
 def test_a_400_kb_invalid_utf8_record_gets_a_letter_that_fits_and_12_requests_pass(intake, producer):
-    raw = bytes(range(0x80, 0x100)) * 1_600  # 409,600 bytes; every byte a U+FFFD once decoded
+    raw = b"\xff" * 409_600  # every byte a 3-byte U+FFFD once decoded: a 1.2 MB letter before
     good = valid(12, "on other partitions")
     topic = requests_topic(intake)
     producer.send(topic, key=b"invalid-utf8-400kb", value=raw, partition=0).get(timeout=30)

@@ -80,7 +80,7 @@ def letter_of(payload: bytes | str, settings: Settings = S, **kw) -> deadletter.
 
 
 def test_a_400_kb_invalid_utf8_record_makes_a_letter_under_the_cap():
-    raw = bytes(range(0x80, 0x100)) * 1_600  # 409,600 bytes, every one a U+FFFD when decoded
+    raw = b"\xff" * 409_600  # every byte a 3-byte U+FFFD once decoded: a 1.2 MB letter before
     built = letter_of(raw)
     assert len(built.value) <= deadletter.letter_cap(S) < S.kafka_max_request_bytes
     letter = DeadLetter.model_validate_json(built.value)
