@@ -287,7 +287,8 @@ class Intake:
         try:
             struck = [r for r in records if self.strikes.get(_where(r), 0) >= MAX_STRIKES]
             if struck:
-                self._handle_records([r for r in records if r not in struck], received)
+                alone = {_where(r) for r in struck}
+                self._handle_records([r for r in records if _where(r) not in alone], received)
                 for rec in struck:
                     self._handle_alone(rec, received)
             else:
@@ -321,7 +322,7 @@ class Intake:
                 continue
             accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
         self.hand_off(accepted)
-        # before the commit: the API's copy of these may go (see _republish_lost)
+        # before the commit: the API's copies of these may go (workers.lost)
         self.store.seen([req for rec, req, _ in accepted if _admitted(rec)])
 
     def _handle_alone(self, rec: ConsumerRecord, received: float) -> None:
