@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
+from datetime import datetime, timezone
 
 import pytest
 from kafka import KafkaProducer
@@ -182,3 +183,33 @@ def test_a_request_the_api_admitted_whose_record_the_broker_lost_is_published_ag
         eventually(
             lambda: unseen.zscore(unseen_key(lossy), lost_key) is None, timeout_s=30, what="its copy dropped"
         )
+
+
+@pytest.fixture(scope="module")
+def paused(tmp_path_factory) -> Iterator[Settings]:
+    base = Settings(
+        kafka_partitions=1, kafka_session_timeout_ms=6_000, backpressure_max_inflight=2, log_ship=False
+    )
+    with intake_only(base, tmp_path_factory.mktemp("intake-paused")) as settings:
+        yield settings
+
+
+def test_while_paused_a_record_that_breaks_the_store_is_dead_lettered_and_skimming_goes_on(paused):
+    """The paused skim path hands expired records on; one that breaks the store there is struck,
+    then dead-lettered like anywhere else, and the expired records beside it are still answered."""
+    past = datetime(2001, 1, 1, tzinfo=timezone.utc)
+    victim = InferenceRequest(task="embed", model=MODEL, inputs="expired, key clobbered", deadline=past)
+    with InferqClient(paused) as client:
+        for i in range(2):
+            client.submit("embed", MODEL, f"fills the bound {i}")
+        client.flush()
+        eventually(lambda: client.store.in_flight() == 2, what="the bound reached")
+        client.store.client.set(result_key(paused, victim.request_id), "not a hash")
+        client.publish(victim)
+        late = [client.submit("embed", MODEL, f"expired in the backlog {i}", deadline=past) for i in range(3)]
+        client.flush()
+        letter = dead_letters(paused, {victim.request_id}, timeout_s=60)[victim.request_id]
+        assert letter.error.code is ErrorCode.INTERNAL_ERROR
+        results = client.wait_all(late, timeout_s=30)
+        assert {r.status for r in results.values()} == {ResultStatus.EXPIRED}
+        assert client.store.in_flight() == 2  # still paused: the bound is still taken
