@@ -104,7 +104,6 @@ class ResultStore:
         self._progress = client.register_script(lua.PROGRESS)
         self._expire_due = client.register_script(lua.EXPIRE_DUE)
         self._claim_stale = client.register_script(lua.CLAIM_STALE)
-        self._fail_owned = client.register_script(lua.FAIL_OWNED)
         self._unseen = client.register_script(lua.UNSEEN)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)
@@ -188,28 +187,42 @@ class ResultStore:
         """Write each ``failed`` result (the intake's answer to a record it dead-lettered) where its
         id is unknown, or over a ``queued`` record whose digest is one of the given ones (the same
         content: the API admits a request before it publishes exactly its wire JSON), releasing
-        its in-flight count; refused otherwise. One round trip; True where written."""
+        its in-flight count like any end (:meth:`advance`); refused otherwise. True where written.
+
+        The read and the write are two steps: a queued record of that content has no hand-off
+        (the intake refused the record, so no worker can hold it), so nothing moves it between."""
         if not items:
             return []
         pipe = self.client.pipeline(transaction=False)
-        for digests, failed in items:
-            raw, parsed = [*digests, "", ""][:2]
-            self._fail_owned(
-                keys=self._keys(failed.request_id, failed.model),
-                args=[
-                    failed.model_dump_json(),
-                    self._s.result_ttl_s,
-                    self.channel,
-                    failed.request_id,
-                    raw,
-                    parsed,
-                    inflight_key(self._s, ""),
-                ],
-                client=pipe,
-            )
-        written = [bool(int(v)) for v in pipe.execute()]
-        self._notify(r for (_, r), ok in zip(items, written, strict=True) if ok)
-        return written
+        for _, failed in items:
+            pipe.hmget(self._keys(failed.request_id, failed.model)[0], "status", "digest", "body")
+        found = pipe.execute()
+        absent: list[InferenceResult] = []
+        owned: list[InferenceResult] = []
+        where: list[tuple[str, int]] = []
+        for (digests, failed), (status, digest, body) in zip(items, found, strict=True):
+            if status is None:
+                where.append(("absent", len(absent)))
+                absent.append(failed)
+            elif as_text(status) == ResultStatus.QUEUED.value and digest and as_text(digest) in digests:
+                queued = InferenceResult.model_validate_json(body)
+                where.append(("owned", len(owned)))
+                owned.append(
+                    queued.model_copy(
+                        update={
+                            "status": ResultStatus.FAILED,
+                            "error": failed.error,
+                            "timings": queued.timings.model_copy(update={"done_ms": failed.timings.done_ms}),
+                        }
+                    )
+                )
+            else:
+                where.append(("refused", 0))
+        done = {
+            "absent": self.advance(absent, only_if_absent=True) if absent else [],
+            "owned": self.advance(owned) if owned else [],
+        }
+        return [kind != "refused" and done[kind][n] for kind, n in where]
 
     # -- the API's hand-offs to Kafka, until an intake reads them (a record the broker loses) --------
     def expect(self, request: InferenceRequest) -> None:

@@ -146,39 +146,6 @@ end
 return out
 """
 
-# KEYS as ADVANCE ([1] result key, [2] in flight (all), [4] deadlines, [5] pending; [3] unused: the
-# model is read from the queued body); ARGV: failed body, ttl_s, done channel, request id, digest of
-# the raw record, digest of the parsed request ('' = none), in-flight key prefix.
-# The intake's answer to a record it dead-lettered: written where the id is unknown; where the id
-# is queued with the same content (the API admitted it before publishing exactly these bytes), the
-# queued record becomes failed (its in-flight count released) instead of staying queued for ever.
-# Returns 1 when written, 2 when it replaced a queued record, 0 when refused.
-FAIL_OWNED = """
-local st = redis.call('HGET', KEYS[1], 'status')
-if not st then
-  redis.call('HSET', KEYS[1], 'status', 'failed', 'body', ARGV[1])
-  redis.call('EXPIRE', KEYS[1], ARGV[2])
-  redis.call('PUBLISH', ARGV[3], ARGV[4])
-  return 1
-end
-if st ~= 'queued' then return 0 end
-local cur = redis.call('HGET', KEYS[1], 'digest')
-if not cur or (cur ~= ARGV[5] and cur ~= ARGV[6]) then return 0 end
-local body = cjson.decode(redis.call('HGET', KEYS[1], 'body'))
-local failed = cjson.decode(ARGV[1])
-body['status'] = 'failed'
-body['error'] = failed['error']
-body['timings']['done_ms'] = failed['timings']['done_ms']
-redis.call('HSET', KEYS[1], 'status', 'failed', 'body', cjson.encode(body))
-redis.call('HDEL', KEYS[1], 'handoff')
-redis.call('ZREM', KEYS[4], ARGV[4])
-redis.call('ZREM', KEYS[5], ARGV[4])
-redis.call('DECR', KEYS[2])
-redis.call('DECR', ARGV[7] .. (body['model'] or ''))
-redis.call('PUBLISH', ARGV[3], ARGV[4])
-return 2
-"""
-
 # KEYS[1] unseen (sorted set of result keys), KEYS[2] unseen wire (hash); ARGV: cutoff ms, most to
 # return. The API's hand-offs to Kafka that no intake has read since before the cutoff, as a flat
 # list of result key, wire JSON; entries whose request is no longer queued (ended, or forgotten
