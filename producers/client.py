@@ -30,7 +30,7 @@ from schemas.messages import (
     Task,
     now_ms,
 )
-from schemas.naming import requests_topic
+from schemas.naming import ADMITTED_HEADER, requests_topic
 from schemas.settings import Settings, get_settings
 from workers.doorbell import Doorbell
 from workers.result_store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
@@ -47,6 +47,7 @@ class InferqClient:
         self._producer: KafkaProducer | None = None
         self._store: ResultStore | None = None
         self._doorbell: Doorbell | None = None
+        self._admitted: set[str] = set()  # ids admitted here and not yet published (a header marks them)
 
     # -- publishing ---------------------------------------------------------------------------
     @property
@@ -97,16 +98,21 @@ class InferqClient:
 
     def publish(self, request: InferenceRequest) -> FutureRecordMetadata:
         """Publish an already built request; the future resolves when the broker has it."""
-        return self.publish_raw(request.request_id, request.wire_json().encode())
+        admitted = request.request_id in self._admitted
+        self._admitted.discard(request.request_id)
+        headers = [(ADMITTED_HEADER, b"1")] if admitted else None
+        return self.publish_raw(request.request_id, request.wire_json().encode(), headers=headers)
 
-    def publish_raw(self, key: str | None, value: bytes) -> FutureRecordMetadata:
+    def publish_raw(
+        self, key: str | None, value: bytes, *, headers: list[tuple[str, bytes]] | None = None
+    ) -> FutureRecordMetadata:
         """Publish bytes as they are (for tools and tests that send what they like).
 
         Once the broker has the record, the intake's doorbell is rung (``intake_doorbell``), so an
         idle intake picks it up at once instead of at its next poll.
         """
         future = self.producer.send(
-            requests_topic(self.settings), key=key.encode() if key else None, value=value
+            requests_topic(self.settings), key=key.encode() if key else None, value=value, headers=headers
         )
         if self.settings.intake_doorbell:
             if self._doorbell is None:
@@ -117,7 +123,9 @@ class InferqClient:
     def admit(self, request: InferenceRequest) -> Admission:
         """Record ``request`` as ``queued`` before publishing, so its result is readable at once.
 
-        The intake recognises the request as already admitted and hands it on as usual.
+        The intake recognises the request as already admitted and hands it on as usual. Its wire
+        JSON is kept until an intake reads it: if the broker loses the record, the intake publishes
+        it again (``republish_unseen_after_s``), so it does not stay ``queued`` for ever.
         """
         received = {"received_ms": now_ms()}
         deadline = request.deadline_ms()
@@ -125,6 +133,11 @@ class InferqClient:
             [(request_digest(request), queued_result(request, received))],
             {request.request_id: deadline} if deadline is not None else None,
         )
+        if verdict in (Admission.NEW, Admission.PENDING):
+            self.store.expect(request)
+            if len(self._admitted) > 100_000:  # admitted and never published: a bound, not a leak
+                self._admitted.clear()
+            self._admitted.add(request.request_id)
         return verdict
 
     def flush(self, timeout_s: float | None = None) -> None:

@@ -243,7 +243,8 @@ class StreamChunk(_Model):
 
 
 class DeadLetter(_Model):
-    """What the intake publishes for a message it could not accept, with the reason."""
+    """What the intake publishes for a message it could not accept, with the reason (built only by
+    :mod:`workers.deadletter`, which keeps it under the producer's limit)."""
 
     schema_version: Literal[1] = 1
     error: ErrorInfo
@@ -252,6 +253,12 @@ class DeadLetter(_Model):
     source_partition: int
     source_offset: int
     key: str | None = None
-    payload: str = Field(description="The original message, decoded as UTF-8 with replacement characters")
+    payload: str = Field(
+        description="The original message, decoded as UTF-8 with replacement characters; only its head "
+        "when `payload_truncated` (a letter never exceeds INFERQ_DEADLETTER_MAX_BYTES)"
+    )
+    payload_bytes: int | None = Field(None, description="Size of the original message in bytes")
+    payload_sha256: str | None = Field(None, description="SHA-256 (hex) of the original message's bytes")
+    payload_truncated: bool = Field(False, description="`payload` holds only the head of the message")
     attempts: int = 1
     dead_lettered_at: datetime

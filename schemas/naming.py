@@ -125,3 +125,19 @@ def metrics_dir(settings: Settings) -> Path:
 def model_queue(settings: Settings, model: str) -> str:
     """The Celery queue that carries one model's work; unsafe characters become ``_``."""
     return f"{settings.key_prefix}.model.{_UNSAFE.sub('_', model)}"
+
+
+def unseen_key(settings: Settings) -> str:
+    """Sorted set: result keys of requests the API admitted and published that no intake has read
+    yet, by admission time (epoch ms); their wire JSON is in :func:`unseen_wire_key`."""
+    return f"{settings.key_prefix}:unseen"
+
+
+def unseen_wire_key(settings: Settings) -> str:
+    """Hash: result key → the wire JSON the API published for it (republished if the broker lost it)."""
+    return f"{settings.key_prefix}:unseen:wire"
+
+
+# a Kafka record header the API puts on requests it admitted before publishing: the intake marks
+# them read (so the republish sweep leaves them alone); other records cost the intake nothing
+ADMITTED_HEADER = "inferq-admitted"

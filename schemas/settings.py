@@ -69,6 +69,19 @@ class Settings(BaseSettings):
     kafka_max_message_bytes: int = Field(
         1_048_576, ge=1_024, description="Messages larger than this are dead-lettered"
     )
+    kafka_max_request_bytes: int = Field(
+        1_048_576,
+        ge=65_536,
+        description="The intake's and workers' producers' max_request_size (the most one record they "
+        "send may take, dead letters included); keep it above deadletter_max_bytes",
+    )
+    deadletter_max_bytes: int = Field(
+        65_536,
+        ge=4_096,
+        description="The most one dead letter's JSON takes: the embedded payload is cut to fit (its size "
+        "and sha256 are kept); must stay below kafka_max_request_bytes minus 16 KiB for the record's "
+        "key and framing",
+    )
     kafka_security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = Field(
         "PLAINTEXT", description="How every Kafka client connects (TLS with SSL/SASL_SSL)"
     )
@@ -202,6 +215,13 @@ class Settings(BaseSettings):
         gt=0,
         description="A request still queued this long after admission is sent to its Celery queue again "
         "(its message was lost with a worker killed as it took it); keep it above the longest queue wait",
+    )
+    republish_unseen_after_s: float = Field(
+        30.0,
+        gt=0,
+        description="A request the API admitted and published that no intake has read this long after, "
+        "while the intake has committed past where it would be, is published to Kafka again (the broker "
+        "lost it)",
     )
     max_attempts: int = Field(
         3,

@@ -133,7 +133,9 @@ class PartitionHold:
     ) -> int:
         """While paused: hand ``handle`` the records at the head of each partition that need no
         capacity (``needs_no_room``), commit past them, and put the positions back on the first
-        record that does. Returns the records handled."""
+        record that does. Returns the records handled. The held positions move only once
+        ``handle`` and the commit succeeded: when either raises, every partition is put back where
+        it was (a transient failure must not skip records)."""
         now = time.monotonic()
         if not self.held or now - self._skimmed_s < SKIM_EVERY_S:
             return 0
@@ -147,6 +149,7 @@ class PartitionHold:
         finally:  # a rebalance inside the poll may have taken some away
             consumer.pause(*[tp for tp in held if tp in consumer.assignment()])
         heads: Polled = {}
+        after: dict[TopicPartition, int] = {}  # where each partition stands once its head is handled
         for tp, records in polled.items():
             if tp not in self.held:
                 continue
@@ -155,12 +158,19 @@ class PartitionHold:
                 n += 1
             if n:
                 heads[tp] = records[:n]
-            self.held[tp] = records[n].offset if n < len(records) else records[-1].offset + 1
-            consumer.seek(tp, self.held[tp])
-        if not heads:
-            return 0
-        handled = handle(heads)
-        consumer.commit({tp: OffsetAndMetadata(self.held[tp], "", -1) for tp in heads})
+            after[tp] = records[n].offset if n < len(records) else records[-1].offset + 1
+        try:
+            handled = handle(heads) if heads else 0
+            if heads:
+                consumer.commit({tp: OffsetAndMetadata(after[tp], "", -1) for tp in heads})
+        except Exception:  # nothing was skipped: the next skim (or the resume) reads them again
+            for tp in polled:
+                if tp in self.held:
+                    consumer.seek(tp, self.held[tp])
+            raise
+        self.held.update(after)
+        for tp, offset in after.items():
+            consumer.seek(tp, offset)
         return handled
 
     def reset(self) -> None:

@@ -10,7 +10,15 @@ A model with ``INFERQ_BACKPRESSURE_MAX_INFLIGHT`` requests in flight pauses the 
 the intake keeps polling, and still answers the expired and invalid records at their head
 (:mod:`workers.backpressure`). Transient failures (Redis or the Celery
 broker unreachable past the clients' own retries, Kafka errors) rewind the poll and retry it with
-backoff; nothing is committed until a poll is fully handed off.
+backoff; nothing is committed until a poll is fully handed off, its dead letters included (the
+intake waits until the broker has them).
+
+No record can stop the intake. Every failure to decode or validate one is a typed dead letter
+(:mod:`workers.validation`, :mod:`workers.deadletter`: a letter always fits the producer's limit).
+Any other exception while handling a poll (a bug, a type nobody expected) rewinds it and gives each
+of its records a strike; a record with ``MAX_STRIKES`` strikes is then handled alone, and
+dead-lettered ``internal_error`` (with the exception type) if it fails again, so a poison record
+costs a few retries, never the partition. Nothing a record does ends the process.
 
 Run it with ``inferq-intake`` (or ``python -m workers.intake``); SIGTERM finishes the current poll,
 commits and exits.
@@ -20,11 +28,11 @@ from __future__ import annotations
 
 import contextlib
 import logging
+import re
 import signal
 import threading
 import time
 from collections.abc import Callable
-from datetime import datetime, timezone
 from typing import Any
 
 from celery import Celery
@@ -40,25 +48,28 @@ from ops.observe import observe_store
 from schemas.catalog import CATALOG
 from schemas.connections import kafka_client_options, kafka_options
 from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, InvalidRequest
-from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import deadletter_topic, model_queue, requests_topic
+from schemas.messages import NAME_PATTERN, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
+from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
+from workers import deadletter
 from workers.backpressure import Backpressure, PartitionHold
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
 from workers.consumer import leave_group, new_consumer
 from workers.cpu import yield_cpu
 from workers.doorbell import Doorbell
+from workers.lost import LostRecords
 from workers.result_store import (
     TRANSIENT_ERRORS,
     Admission,
     ResultStore,
+    bytes_digest,
     queued_result,
     request_digest,
     request_result,
 )
 from workers.stall import StallWatch
 from workers.trim import CommittedTrim
-from workers.validation import parse_request, salvage_request_id
+from workers.validation import decode_json, parse_request, readable_request_id
 
 log = logging.getLogger(__name__)
 
@@ -70,6 +81,22 @@ RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
 # empty); without them a ringing record waited a whole kafka_quiet_poll_ms, 1 in 100 at low load
 RUNG_POLLS = 2
 REBALANCING: tuple[type[Exception], ...] = (CommitFailedError, RebalanceInProgressError)
+# polls a record may fail (with anything but a typed error) before it is handled alone, and
+# dead-lettered ``internal_error`` if it fails once more
+MAX_STRIKES = 3
+STRIKES_KEPT = 10_000  # records with strikes remembered (a bound; forgetting costs only retries)
+LETTER_WAIT_S = 30.0  # how long a poll waits for the broker to take its dead letters
+_TENANT = re.compile(NAME_PATTERN)
+
+Where = tuple[str, int, int]  # a record's topic, partition, offset
+
+
+class RecordFailed(Exception):
+    """A poll failed with an unexpected exception; it was rewound and its records have a strike."""
+
+
+def _where(rec: ConsumerRecord) -> Where:
+    return (rec.topic, rec.partition, rec.offset)
 
 
 class Intake:
@@ -98,6 +125,9 @@ class Intake:
         self.hold = PartitionHold(self.backpressure)
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
         self.stall = StallWatch()
+        self.strikes: dict[Where, int] = {}
+        self._letters: list[deadletter.Letter] = []
+        self.lost = LostRecords(settings, store, producer)
         self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(
             lambda: KafkaAdminClient(**kafka_options(settings), request_timeout_ms=5_000),
@@ -106,7 +136,13 @@ class Intake:
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
-        producer = KafkaProducer(**kafka_client_options(settings), acks="all", linger_ms=2, retries=10)
+        producer = KafkaProducer(
+            **kafka_client_options(settings),
+            acks="all",
+            linger_ms=2,
+            retries=10,
+            max_request_size=settings.kafka_max_request_bytes,
+        )
         store = observe_store(ResultStore.from_settings(settings))
         return cls(settings, lambda: new_consumer(settings), producer, store, make_app(settings))
 
@@ -137,10 +173,23 @@ class Intake:
                     stop.wait(retry_s)
                     retry_s = min(RETRY_MAX_S, retry_s * 2)
                     continue
+                except RecordFailed as e:  # logged with its traceback where it was struck
+                    log.warning("%s; retrying in %.1f s", e, RETRY_FIRST_S)
+                    stop.wait(RETRY_FIRST_S)
+                    continue
+                except Exception:  # not a record's doing (those are struck above): never exit on it
+                    log.exception("intake step failed; retrying in %.1f s", retry_s)
+                    stop.wait(retry_s)
+                    retry_s = min(RETRY_MAX_S, retry_s * 2)
+                    continue
                 if handled:
                     pause_s, quiet_since, self._rung_polls = 0.0, time.monotonic(), 0
                     continue
-                pause_s = self._idle(stop, pause_s, quiet_since)
+                try:
+                    pause_s = self._idle(stop, pause_s, quiet_since)
+                except Exception:  # housekeeping (doorbell, trim, stall check): never exit on it
+                    log.warning("intake housekeeping failed; retrying in %.1f s", retry_s, exc_info=True)
+                    stop.wait(retry_s)
         finally:
             self.producer.flush()
             self.consumer.close(autocommit=False)
@@ -155,6 +204,7 @@ class Intake:
         pause (doorbell off: doubling up to its cap, see :meth:`run`)."""
         s = self.s
         self._check_stall()
+        self.lost.sweep(self.consumer)
         if self.trim.due(idle=True):
             self.trim.trim()
         if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
@@ -191,7 +241,7 @@ class Intake:
         self.stall.fed()
         try:
             handled = self.handle(polled)
-        except RETRYABLE:
+        except Exception:
             for tp, batch in polled.items():  # read them again: the store makes the replay harmless
                 self.consumer.seek(tp, batch[0].offset)
             raise
@@ -219,18 +269,51 @@ class Intake:
 
     def _needs_no_room(self, record: ConsumerRecord) -> bool:
         """An invalid record (it is dead-lettered) or a request already past its deadline (it is
-        answered ``expired``): neither takes a model's capacity."""
+        answered ``expired``): neither takes a model's capacity. A record that fails otherwise is
+        handed on too: :meth:`handle` strikes it, then dead-letters it."""
         try:
             deadline = parse_request(record.value, self.s).deadline_ms()
-        except InvalidRequest:
+        except Exception:
             return True
         return deadline is not None and deadline <= now_ms()
 
     def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
-        """Validate and hand off one poll; returns the records handled."""
+        """Validate and hand off one poll, its dead letters sent and acknowledged; returns the
+        records handled. Raises what is transient (the caller rewinds); any other exception strikes
+        every record of the poll and is raised as :class:`RecordFailed` (the caller rewinds too)."""
         received = now_ms()
-        accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]] = []
         records = [r for batch in polled.values() for r in batch]
+        self._letters = []
+        try:
+            struck = [r for r in records if self.strikes.get(_where(r), 0) >= MAX_STRIKES]
+            if struck:
+                alone = {_where(r) for r in struck}
+                self._handle_records([r for r in records if _where(r) not in alone], received)
+                for rec in struck:
+                    self._handle_alone(rec, received)
+            else:
+                self._handle_records(records, received)
+            self.producer.flush()
+            lost = deadletter.deliver(self.producer, self.s, self._letters, LETTER_WAIT_S)
+            if lost:
+                log.error("%d dead letters refused by the broker for good; their records are skipped", lost)
+        except RETRYABLE:
+            raise
+        except Exception as e:
+            if len(self.strikes) > STRIKES_KEPT:
+                self.strikes.clear()
+            for rec in records:
+                self.strikes[_where(rec)] = self.strikes.get(_where(rec), 0) + 1
+            log.exception("handling %d records failed; they are read again", len(records))
+            raise RecordFailed(f"handling a poll failed ({type(e).__name__}); rewound") from e
+        finally:
+            self._letters = []
+        for rec in records:
+            self.strikes.pop(_where(rec), None)
+        return len(records)
+
+    def _handle_records(self, records: list[ConsumerRecord], received: float) -> None:
+        accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]] = []
         for rec in records:
             try:
                 request = parse_request(rec.value, self.s)
@@ -239,8 +322,25 @@ class Intake:
                 continue
             accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
         self.hand_off(accepted)
-        self.producer.flush()
-        return len(records)
+        # before the commit: the API's copies of these may go (workers.lost)
+        self.store.seen([req for rec, req, _ in accepted if _admitted(rec)])
+
+    def _handle_alone(self, rec: ConsumerRecord, received: float) -> None:
+        """A record whose polls failed ``MAX_STRIKES`` times: handled by itself, and dead-lettered
+        ``internal_error`` if it fails again (what is transient is still raised: nothing is lost)."""
+        try:
+            self._handle_records([rec], received)
+        except RETRYABLE:
+            raise
+        except Exception as e:
+            attempts = self.strikes.get(_where(rec), 0) + 1
+            log.exception("record %s[%d]@%d failed %d times; dead-lettering it", *_where(rec), attempts)
+            error = InferqError(  # code internal_error
+                f"the intake failed on this record {attempts} times ({type(e).__name__})",
+                hint="this is a bug in inferq: report it with this dead letter",
+                detail={"exception": type(e).__name__},
+            )
+            self.reject(rec, error, received, answer=True, attempts=attempts)
 
     def hand_off(self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]) -> None:
         """Admit to the result store, then send NEW and PENDING requests to Celery."""
@@ -300,9 +400,19 @@ class Intake:
             "item": {"request": req.wire_dict(), "timings": timings, "source": source},
         }
 
-    def reject(self, rec: ConsumerRecord, error: InferqError, received: float, *, answer: bool) -> None:
-        """Dead-letter a record; with ``answer``, also write a ``failed`` result for its id."""
-        rid = salvage_request_id(rec.value)
+    def reject(
+        self,
+        rec: ConsumerRecord,
+        error: InferqError,
+        received: float,
+        *,
+        answer: bool,
+        attempts: int = 1,
+    ) -> None:
+        """Dead-letter a record (sent with the poll, acknowledged before its commit); with
+        ``answer``, also write a ``failed`` result for its id, over a ``queued`` record of the same
+        content (so a request the API admitted and the intake refuses does not stay queued)."""
+        rid, tenant = _salvage(rec.value)
         DEAD_LETTERS.labels(error.code.value).inc()
         log.warning(
             "dead-lettering %s[%d]@%d: %s",
@@ -322,30 +432,51 @@ class Intake:
                 "inferq.source.offset": rec.offset,
             },
         )
+        letter = deadletter.build(
+            self.s,
+            error.info(),
+            rec.value,
+            source_topic=rec.topic,
+            source_partition=rec.partition,
+            source_offset=rec.offset,
+            key=rec.key,
+            request_id=rid,
+            attempts=attempts,
+        )
         if answer and rid:
             failed = InferenceResult(
                 request_id=rid,
                 status=ResultStatus.FAILED,
-                error=error.info(),
+                tenant=tenant,
+                error=letter.letter.error,
                 timings=Timings(published_ms=float(rec.timestamp), received_ms=received, done_ms=now_ms()),
             )
-            self.store.advance([failed], only_if_absent=True)
-        letter = DeadLetter(
-            error=error.info(),
-            request_id=rid,
-            source_topic=rec.topic,
-            source_partition=rec.partition,
-            source_offset=rec.offset,
-            key=rec.key.decode("utf-8", "replace") if rec.key else None,
-            payload=(rec.value or b"").decode("utf-8", "replace"),
-            dead_lettered_at=datetime.now(timezone.utc),
-        )
-        self.producer.send(
-            deadletter_topic(self.s),
-            key=rec.key,
-            value=letter.model_dump_json().encode(),
-            headers=[("error_code", error.code.value.encode())],
-        )
+            digests = [bytes_digest(rec.value or b"")]
+            with contextlib.suppress(Exception):  # parsed, it may be stored under its wire digest
+                digests.append(request_digest(parse_request(rec.value, self.s)))
+            try:
+                self.store.fail_owned([(digests, failed)])
+            except RETRYABLE:
+                raise
+            except Exception:  # the record itself may be what breaks the store: the letter still goes
+                log.exception("could not write the failed answer for %s", rid)
+        self._letters.append(letter)
+
+
+def _admitted(rec: ConsumerRecord) -> bool:
+    """Whether the API admitted this record's request before publishing it (its header says so)."""
+    return any(k == ADMITTED_HEADER for k, _ in rec.headers or ())
+
+
+def _salvage(raw: bytes | None) -> tuple[str | None, str | None]:
+    """The request id and tenant of a record that is not a valid request, where they can be read
+    (so its sender gets an answer, in its tenant's namespace); never raises."""
+    try:
+        data = decode_json(raw or b"")
+    except Exception:
+        return None, None
+    tenant = data.get("tenant") if isinstance(data, dict) else None
+    return readable_request_id(data), tenant if isinstance(tenant, str) and _TENANT.match(tenant) else None
 
 
 def main() -> None:

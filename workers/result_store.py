@@ -21,7 +21,15 @@ import redis
 from schemas.connections import redis_client
 from schemas.errors import Cancelled, DeadlineExpired, InferqError
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import deadlines_key, done_channel, inflight_key, pending_key, result_key
+from schemas.naming import (
+    deadlines_key,
+    done_channel,
+    inflight_key,
+    pending_key,
+    result_key,
+    unseen_key,
+    unseen_wire_key,
+)
 from schemas.settings import Settings
 from workers import store_scripts as lua
 
@@ -52,7 +60,13 @@ class Cancellation(NamedTuple):
 
 def request_digest(request: InferenceRequest) -> str:
     """Digest of a request's content, to tell a redelivery from a reuse of its id."""
-    return hashlib.sha256(request.wire_json().encode()).hexdigest()[:32]
+    return bytes_digest(request.wire_json().encode())
+
+
+def bytes_digest(raw: bytes) -> str:
+    """:func:`request_digest` of a record's raw bytes (equal when they are the request's wire JSON,
+    which is what the API and the producer client publish)."""
+    return hashlib.sha256(raw).hexdigest()[:32]
 
 
 def request_result(
@@ -90,6 +104,7 @@ class ResultStore:
         self._progress = client.register_script(lua.PROGRESS)
         self._expire_due = client.register_script(lua.EXPIRE_DUE)
         self._claim_stale = client.register_script(lua.CLAIM_STALE)
+        self._unseen = client.register_script(lua.UNSEEN)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)
         # called with each result this process made terminal (logs, metrics); never raise into writes
@@ -167,6 +182,81 @@ class ResultStore:
         if not only_if_absent:
             self._notify((r for r, n in terminal if not n), self.refused_hooks)
         return verdicts
+
+    def fail_owned(self, items: Sequence[tuple[Sequence[str], InferenceResult]]) -> list[bool]:
+        """Write each ``failed`` result (the intake's answer to a record it dead-lettered) where its
+        id is unknown, or over a ``queued`` record whose digest is one of the given ones (the same
+        content: the API admits a request before it publishes exactly its wire JSON), releasing
+        its in-flight count like any end (:meth:`advance`); refused otherwise. True where written.
+
+        The read and the write are two steps: a queued record of that content has no hand-off
+        (the intake refused the record, so no worker can hold it), so nothing moves it between."""
+        if not items:
+            return []
+        pipe = self.client.pipeline(transaction=False)
+        for _, failed in items:
+            pipe.hmget(self._keys(failed.request_id, failed.model)[0], "status", "digest", "body")
+        found = pipe.execute()
+        absent: list[InferenceResult] = []
+        owned: list[InferenceResult] = []
+        where: list[tuple[str, int]] = []
+        for (digests, failed), (status, digest, body) in zip(items, found, strict=True):
+            if status is None:
+                where.append(("absent", len(absent)))
+                absent.append(failed)
+            elif as_text(status) == ResultStatus.QUEUED.value and digest and as_text(digest) in digests:
+                queued = InferenceResult.model_validate_json(body)
+                where.append(("owned", len(owned)))
+                owned.append(
+                    queued.model_copy(
+                        update={
+                            "status": ResultStatus.FAILED,
+                            "error": failed.error,
+                            "timings": queued.timings.model_copy(update={"done_ms": failed.timings.done_ms}),
+                        }
+                    )
+                )
+            else:
+                where.append(("refused", 0))
+        done = {
+            "absent": self.advance(absent, only_if_absent=True) if absent else [],
+            "owned": self.advance(owned) if owned else [],
+        }
+        return [kind != "refused" and done[kind][n] for kind, n in where]
+
+    # -- the API's hand-offs to Kafka, until an intake reads them (a record the broker loses) --------
+    def expect(self, request: InferenceRequest) -> None:
+        """Keep the wire JSON of a request just admitted, about to be published, until an intake
+        reads it (:meth:`seen`); :meth:`unseen` finds the ones it never read."""
+        key = self._keys(request.request_id, request.model)[0]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zadd(unseen_key(self._s), {key: now_ms()})
+        pipe.hset(unseen_wire_key(self._s), key, request.wire_json())
+        pipe.execute()
+
+    def seen(self, requests: Sequence[InferenceRequest]) -> None:
+        """The intake read these requests from Kafka: their hand-offs are no longer needed."""
+        if not requests:
+            return
+        keys = [self._keys(r.request_id, r.model)[0] for r in requests]
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zrem(unseen_key(self._s), *keys)
+        pipe.hdel(unseen_wire_key(self._s), *keys)
+        pipe.execute()
+
+    def unseen(self, older_than_s: float, limit: int = 500) -> list[tuple[str, str]]:
+        """(result key, wire JSON) of requests published ``older_than_s`` ago or more that no
+        intake has read and that are still queued."""
+        flat = self._unseen(
+            keys=[unseen_key(self._s), unseen_wire_key(self._s)],
+            args=[repr(now_ms() - older_than_s * 1000.0), limit],
+        )
+        found = [as_text(v) for v in flat]
+        return list(zip(found[0::2], found[1::2], strict=True))
+
+    def republished(self, key: str) -> None:
+        """A hand-off was published again: it counts as new (found again only if lost again)."""
+        self.client.zadd(unseen_key(self._s), {key: now_ms()}, xx=True)
 
     def _keys(self, request_id: str, model: str | None) -> list[str]:
         return [

@@ -17,13 +17,13 @@ failed as poison and dead-lettered with its attempt count.
 from __future__ import annotations
 
 import functools
+import json
 import logging
 import secrets
 import socket
 import threading
 import time
 from collections import Counter
-from datetime import datetime, timezone
 from typing import Any
 
 from celery import signals
@@ -37,7 +37,7 @@ from ops.observe import observe_store, on_batch, on_step
 from schemas.connections import kafka_client_options
 from schemas.errors import ErrorCode, InferqError, InvalidRequest
 from schemas.messages import (
-    DeadLetter,
+    ErrorInfo,
     InferenceRequest,
     InferenceResult,
     ResultStatus,
@@ -46,8 +46,9 @@ from schemas.messages import (
     Timings,
     now_ms,
 )
-from schemas.naming import deadletter_topic, instance_key, node_key, owners_key, stream_topic, worker_key
+from schemas.naming import instance_key, node_key, owners_key, stream_topic, worker_key
 from schemas.settings import get_settings
+from workers import deadletter
 from workers.batcher import BatchPolicy
 from workers.celery_app import TASK_INFER, app
 from workers.decoder import Decoder
@@ -124,13 +125,16 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
     counts = Counter[str]()
     # kombu marks a message it puts back (its worker died, or it was rejected) as redelivered
     first = not (self.request.delivery_info or {}).get("redelivered", False)
-    for item in items:
+    for item in items if isinstance(items, list) else [items]:
         try:
             request = InferenceRequest.model_validate(item["request"])
-        except ValidationError as e:  # e.g. sent by a newer intake: answer it, keep the others going
+            timings = item.get("timings") or {}
+            if not isinstance(timings, dict):
+                raise TypeError(f"timings is a {type(timings).__name__}")
+        except Exception as e:  # e.g. sent by a newer intake: answer it, keep the others going
             counts[ResultStatus.FAILED.value] += _unreadable(item, e)
             continue
-        by_model.setdefault(request.model, []).append((request, item.get("timings", {})))
+        by_model.setdefault(request.model, []).append((request, timings))
         sources.setdefault(request.model, []).append(item.get("source"))
     jobs: list[Job] = []
     for model, reqs in by_model.items():
@@ -156,28 +160,61 @@ def infer(self: Any, items: list[dict[str, Any]]) -> dict[str, int]:
     return dict(counts)
 
 
-def _unreadable(item: dict[str, Any], error: ValidationError) -> int:
-    """Fail a request this worker cannot read (a field it does not know: an intake newer than the
-    worker, mid-upgrade); returns 1 when a result could be written (its id was readable)."""
-    found = item.get("request")
+def _unreadable(item: Any, error: Exception) -> int:
+    """Fail and dead-letter an item this worker cannot read (a field it does not know: an intake
+    newer than the worker, mid-upgrade; or anything else malformed); returns 1 when a result
+    could be written (its id was readable). Never raises: the message's other items go on."""
+    found = item.get("request") if isinstance(item, dict) else None
     raw: dict[str, Any] = found if isinstance(found, dict) else {}
     rid = readable_request_id(raw)
-    log.error("cannot read request %s from its Celery message: %s", rid, error)
+    log.error("cannot read request %s from its Celery message: %r", rid, error)
+    if isinstance(error, ValidationError):
+        info = InvalidRequest(
+            f"this worker cannot read the request: {error.errors()[0]['msg']}",
+            hint="upgrade the workers to the intake's version, then send the request again with a new id",
+        ).info()
+    else:
+        info = InferqError(  # code internal_error
+            f"this worker cannot read the request ({type(error).__name__})",
+            detail={"exception": type(error).__name__},
+        ).info()
+    _dead_letter_item(item, rid, info)
     if rid is None:
         return 0
+    try:
+        timings = Timings(**{**(item.get("timings") or {}), "done_ms": now_ms()})
+    except Exception:
+        timings = Timings(done_ms=now_ms())
     failed = InferenceResult(
         request_id=rid,
         status=ResultStatus.FAILED,
         task=raw.get("task") if raw.get("task") in {t.value for t in Task} else None,
         model=raw.get("model") if isinstance(raw.get("model"), str) else None,
-        error=InvalidRequest(
-            f"this worker cannot read the request: {error.errors()[0]['msg']}",
-            hint="upgrade the workers to the intake's version, then send the request again with a new id",
-        ).info(),
-        timings=Timings(**{**item.get("timings", {}), "done_ms": now_ms()}),
+        error=info,
+        timings=timings,
     )
     result_store().advance([failed])
     return 1
+
+
+def _dead_letter_item(item: Any, rid: str | None, error: ErrorInfo) -> None:
+    """Publish an unreadable Celery item to the dead-letter topic (best effort: logged if not)."""
+    try:
+        source = item.get("source") if isinstance(item, dict) else None
+        src: dict[str, Any] = source if isinstance(source, dict) else {}
+        letter = deadletter.build(
+            get_settings(),
+            error,
+            json.dumps(item, default=repr),
+            source_topic=str(src.get("topic", "")),
+            source_partition=src["partition"] if isinstance(src.get("partition"), int) else -1,
+            source_offset=src["offset"] if isinstance(src.get("offset"), int) else -1,
+            key=rid.encode() if rid else None,
+            request_id=rid,
+        )
+        deadletter.send(_producer(), get_settings(), letter)
+    except Exception:
+        log.exception("could not dead-letter an unreadable item of request %s", rid)
 
 
 def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqError) -> None:
@@ -189,7 +226,14 @@ def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqErro
 @functools.cache
 def _producer() -> KafkaProducer:
     """The process's Kafka producer (dead letters, generation stream chunks)."""
-    return KafkaProducer(**kafka_client_options(get_settings()), acks="all", retries=10, linger_ms=5)
+    s = get_settings()
+    return KafkaProducer(
+        **kafka_client_options(s),
+        acks="all",
+        retries=10,
+        linger_ms=5,
+        max_request_size=s.kafka_max_request_bytes,
+    )
 
 
 def publish_chunk(chunk: Chunk) -> None:
@@ -213,23 +257,19 @@ def dead_letter_job(job: Job) -> None:
     error = job.error.info() if job.error else None
     try:
         poison = error is not None and error.code is ErrorCode.POISON_MESSAGE
-        letter = DeadLetter(
-            error=error,
-            request_id=req.request_id,
+        built = deadletter.build(
+            s,
+            error or InferqError("rejected without an error").info(),
+            req.wire_json(),
             source_topic=src.get("topic", ""),
             source_partition=src.get("partition", -1),
             source_offset=src.get("offset", -1),
-            key=src.get("key"),
-            payload=req.wire_json(),
-            attempts=job.attempts - 1 if poison else max(1, job.attempts),
-            dead_lettered_at=datetime.now(timezone.utc),
-        )
-        _producer().send(
-            deadletter_topic(s),
             key=req.request_id.encode(),
-            value=letter.model_dump_json().encode(),
-            headers=[("error_code", letter.error.code.value.encode())],
+            request_id=req.request_id,
+            attempts=job.attempts - 1 if poison else max(1, job.attempts),
         )
+        letter = built.letter
+        deadletter.send(_producer(), s, built)
         log.warning(
             "dead-lettering request %s (%s) after %d attempts",
             req.request_id,

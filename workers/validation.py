@@ -2,11 +2,19 @@
 
 Checks, in order: size, UTF-8, JSON object, schema version, the model's fields, the catalogue
 (model exists and serves the task), then the operator's limits from settings.
+
+Decoding is strict JSON (RFC 8259) at a bounded cost, whatever the bytes: nesting past Python's
+recursion limit (``RecursionError`` in the decoder, about 1,000 levels), integer literals over
+``MAX_INT_DIGITS`` digits (Python refuses past 4,300 and converts quadratically below), numbers
+out of a double's range, ``NaN``/``Infinity`` (not JSON) and lone UTF-16 surrogates (``"\\ud800"``:
+not encodable as UTF-8, so not storable or forwardable) are all :class:`InvalidRequest` with
+``invalid_json``. Nothing else escapes.
 """
 
 from __future__ import annotations
 
 import json
+import math
 import re
 from typing import Any
 
@@ -19,6 +27,56 @@ from schemas.settings import Settings
 
 _ID = re.compile(REQUEST_ID_PATTERN)
 
+MAX_INT_DIGITS = 64  # the widest integer field (a seed, 2**63 - 1) has 19 digits
+# a \u escape of a UTF-16 surrogate: only then can a decoded string hold a lone one
+_SURROGATE_ESCAPE = re.compile(r"\\u[dD][89a-fA-F]")
+_NOT_JSON = "publish one JSON object per message (RFC 8259: no NaN, no lone surrogates)"
+
+
+def _refuse(what: str) -> InvalidRequest:
+    return InvalidRequest(f"message is not JSON: {what}", code=ErrorCode.INVALID_JSON, hint=_NOT_JSON)
+
+
+def _parse_int(literal: str) -> int:
+    if len(literal.lstrip("-")) > MAX_INT_DIGITS:
+        raise _refuse(f"an integer literal has {len(literal)} digits; the most is {MAX_INT_DIGITS}")
+    return int(literal)
+
+
+def _parse_float(literal: str) -> float:
+    value = float(literal)
+    if not math.isfinite(value):
+        raise _refuse(f"the number {literal[:40]!r} is out of range")
+    return value
+
+
+def _parse_constant(name: str) -> Any:
+    raise _refuse(f"{name} is not a JSON value")
+
+
+def decode_json(raw: bytes) -> Any:
+    """Strict, bounded JSON decoding of UTF-8 bytes; raises :class:`InvalidRequest` only."""
+    try:
+        text = raw.decode("utf-8")
+    except UnicodeDecodeError as e:
+        raise InvalidRequest(
+            f"message is not UTF-8: {e}",
+            code=ErrorCode.INVALID_ENCODING,
+            hint="encode the JSON message as UTF-8",
+        ) from e
+    try:
+        data = json.loads(
+            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
+        )
+    except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
+        raise _refuse(str(e)[:200] or type(e).__name__) from None
+    if _SURROGATE_ESCAPE.search(text):
+        try:
+            json.dumps(data, ensure_ascii=False).encode("utf-8")
+        except (UnicodeEncodeError, ValueError, RecursionError):
+            raise _refuse("a string holds a lone UTF-16 surrogate") from None
+    return data
+
 
 def parse_request(raw: bytes | None, settings: Settings) -> InferenceRequest:
     """Decode and validate one message; raises :class:`InvalidRequest` with a precise code."""
@@ -30,22 +88,7 @@ def parse_request(raw: bytes | None, settings: Settings) -> InferenceRequest:
             code=ErrorCode.MESSAGE_TOO_LARGE,
             hint="split the inputs over several requests",
         )
-    try:
-        text = raw.decode("utf-8")
-    except UnicodeDecodeError as e:
-        raise InvalidRequest(
-            f"message is not UTF-8: {e}",
-            code=ErrorCode.INVALID_ENCODING,
-            hint="encode the JSON message as UTF-8",
-        ) from e
-    try:
-        data = json.loads(text)
-    except json.JSONDecodeError as e:
-        raise InvalidRequest(
-            f"message is not JSON: {e}",
-            code=ErrorCode.INVALID_JSON,
-            hint="publish one JSON object per message",
-        ) from e
+    data = decode_json(raw)
     if not isinstance(data, dict):
         raise InvalidRequest(
             f"message is JSON {type(data).__name__}, not an object", code=ErrorCode.INVALID_JSON
@@ -68,7 +111,8 @@ def validate_request(data: dict[str, Any], settings: Settings) -> InferenceReque
         errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()]
         first = errors[0]
         where = ".".join(str(x) for x in first["loc"]) or "message"
-        raise InvalidRequest(f"{where}: {first['msg']}", detail=errors) from e
+        # at most 20 (one per bad input of a long list): the detail goes into results and letters
+        raise InvalidRequest(f"{where}: {first['msg']}", detail=errors[:20]) from e
     return check_request(request, settings)
 
 
@@ -98,10 +142,9 @@ def check_request(request: InferenceRequest, settings: Settings) -> InferenceReq
 def salvage_request_id(raw: bytes | None) -> str | None:
     """The request id of an invalid message, where one can be read, so its sender gets an answer."""
     try:
-        data = json.loads(raw or b"")
-    except (ValueError, UnicodeDecodeError):
+        return readable_request_id(decode_json(raw or b""))
+    except Exception:  # whatever the bytes: no id, never an error
         return None
-    return readable_request_id(data)
 
 
 def readable_request_id(data: object) -> str | None:

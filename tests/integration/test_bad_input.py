@@ -157,8 +157,9 @@ def test_every_bad_record_is_dead_lettered_with_its_code_while_valid_traffic_flo
     client.publish_raw(past["request_id"], json.dumps(past).encode())
     client.flush()
 
+    # other tests of the session dead-letter records on the same topic too: only ours are checked
     letters = dead_letters(settings, set(keys), by_record_key=True)
-    assert set(letters) == set(keys), f"no dead letter for: {[keys[k][0] for k in set(keys) - set(letters)]}"
+    assert set(keys) <= set(letters), f"no dead letter for: {[keys[k][0] for k in set(keys) - set(letters)]}"
     for key, (name, _, code, _, _) in keys.items():
         assert letters[key].error.code.value == code, (name, letters[key].error)
         assert letters[key].error.message and letters[key].source_topic == "inferq.requests", name

@@ -1,0 +1,51 @@
+"""Celery items a worker cannot read (issue 15, point 1): each is failed (where its id is readable)
+and dead-lettered through the one letter builder, and the other items of the same message are
+served. Before: an item that was not a dict, or had no ``request``, failed the whole message."""
+
+from __future__ import annotations
+
+import pytest
+
+from producers.client import InferqClient
+from schemas.errors import ErrorCode
+from schemas.messages import InferenceRequest, ResultStatus
+from schemas.naming import model_queue
+from schemas.settings import Settings
+from tests.integration.conftest import dead_letters
+from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
+from workers.result_store import queued_result, request_digest
+
+pytestmark = pytest.mark.integration
+
+MODEL = "all-MiniLM-L6-v2"
+
+
+def test_unreadable_items_are_failed_and_dead_lettered_beside_served_ones(stack, settings: Settings) -> None:
+    good = InferenceRequest(task="embed", model=MODEL, inputs="served beside unreadable items")
+    odd = InferenceRequest(task="embed", model=MODEL, inputs="an item from a newer intake")
+    with InferqClient(settings) as client:
+        for r in (good, odd):
+            client.store.admit([(request_digest(r), queued_result(r, {}))])
+        newer = {**odd.wire_dict(), "a_field_from_the_future": 1}
+        items = [  # the first one readable: the sender's router reads its model
+            {"request": good.wire_dict(), "timings": {}},
+            "not an object",
+            {"no_request": True},
+            {"request": newer, "timings": "not a dict"},
+        ]
+        make_app(settings).send_task(
+            TASK_INFER,
+            args=[items],
+            queue=model_queue(settings, MODEL),
+            priority=CELERY_PRIORITY[good.priority],
+        )
+        results = client.wait_all([good.request_id, odd.request_id], timeout_s=60)
+    assert results[good.request_id].status is ResultStatus.DONE
+    assert results[odd.request_id].status is ResultStatus.FAILED
+    assert results[odd.request_id].error.code is ErrorCode.VALIDATION_ERROR
+    letter = dead_letters(settings, {odd.request_id})[odd.request_id]
+    assert letter.error.code is ErrorCode.VALIDATION_ERROR and letter.payload_sha256
+    names = {'"not an object"', '{"no_request": true}'}
+    unnamed = dead_letters(settings, names, timeout_s=30)
+    assert {unnamed[n].error.code for n in names} == {ErrorCode.INTERNAL_ERROR}
+    assert unnamed['"not an object"'].error.detail == {"exception": "TypeError"}
