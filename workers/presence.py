@@ -38,10 +38,12 @@ def advertise(
 
 
 def withdraw(client: redis.Redis, settings: Settings, hostname: str, models: Iterable[str]) -> None:
-    """``hostname`` stops serving ``models`` (a clean shutdown)."""
-    members = [f"{m}|{hostname}" for m in models]
+    """``hostname`` stops serving ``models`` now (a clean shutdown: a restart, a deploy). Its
+    advertisement lapses rather than vanishes, so the grace still covers its successor's start."""
+    now = now_ms()
+    members = {f"{m}|{hostname}": now for m in models}
     if members:
-        client.zrem(presence_key(settings), *members)
+        client.zadd(presence_key(settings), members, xx=True)
 
 
 class ServedModels:
