@@ -115,11 +115,11 @@ class ResultStore:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.client = client
         self._s = settings
-        self._admit = client.register_script(lua.ADMIT)
-        self._advance = client.register_script(lua.ADVANCE)
-        self._cancel = client.register_script(lua.CANCEL)
+        self._admit = client.register_script(lua.BYTES + lua.ADMIT)
+        self._advance = client.register_script(lua.BYTES + lua.ADVANCE)
+        self._cancel = client.register_script(lua.BYTES + lua.CANCEL)
         self._progress = client.register_script(lua.PROGRESS)
-        self._expire_due = client.register_script(lua.EXPIRE_DUE)
+        self._expire_due = client.register_script(lua.BYTES + lua.EXPIRE_DUE)
         self._claim_stale = client.register_script(lua.CLAIM_STALE)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)

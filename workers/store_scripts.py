@@ -9,10 +9,11 @@ The in-flight sets score each id by when its result hash expires, so an id whose
 while queued stops counting by itself; terminal transitions remove it (idempotent: no count leaks).
 """
 
-# Helpers prepended to the scripts that need them. ``keep_bytes`` records the size of a stored
-# result for its tenant (its score: when it expires); ``prune_bytes`` forgets expired ones (a few
-# hundred per call: an overstated total is conservative). '~total' cannot be a scoped id.
-_BYTES = """
+# Helpers the store prepends to ADMIT, ADVANCE, CANCEL and EXPIRE_DUE. ``keep_bytes`` records the
+# size of a stored result for its tenant (its score: when it expires); ``prune_bytes`` forgets
+# expired ones (a few hundred per call: an overstated total is conservative). '~total' cannot be a
+# scoped id.
+BYTES = """
 local function keep_bytes(zkey, hkey, sid, size, now, life_ms)
   local old = tonumber(redis.call('HGET', hkey, sid) or '0')
   redis.call('HSET', hkey, sid, size)
@@ -45,7 +46,7 @@ end
 # (ADMIT/CLAIM_STALE). A new request over its tenant's limits is not recorded: 'quota_inflight' or
 # 'quota_bytes' (the caller answers it); the limits are checked here so concurrent intakes and API
 # replicas cannot overshoot them.
-ADMIT = _BYTES + """
+ADMIT = """
 local cur = redis.call('HGET', KEYS[1], 'digest')
 if not cur then
   local st = redis.call('HGET', KEYS[1], 'status')
@@ -90,7 +91,7 @@ return 'terminal'
 # now ms, keep the tenant's stored bytes (0|1). Returns 0 when refused; when written, the
 # request's attempt count for ``running`` (each start counts one: a start after a worker died
 # mid-batch is a retry), else 1.
-ADVANCE = _BYTES + """
+ADVANCE = """
 local rank = {queued=0, running=1, done=2, failed=2, expired=2, cancelled=2}
 local st = redis.call('HGET', KEYS[1], 'status')
 if st then
@@ -127,7 +128,7 @@ return 1
 # stored bytes (0|1). A queued request is cancelled; a running generation is asked to stop
 # ('stopping': the worker ends it at its next sync, keeping the text so far); otherwise the current
 # status (or 'unknown').
-CANCEL = _BYTES + """
+CANCEL = """
 local st = redis.call('HGET', KEYS[1], 'status')
 if not st then return 'unknown' end
 if st == 'running' then
@@ -161,7 +162,7 @@ return redis.call('HGET', KEYS[1], 'stop') or ''
 # in-flight key prefix (per model), done channel, error JSON, most to end, tenant key prefix. Ends
 # every request past its deadline that is still queued (its message may wait anywhere: Celery, a
 # worker's prefetch); returns their new bodies. Members are scoped ids.
-EXPIRE_DUE = _BYTES + """
+EXPIRE_DUE = """
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[6]))
 local out = {}
 for _, id in ipairs(due) do

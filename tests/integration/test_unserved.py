@@ -48,8 +48,9 @@ def test_requests_for_a_model_nobody_serves_fail_fast_and_never_pause_the_others
 
         def probe() -> bool:  # the intake's start-up grace ends within seconds of its start
             rid = submit(client, UNSERVED, "is anyone serving this?")
-            res = eventually(lambda: client.result(rid), what="the probe answered")
-            return res.error is not None and res.error.code is ErrorCode.MODEL_UNAVAILABLE
+            eventually(lambda: client.result(rid), what="the probe answered")
+            res = client.result(rid)
+            return res is not None and res.error is not None and res.error.code is ErrorCode.MODEL_UNAVAILABLE
 
         eventually(probe, what="the start-up grace to end")
         # probes admitted during the grace stay queued (no worker sweeps them here)
