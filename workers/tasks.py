@@ -23,6 +23,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from datetime import datetime, timezone
 from typing import Any
 
@@ -309,7 +310,13 @@ def served_models() -> ServedModels:
     return ServedModels(result_store().client, get_settings())
 
 
-def requeue_stale(store: ResultStore, served: ServedModels, older_than_s: float, send: Any) -> Counter[str]:
+def requeue_stale(
+    store: ResultStore,
+    served: ServedModels,
+    older_than_s: float,
+    send: Callable[[dict[str, Any]], None],
+    reject: Callable[[Job], None] | None = None,
+) -> Counter[str]:
     """Send again the requests still queued ``older_than_s`` after admission; counts by outcome.
 
     kombu's Redis transport takes a message off its queue and records it as unacked in two steps;
@@ -318,10 +325,11 @@ def requeue_stale(store: ResultStore, served: ServedModels, older_than_s: float,
     one by one worker per period) and sends them again (``send(handoff)``). A duplicate is
     harmless: results only move forward and are written once. Nothing is sent into a queue no live
     worker reads: a request for a model nobody serves is failed ``model_unavailable`` once the model
-    is past its grace (:mod:`workers.presence`), and left queued (claimed again next period) within it.
+    is past its grace (:mod:`workers.presence`), and dead-lettered (``reject``) by the worker whose
+    write ended it; within the grace it is left queued (claimed again next period).
     """
     counts = Counter[str]()
-    failed: list[InferenceResult] = []
+    failed: list[Job] = []
     live, available = served.served(), served.available()
     for h in store.claim_stale(older_than_s):
         raw = h["item"]["request"]
@@ -338,10 +346,15 @@ def requeue_stale(store: ResultStore, served: ServedModels, older_than_s: float,
                 send(h)
                 counts["requeued"] += 1
                 continue
-            error = ModelUnavailable(f"no live worker has served model {model!r} for a while")
-            timings = {**h["item"].get("timings", {}), "done_ms": now_ms()}
-            failed.append(request_result(request, ResultStatus.FAILED, timings, error))
-    counts["unavailable"] = sum(store.advance(failed))
+            job = Job(request, {**h["item"].get("timings", {}), "done_ms": now_ms()}, [], 0)
+            job.status, job.source = ResultStatus.FAILED, h["item"].get("source")
+            job.error = ModelUnavailable(f"no live worker has served model {model!r} for a while")
+            failed.append(job)
+    written = store.advance(request_result(j.request, j.status, j.timings, j.error) for j in failed)
+    for job in (j for j, ok in zip(failed, written, strict=True) if ok):
+        counts["unavailable"] += 1
+        if reject is not None:
+            reject(job)
     return counts
 
 
@@ -351,7 +364,7 @@ def _requeue_stale() -> None:
     def send(h: dict[str, Any]) -> None:
         app.send_task(TASK_INFER, args=[[h["item"]]], queue=h["queue"], priority=h["priority"])
 
-    counts = requeue_stale(result_store(), served_models(), s.requeue_queued_after_s, send)
+    counts = requeue_stale(result_store(), served_models(), s.requeue_queued_after_s, send, dead_letter_job)
     if counts["requeued"]:
         REDELIVERED.labels("requeued").inc(counts["requeued"])
         log.warning(

@@ -52,8 +52,16 @@ def test_the_requeue_sweep_fails_requests_for_a_model_nobody_serves_instead_of_r
     sent: list[str] = []
     # a worker's sweep, past the grace: causal-lm is in the catalogue but no worker here serves it
     served = ServedModels(store.client, settings.model_copy(update={"unserved_model_grace_s": 0.0}))
-    counts = requeue_stale(store, served, 0.0, lambda h: sent.append(h["item"]["request"]["model"]))
+    rejected: list[str] = []
+    counts = requeue_stale(
+        store,
+        served,
+        0.0,
+        lambda h: sent.append(h["item"]["request"]["model"]),
+        lambda job: rejected.append(job.request.request_id),
+    )
     assert counts["unavailable"] >= 1
+    assert reqs["causal-lm"].request_id in rejected  # dead-lettered by the sweep that ended it
     assert "causal-lm" not in sent  # before: re-sent into a queue nothing reads, every period
     assert "all-MiniLM-L6-v2" in sent
     failed = client.result(reqs["causal-lm"].request_id, tenant="sweep")
