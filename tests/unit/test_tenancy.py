@@ -6,9 +6,11 @@ from __future__ import annotations
 import pytest
 from pydantic import ValidationError
 
+from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest
 from schemas.naming import result_key, scoped_id, tenant_keys, unscoped_id
 from schemas.settings import Settings
+from workers.result_store import Admission, quota_error
 
 
 def test_the_same_id_of_two_tenants_is_two_keys_and_tenantless_ids_are_unchanged():
@@ -36,3 +38,17 @@ def test_tenant_limits_take_overrides_then_defaults_and_tenantless_is_one_bucket
 def test_malformed_tenant_limits_are_refused_at_start(bad):
     with pytest.raises(ValidationError):
         Settings(tenant_limits=bad)
+
+
+def test_a_refusal_names_the_tenant_and_the_limit_it_hit():
+    s = Settings(tenant_max_inflight=7, tenant_max_result_bytes=9_000)
+    assert Admission.QUOTA_INFLIGHT.over_quota and Admission.QUOTA_BYTES.over_quota
+    assert not any(
+        a.over_quota for a in (Admission.NEW, Admission.PENDING, Admission.TERMINAL, Admission.CONFLICT)
+    )
+    inflight = quota_error(Admission.QUOTA_INFLIGHT, "acme", s)
+    assert (
+        inflight.code is ErrorCode.QUOTA_EXCEEDED and "'acme'" in inflight.message and "7" in inflight.message
+    )
+    size = quota_error(Admission.QUOTA_BYTES, None, s)
+    assert "without a tenant" in size.message and "9000" in size.message and "expire" in size.hint
