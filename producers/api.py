@@ -56,7 +56,7 @@ from schemas.messages import (
     Task,
 )
 from schemas.settings import Settings, get_settings
-from workers.result_store import Admission
+from workers.result_store import Admission, quota_error
 from workers.validation import check_request
 
 log = logging.getLogger(__name__)
@@ -110,7 +110,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def owned(request_id: str, tenant: str | None) -> InferenceResult | None:
         """The result, unless the id is malformed, unknown, or another tenant's (all look alike)."""
-        result = client.result(request_id) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else None
+        result = client.result(request_id, tenant) if re.fullmatch(REQUEST_ID_PATTERN, request_id) else None
         if result is None or (tenant is not None and result.tenant != tenant):
             return None
         return result
@@ -179,9 +179,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
         if wait_ms and not result.status.terminal:
             try:
-                result = client.wait(request_id, timeout_s=wait_ms / 1000.0)
+                result = client.wait(request_id, timeout_s=wait_ms / 1000.0, tenant=tenant)
             except TimeoutError:
-                result = client.result(request_id) or result
+                result = client.result(request_id, tenant) or result
         return result
 
     @app.delete(
@@ -197,7 +197,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Cancel a request that has not started yet (it ends ``cancelled``); a running generation
         is stopped (202: it ends ``cancelled`` with the text so far within one sync interval)."""
         status, result, stopping = (
-            client.store.cancel(request_id) if owned(request_id, tenant) else (None, None, False)
+            client.store.cancel(request_id, client.tenant_of(request_id, tenant))
+            if owned(request_id, tenant)
+            else (None, None, False)
         )
         if status is None or result is None:
             raise HTTPException(status_code=404, detail=f"no result for request {request_id!r}")
@@ -223,12 +225,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         verdict = client.admit(body)
         if verdict is Admission.CONFLICT:
             return _error(409, DuplicateRequestId(body.request_id).info())
+        if verdict.over_quota:
+            return _error(429, quota_error(verdict, body.tenant, settings).info())
         if verdict is not Admission.TERMINAL:
             try:
                 client.publish(body).get(PUBLISH_TIMEOUT_S)
             except KafkaError as e:
                 if verdict is Admission.NEW:
-                    client.store.forget(body.request_id)
+                    client.store.forget(body.request_id, body.tenant)
                 return _error(
                     503,
                     ErrorInfo(

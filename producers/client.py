@@ -8,11 +8,16 @@ Publishing uses ``acks=all`` and the request id as the key, so retries of one re
 partition, in order. Reading goes straight to the result store; the HTTP API serves the same data.
 Waiting blocks on the store's ``done`` channel (Redis pub/sub) and reads a result the moment it is
 written; a slow re-read of everything pending covers a missed message.
+
+Request ids are scoped per tenant (:func:`schemas.naming.scoped_id`): reading, waiting for or
+cancelling a tenant's request takes its ``tenant``, which defaults to the tenant this client
+published the id with (when it did).
 """
 
 from __future__ import annotations
 
 import time
+from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
 from typing import Any
@@ -30,12 +35,13 @@ from schemas.messages import (
     Task,
     now_ms,
 )
-from schemas.naming import ADMITTED_HEADER, requests_topic
+from schemas.naming import ADMITTED_HEADER, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
 from workers.doorbell import Doorbell
 from workers.result_store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
 
 SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
+REMEMBERED_TENANTS = 100_000  # the tenants of this many recent publications are remembered
 
 
 class InferqClient:
@@ -47,7 +53,14 @@ class InferqClient:
         self._producer: KafkaProducer | None = None
         self._store: ResultStore | None = None
         self._doorbell: Doorbell | None = None
-        self._admitted: set[str] = set()  # ids admitted here and not yet published (a header marks them)
+        # scoped ids admitted here and not yet published (a header marks them)
+        self._admitted: set[str] = set()
+        # request id → tenant of the requests this client published with a tenant (the newest)
+        self._tenants: OrderedDict[str, str] = OrderedDict()
+
+    def tenant_of(self, request_id: str, tenant: str | None = None) -> str | None:
+        """``tenant`` if given, else the tenant this client published ``request_id`` with."""
+        return tenant if tenant is not None else self._tenants.get(request_id)
 
     # -- publishing ---------------------------------------------------------------------------
     @property
@@ -98,8 +111,14 @@ class InferqClient:
 
     def publish(self, request: InferenceRequest) -> FutureRecordMetadata:
         """Publish an already built request; the future resolves when the broker has it."""
-        admitted = request.request_id in self._admitted
-        self._admitted.discard(request.request_id)
+        if request.tenant is not None:
+            self._tenants[request.request_id] = request.tenant
+            self._tenants.move_to_end(request.request_id)
+            while len(self._tenants) > REMEMBERED_TENANTS:
+                self._tenants.popitem(last=False)
+        sid = scoped_id(request.tenant, request.request_id)
+        admitted = sid in self._admitted
+        self._admitted.discard(sid)
         headers = [(ADMITTED_HEADER, b"1")] if admitted else None
         return self.publish_raw(request.request_id, request.wire_json().encode(), headers=headers)
 
@@ -131,13 +150,13 @@ class InferqClient:
         deadline = request.deadline_ms()
         (verdict,) = self.store.admit(
             [(request_digest(request), queued_result(request, received))],
-            {request.request_id: deadline} if deadline is not None else None,
+            {scoped_id(request.tenant, request.request_id): deadline} if deadline is not None else None,
         )
         if verdict in (Admission.NEW, Admission.PENDING):
             self.store.expect(request)
             if len(self._admitted) > 100_000:  # admitted and never published: a bound, not a leak
                 self._admitted.clear()
-            self._admitted.add(request.request_id)
+            self._admitted.add(scoped_id(request.tenant, request.request_id))
         return verdict
 
     def flush(self, timeout_s: float | None = None) -> None:
@@ -151,33 +170,43 @@ class InferqClient:
             self._store = ResultStore.from_settings(self.settings)
         return self._store
 
-    def result(self, request_id: str) -> InferenceResult | None:
-        """The result as it stands now (any status), or None if the id is unknown."""
-        return self.store.get(request_id)
+    def result(self, request_id: str, tenant: str | None = None) -> InferenceResult | None:
+        """The result as it stands now (any status), or None if the id is unknown (to ``tenant``)."""
+        return self.store.get(request_id, self.tenant_of(request_id, tenant))
 
-    def wait(self, request_id: str, timeout_s: float = 60.0) -> InferenceResult:
+    def wait(self, request_id: str, timeout_s: float = 60.0, tenant: str | None = None) -> InferenceResult:
         """Block until the request reaches a terminal status; TimeoutError after ``timeout_s``."""
-        return self.wait_all([request_id], timeout_s)[request_id]
+        return self.wait_all([request_id], timeout_s, tenant=tenant)[request_id]
 
     def wait_all(
-        self, request_ids: Iterable[str], timeout_s: float = 60.0, *, on_done: Any = None
+        self,
+        request_ids: Iterable[str],
+        timeout_s: float = 60.0,
+        *,
+        on_done: Any = None,
+        tenant: str | None = None,
     ) -> dict[str, InferenceResult]:
         """Block until every id is terminal; TimeoutError after ``timeout_s``.
 
+        Each id is read in ``tenant``'s namespace, else in the one this client published it with.
         ``on_done(result)`` is called once per request as it finishes (progress bars use it).
         """
         self.flush()
-        pending = set(request_ids)
+        ids = list(request_ids)
+        # scoped id → request id: the done channel announces scoped ids
+        by_sid = {scoped_id(self.tenant_of(rid, tenant), rid): rid for rid in ids}
+        pending = set(by_sid)
         done: dict[str, InferenceResult] = {}
         give_up = time.monotonic() + timeout_s
 
-        def collect(ids: Iterable[str]) -> None:
-            chunk = [rid for rid in ids if rid in pending]
+        def collect(sids: Iterable[str]) -> None:
+            chunk = [sid for sid in sids if sid in pending]
             for i in range(0, len(chunk), 500):
-                for rid, res in self.store.get_many(chunk[i : i + 500]).items():
+                part = chunk[i : i + 500]
+                for sid, res in self._read_scoped(part).items():
                     if res is not None and res.status.terminal:
-                        done[rid] = res
-                        pending.discard(rid)
+                        done[by_sid[sid]] = res
+                        pending.discard(sid)
                         if on_done is not None:
                             on_done(res)
 
@@ -189,7 +218,7 @@ class InferqClient:
                 if now >= give_up:
                     raise TimeoutError(
                         f"{len(pending)} of {len(done) + len(pending)} requests not finished "
-                        f"after {timeout_s} s (first: {next(iter(pending))})"
+                        f"after {timeout_s} s (first: {by_sid[next(iter(pending))]})"
                     )
                 collect(watcher.finished(min(SWEEP_S, give_up - now)))
                 if time.monotonic() - last_sweep >= SWEEP_S:  # covers a missed message
@@ -197,14 +226,18 @@ class InferqClient:
                     last_sweep = time.monotonic()
         return done
 
-    def cancel(self, request_id: str) -> ResultStatus | None:
+    def _read_scoped(self, sids: Sequence[str]) -> dict[str, InferenceResult | None]:
+        """Results by scoped id, any tenants (one round trip)."""
+        return self.store.get_many(sids)  # a scoped id is its own key under no tenant
+
+    def cancel(self, request_id: str, tenant: str | None = None) -> ResultStatus | None:
         """Cancel a request that has not started yet, or stop a running generation.
 
         Returns ``cancelled`` when it is (now) cancelled; ``running`` when it already runs — a
         generation is then being stopped, and ``wait()`` returns it ``cancelled`` with the text
         so far; its terminal status when it was too late; None when the id is unknown.
         """
-        return self.store.cancel(request_id).status
+        return self.store.cancel(request_id, self.tenant_of(request_id, tenant)).status
 
     def close(self) -> None:
         if self._producer is not None:

@@ -2,13 +2,24 @@
 
 Redis layout (``<p>`` is ``INFERQ_KEY_PREFIX``):
 
-- ``<p>:result:<request_id>`` — hash: ``status`` (queued|running|done|failed|expired|cancelled), ``body``
+Every key, set member and ``done`` message of a request uses its *scoped id*
+(:func:`scoped_id`: ``<tenant>~<request_id>``, or the bare id without a tenant), so the same id
+sent by two tenants is two independent requests and no tenant can read, take or probe another's.
+
+- ``<p>:result:<scoped id>`` — hash: ``status`` (queued|running|done|failed|expired|cancelled), ``body``
   (the :class:`schemas.messages.InferenceResult` JSON) and ``digest`` (payload digest, to tell a
   duplicate delivery from a conflicting reuse of an id). Expires after ``INFERQ_RESULT_TTL_S``.
 - ``<p>:worker:<hostname>`` — string, the models a ready worker serves; expires unless refreshed.
-- ``<p>:inflight`` and ``<p>:inflight:<model>`` — integers: requests admitted (queued or running)
-  and not yet terminal, in all and per model; the store's scripts count them up on admission and
-  down on the terminal transition. The intake's backpressure reads the per-model ones.
+- ``<p>:inflight-ids``, ``<p>:inflight-ids:<model>`` and ``<p>:tenant:<tenant>:inflight`` — sorted
+  sets: scoped ids of requests admitted (queued or running) and not yet terminal, in all, per model
+  and per tenant, scored by when their result hash expires (epoch ms). A terminal transition removes
+  the id; one whose result expired while queued drops out by its score, so no count can leak. The
+  intake's backpressure and the tenant limit read them (``ZCOUNT`` of the unexpired).
+- ``<p>:tenant:<tenant>:bytes`` (sorted set, scoped id by expiry ms) and ``<p>:tenant:<tenant>:sizes``
+  (hash, scoped id → bytes of its stored result, ``_total`` = their sum): the tenant's stored
+  result bytes, for ``INFERQ_TENANT_MAX_RESULT_BYTES``. Tenant-less requests are tenant ``""``.
+- ``<p>:presence`` — sorted set: ``<model>|<hostname>`` by when that worker's advertisement lapses
+  (epoch ms); the intake and the requeue sweep read which models a live worker serves.
 - ``<p>:result:<id>`` also holds ``attempts``: how many times a worker started the request, and
   ``stop`` once a client cancelled a running generation (the worker ends it at its next sync).
 - ``<p>:deadlines`` — sorted set: admitted request ids by deadline (epoch ms); a sweeper in every
@@ -43,7 +54,22 @@ from schemas.settings import Settings
 _UNSAFE = re.compile(r"[^A-Za-z0-9_.-]")
 
 
+SCOPE_SEP = "~"  # in neither the tenant-name nor the request-id pattern: the split is unambiguous
+
+
+def scoped_id(tenant: str | None, request_id: str) -> str:
+    """A request's id in the store: ``request_id`` without a tenant, else ``<tenant>~<request_id>``."""
+    return request_id if tenant is None else f"{tenant}{SCOPE_SEP}{request_id}"
+
+
+def unscoped_id(sid: str) -> tuple[str | None, str]:
+    """(tenant, request id) of a scoped id (the inverse of :func:`scoped_id`)."""
+    tenant, sep, rid = sid.rpartition(SCOPE_SEP)
+    return (tenant, rid) if sep else (None, sid)
+
+
 def result_key(settings: Settings, request_id: str) -> str:
+    """The result hash of a request; ``request_id`` is its scoped id (:func:`scoped_id`)."""
     return f"{settings.key_prefix}:result:{request_id}"
 
 
@@ -52,8 +78,24 @@ def done_channel(settings: Settings) -> str:
 
 
 def inflight_key(settings: Settings, model: str | None = None) -> str:
-    """Counter: requests admitted and not yet terminal (kept by the store's scripts), per model."""
-    return f"{settings.key_prefix}:inflight" + (f":{model}" if model is not None else "")
+    """Sorted set: scoped ids admitted and not yet terminal, by result expiry (ms), in all or per model."""
+    return f"{settings.key_prefix}:inflight-ids" + (f":{model}" if model is not None else "")
+
+
+def tenant_key_prefix(settings: Settings) -> str:
+    """Start of a tenant's keys: ``<p>:tenant:<tenant>:`` then ``inflight``, ``bytes`` or ``sizes``."""
+    return f"{settings.key_prefix}:tenant:"
+
+
+def tenant_keys(settings: Settings, tenant: str | None) -> list[str]:
+    """A tenant's in-flight set, stored-bytes set and sizes hash (None = the tenant-less bucket)."""
+    base = f"{tenant_key_prefix(settings)}{tenant or ''}:"
+    return [base + "inflight", base + "bytes", base + "sizes"]
+
+
+def presence_key(settings: Settings) -> str:
+    """Sorted set: ``<model>|<hostname>`` by when that worker's advertisement lapses (epoch ms)."""
+    return f"{settings.key_prefix}:presence"
 
 
 def worker_key(settings: Settings, hostname: str) -> str:

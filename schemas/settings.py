@@ -102,6 +102,30 @@ class Settings(BaseSettings):
     backpressure_resume_ratio: float = Field(
         0.8, gt=0, le=1, description="Paused partitions resume below this share of the bound"
     )
+    unserved_model_grace_s: float = Field(
+        60.0,
+        ge=0,
+        description="A catalogue model no live worker advertises is still admitted this long after the "
+        "intake starts or the model's last worker was seen (workers starting up); after it, its requests "
+        "fail model_unavailable",
+    )
+    tenant_max_inflight: int = Field(
+        0,
+        ge=0,
+        description="Requests of one tenant admitted and unfinished; more fail quota_exceeded (0 = off)",
+    )
+    tenant_max_result_bytes: int = Field(
+        0,
+        ge=0,
+        description="Bytes of unexpired results one tenant may hold in Redis; past it, new requests fail "
+        "quota_exceeded until results expire (0 = off)",
+    )
+    tenant_limits: str = Field(
+        "",
+        pattern=r"^( *[^=, ]* *= *\d*(:\d*)? *)?(, *[^=, ]* *= *\d*(:\d*)? *)*$",
+        description="Per-tenant overrides: tenant=inflight:bytes,... (empty tenant name = requests "
+        "without a tenant; 0 = off)",
+    )
 
     # --- Redis / Celery ----------------------------------------------------------------------
     redis_url: str = Field("redis://127.0.0.1:16379/0", description="Result store")
@@ -282,6 +306,17 @@ class Settings(BaseSettings):
     def model_names(self) -> list[str]:
         """The models this worker serves, in declaration order."""
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+    def tenant_quota(self, tenant: str | None) -> tuple[int, int]:
+        """(most requests in flight, most result bytes) for ``tenant`` (None = the tenant-less
+        bucket ""): its ``tenant_limits`` override, else the defaults; 0 = no limit."""
+        name = tenant or ""
+        for entry in self.tenant_limits.split(","):
+            who, sep, limits = entry.strip().rpartition("=")
+            if sep and who.strip() == name:
+                inflight, _, size = limits.partition(":")
+                return int(inflight or 0), int(size or 0)
+        return self.tenant_max_inflight, self.tenant_max_result_bytes
 
 
 def port_of(url_or_hostport: str) -> int:

@@ -2,11 +2,13 @@
 
 Before each poll the intake asks how many more requests each model may admit: the bound
 ``INFERQ_BACKPRESSURE_MAX_INFLIGHT`` minus that model's requests admitted and not finished (a
-counter the store keeps exact), read every ``CHECK_S`` (every ``CHECK_FAR_S`` while at least half
+set the store keeps exact), read every ``CHECK_S`` (every ``CHECK_FAR_S`` while at least half
 the bound is free). The poll reads at most the smallest of these, so no model ever
-passes its bound. When a model reaches it, the intake pauses its partitions (the requests topic
-is shared, so that is all of them) and keeps polling, so the group keeps it; they resume once every
-model is below ``resume_ratio`` of the bound. What waits, waits in Kafka, uncommitted.
+passes its bound. Only models a live worker serves count (:mod:`workers.presence`): requests for
+a model nobody serves are answered ``model_unavailable``, never left to fill the bound. When a
+model reaches it, the intake pauses its partitions (the requests topic is shared, so that is
+all of them) and keeps polling, so the group keeps it; they resume once every model is below
+``resume_ratio`` of the bound. What waits, waits in Kafka, uncommitted.
 
 While paused, :class:`PartitionHold` still reads the head of each partition every
 ``SKIM_EVERY_S``: requests there whose deadline has passed (and records that are invalid) need no
@@ -19,7 +21,7 @@ from __future__ import annotations
 
 import logging
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Collection, Sequence
 
 from kafka import KafkaConsumer
 from kafka.consumer.fetcher import ConsumerRecord
@@ -44,9 +46,13 @@ class Backpressure:
         models: Sequence[str],
         max_inflight: int,
         resume_ratio: float,
+        counted: Callable[[], Collection[str]] | None = None,
     ) -> None:
         self._in_flight = in_flight
         self.models = list(models)
+        # the models worth counting now (those a live worker serves, workers.presence); a model
+        # nobody serves must not hold every other model's traffic at its bound
+        self._counted = counted
         self.max_inflight = max_inflight
         self.resume_below = max(1, int(max_inflight * resume_ratio))
         self.paused = False
@@ -62,7 +68,12 @@ class Backpressure:
         if now_s < self._next_check and (self.paused or self._room > 0):
             return 0 if self.paused else self._room
         self._next_check = now_s + CHECK_S
-        counts = self._in_flight(self.models)
+        if self._counted is None:
+            models = self.models
+        else:
+            counted = self._counted()
+            models = [m for m in self.models if m in counted]
+        counts = self._in_flight(models) if models else {}
         busiest = max(counts.values(), default=0)
         if self.paused and busiest < self.resume_below:
             self.paused, self.saturated = False, []

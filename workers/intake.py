@@ -47,9 +47,9 @@ from ops.metrics.instruments import ADMITTED, DEAD_LETTERS, REDELIVERED
 from ops.observe import observe_store
 from schemas.catalog import CATALOG
 from schemas.connections import kafka_client_options, kafka_options
-from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, InvalidRequest
+from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, InvalidRequest, ModelUnavailable
 from schemas.messages import NAME_PATTERN, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic
+from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
 from workers import deadletter
 from workers.backpressure import Backpressure, PartitionHold
@@ -58,12 +58,14 @@ from workers.consumer import leave_group, new_consumer
 from workers.cpu import yield_cpu
 from workers.doorbell import Doorbell
 from workers.lost import LostRecords
+from workers.presence import ServedModels
 from workers.result_store import (
     TRANSIENT_ERRORS,
     Admission,
     ResultStore,
     bytes_digest,
     queued_result,
+    quota_error,
     request_digest,
     request_result,
 )
@@ -116,11 +118,13 @@ class Intake:
         self.producer = producer
         self.store = store
         self.celery = celery
+        self.served = ServedModels(store.client, settings)
         self.backpressure = Backpressure(
             store.in_flight_by_model,
             sorted(CATALOG),
             settings.backpressure_max_inflight,
             settings.backpressure_resume_ratio,
+            counted=self.served.available,
         )
         self.hold = PartitionHold(self.backpressure)
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
@@ -268,14 +272,15 @@ class Intake:
         self.hold.reset()
 
     def _needs_no_room(self, record: ConsumerRecord) -> bool:
-        """An invalid record (it is dead-lettered) or a request already past its deadline (it is
-        answered ``expired``): neither takes a model's capacity. A record that fails otherwise is
-        handed on too: :meth:`handle` strikes it, then dead-letters it."""
+        """An invalid record (it is dead-lettered), a request already past its deadline (it is
+        answered ``expired``) or one for a model nobody serves: none takes a model's capacity. A
+        record that fails otherwise is handed on too: :meth:`handle` strikes it, then dead-letters it."""
         try:
-            deadline = parse_request(record.value, self.s).deadline_ms()
+            request = parse_request(record.value, self.s)
         except Exception:
             return True
-        return deadline is not None and deadline <= now_ms()
+        deadline = request.deadline_ms()
+        return (deadline is not None and deadline <= now_ms()) or request.model not in self.served.available()
 
     def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
         """Validate and hand off one poll, its dead letters sent and acknowledged; returns the
@@ -343,20 +348,37 @@ class Intake:
             self.reject(rec, error, received, answer=True, attempts=attempts)
 
     def hand_off(self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]) -> None:
-        """Admit to the result store, then send NEW and PENDING requests to Celery."""
+        """Admit to the result store, then send NEW and PENDING requests to Celery.
+
+        A request for a model no live worker serves (past the grace, :mod:`workers.presence`) is
+        answered ``model_unavailable`` and dead-lettered; one over its tenant's limits is answered
+        ``quota_exceeded``. Neither is admitted, so neither holds any capacity."""
+        available = self.served.available() if accepted else frozenset()
+        for rec, req, t in [a for a in accepted if a[1].model not in available]:
+            unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
+            failed = request_result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
+            self.store.advance([failed], only_if_absent=True)
+            self.reject(rec, unserved, t["received_ms"], answer=False)
+        accepted = [a for a in accepted if a[1].model in available]
         if not accepted:
             return
         queued = now_ms()
         for _, _, t in accepted:
             t["queued_ms"] = queued
-        deadlines = {req.request_id: d for _, req, _ in accepted if (d := req.deadline_ms()) is not None}
-        handoffs = {req.request_id: self._handoff(rec, req, t) for rec, req, t in accepted}
+        sids = [scoped_id(req.tenant, req.request_id) for _, req, _ in accepted]
+        pairs = list(zip(sids, accepted, strict=True))
+        deadlines = {sid: d for sid, (_, req, _) in pairs if (d := req.deadline_ms()) is not None}
+        handoffs = {sid: self._handoff(rec, req, t) for sid, (rec, req, t) in pairs}
         verdicts = self.store.admit(
             [(request_digest(req), queued_result(req, t)) for _, req, t in accepted], deadlines, handoffs
         )
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         late: list[InferenceResult] = []
-        for (rec, req, t), verdict in zip(accepted, verdicts, strict=True):
+        for sid, (rec, req, t), verdict in zip(sids, accepted, verdicts, strict=True):
+            if verdict.over_quota:  # not admitted: answered at once, costs the other tenants nothing
+                over = quota_error(verdict, req.tenant, self.s)
+                late.append(request_result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over))
+                continue
             if verdict is not Admission.NEW:
                 REDELIVERED.labels(verdict.value).inc()
             deadline = req.deadline_ms()
@@ -378,7 +400,7 @@ class Intake:
                         },
                     )
             if verdict in (Admission.NEW, Admission.PENDING):
-                h = handoffs[req.request_id]
+                h = handoffs[sid]
                 by_queue.setdefault((h["queue"], h["priority"]), []).append(h["item"])
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)

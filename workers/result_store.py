@@ -5,6 +5,10 @@ is never overwritten, so a redelivered Celery message or a replayed Kafka record
 result flicker or appear twice. The transitions are Lua scripts, atomic on the server; each one
 that makes a result terminal also publishes the request id on the ``done`` channel, so waiting
 clients wake at once instead of polling. Key layout is in :mod:`schemas.naming`.
+
+Requests are stored under their scoped id (:func:`schemas.naming.scoped_id`): the same request id
+sent by two tenants is two requests, and reading, cancelling or forgetting one takes its tenant.
+ADMIT also enforces each tenant's limits (requests in flight, stored result bytes), atomically.
 """
 
 from __future__ import annotations
@@ -19,7 +23,7 @@ from typing import Any, NamedTuple
 import redis
 
 from schemas.connections import redis_client
-from schemas.errors import Cancelled, DeadlineExpired, InferqError
+from schemas.errors import Cancelled, DeadlineExpired, InferqError, QuotaExceeded
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import (
     deadlines_key,
@@ -27,6 +31,9 @@ from schemas.naming import (
     inflight_key,
     pending_key,
     result_key,
+    scoped_id,
+    tenant_key_prefix,
+    tenant_keys,
     unseen_key,
     unseen_wire_key,
 )
@@ -47,6 +54,24 @@ class Admission(str, Enum):
     PENDING = "pending"  # seen, not finished: enqueue again (the first hand-off may have been lost)
     TERMINAL = "terminal"  # already answered: drop the duplicate
     CONFLICT = "conflict"  # the id is taken by a different payload: reject
+    QUOTA_INFLIGHT = "quota_inflight"  # not recorded: its tenant has its most requests in flight
+    QUOTA_BYTES = "quota_bytes"  # not recorded: its tenant holds its most bytes of results
+
+    @property
+    def over_quota(self) -> bool:
+        return self in (Admission.QUOTA_INFLIGHT, Admission.QUOTA_BYTES)
+
+
+def quota_error(verdict: Admission, tenant: str | None, settings: Settings) -> QuotaExceeded:
+    """The error a request refused by its tenant's limit is answered with (one wording for all)."""
+    inflight, size = settings.tenant_quota(tenant)
+    who = f"tenant {tenant!r}" if tenant else "requests without a tenant"
+    if verdict is Admission.QUOTA_INFLIGHT:
+        return QuotaExceeded(f"{who} already has {inflight} requests in flight (its limit)")
+    return QuotaExceeded(
+        f"{who} already holds {size} bytes of stored results (its limit)",
+        hint="wait for older results to expire (INFERQ_RESULT_TTL_S), or ask the operator to raise the limit",
+    )
 
 
 class Cancellation(NamedTuple):
@@ -98,11 +123,11 @@ class ResultStore:
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self.client = client
         self._s = settings
-        self._admit = client.register_script(lua.ADMIT)
-        self._advance = client.register_script(lua.ADVANCE)
-        self._cancel = client.register_script(lua.CANCEL)
+        self._admit = client.register_script(lua.BYTES + lua.ADMIT)
+        self._advance = client.register_script(lua.BYTES + lua.ADVANCE)
+        self._cancel = client.register_script(lua.BYTES + lua.CANCEL)
         self._progress = client.register_script(lua.PROGRESS)
-        self._expire_due = client.register_script(lua.EXPIRE_DUE)
+        self._expire_due = client.register_script(lua.BYTES + lua.EXPIRE_DUE)
         self._claim_stale = client.register_script(lua.CLAIM_STALE)
         self._unseen = client.register_script(lua.UNSEEN)
         self.channel = done_channel(settings)
@@ -125,25 +150,30 @@ class ResultStore:
     ) -> list[Admission]:
         """Record each (digest, queued result) unless the id is known; say what each one is.
 
-        ``deadlines`` (request id → epoch ms) enrols requests in the deadline sweep; ``handoffs``
-        (request id → its Celery queue, priority and message item) are kept while the request is
-        queued, so :meth:`claim_stale` can send a lost one again.
+        ``deadlines`` (scoped id → epoch ms) enrols requests in the deadline sweep; ``handoffs``
+        (scoped id → its Celery queue, priority and message item) are kept while the request is
+        queued, so :meth:`claim_stale` can send a lost one again. A new request over its tenant's
+        limits is not recorded (``QUOTA_*``: answer it with :func:`quota_error`).
         """
         pipe = self.client.pipeline(transaction=False)
         now = repr(now_ms())
         for digest, queued in items:
-            deadline = deadlines.get(queued.request_id) if deadlines else None
-            handoff = handoffs.get(queued.request_id) if handoffs else None
+            sid = scoped_id(queued.tenant, queued.request_id)
+            deadline = deadlines.get(sid) if deadlines else None
+            handoff = handoffs.get(sid) if handoffs else None
+            max_inflight, max_bytes = self._s.tenant_quota(queued.tenant)
             self._admit(
-                keys=self._keys(queued.request_id, queued.model),
+                keys=self._keys(sid, queued.model, queued.tenant),
                 args=[
                     digest,
                     queued.model_dump_json(),
                     self._s.result_ttl_s,
                     "" if deadline is None else repr(deadline),
-                    queued.request_id,
+                    sid,
                     "" if handoff is None else json.dumps(handoff),
                     now,
+                    max_inflight,
+                    max_bytes,
                 ],
                 client=pipe,
             )
@@ -160,16 +190,20 @@ class ResultStore:
     def _advance_many(self, results: Iterable[InferenceResult], only_if_absent: bool) -> list[int]:
         pipe = self.client.pipeline(transaction=False)
         sent: list[InferenceResult] = []
+        now = repr(now_ms())
         for result in results:
+            sid = scoped_id(result.tenant, result.request_id)
             self._advance(
-                keys=self._keys(result.request_id, result.model),
+                keys=self._keys(sid, result.model, result.tenant),
                 args=[
                     result.status.value,
                     result.model_dump_json(),
                     self._s.result_ttl_s,
                     int(only_if_absent),
                     self.channel,
-                    result.request_id,
+                    sid,
+                    now,
+                    int(self._s.tenant_quota(result.tenant)[1] > 0),
                 ],
                 client=pipe,
             )
@@ -195,7 +229,7 @@ class ResultStore:
             return []
         pipe = self.client.pipeline(transaction=False)
         for _, failed in items:
-            pipe.hmget(self._keys(failed.request_id, failed.model)[0], "status", "digest", "body")
+            pipe.hmget(self._result_key(failed), "status", "digest", "body")
         found = pipe.execute()
         absent: list[InferenceResult] = []
         owned: list[InferenceResult] = []
@@ -228,7 +262,7 @@ class ResultStore:
     def expect(self, request: InferenceRequest) -> None:
         """Keep the wire JSON of a request just admitted, about to be published, until an intake
         reads it (:meth:`seen`); :meth:`unseen` finds the ones it never read."""
-        key = self._keys(request.request_id, request.model)[0]
+        key = self._result_key(request)
         pipe = self.client.pipeline(transaction=False)
         pipe.zadd(unseen_key(self._s), {key: now_ms()})
         pipe.hset(unseen_wire_key(self._s), key, request.wire_json())
@@ -238,7 +272,7 @@ class ResultStore:
         """The intake read these requests from Kafka: their hand-offs are no longer needed."""
         if not requests:
             return
-        keys = [self._keys(r.request_id, r.model)[0] for r in requests]
+        keys = [self._result_key(r) for r in requests]
         pipe = self.client.pipeline(transaction=False)
         pipe.zrem(unseen_key(self._s), *keys)
         pipe.hdel(unseen_wire_key(self._s), *keys)
@@ -258,13 +292,19 @@ class ResultStore:
         """A hand-off was published again: it counts as new (found again only if lost again)."""
         self.client.zadd(unseen_key(self._s), {key: now_ms()}, xx=True)
 
-    def _keys(self, request_id: str, model: str | None) -> list[str]:
+    def _result_key(self, result: InferenceResult | InferenceRequest) -> str:
+        """The result hash of a request, in its tenant's namespace."""
+        return result_key(self._s, scoped_id(result.tenant, result.request_id))
+
+    def _keys(self, sid: str, model: str | None, tenant: str | None) -> list[str]:
+        """The shared KEYS of the scripts (:mod:`workers.store_scripts`) for one scoped id."""
         return [
-            result_key(self._s, request_id),
+            result_key(self._s, sid),
             self.inflight_key,
             inflight_key(self._s, model or ""),
             deadlines_key(self._s),
             pending_key(self._s),
+            *tenant_keys(self._s, tenant),
         ]
 
     def expire_due(self, now: float | None = None, limit: int = 1_000) -> list[InferenceResult]:
@@ -279,6 +319,7 @@ class ResultStore:
                 self.channel,
                 error.model_dump_json(),
                 limit,
+                tenant_key_prefix(self._s),
             ],
         )
         results = [InferenceResult.model_validate_json(b) for b in bodies]
@@ -297,16 +338,17 @@ class ResultStore:
                 except Exception:  # a broken hook must not fail a write that already happened
                     log.exception("result hook %r failed", hook)
 
-    def cancel(self, request_id: str) -> Cancellation:
+    def cancel(self, request_id: str, tenant: str | None = None) -> Cancellation:
         """Cancel a request that has not started, or stop a running generation.
 
         The status is ``cancelled`` when this call (or an earlier one) cancelled it; ``running``
         with ``stopping`` for a generation asked to stop; the running or terminal status when it
         was too late; None for an unknown id.
         """
-        current = self.get(request_id)
+        current = self.get(request_id, tenant)
         if current is None:
             return Cancellation(None, None)
+        sid = scoped_id(tenant, request_id)
         if current.status not in (ResultStatus.QUEUED, ResultStatus.RUNNING):
             return Cancellation(current.status, current)
         cancelled = current.model_copy(
@@ -318,14 +360,20 @@ class ResultStore:
         )
         verdict = as_text(
             self._cancel(
-                keys=self._keys(request_id, current.model),
-                args=[cancelled.model_dump_json(), self.channel, request_id],
+                keys=self._keys(sid, current.model, tenant),
+                args=[
+                    cancelled.model_dump_json(),
+                    self.channel,
+                    sid,
+                    repr(now_ms()),
+                    int(self._s.tenant_quota(tenant)[1] > 0),
+                ],
             )
         )
         if verdict == "cancelled":
             self._notify([cancelled])
             return Cancellation(ResultStatus.CANCELLED, cancelled)
-        latest = self.get(request_id)  # it moved on between the read and the script
+        latest = self.get(request_id, tenant)  # it moved on between the read and the script
         return Cancellation(latest.status if latest else None, latest, stopping=verdict == "stopping")
 
     def progress(self, results: Sequence[InferenceResult]) -> list[str]:
@@ -338,7 +386,8 @@ class ResultStore:
             return []
         pipe = self.client.pipeline(transaction=False)
         for r in results:
-            self._progress(keys=[result_key(self._s, r.request_id)], args=[r.model_dump_json()], client=pipe)
+            sid = scoped_id(r.tenant, r.request_id)
+            self._progress(keys=[result_key(self._s, sid)], args=[r.model_dump_json()], client=pipe)
         return ["gone" if (v := as_text(flag)).startswith("!") else v for flag in pipe.execute()]
 
     def claim_stale(self, older_than_s: float, limit: int = 500) -> list[dict[str, Any]]:
@@ -352,30 +401,50 @@ class ResultStore:
         )
         return [json.loads(h) for h in found]
 
-    def forget(self, request_id: str) -> None:
-        """Delete a request's record (only for one that never reached Kafka)."""
-        current = self.get(request_id)
-        if self.client.delete(result_key(self._s, request_id)) and current is not None:
-            self.client.decr(self.inflight_key)
-            self.client.decr(inflight_key(self._s, current.model or ""))
+    def forget(self, request_id: str, tenant: str | None = None) -> None:
+        """Delete a request's record (only for one that never reached Kafka), and its place in flight."""
+        current = self.get(request_id, tenant)
+        sid = scoped_id(tenant, request_id)
+        pipe = self.client.pipeline(transaction=True)
+        pipe.delete(result_key(self._s, sid))
+        for key in self._keys(sid, current.model if current else None, tenant)[1:6]:
+            pipe.zrem(key, sid)
+        pipe.execute()
 
     def in_flight(self) -> int:
-        """Requests admitted and not yet terminal, across every process."""
-        return int(self.client.get(self.inflight_key) or 0)
+        """Requests admitted and not yet terminal (and not expired), across every process."""
+        return int(self.client.zcount(self.inflight_key, now_ms(), "+inf"))
 
     def in_flight_by_model(self, models: Sequence[str]) -> dict[str, int]:
         """Requests admitted and not yet terminal, per model (one round trip)."""
-        values = self.client.mget([inflight_key(self._s, m) for m in models]) if models else []
+        now = now_ms()
+        pipe = self.client.pipeline(transaction=False)
+        for m in models:
+            pipe.zcount(inflight_key(self._s, m), now, "+inf")
+        values = pipe.execute() if models else []
         return {m: int(v or 0) for m, v in zip(models, values, strict=True)}
 
-    def get(self, request_id: str) -> InferenceResult | None:
-        body = self.client.hget(result_key(self._s, request_id), "body")
+    def tenant_usage(self, tenant: str | None) -> tuple[int, int]:
+        """(requests in flight, stored result bytes) of ``tenant``; bytes are kept only while the
+        tenant has a byte limit (``INFERQ_TENANT_MAX_RESULT_BYTES``)."""
+        inflight, _, sizes = tenant_keys(self._s, tenant)
+        pipe = self.client.pipeline(transaction=False)
+        pipe.zcount(inflight, now_ms(), "+inf")
+        pipe.hget(sizes, "~total")
+        n, total = pipe.execute()
+        return int(n), int(total or 0)
+
+    def get(self, request_id: str, tenant: str | None = None) -> InferenceResult | None:
+        body = self.client.hget(result_key(self._s, scoped_id(tenant, request_id)), "body")
         return InferenceResult.model_validate_json(body) if body else None
 
-    def get_many(self, request_ids: Sequence[str]) -> dict[str, InferenceResult | None]:
+    def get_many(
+        self, request_ids: Sequence[str], tenant: str | None = None
+    ) -> dict[str, InferenceResult | None]:
+        """Results by (unscoped) request id, all of one tenant (one round trip)."""
         pipe = self.client.pipeline(transaction=False)
         for rid in request_ids:
-            pipe.hget(result_key(self._s, rid), "body")
+            pipe.hget(result_key(self._s, scoped_id(tenant, rid)), "body")
         bodies = pipe.execute()
         return {
             rid: InferenceResult.model_validate_json(b) if b else None
@@ -396,7 +465,8 @@ class DoneWatcher:
         self._pubsub.get_message(timeout=1.0)  # the confirmation: subscribed on the server from here
 
     def finished(self, timeout_s: float) -> list[str]:
-        """Ids announced since the last call: waits up to ``timeout_s`` for the first, then drains."""
+        """Scoped ids (:func:`schemas.naming.scoped_id`) announced since the last call: waits up to
+        ``timeout_s`` for the first, then drains."""
         ids: list[str] = []
         message = self._pubsub.get_message(timeout=max(0.0, timeout_s))
         while message is not None:

@@ -24,6 +24,7 @@ import socket
 import threading
 import time
 from collections import Counter
+from collections.abc import Callable
 from typing import Any
 
 from celery import signals
@@ -35,7 +36,7 @@ from ops.logship.ecs import configure_logging, stop_logging
 from ops.metrics.instruments import REDELIVERED
 from ops.observe import observe_store, on_batch, on_step
 from schemas.connections import kafka_client_options
-from schemas.errors import ErrorCode, InferqError, InvalidRequest
+from schemas.errors import ErrorCode, InferqError, InvalidRequest, ModelUnavailable
 from schemas.messages import (
     ErrorInfo,
     InferenceRequest,
@@ -54,6 +55,7 @@ from workers.celery_app import TASK_INFER, app
 from workers.decoder import Decoder
 from workers.engine import Engine
 from workers.jobs import Job
+from workers.presence import ServedModels, advertise, withdraw
 from workers.result_store import ResultStore, as_text, request_result
 from workers.runners import load_runner
 from workers.runners.causal import CausalLM
@@ -190,6 +192,7 @@ def _unreadable(item: Any, error: Exception) -> int:
         status=ResultStatus.FAILED,
         task=raw.get("task") if raw.get("task") in {t.value for t in Task} else None,
         model=raw.get("model") if isinstance(raw.get("model"), str) else None,
+        tenant=raw.get("tenant") if isinstance(raw.get("tenant"), str) else None,
         error=info,
         timings=timings,
     )
@@ -342,27 +345,75 @@ def reap_dead_owners() -> int:
     return len(dead) + len(orphans)
 
 
-def requeue_stale() -> int:
-    """Send again the requests still queued ``requeue_queued_after_s`` after admission.
+@functools.cache
+def served_models() -> ServedModels:
+    return ServedModels(result_store().client, get_settings())
+
+
+def requeue_stale(
+    store: ResultStore,
+    served: ServedModels,
+    older_than_s: float,
+    send: Callable[[dict[str, Any]], None],
+    reject: Callable[[Job], None] | None = None,
+) -> Counter[str]:
+    """Send again the requests still queued ``older_than_s`` after admission; counts by outcome.
 
     kombu's Redis transport takes a message off its queue and records it as unacked in two steps;
     a worker killed between them loses the message, and its requests would wait forever. The store
     keeps each queued request's hand-off until it starts; every worker claims the stale ones (each
-    one by one worker per period) and sends them again. A duplicate is harmless: results only move
-    forward and are written once.
+    one by one worker per period) and sends them again (``send(handoff)``). A duplicate is
+    harmless: results only move forward and are written once. Nothing is sent into a queue no live
+    worker reads: a request for a model nobody serves is failed ``model_unavailable`` once the model
+    is past its grace (:mod:`workers.presence`), and dead-lettered (``reject``) by the worker whose
+    write ended it; within the grace it is left queued (claimed again next period).
     """
+    counts = Counter[str]()
+    failed: list[Job] = []
+    live, available = served.served(), served.available()
+    for h in store.claim_stale(older_than_s):
+        raw = h["item"]["request"]
+        model = raw.get("model")
+        if model in live:
+            send(h)
+            counts["requeued"] += 1
+        elif model in available:
+            counts["waiting"] += 1
+        else:
+            try:
+                request = InferenceRequest.model_validate(raw)
+            except ValidationError:  # unreadable: a worker answers it when it reads the message
+                send(h)
+                counts["requeued"] += 1
+                continue
+            job = Job(request, {**h["item"].get("timings", {}), "done_ms": now_ms()}, [], 0)
+            job.status, job.source = ResultStatus.FAILED, h["item"].get("source")
+            job.error = ModelUnavailable(f"no live worker has served model {model!r} for a while")
+            failed.append(job)
+    written = store.advance(request_result(j.request, j.status, j.timings, j.error) for j in failed)
+    for job in (j for j, ok in zip(failed, written, strict=True) if ok):
+        counts["unavailable"] += 1
+        if reject is not None:
+            reject(job)
+    return counts
+
+
+def _requeue_stale() -> None:
     s = get_settings()
-    handoffs = result_store().claim_stale(s.requeue_queued_after_s)
-    for h in handoffs:
+
+    def send(h: dict[str, Any]) -> None:
         app.send_task(TASK_INFER, args=[[h["item"]]], queue=h["queue"], priority=h["priority"])
-    if handoffs:
-        REDELIVERED.labels("requeued").inc(len(handoffs))
+
+    counts = requeue_stale(result_store(), served_models(), s.requeue_queued_after_s, send, dead_letter_job)
+    if counts["requeued"]:
+        REDELIVERED.labels("requeued").inc(counts["requeued"])
         log.warning(
             "sent %d requests again: still queued %.0f s after admission",
-            len(handoffs),
+            counts["requeued"],
             s.requeue_queued_after_s,
         )
-    return len(handoffs)
+    if counts["unavailable"]:
+        log.warning("failed %d queued requests: no live worker serves their model", counts["unavailable"])
 
 
 def _heartbeat(hostname: str, models: list[str]) -> None:
@@ -374,13 +425,15 @@ def _heartbeat(hostname: str, models: list[str]) -> None:
     while True:
         try:
             store.client.set(key, ",".join(models), ex=int(HEARTBEAT_S * 3))
+            advertise(store.client, s, hostname, models, HEARTBEAT_S * 3)
             store.client.set(instance_key(s, INSTANCE), hostname, ex=int(HEARTBEAT_S * 3))
             reap_dead_owners()
-            requeue_stale()
+            _requeue_stale()
         except Exception:
             log.warning("heartbeat to Redis failed; retrying", exc_info=True)
         if _heartbeat_stop.wait(HEARTBEAT_S):
             store.client.delete(key)
+            withdraw(store.client, s, hostname, models)
             store.client.delete(instance_key(s, INSTANCE))
             return
 

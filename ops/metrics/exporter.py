@@ -27,6 +27,7 @@ from prometheus_client.registry import Collector
 
 from ops.logship.ecs import configure_logging, stop_logging
 from schemas.connections import kafka_options, redis_client
+from schemas.messages import now_ms
 from schemas.naming import (
     inflight_key,
     metrics_dir,
@@ -111,7 +112,8 @@ class PipelineCollector(Collector):
         inflight = GaugeMetricFamily(
             "inferq_requests_in_flight", "Requests admitted and not yet terminal (queued or running)"
         )
-        inflight.add_metric([], float(self.results.get(inflight_key(self.s)) or 0))
+        # a sorted set of scoped ids by result expiry (ms): the unexpired ones are in flight
+        inflight.add_metric([], float(self.results.zcount(inflight_key(self.s), now_ms(), "+inf")))
         yield inflight
         up = GaugeMetricFamily("inferq_workers_up", "Ready workers serving each model", labels=["model"])
         counts: dict[str, int] = {m: 0 for m in self.s.model_names()}

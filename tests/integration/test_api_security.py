@@ -56,7 +56,7 @@ def test_a_tenant_cannot_read_or_cancel_another_tenants_request(secured, client)
     assert foreign.status_code == unknown.status_code == 404  # indistinguishable from an unknown id
     assert foreign.json() == {"detail": f"no result for request {rid!r}"}  # the unknown-id answer
     assert secured.delete(f"/v1/results/{rid}", headers=as_(KEY_B)).status_code == 404
-    done = client.wait(rid, timeout_s=60)
+    done = client.wait(rid, timeout_s=60, tenant="tenant-a")  # ids are scoped per tenant
     assert done.status.value == "done" and done.tenant == "tenant-a"  # B's cancel did nothing
 
 

@@ -10,12 +10,14 @@ from __future__ import annotations
 from datetime import datetime, timedelta, timezone
 
 import pytest
+import redis
 
 from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually, intake_only
+from workers.presence import advertise
 
 BOUND = 5
 
@@ -29,6 +31,10 @@ def paused(tmp_path_factory):
         log_ship=False,
     )
     with intake_only(base, tmp_path_factory.mktemp("backpressure")) as settings:
+        # backpressure counts only served models: one worker "serves" it and never takes a message
+        advertise(
+            redis.Redis.from_url(settings.redis_url), settings, "idle-worker", ["all-MiniLM-L6-v2"], 3_600
+        )
         yield settings
 
 

@@ -1,0 +1,143 @@
+"""The result store's scripts on a real Redis: request ids scoped per tenant, in-flight sets that
+cannot leak, and per-tenant limits enforced in ADMIT (issue 15, points 4, 5 and 10)."""
+
+from __future__ import annotations
+
+from collections.abc import Iterator
+from datetime import datetime, timedelta, timezone
+
+import pytest
+
+from ops.stack import Stack, on_free_ports
+from schemas.errors import InvalidRequest
+from schemas.messages import InferenceRequest, ResultStatus, now_ms
+from schemas.naming import scoped_id
+from schemas.settings import Settings
+from tests.integration.conftest import eventually
+from workers.result_store import (
+    Admission,
+    DoneWatcher,
+    ResultStore,
+    queued_result,
+    request_digest,
+    request_result,
+)
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def redis_only(tmp_path_factory) -> Iterator[Settings]:
+    settings = on_free_ports(Settings(log_ship=False), tmp_path_factory.mktemp("tenancy"))
+    st = Stack(settings)
+    try:
+        st.up(only=["redis"])
+        yield settings
+    finally:
+        st.down()
+
+
+def store_with(settings: Settings, **limits) -> ResultStore:
+    s = settings.model_copy(update={"key_prefix": f"t{now_ms():.0f}", **limits})
+    return ResultStore.from_settings(s)
+
+
+def req(text: str, tenant: str | None, rid: str | None = None, **kw) -> InferenceRequest:
+    fields = dict(task="embed", model="all-MiniLM-L6-v2", inputs=text, tenant=tenant, **kw)
+    if rid is not None:
+        fields["request_id"] = rid
+    return InferenceRequest.model_validate(fields)
+
+
+def admit(store: ResultStore, *requests: InferenceRequest, deadline: bool = False) -> list[Admission]:
+    deadlines = (
+        {scoped_id(r.tenant, r.request_id): d for r in requests if (d := r.deadline_ms()) is not None}
+        if deadline
+        else None
+    )
+    return store.admit([(request_digest(r), queued_result(r, {})) for r in requests], deadlines)
+
+
+def ended(r: InferenceRequest, status: ResultStatus = ResultStatus.FAILED, message: str = "x"):
+    return request_result(r, status, {"done_ms": now_ms()}, InvalidRequest(message))
+
+
+def test_the_same_id_used_by_two_tenants_is_two_independent_requests(redis_only):
+    store = store_with(redis_only)
+    a = req("tenant a's text", "a")
+    b = req("tenant b's different text", "b", rid=a.request_id)
+    assert admit(store, a, b) == [Admission.NEW, Admission.NEW]  # before: b was a CONFLICT
+    assert store.get(a.request_id) is None  # no tenant: another namespace
+    with DoneWatcher(store) as watcher:
+        assert store.advance([ended(a)]) == [True]
+        assert watcher.finished(5.0) == [scoped_id("a", a.request_id)]
+    assert store.get(a.request_id, "a").status is ResultStatus.FAILED
+    assert store.get(a.request_id, "b").status is ResultStatus.QUEUED
+    assert store.get_many([a.request_id], "b")[a.request_id].tenant == "b"
+    assert store.cancel(a.request_id, "b").status is ResultStatus.CANCELLED
+    assert store.cancel(a.request_id, "c").status is None  # unknown to tenant c
+    assert store.in_flight() == 0
+
+
+def test_every_way_a_request_ends_releases_its_place_in_flight(redis_only):
+    store = store_with(redis_only)
+    past = datetime.now(timezone.utc) + timedelta(milliseconds=50)
+    done, cancelled, expiring, forgotten, refused = (req(f"ends {i}", "t") for i in range(5))
+    late = req("deadline soon", "t", deadline=past)
+    assert admit(store, done, cancelled, expiring, forgotten, late, deadline=True) == [Admission.NEW] * 5
+    assert store.in_flight() == 5 and store.tenant_usage("t")[0] == 5
+    assert store.in_flight_by_model(["all-MiniLM-L6-v2"]) == {"all-MiniLM-L6-v2": 5}
+    store.advance([ended(done, ResultStatus.DONE)])
+    store.advance([ended(done, ResultStatus.DONE)])  # a duplicate ending releases nothing twice
+    store.cancel(cancelled.request_id, "t")
+    store.forget(forgotten.request_id, "t")
+    eventually(lambda: store.expire_due(), what="the deadline sweep to end the late one")
+    # one the intake answers directly (never admitted) does not count at all
+    store.advance([ended(refused)], only_if_absent=True)
+    assert store.in_flight() == 1 and store.tenant_usage("t")[0] == 1  # only `expiring`: still queued
+    assert store.get(expiring.request_id, "t").status is ResultStatus.QUEUED
+
+
+def test_a_result_that_expires_while_queued_stops_counting(redis_only):
+    store = store_with(redis_only, result_ttl_s=1)
+    assert admit(store, req("forgotten by its TTL", None)) == [Admission.NEW]
+    assert store.in_flight() == 1
+    eventually(lambda: store.in_flight() == 0, timeout_s=5, what="the expired result to stop counting")
+    assert store.in_flight_by_model(["all-MiniLM-L6-v2"]) == {"all-MiniLM-L6-v2": 0}
+
+
+def test_a_tenant_over_its_inflight_limit_is_refused_and_others_are_not(redis_only):
+    store = store_with(redis_only, tenant_max_inflight=2, tenant_limits="vip=5:0")
+    flood = [req(f"flood {i}", "flood") for i in range(4)]
+    assert admit(store, *flood) == [
+        Admission.NEW,
+        Admission.NEW,
+        Admission.QUOTA_INFLIGHT,
+        Admission.QUOTA_INFLIGHT,
+    ]
+    assert store.get(flood[2].request_id, "flood") is None  # refused: nothing recorded
+    assert admit(store, req("calm", "calm")) == [Admission.NEW]
+    assert admit(store, *(req(f"vip {i}", "vip") for i in range(5))) == [Admission.NEW] * 5
+    assert (
+        admit(store, req("no tenant 1", None), req("no tenant 2", None), req("no tenant 3", None))[2]
+        is Admission.QUOTA_INFLIGHT
+    )  # tenant-less requests share one bucket
+    store.advance([ended(flood[0])])
+    assert admit(store, flood[2]) == [Admission.NEW]  # room again once one ended
+    assert admit(store, flood[1]) == [Admission.PENDING]  # a redelivery is never refused
+
+
+def test_a_tenant_over_its_stored_bytes_is_refused_until_results_expire(redis_only):
+    store = store_with(redis_only, tenant_max_result_bytes=5_000, result_ttl_s=2)
+    big = req("a big result", "big")
+    assert admit(store, big) == [Admission.NEW]
+    store.advance([ended(big, message="y" * 6_000)])
+    assert store.tenant_usage("big")[1] > 6_000
+    assert admit(store, req("next", "big")) == [Admission.QUOTA_BYTES]
+    assert admit(store, req("another tenant", "small")) == [Admission.NEW]
+    eventually(
+        lambda: admit(store, req("after expiry", "big")) == [Admission.NEW],
+        timeout_s=6,
+        what="the tenant's bytes to be released when its result expired",
+    )
+    assert store.tenant_usage("big")[1] < 1_000
