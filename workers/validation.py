@@ -14,6 +14,7 @@ from pydantic import ValidationError
 
 from schemas.catalog import lookup
 from schemas.errors import ErrorCode, InvalidRequest
+from schemas.explain import explain
 from schemas.messages import REQUEST_ID_PATTERN, SCHEMA_VERSION, InferenceRequest
 from schemas.settings import Settings
 
@@ -65,10 +66,8 @@ def validate_request(data: dict[str, Any], settings: Settings) -> InferenceReque
     try:
         request = InferenceRequest.model_validate(data)
     except ValidationError as e:
-        errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()]
-        first = errors[0]
-        where = ".".join(str(x) for x in first["loc"]) or "message"
-        raise InvalidRequest(f"{where}: {first['msg']}", detail=errors) from e
+        message, errors = explain(e.errors())
+        raise InvalidRequest(message, detail=errors) from e
     return check_request(request, settings)
 
 
