@@ -191,6 +191,8 @@ def test_the_same_corpus_over_http_gets_typed_errors(api, client):
             assert error["code"] and error["message"], name
             if code:
                 assert error["code"] == code, (name, error)
-    ok = api.post("/v1/requests", json={"task": "embed", "model": MODEL, "inputs": "still fine"})
+    ok = api.post(
+        "/v1/requests", json={"schema_version": 1, "task": "embed", "model": MODEL, "inputs": "still fine"}
+    )
     assert ok.status_code == 202
     assert client.wait(ok.json()["request_id"], timeout_s=60).status is ResultStatus.DONE
