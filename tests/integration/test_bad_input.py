@@ -55,8 +55,8 @@ CASES: list[tuple[str, bytes, str, int | None, str | None]] = [
         "schema version missing",
         json.dumps(req(schema_version=DROP)).encode(),
         "unsupported_schema_version",
-        202,
-        None,
+        422,  # one contract (issue 15, point 17): required on the wire, over Kafka and HTTP alike
+        "unsupported_schema_version",
     ),
     ("task missing", json.dumps(req(task=DROP)).encode(), "validation_error", 422, "validation_error"),
     ("unknown task", json.dumps(req(task="translate")).encode(), "validation_error", 422, "validation_error"),
