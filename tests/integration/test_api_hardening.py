@@ -13,6 +13,7 @@ import threading
 import time
 from collections.abc import Iterator
 from pathlib import Path
+from typing import Any
 
 import httpx
 import jsonschema
@@ -134,7 +135,7 @@ def test_sixty_long_polls_leave_healthz_and_other_tenants_alone(server, client: 
     for req in requests:
         assert client.admit(req) is Admission.NEW  # queued, never published: stays queued
 
-    async def scenario() -> dict[str, object]:
+    async def scenario() -> dict[str, Any]:
         limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
         async with httpx.AsyncClient(base_url=server, timeout=40, limits=limits) as c:
             polls = [
