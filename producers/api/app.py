@@ -221,6 +221,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         verdict = client.admit(request)
         if verdict is Admission.CONFLICT:
             raise DuplicateRequestId(short_id(request.request_id))
+        refused = compat.quota_refusal(verdict, request.tenant, settings)
+        if refused is not None:
+            raise refused  # 429: the tenant's own limit (requests in flight, stored bytes)
         if verdict is Admission.TERMINAL:
             return
         try:
@@ -238,7 +241,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         "/v1/requests",
         status_code=202,
         response_model=Accepted,
-        responses=documented(400, 401, 403, 409, 413, 422, 503),
+        responses=documented(400, 401, 403, 409, 413, 422, 429, 503),
         openapi_extra={
             "requestBody": {
                 "required": True,

@@ -7,6 +7,8 @@ from __future__ import annotations
 import inspect
 from typing import Any
 
+from schemas.errors import InferqError
+from schemas.settings import Settings
 from workers.result_store import Cancellation, ResultStore
 
 try:
@@ -44,3 +46,13 @@ def forget(store: ResultStore, request_id: str, tenant: str | None) -> None:
 def done_id(store: ResultStore, request_id: str, tenant: str | None) -> str:
     """The id the store publishes on the ``done`` channel for this request."""
     return scoped_id(tenant, request_id) if _scoped(store.get) else request_id
+
+
+def quota_refusal(verdict: Any, tenant: str | None, settings: Settings) -> InferqError | None:
+    """The error for an admission its tenant's limits refused (the store's ``quota_error``), or None."""
+    if not getattr(verdict, "over_quota", False):
+        return None
+    from workers import result_store
+
+    error: InferqError = result_store.quota_error(verdict, tenant, settings)  # type: ignore[attr-defined,unused-ignore]
+    return error
