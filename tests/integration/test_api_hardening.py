@@ -108,6 +108,7 @@ def chunked_upload(url: str, total: int, chunk: int = 65_536) -> tuple[httpx.Res
 # -- 7: the body limit counts bytes received -----------------------------------------------------------
 def test_a_chunked_upload_without_a_key_is_cut_off_at_the_limit(server, keyed):
     r, sent = chunked_upload(f"{server}/v1/requests", 30 * 2**20)
+    print(f"FIGURE keyed app, no key: 413 after {sent} of {30 * 2**20} bytes handed to the socket")
     assert r.status_code == 413, r.text
     assert r.json()["error"]["code"] == "payload_too_large"
     assert sent < 30 * 2**20 // 2, f"the answer came only after {sent} bytes were sent"
@@ -124,6 +125,7 @@ def test_the_stack_api_stays_flat_under_a_30_mib_chunked_upload(stack, settings)
     assert r.status_code == 413 and r.json()["error"]["code"] == "payload_too_large", r.text
     assert sent < 30 * 2**20 // 2
     grown = rss_kib(pid) - before
+    print(f"FIGURE stack API: 413 after {sent} bytes sent; RSS {before} -> {before + grown} KiB")
     assert grown < 32 * 1024, f"the API grew {grown} KiB"
 
 
@@ -180,6 +182,8 @@ def test_sixty_long_polls_leave_healthz_and_other_tenants_alone(server, client: 
             }
 
     out = asyncio.run(scenario())
+    shown = {k: v for k, v in out.items() if k not in ("cancels", "answers")}
+    print(f"FIGURE 60 long polls open: {shown}")
     assert out["health"][:2] == (200, {"ok": True}) and out["health"][2] < 1.0, out
     assert out["other"][0] == 404 and out["other"][1] < 1.0, out  # another tenant is not held up
     assert out["other_wait"][0] == 404 and out["other_wait"][1] < 1.0, out  # nor capped by A's polls
@@ -269,6 +273,8 @@ def test_another_tenants_id_is_exactly_a_fresh_id(server, client: InferqClient):
 
         for method in ("GET", "DELETE"):
             foreign_s, unknown_s = mean_s(method, rid), mean_s(method, new_request_id())
+            ms = f"A's id {foreign_s * 1e3:.2f} ms, a new id {unknown_s * 1e3:.2f} ms"
+            print(f"FIGURE {method} as B, mean of 50: {ms}")
             assert foreign_s < 2.0 * unknown_s and unknown_s < 2.0 * foreign_s, (method, foreign_s, unknown_s)
 
         # B posting A's id is B's own new request, not a conflict that says the id exists
