@@ -21,6 +21,7 @@ is off unless ``INFERQ_API_CORS_ORIGINS`` names origins. Every error is ``{"erro
 
 from __future__ import annotations
 
+import asyncio
 import json
 import logging
 import re
@@ -106,6 +107,12 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     return data
 
 
+async def disconnected(request: Request) -> None:
+    """Returns when the client of ``request`` hangs up (its body was read already)."""
+    while (await request.receive())["type"] != "http.disconnect":
+        await asyncio.sleep(0.05)  # a server that hands the body again: don't spin
+
+
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     client = InferqClient(settings)
@@ -177,6 +184,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         responses=documented(401, 403, 404, 422, 429),
     )
     async def get_result(
+        request: Request,
         request_id: str,
         wait_ms: int = Query(0, ge=0, le=MAX_LONG_POLL_MS, description="Hold the answer until terminal"),
         tenant: str | None = Depends(caller),
@@ -187,6 +195,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     compat.done_id(store, request_id, tenant),
                     wait_ms / 1000.0,
                     lambda: read(request_id, tenant),
+                    gone=lambda: disconnected(request),
                 )
         else:
             result = await read(request_id, tenant)

@@ -156,10 +156,32 @@ class WaitHub:
                     del self._waiting[done_id]
 
     async def wait(
-        self, done_id: str, timeout_s: float, read: Callable[[], Awaitable[InferenceResult | None]]
+        self,
+        done_id: str,
+        timeout_s: float,
+        read: Callable[[], Awaitable[InferenceResult | None]],
+        gone: Callable[[], Awaitable[object]] | None = None,
     ) -> InferenceResult | None:
         """``read()`` until it is terminal (or None), woken by ``done_id`` on the channel, for at most
-        ``timeout_s``; the last read is the answer."""
+        ``timeout_s``; the last read is the answer. ``gone()`` returns when the caller disconnects:
+        the wait then ends at once (None), so an abandoned poll does not hold its tenant's slot."""
+        if gone is None:
+            return await self._wait(done_id, timeout_s, read)
+        waiter = asyncio.ensure_future(self._wait(done_id, timeout_s, read))
+        watcher = asyncio.ensure_future(gone())
+        try:
+            await asyncio.wait({waiter, watcher}, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for task in (waiter, watcher):
+                if not task.done():
+                    task.cancel()
+                    with contextlib.suppress(asyncio.CancelledError, Exception):
+                        await task
+        return waiter.result() if waiter.done() and not waiter.cancelled() else None
+
+    async def _wait(
+        self, done_id: str, timeout_s: float, read: Callable[[], Awaitable[InferenceResult | None]]
+    ) -> InferenceResult | None:
         self.start()
         loop = asyncio.get_running_loop()
         give_up = loop.time() + timeout_s

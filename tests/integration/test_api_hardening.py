@@ -198,6 +198,47 @@ def test_sixty_long_polls_leave_healthz_and_other_tenants_alone(server, client: 
     assert out["woken_s"] < 10.0, out
 
 
+def test_a_long_poll_whose_client_hung_up_frees_its_slot_at_once(server, client: InferqClient):
+    requests = [
+        InferenceRequest(task="embed", model=MODEL, inputs="hang up", tenant="tenant-a") for _ in range(60)
+    ]
+    for req in requests:
+        assert client.admit(req) is Admission.NEW
+
+    async def scenario() -> float:
+        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+        async with httpx.AsyncClient(base_url=server, timeout=40, limits=limits) as c:
+            polls = [
+                asyncio.create_task(
+                    c.get(f"/v1/results/{r.request_id}", params={"wait_ms": 25_000}, headers=A)
+                )
+                for r in requests
+            ]
+            probe_id = new_request_id()
+
+            async def probe() -> int:
+                return (await c.get(f"/v1/results/{probe_id}", params={"wait_ms": 1}, headers=A)).status_code
+
+            give_up = time.monotonic() + 20
+            while await probe() != 429:  # all 60 of A's slots are held
+                assert time.monotonic() < give_up, "the 60 long polls never all opened"
+                await asyncio.sleep(0.05)
+            for p in polls:
+                p.cancel()  # the client gives up: its connections close
+            await asyncio.gather(*polls, return_exceptions=True)
+            t0 = time.monotonic()
+            while await probe() == 429:
+                assert time.monotonic() - t0 < 5, "abandoned long polls still hold their slots"
+                await asyncio.sleep(0.05)
+            freed_s = time.monotonic() - t0
+            assert await probe() == 404
+            await asyncio.gather(*(c.delete(f"/v1/results/{r.request_id}", headers=A) for r in requests))
+            return freed_s
+
+    freed_s = asyncio.run(scenario())
+    print(f"FIGURE 60 abandoned long polls: slots free after {freed_s:.2f} s")
+
+
 # -- 9: one error shape ------------------------------------------------------------------------------
 def test_every_error_answer_is_typed_and_echoes_no_full_id(server):
     rid = new_request_id()
