@@ -29,9 +29,9 @@ from ops.drill.faults import FAULTS
 from ops.drill.run import DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
 from ops.stack import Stack
-from producers.auth import digest, new_key
+from producers.auth import check_tenant, digest, new_key
 from schemas.connections import redact_url
-from schemas.errors import InferqError
+from schemas.errors import ConfigurationError, InferqError
 from schemas.naming import log_index
 from schemas.settings import get_settings
 
@@ -121,6 +121,10 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"wrote {args.out / 'drill.json'}")
             return 0 if drilled["ok"] else 1
         elif args.cmd == "api-key":
+            try:
+                check_tenant(args.tenant)
+            except ConfigurationError as e:
+                p.error(str(e))
             key = new_key()
             console.print(f"key (give it to {args.tenant}; it is not stored): {key}")
             console.print(f"INFERQ_API_KEYS entry: {args.tenant}:{digest(key)}")

@@ -2,7 +2,8 @@
 
 Keys are 256-bit random tokens (:func:`new_key`), so a plain SHA-256 digest is enough to store
 them (no salt or slow hash needed: nothing to brute-force). ``INFERQ_API_KEYS`` holds
-``tenant:digest`` pairs; ``inferq-ops api-key --tenant T`` makes a key and prints its pair. With no
+``tenant:digest`` pairs; ``inferq-ops api-key --tenant T`` makes a key and prints its pair. Tenant
+names follow the request schema's name pattern, checked when a key is made and when keys are loaded. With no
 keys configured the API is open (local use) and says so once at start-up.
 """
 
@@ -14,7 +15,20 @@ import secrets
 from dataclasses import dataclass
 
 from schemas.errors import ConfigurationError
+from schemas.messages import NAME_PATTERN
 from schemas.settings import Settings
+
+
+def check_tenant(tenant: str) -> str:
+    """``tenant`` if requests may carry it (the request schema's name pattern), else
+    :class:`ConfigurationError`: a key for a name the intake refuses would leave every request of
+    that tenant unanswerable."""
+    if not re.fullmatch(NAME_PATTERN, tenant):
+        raise ConfigurationError(
+            f"tenant name {tenant[:40]!r} is not allowed: it must match {NAME_PATTERN}",
+            hint="use letters, digits and _ . : / - (starting with a letter or digit, at most 128)",
+        )
+    return tenant
 
 
 def new_key() -> str:
@@ -43,7 +57,7 @@ class KeyRing:
                     "INFERQ_API_KEYS entries must be tenant:sha256hex",
                     hint="make one with `inferq-ops api-key --tenant <name>`",
                 )
-            pairs[hexdigest] = tenant
+            pairs[hexdigest] = check_tenant(tenant)
         return cls(pairs)
 
     @property

@@ -106,10 +106,22 @@ class GenerationParams(_Model):
     )
 
 
+def _schema_version_required(schema: dict[str, Any]) -> None:
+    """The wire contract: ``schema_version`` is required on the wire (the intake and the HTTP API
+    refuse a request without it), while Python constructors keep the default of the current one."""
+    required = schema.setdefault("required", [])
+    if "schema_version" not in required:
+        required.insert(0, "schema_version")
+
+
 class InferenceRequest(_Model):
     """One inference request: one text or a list of texts for one model."""
 
-    schema_version: Literal[1] = Field(1, description="Version of this contract")
+    model_config = ConfigDict(extra="forbid", frozen=True, json_schema_extra=_schema_version_required)
+
+    schema_version: Literal[1] = Field(
+        1, description="Version of this contract; required on the wire (Python fills it in)"
+    )
     request_id: RequestId = Field(
         default_factory=new_request_id,
         description="Client-supplied (16-128 URL-safe chars, unguessable) or generated",

@@ -267,6 +267,12 @@ class Settings(BaseSettings):
     api_max_body_bytes: int = Field(1_048_576, ge=1_024, description="Larger HTTP bodies are refused (413)")
     api_cors_origins: str = Field("", description="Comma-separated origins allowed by CORS; empty = CORS off")
     api_port: int = 18080
+    api_max_waits_per_tenant: int = Field(
+        64, ge=1, description="Open long polls (GET ?wait_ms) one tenant (or API key) may hold; more get 429"
+    )
+    api_max_waits: int = Field(
+        2_000, ge=1, description="Open long polls the API process holds in all; more get 429"
+    )
     flower_port: int = 15555
     flower_user: str = "admin"
     flower_password: SecretStr = SecretStr("inferq-local")

@@ -22,6 +22,7 @@ from pydantic import ValidationError
 
 from schemas.catalog import lookup
 from schemas.errors import ErrorCode, InvalidRequest
+from schemas.explain import explain
 from schemas.messages import REQUEST_ID_PATTERN, SCHEMA_VERSION, InferenceRequest
 from schemas.settings import Settings
 
@@ -108,11 +109,9 @@ def validate_request(data: dict[str, Any], settings: Settings) -> InferenceReque
     try:
         request = InferenceRequest.model_validate(data)
     except ValidationError as e:
-        errors = [{"loc": list(err["loc"]), "msg": err["msg"], "type": err["type"]} for err in e.errors()]
-        first = errors[0]
-        where = ".".join(str(x) for x in first["loc"]) or "message"
+        message, errors = explain(e.errors())
         # at most 20 (one per bad input of a long list): the detail goes into results and letters
-        raise InvalidRequest(f"{where}: {first['msg']}", detail=errors[:20]) from e
+        raise InvalidRequest(message, detail=errors[:20]) from e
     return check_request(request, settings)
 
 

@@ -31,6 +31,7 @@ def test_post_then_poll_until_done(api):
     r = api.post(
         "/v1/requests",
         json={
+            "schema_version": 1,
             "task": "classify",
             "model": "minilm-intent",
             "inputs": "please connect me with customer support",
@@ -53,7 +54,13 @@ def test_post_then_poll_until_done(api):
 
 
 def test_post_is_idempotent_and_refuses_a_reused_id(api):
-    body = {"request_id": new_request_id(), "task": "embed", "model": "all-MiniLM-L6-v2", "inputs": "same"}
+    body = {
+        "schema_version": 1,
+        "request_id": new_request_id(),
+        "task": "embed",
+        "model": "all-MiniLM-L6-v2",
+        "inputs": "same",
+    }
     assert api.post("/v1/requests", json=body).status_code == 202
     assert api.post("/v1/requests", json=body).status_code == 202  # a client retry
     r = api.post("/v1/requests", json={**body, "inputs": "different"})
@@ -67,9 +74,11 @@ def test_post_is_idempotent_and_refuses_a_reused_id(api):
 
 
 def test_invalid_post_gets_a_typed_422(api):
-    r = api.post("/v1/requests", json={"task": "embed", "model": "nope", "inputs": "x"})
+    r = api.post("/v1/requests", json={"schema_version": 1, "task": "embed", "model": "nope", "inputs": "x"})
     assert r.status_code == 422 and r.json()["error"]["code"] == "unknown_model"
-    r = api.post("/v1/requests", json={"task": "embed", "model": "all-MiniLM-L6-v2", "inputs": []})
+    r = api.post(
+        "/v1/requests", json={"schema_version": 1, "task": "embed", "model": "all-MiniLM-L6-v2", "inputs": []}
+    )
     assert r.status_code == 422 and r.json()["error"]["code"] == "validation_error"
 
 
@@ -148,7 +157,10 @@ def test_a_finished_request_cannot_be_cancelled_and_unknown_ids_are_404(api, cli
 
 
 def test_long_poll_returns_as_soon_as_the_result_is_done(api):
-    r = api.post("/v1/requests", json={"task": "embed", "model": "all-MiniLM-L6-v2", "inputs": "long poll"})
+    r = api.post(
+        "/v1/requests",
+        json={"schema_version": 1, "task": "embed", "model": "all-MiniLM-L6-v2", "inputs": "long poll"},
+    )
     rid = r.json()["request_id"]
     body = api.get(f"/v1/results/{rid}", params={"wait_ms": 30_000}, timeout=40).json()
     assert body["status"] == "done"

@@ -55,8 +55,8 @@ CASES: list[tuple[str, bytes, str, int | None, str | None]] = [
         "schema version missing",
         json.dumps(req(schema_version=DROP)).encode(),
         "unsupported_schema_version",
-        202,
-        None,
+        422,  # one contract (issue 15, point 17): required on the wire, over Kafka and HTTP alike
+        "unsupported_schema_version",
     ),
     ("task missing", json.dumps(req(task=DROP)).encode(), "validation_error", 422, "validation_error"),
     ("unknown task", json.dumps(req(task="translate")).encode(), "validation_error", 422, "validation_error"),
@@ -192,6 +192,8 @@ def test_the_same_corpus_over_http_gets_typed_errors(api, client):
             assert error["code"] and error["message"], name
             if code:
                 assert error["code"] == code, (name, error)
-    ok = api.post("/v1/requests", json={"task": "embed", "model": MODEL, "inputs": "still fine"})
+    ok = api.post(
+        "/v1/requests", json={"schema_version": 1, "task": "embed", "model": MODEL, "inputs": "still fine"}
+    )
     assert ok.status_code == 202
     assert client.wait(ok.json()["request_id"], timeout_s=60).status is ResultStatus.DONE

@@ -41,3 +41,28 @@ def test_keys_and_request_ids_are_unguessable():
     ids = {new_request_id() for _ in range(1000)}
     assert len(ids) == 1000
     assert all(re.fullmatch(r"[A-Za-z0-9_-]{24,}", i) for i in ids)  # ≥ 144 random bits
+
+
+@pytest.mark.parametrize("tenant", ["alice@example.com", "acme corp", "-acme", "x" * 129, "ünï", "a~b"])
+def test_tenant_names_the_request_schema_refuses_are_a_configuration_error(tenant):
+    with pytest.raises(ConfigurationError, match="tenant name"):
+        ring(f"{tenant}:{digest(new_key())}")
+
+
+@pytest.mark.parametrize("tenant", ["acme", "team-1.eu:prod/a", "A" * 128])
+def test_tenant_names_the_request_schema_accepts_load(tenant):
+    key = new_key()
+    assert ring(f"{tenant}:{digest(key)}").tenant_for(key) == tenant
+
+
+def test_the_cli_refuses_to_make_a_key_for_a_name_requests_cannot_carry(capsys):
+    from ops.cli import main
+
+    with pytest.raises(SystemExit) as exited:
+        main(["api-key", "--tenant", "alice@example.com"])
+    assert exited.value.code == 2
+    err = capsys.readouterr().err
+    assert "tenant name" in err and "iq_" not in err
+    assert main(["api-key", "--tenant", "alice"]) in (0, None)
+    out = capsys.readouterr().out
+    assert "alice:" in out and "iq_" in out
