@@ -275,7 +275,7 @@ def test_fifty_thousand_tenants_leave_state_only_for_the_active_ones():
 
 
 def test_a_returning_tenant_starts_at_the_floor_of_the_active_ones():
-    b, clock = make(size=2, tokens=1000, wait_ms=0)
+    b, _ = make(size=2, tokens=1000, wait_ms=0)
     for i in range(6):
         b.put(("a", i), 10, tenant="a")
     b.put(("b", 0), 10, tenant="b")
