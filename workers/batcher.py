@@ -19,7 +19,8 @@ Contract (tested in ``tests/unit/test_batcher.py`` with a fake clock):
      not bank credit). Only tenants with entries waiting are remembered: a tenant's served tokens
      are forgotten once it has nothing waiting, so state and per-entry cost follow the *active*
      tenants, never every tenant name ever seen. Within the batch each tenant of the anchor's class
-     gets a max-min fair quota of the slots; unused slots go to anyone (work-conserving), then to lower classes.
+     gets a max-min fair quota of the slots; unused slots go to anyone (work-conserving), then to
+     lower classes.
   3. *Buckets.* Candidates join in order of how close their length is to the anchor's, while the
      padded size (``len(batch) × longest``) stays within ``max_batch_tokens``. With a deep pool this
      yields batches of near-equal lengths (little padding); with a shallow one, everything waiting.
