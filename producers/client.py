@@ -34,6 +34,7 @@ from schemas.naming import requests_topic
 from schemas.settings import Settings, get_settings
 from workers.doorbell import Doorbell
 from workers.result_store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
+from workers.tenancy import signed_headers
 
 SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
 
@@ -41,9 +42,23 @@ SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub messag
 class InferqClient:
     """Thread-safe for publishing (kafka-python's producer is); one per process is enough."""
 
-    def __init__(self, settings: Settings | None = None, *, linger_ms: int = 2) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        linger_ms: int = 2,
+        tenant: str | None = None,
+        tenant_key: bytes | str | None = None,
+    ) -> None:
+        """``tenant`` is the default tenant of :meth:`submit`; with ``tenant_key`` (bytes, or hex)
+        every record is signed as that tenant (``INFERQ_KAFKA_TENANT_AUTH=signed``,
+        :mod:`workers.tenancy`)."""
         self.settings = settings or get_settings()
         self._linger_ms = linger_ms
+        self.tenant = tenant
+        self._tenant_key = bytes.fromhex(tenant_key) if isinstance(tenant_key, str) else tenant_key
+        if self._tenant_key is not None and not tenant:
+            raise ValueError("a tenant_key signs as one tenant: give its tenant too")
         self._producer: KafkaProducer | None = None
         self._store: ResultStore | None = None
         self._doorbell: Doorbell | None = None
@@ -83,7 +98,7 @@ class InferqClient:
             task=task,
             model=model,
             inputs=inputs if isinstance(inputs, str) else list(inputs),
-            tenant=tenant,
+            tenant=tenant if tenant is not None else self.tenant,
             priority=priority,
             deadline=deadline,
             top_k=top_k,
@@ -105,8 +120,10 @@ class InferqClient:
         Once the broker has the record, the intake's doorbell is rung (``intake_doorbell``), so an
         idle intake picks it up at once instead of at its next poll.
         """
+        signer = (self.tenant, self._tenant_key) if self._tenant_key and self.tenant else None
+        headers = signed_headers(*signer, value) if signer else None
         future = self.producer.send(
-            requests_topic(self.settings), key=key.encode() if key else None, value=value
+            requests_topic(self.settings), key=key.encode() if key else None, value=value, headers=headers
         )
         if self.settings.intake_doorbell:
             if self._doorbell is None:

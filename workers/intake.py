@@ -39,7 +39,14 @@ from ops.metrics.instruments import ADMITTED, DEAD_LETTERS, REDELIVERED
 from ops.observe import observe_store
 from schemas.catalog import CATALOG
 from schemas.connections import kafka_client_options, kafka_options
-from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, InvalidRequest
+from schemas.errors import (
+    DeadlineExpired,
+    DuplicateRequestId,
+    Forbidden,
+    InferqError,
+    InvalidRequest,
+    Unauthorized,
+)
 from schemas.messages import DeadLetter, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import deadletter_topic, model_queue, requests_topic
 from schemas.settings import Settings, get_settings
@@ -56,7 +63,9 @@ from workers.result_store import (
     request_digest,
     request_result,
 )
+from workers.retention import retention_warning
 from workers.stall import StallWatch
+from workers.tenancy import TenantAuth
 from workers.trim import CommittedTrim
 from workers.validation import parse_request, salvage_request_id
 
@@ -98,6 +107,7 @@ class Intake:
         self.hold = PartitionHold(self.backpressure)
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
         self.stall = StallWatch()
+        self.tenancy = TenantAuth.from_settings(settings)  # INFERQ_KAFKA_TENANT_AUTH (workers.tenancy)
         self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(
             lambda: KafkaAdminClient(**kafka_options(settings), request_timeout_ms=5_000),
@@ -237,6 +247,11 @@ class Intake:
             except InvalidRequest as e:
                 self.reject(rec, e, received, answer=True)
                 continue
+            try:  # unauthenticated: dead-lettered, never answered under an id its writer chose
+                self.tenancy.check(rec.value, rec.headers, request)
+            except (Unauthorized, Forbidden) as e:
+                self.reject(rec, e, received, answer=False)
+                continue
             accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
         self.hand_off(accepted)
         self.producer.flush()
@@ -357,6 +372,8 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     intake = Intake.from_settings(settings)
+    if (retention := retention_warning(settings)) is not None:  # workers.retention
+        log.warning(retention)
     log.info("intake consuming %s as group %s", requests_topic(settings), settings.kafka_group_id)
     intake.run(stop)
     log.info("intake stopped")
