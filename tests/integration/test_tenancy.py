@@ -8,6 +8,7 @@ from collections.abc import Iterator
 
 import pytest
 from kafka import KafkaAdminClient, KafkaProducer
+from pydantic import SecretStr
 
 from producers.client import InferqClient
 from schemas.connections import kafka_options
@@ -27,7 +28,7 @@ ALICE, BOB = secrets.token_hex(32), secrets.token_hex(32)
 @pytest.fixture(scope="module")
 def signed_intake(settings: Settings, tmp_path_factory) -> Iterator[Settings]:
     base = settings.model_copy(
-        update={"kafka_tenant_auth": "signed", "kafka_tenant_keys": f"alice:{ALICE},bob:{BOB}"}
+        update={"kafka_tenant_auth": "signed", "kafka_tenant_keys": SecretStr(f"alice:{ALICE},bob:{BOB}")}
     )
     with intake_only(base, tmp_path_factory.mktemp("tenancy")) as s:
         yield s
@@ -39,11 +40,13 @@ def embed(tenant: str | None) -> InferenceRequest:
 
 def test_only_a_correctly_signed_tenant_is_admitted(signed_intake: Settings) -> None:
     s = signed_intake
+    mine = s.model_copy(update={"kafka_tenant_keys": SecretStr("")})  # a tenant holds only its own key
     good, forged, unsigned, wrong_key = embed("alice"), embed("bob"), embed("bob"), embed("bob")
-    with InferqClient(s, tenant="alice", tenant_key=ALICE) as alice:
+    with InferqClient(mine, tenant="alice", tenant_key=ALICE) as alice:
         alice.publish(good).get(timeout=10)
-        alice.publish(forged).get(timeout=10)  # alice's signature, bob's name in the body
-    with InferqClient(s, tenant="bob", tenant_key=ALICE) as mallory:  # bob's name, alice's key
+        # alice's signature over a body that names bob
+        alice.publish_raw(forged.request_id, forged.wire_json().encode(), tenant="alice").get(timeout=10)
+    with InferqClient(mine, tenant="bob", tenant_key=ALICE) as mallory:  # bob's name, alice's key
         mallory.publish(wrong_key).get(timeout=10)
     raw = KafkaProducer(**kafka_options(s), acks="all")  # a foreign producer: no headers at all
     raw.send(requests_topic(s), key=unsigned.request_id.encode(), value=unsigned.wire_json().encode())
@@ -61,6 +64,16 @@ def test_only_a_correctly_signed_tenant_is_admitted(signed_intake: Settings) -> 
     for rid in (forged.request_id, unsigned.request_id, wrong_key.request_id):
         assert store.get(rid) is None
     assert good.request_id not in letters
+
+
+def test_a_trusted_process_signs_each_request_as_its_tenant(signed_intake: Settings) -> None:
+    """The HTTP API publishes through InferqClient with the deployment's settings (all tenant keys):
+    each request is signed as the tenant its API key resolved to."""
+    req = embed("bob")
+    with InferqClient(signed_intake) as trusted:
+        trusted.publish(req).get(timeout=10)
+        admitted = eventually(lambda: trusted.result(req.request_id), what="bob's request admitted")
+    assert admitted.status is ResultStatus.QUEUED
 
 
 def test_topics_keep_records_no_longer_than_results(signed_intake: Settings) -> None:
