@@ -67,6 +67,7 @@ from workers.retention import retention_warning
 from workers.stall import StallWatch
 from workers.tenancy import TenantAuth
 from workers.trim import CommittedTrim
+from workers.truncation import TruncationWatch
 from workers.validation import parse_request, salvage_request_id
 
 log = logging.getLogger(__name__)
@@ -107,6 +108,7 @@ class Intake:
         self.hold = PartitionHold(self.backpressure)
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
         self.stall = StallWatch()
+        self.truncation = TruncationWatch(lambda: KafkaConsumer(**kafka_client_options(settings)))
         self.tenancy = TenantAuth.from_settings(settings)  # INFERQ_KAFKA_TENANT_AUTH (workers.tenancy)
         self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(
@@ -157,6 +159,7 @@ class Intake:
             self.producer.close()
             leave_group(self.s)
             self.trim.close()
+            self.truncation.close()
             if self.doorbell is not None:
                 self.doorbell.close()
 
@@ -165,6 +168,8 @@ class Intake:
         pause (doorbell off: doubling up to its cap, see :meth:`run`)."""
         s = self.s
         self._check_stall()
+        if self.truncation.due():
+            self.truncation.check(self.consumer)
         if self.trim.due(idle=True):
             self.trim.trim()
         if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
@@ -206,7 +211,11 @@ class Intake:
                 self.consumer.seek(tp, batch[0].offset)
             raise
         self.consumer.commit()
-        self.trim.committed({tp: batch[-1].offset + 1 for tp, batch in polled.items()})
+        self.truncation.handled(polled)  # read back every few s: a cut log is read again
+        if self.truncation.due():
+            self.truncation.check(self.consumer)
+        committed = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
+        self.trim.committed(self.truncation.trimmable(committed))  # what was read back may go
         self.backpressure.admitted(handled)
         if self.trim.due(idle=False):
             self.trim.trim()
