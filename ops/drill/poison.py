@@ -63,7 +63,7 @@ def _json(rid: str, **over: Any) -> bytes:
 
 def hostile_kinds(valid: Callable[[], InferenceRequest]) -> dict[str, Callable[[str], bytes | None]]:
     """Each kind: request id → the record value (None = a tombstone). ``valid`` gives a request
-    already sent (for the duplicate id with other content)."""
+    already admitted (for the duplicate id with other content)."""
     return {
         "deep_nesting": lambda rid: b"[" * 50_000,
         "deep_object": lambda rid: b'{"a":' * 20_000 + b"1" + b"}" * 20_000,
@@ -167,10 +167,29 @@ def run_poison(
         "intake_restarts": keeper.restarts,
         "by_status": dict(Counter(st or "missing" for st, _ in final.values())),
         "hostile_sent": len(sent),
+        "intake_crashes": crashes_in_log(stack.log_dir / "intake.log"),
         "kinds": {k: {path: dict(c) for path, c in v.items()} for k, v in sorted(kinds.items())},
         "ok": not lost and keeper.restarts == 0,
         "wall_s": round(time.monotonic() - t0, 1),
     }
+
+
+def crashes_in_log(path: Path) -> dict[str, int]:
+    """The exceptions that ended intake processes, by type and the start of their message, from
+    the tracebacks in its log (what the drill's restarts were caused by)."""
+    found: Counter[str] = Counter()
+    in_trace = False
+    try:
+        lines = path.read_text(encoding="utf-8", errors="replace").splitlines()
+    except OSError:
+        return {}
+    for line in lines:
+        if line.startswith("Traceback"):
+            in_trace = True
+        elif in_trace and not line.startswith((" ", "\t")) and ":" in line:
+            found[line[:120]] += 1
+            in_trace = False
+    return dict(found)
 
 
 def _traffic(
@@ -190,11 +209,11 @@ def _traffic(
     with InferqClient(ps, tenant=TENANT, tenant_key=key) as client:
         for i in range(requests):
             req = drill_request(tag, i).model_copy(update={"tenant": TENANT})
-            last[:] = [req]
             if i % HTTP_SHARE == 0:
                 status, _ = _post(api, api_key, req.wire_json().encode())
                 if status == 202:
                     valid.append(req.request_id)
+                    last[:] = [req]  # admitted before the answer: a reuse of its id is a conflict at once
             else:
                 client.publish(req).get(timeout=30)
                 valid.append(req.request_id)
