@@ -66,7 +66,7 @@ def main(argv: list[str] | None = None) -> int:
     dr.add_argument(
         "--only",
         default=",".join(FAULTS),
-        help=f"comma-separated drills ({', '.join([*FAULTS, POISON])}); '' for none"
+        help=f"comma-separated drills ({', '.join([*FAULTS, POISON])}); '' for none",
     )
     dr.add_argument(
         "--overload-s", type=float, default=60.0, help="seconds at 3 × capacity after the drills; 0 = skip"

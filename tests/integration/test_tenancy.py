@@ -54,8 +54,9 @@ def test_only_a_correctly_signed_tenant_is_admitted(signed_intake: Settings) -> 
     raw.close()
 
     store = ResultStore.from_settings(s)
-    admitted = eventually(lambda: store.get(good.request_id), what="the signed request admitted")
-    assert admitted.status is ResultStatus.QUEUED  # no worker in this stack: admitted = handed on
+    eventually(lambda: store.get(good.request_id), what="the signed request admitted")
+    admitted = store.get(good.request_id)
+    assert admitted is not None and admitted.status is ResultStatus.QUEUED  # no worker in this stack: admitted = handed on
     letters = dead_letters(s, {forged.request_id, unsigned.request_id, wrong_key.request_id})
     assert letters[forged.request_id].error.code is ErrorCode.FORBIDDEN
     assert letters[unsigned.request_id].error.code is ErrorCode.UNAUTHORIZED
@@ -72,8 +73,9 @@ def test_a_trusted_process_signs_each_request_as_its_tenant(signed_intake: Setti
     req = embed("bob")
     with InferqClient(signed_intake) as trusted:
         trusted.publish(req).get(timeout=10)
-        admitted = eventually(lambda: trusted.result(req.request_id), what="bob's request admitted")
-    assert admitted.status is ResultStatus.QUEUED
+        eventually(lambda: trusted.result(req.request_id), what="bob's request admitted")
+        admitted = trusted.result(req.request_id)
+    assert admitted is not None and admitted.status is ResultStatus.QUEUED
 
 
 def test_topics_keep_records_no_longer_than_results(signed_intake: Settings) -> None:
