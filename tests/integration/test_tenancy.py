@@ -56,7 +56,8 @@ def test_only_a_correctly_signed_tenant_is_admitted(signed_intake: Settings) -> 
     store = ResultStore.from_settings(s)
     eventually(lambda: store.get(good.request_id), what="the signed request admitted")
     admitted = store.get(good.request_id)
-    assert admitted is not None and admitted.status is ResultStatus.QUEUED  # no worker in this stack: admitted = handed on
+    # no worker in this stack: admitted = handed on
+    assert admitted is not None and admitted.status is ResultStatus.QUEUED
     letters = dead_letters(s, {forged.request_id, unsigned.request_id, wrong_key.request_id})
     assert letters[forged.request_id].error.code is ErrorCode.FORBIDDEN
     assert letters[unsigned.request_id].error.code is ErrorCode.UNAUTHORIZED
