@@ -80,6 +80,13 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str = Field("", description="CA bundle that signed the brokers' certificates")
     kafka_ssl_certfile: str = Field("", description="Client certificate, for brokers that require mutual TLS")
     kafka_ssl_keyfile: str = Field("", description="Client certificate's private key")
+    kafka_truncation_check_s: float = Field(
+        2.0,
+        ge=0,
+        description="How often the intake reads back the records it handled, to notice a log a broker cut "
+        "back below its position (0 = never: brokers with replication and acks=all do not lose acknowledged "
+        "records)",
+    )
     kafka_tenant_auth: Literal["trust", "signed"] = Field(
         "trust",
         description="What ties a Kafka request to its tenant: trust = the deployment trusts its producers "

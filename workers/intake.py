@@ -108,7 +108,9 @@ class Intake:
         self.hold = PartitionHold(self.backpressure)
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
         self.stall = StallWatch()
-        self.truncation = TruncationWatch(lambda: KafkaConsumer(**kafka_client_options(settings)))
+        self.truncation = TruncationWatch(
+            lambda: KafkaConsumer(**kafka_client_options(settings)), settings.kafka_truncation_check_s
+        )
         self.tenancy = TenantAuth.from_settings(settings)  # INFERQ_KAFKA_TENANT_AUTH (workers.tenancy)
         self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(

@@ -8,7 +8,7 @@ this with leader epochs, KIP-320; kafka-python does not). Seen in the ``broker-r
 requests of 2,000 never read.
 
 :class:`TruncationWatch` remembers, per partition, a fingerprint (offset, timestamp, key, value
-digest) of the last record of each handled poll since the last check. Every ``CHECK_EVERY_S`` it
+digest) of the last record of each handled poll since the last check. Every ``every_s`` it
 reads that stretch of the log back with a consumer of its own (no group), from the last record it
 verified (the *anchor*): a cut that made the intake skip records replaced the last record it read
 before the cut, and that record's mark is in the stretch (a log is cut only at its tail, so the
@@ -32,8 +32,7 @@ from kafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
-CHECK_EVERY_S = 2.0  # how often the newest handled record of each partition is read back
-MAX_MARKS = 8_192  # marks kept per partition between checks (polls in CHECK_EVERY_S, with room)
+MAX_MARKS = 8_192  # marks kept per partition between checks (the polls of one period, with room)
 READ_TIMEOUT_S = 1.0  # the longest one read-back waits for the broker
 
 
@@ -54,7 +53,10 @@ class TruncationWatch:
     """Per partition, the marks of the polls handled since the last verified record; :meth:`check`
     rewinds a consumer past a cut log."""
 
-    def __init__(self, new_reader: Callable[[], Any], clock: Callable[[], float] = time.monotonic) -> None:
+    def __init__(
+        self, new_reader: Callable[[], Any], every_s: float, clock: Callable[[], float] = time.monotonic
+    ) -> None:
+        self.every_s = every_s  # 0 = never
         self._new_reader = new_reader  # a KafkaConsumer without a group, made when first needed
         self._reader: Any = None
         self._clock = clock
@@ -65,6 +67,8 @@ class TruncationWatch:
 
     def handled(self, polled: dict[TopicPartition, list[Any]]) -> None:
         """The records of this poll were handed off (and committed)."""
+        if self.every_s <= 0:
+            return
         for tp, batch in polled.items():
             if batch:
                 marks = self._since.setdefault(tp, [])
@@ -74,10 +78,12 @@ class TruncationWatch:
 
     def trimmable(self, committed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
         """What of ``committed`` may be deleted: up to each partition's anchor, which stays."""
+        if self.every_s <= 0:
+            return dict(committed)
         return {tp: min(o, self._anchor[tp].offset) for tp, o in committed.items() if tp in self._anchor}
 
     def due(self) -> bool:
-        return self._clock() - self._checked_at >= CHECK_EVERY_S
+        return self.every_s > 0 and self._clock() - self._checked_at >= self.every_s
 
     def check(self, consumer: Any) -> dict[TopicPartition, int]:
         """Read back the marked stretch of each assigned partition; rewind ``consumer`` where the

@@ -7,7 +7,9 @@ from dataclasses import dataclass
 
 from kafka.structs import TopicPartition
 
-from workers.truncation import CHECK_EVERY_S, TruncationWatch
+from workers.truncation import TruncationWatch
+
+EVERY_S = 2.0
 
 TP = TopicPartition("inferq.requests", 0)
 
@@ -81,8 +83,8 @@ class Clock:
 
 def watch(log: Log) -> TruncationWatch:
     clock = Clock()
-    w = TruncationWatch(lambda: log, clock)
-    clock.t += CHECK_EVERY_S
+    w = TruncationWatch(lambda: log, EVERY_S, clock)
+    clock.t += EVERY_S
     return w
 
 
@@ -131,3 +133,10 @@ def test_nothing_is_trimmed_before_it_was_read_back():
     w = watch(log)
     w.handled({TP: log.write(10, "a")})
     assert w.trimmable({TP: 10}) == {}
+
+
+def test_off_remembers_nothing_and_trims_what_was_committed():
+    log = Log()
+    w = TruncationWatch(lambda: log, 0.0)
+    w.handled({TP: log.write(10, "a")})
+    assert not w.due() and w.trimmable({TP: 10}) == {TP: 10}
