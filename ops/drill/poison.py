@@ -41,6 +41,7 @@ SERVICES = ["broker", "redis", "worker", "intake", "api"]
 TENANT, OTHER = "drill-a", "drill-b"
 HTTP_SHARE = 10  # one valid request in this many goes over HTTP
 BAD_UTF8 = b"\xff\xfe" * 200_000  # 400 KB that is not UTF-8
+UNSIGNED = "unsigned"  # the kind sent without credentials (a foreign producer, an anonymous caller)
 ROUNDS = 3  # each hostile kind is sent this many times on each path, spread through the traffic
 
 
@@ -83,6 +84,7 @@ def hostile_kinds(valid: Callable[[], InferenceRequest]) -> dict[str, Callable[[
         "nan_and_infinity": lambda rid: _json(rid)[:-1] + b', "top_k": NaN, "priority": Infinity}',
         "null_bytes": lambda rid: _json(rid, inputs="nul\x00byte\x00" * 100),
         "empty_value": lambda rid: b"",
+        "unsigned": lambda rid: _json(rid),  # Kafka: no signature headers; HTTP: no API key
     }
 
 
@@ -236,7 +238,8 @@ def _kafka_hostile(
     rid = f"poison{secrets.token_hex(10)}"
     value = make(rid)
     rkey = f"{kind}-{rid}"
-    headers = signed_headers(TENANT, key, value or b"")  # signed: reaches every check past the tenant
+    # signed (but the unsigned kind): every other kind reaches the checks past the tenant
+    headers = None if kind == UNSIGNED else signed_headers(TENANT, key, value or b"")
     try:
         raw.send(requests_topic(ps), key=rkey.encode(), value=value, headers=headers).get(timeout=30)
         return Sent(kind, "kafka", rkey, rid)
@@ -249,7 +252,7 @@ def _http_hostile(
 ) -> Sent:
     rid = f"poison{secrets.token_hex(10)}"
     body = make(rid) or b""
-    status, code = _post(api, api_key, body)
+    status, code = _post(api, "" if kind == UNSIGNED else api_key, body)
     return Sent(kind, "http", "", rid, f"http:{status}/{code}" if status else "http:error")
 
 
@@ -260,7 +263,10 @@ def _post(api: http.client.HTTPConnection, api_key: str, body: bytes) -> tuple[i
             "POST",
             "/v1/requests",
             body=body,
-            headers={"Content-Type": "application/json", "Authorization": f"Bearer {api_key}"},
+            headers={
+                "Content-Type": "application/json",
+                **({"Authorization": f"Bearer {api_key}"} if api_key else {}),
+            },
         )
         resp = api.getresponse()
         data = resp.read()

@@ -46,3 +46,5 @@ def test_every_hostile_kind_is_answered_on_both_paths(poison: dict) -> None:
     assert kinds["forged_tenant"]["kafka"] == {"dead_letter:forbidden": ROUNDS}
     assert all(a.startswith("http:403") for a in kinds["forged_tenant"]["http"])
     assert all(a.startswith("http:409") for a in kinds["duplicate_id_other_content"]["http"])
+    assert kinds["unsigned"]["kafka"] == {"dead_letter:unauthorized": ROUNDS}
+    assert kinds["unsigned"]["http"] == {"http:401/unauthorized": ROUNDS}
