@@ -172,6 +172,7 @@ class Intake:
         self._check_stall()
         if self.truncation.due():
             self.truncation.check(self.consumer)
+            self.trim.committed(self.truncation.trimmable({}))  # what was just read back may go
         if self.trim.due(idle=True):
             self.trim.trim()
         if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls

@@ -15,8 +15,8 @@ before the cut, and that record's mark is in the stretch (a log is cut only at i
 records after the cut that the intake read later do not hide it). At the first mark that is gone or
 another record, the intake rewinds that partition to just after the last one in place (or to the
 start of the log): what is read again is recognised by the result store, what took the lost offsets
-is read for the first time. The committed-record trim (:mod:`workers.trim`) deletes only up to the
-anchor, so the stretch is still there to compare.
+is read for the first time. The committed-record trim (:mod:`workers.trim`) deletes only what was
+read back, so the stretch is still there to compare.
 """
 
 from __future__ import annotations
@@ -77,10 +77,12 @@ class TruncationWatch:
                 marks.append(mark_of(batch[-1]))
 
     def trimmable(self, committed: dict[TopicPartition, int]) -> dict[TopicPartition, int]:
-        """What of ``committed`` may be deleted: up to each partition's anchor, which stays."""
+        """What the trim may delete (records before these offsets): of ``committed`` (and of what
+        was committed before), only what was read back, up to each partition's anchor; the
+        stretch after it is kept for the next check."""
         if self.every_s <= 0:
             return dict(committed)
-        return {tp: min(o, self._anchor[tp].offset) for tp, o in committed.items() if tp in self._anchor}
+        return {tp: min(committed.get(tp, a.offset + 1), a.offset + 1) for tp, a in self._anchor.items()}
 
     def due(self) -> bool:
         return self.every_s > 0 and self._clock() - self._checked_at >= self.every_s
