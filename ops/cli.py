@@ -26,7 +26,7 @@ from ops.bench.peers import PEERS
 from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
 from ops.drill.faults import FAULTS
-from ops.drill.run import DrillPlan, run_drills
+from ops.drill.run import POISON, DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
 from ops.stack import Stack
 from producers.auth import check_tenant, digest, new_key
@@ -64,7 +64,9 @@ def main(argv: list[str] | None = None) -> int:
     dr.add_argument("--requests", type=int, default=10_000, help="requests per drill")
     dr.add_argument("--rate", type=float, default=150.0, help="requests published per second")
     dr.add_argument(
-        "--only", default=",".join(FAULTS), help=f"comma-separated drills ({', '.join(FAULTS)}); '' for none"
+        "--only",
+        default=",".join(FAULTS),
+        help=f"comma-separated drills ({', '.join([*FAULTS, POISON])}); '' for none",
     )
     dr.add_argument(
         "--overload-s", type=float, default=60.0, help="seconds at 3 × capacity after the drills; 0 = skip"
@@ -113,9 +115,9 @@ def main(argv: list[str] | None = None) -> int:
             run_bench(settings, plan, args.out, console)
         elif args.cmd == "drill":
             drills = [x.strip() for x in args.only.split(",") if x.strip()]
-            unknown = sorted(set(drills) - set(FAULTS))
+            unknown = sorted(set(drills) - {*FAULTS, POISON})
             if unknown:
-                p.error(f"unknown drill(s) {', '.join(unknown)}; choose from {', '.join(FAULTS)}")
+                p.error(f"unknown drill(s) {', '.join(unknown)}; choose from {', '.join([*FAULTS, POISON])}")
             drill_plan = DrillPlan(tuple(drills), args.requests, args.rate, overload_s=args.overload_s)
             drilled = run_drills(settings, drill_plan, args.out, console)
             console.print(f"wrote {args.out / 'drill.json'}")

@@ -11,10 +11,13 @@ from kafka.errors import TopicAlreadyExistsError
 from schemas.connections import kafka_options
 from schemas.naming import deadletter_topic, requests_topic, stream_topic
 from schemas.settings import Settings
+from workers.retention import topic_retention_configs
 
 
 def ensure_topics(settings: Settings) -> list[str]:
-    """Create the requests, dead-letter and stream topics where missing; returns the topics created."""
+    """Create the requests, dead-letter and stream topics where missing, keeping records no longer
+    than results (``retention.ms`` = ``INFERQ_RESULT_TTL_S``: a replay from ``earliest`` never reaches
+    past duplicate detection); returns the topics created."""
     admin = KafkaAdminClient(**kafka_options(settings), request_timeout_ms=10_000)
     try:
         existing = set(admin.list_topics())
@@ -23,8 +26,9 @@ def ensure_topics(settings: Settings) -> list[str]:
             deadletter_topic(settings): 1,
             stream_topic(settings): settings.kafka_partitions,
         }
+        configs = topic_retention_configs(settings)
         new = [
-            NewTopic(t, num_partitions=n, replication_factor=1)
+            NewTopic(t, num_partitions=n, replication_factor=1, topic_configs=configs)
             for t, n in wanted.items()
             if t not in existing
         ]

@@ -39,6 +39,7 @@ from schemas.naming import ADMITTED_HEADER, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
 from workers.doorbell import Doorbell
 from workers.result_store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
+from workers.tenancy import parse_keys, signed_headers
 
 SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
 REMEMBERED_TENANTS = 100_000  # the tenants of this many recent publications are remembered
@@ -47,9 +48,25 @@ REMEMBERED_TENANTS = 100_000  # the tenants of this many recent publications are
 class InferqClient:
     """Thread-safe for publishing (kafka-python's producer is); one per process is enough."""
 
-    def __init__(self, settings: Settings | None = None, *, linger_ms: int = 2) -> None:
+    def __init__(
+        self,
+        settings: Settings | None = None,
+        *,
+        linger_ms: int = 2,
+        tenant: str | None = None,
+        tenant_key: bytes | str | None = None,
+    ) -> None:
+        """``tenant`` is the default tenant of :meth:`submit`; with ``tenant_key`` (bytes, or hex)
+        records are signed as that tenant (``INFERQ_KAFKA_TENANT_AUTH=signed``,
+        :mod:`workers.tenancy`). Under ``signed`` a trusted process holding the tenants' keys
+        (``INFERQ_KAFKA_TENANT_KEYS``, e.g. the HTTP API) signs each request as its tenant."""
         self.settings = settings or get_settings()
         self._linger_ms = linger_ms
+        self.tenant = tenant
+        self._tenant_key = bytes.fromhex(tenant_key) if isinstance(tenant_key, str) else tenant_key
+        if self._tenant_key is not None and not tenant:
+            raise ValueError("a tenant_key signs as one tenant: give its tenant too")
+        self._keys: dict[str, bytes] | None = None  # INFERQ_KAFKA_TENANT_KEYS, parsed when first needed
         self._producer: KafkaProducer | None = None
         self._store: ResultStore | None = None
         self._doorbell: Doorbell | None = None
@@ -97,7 +114,7 @@ class InferqClient:
             task=task,
             model=model,
             inputs=inputs if isinstance(inputs, str) else list(inputs),
-            tenant=tenant,
+            tenant=tenant if tenant is not None else self.tenant,
             priority=priority,
             deadline=deadline,
             top_k=top_k,
@@ -120,16 +137,41 @@ class InferqClient:
         admitted = sid in self._admitted
         self._admitted.discard(sid)
         headers = [(ADMITTED_HEADER, b"1")] if admitted else None
-        return self.publish_raw(request.request_id, request.wire_json().encode(), headers=headers)
+        return self.publish_raw(
+            request.request_id, request.wire_json().encode(), tenant=request.tenant, headers=headers
+        )
+
+    def _signing_key(self, tenant: str | None) -> bytes | None:
+        """The key that signs records of ``tenant``: this client's own, else (under ``signed``) the
+        tenant's from the settings; None = records go unsigned."""
+        if tenant is None:
+            return None
+        if self._tenant_key is not None and tenant == self.tenant:
+            return self._tenant_key
+        if self.settings.kafka_tenant_auth != "signed":
+            return None
+        if self._keys is None:
+            self._keys = parse_keys(self.settings.kafka_tenant_keys.get_secret_value())
+        return self._keys.get(tenant)
 
     def publish_raw(
-        self, key: str | None, value: bytes, *, headers: list[tuple[str, bytes]] | None = None
+        self,
+        key: str | None,
+        value: bytes,
+        *,
+        tenant: str | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
     ) -> FutureRecordMetadata:
         """Publish bytes as they are (for tools and tests that send what they like).
 
+        With a key for ``tenant`` (default: this client's tenant) the record is signed as it.
         Once the broker has the record, the intake's doorbell is rung (``intake_doorbell``), so an
         idle intake picks it up at once instead of at its next poll.
         """
+        signer = tenant if tenant is not None else self.tenant
+        secret = self._signing_key(signer)
+        if signer and secret:
+            headers = [*(headers or []), *signed_headers(signer, secret, value)]
         future = self.producer.send(
             requests_topic(self.settings), key=key.encode() if key else None, value=value, headers=headers
         )

@@ -93,6 +93,24 @@ class Settings(BaseSettings):
     kafka_ssl_cafile: str = Field("", description="CA bundle that signed the brokers' certificates")
     kafka_ssl_certfile: str = Field("", description="Client certificate, for brokers that require mutual TLS")
     kafka_ssl_keyfile: str = Field("", description="Client certificate's private key")
+    kafka_truncation_check_s: float = Field(
+        2.0,
+        ge=0,
+        description="How often the intake reads back the records it handled, to notice a log a broker cut "
+        "back below its position (0 = never: brokers with replication and acks=all do not lose acknowledged "
+        "records)",
+    )
+    kafka_tenant_auth: Literal["trust", "signed"] = Field(
+        "trust",
+        description="What ties a Kafka request to its tenant: trust = the deployment trusts its producers "
+        "(the body's tenant is taken as is); signed = records carry inferq-tenant and inferq-signature "
+        "(HMAC-SHA256 of the value with the tenant's key), others are dead-lettered unauthorized/forbidden",
+    )
+    kafka_tenant_keys: SecretStr = Field(
+        SecretStr(""),
+        description="Tenant signing keys for kafka_tenant_auth=signed: `tenant:hexkey,...` (≥ 16 bytes each; "
+        "never logged)",
+    )
     backpressure_max_inflight: int = Field(
         1_000,
         ge=1,

@@ -16,8 +16,11 @@ Contract (tested in ``tests/unit/test_batcher.py`` with a fake clock):
      priority work is delayed, never starved.
   2. *Fairness.* The anchor is the oldest entry of the tenant that has been served the fewest
      tokens (start-time fair queuing: a tenant that was idle joins at the current minimum, it does
-     not bank credit). Within the batch each tenant of the anchor's class gets a max-min fair quota
-     of the slots; unused slots go to anyone (work-conserving), then to lower classes.
+     not bank credit). Only tenants with entries waiting are remembered: a tenant's served tokens
+     are forgotten once it has nothing waiting, so state and per-entry cost follow the *active*
+     tenants, never every tenant name ever seen. Within the batch each tenant of the anchor's class
+     gets a max-min fair quota of the slots; unused slots go to anyone (work-conserving), then to
+     lower classes.
   3. *Buckets.* Candidates join in order of how close their length is to the anchor's, while the
      padded size (``len(batch) × longest``) stays within ``max_batch_tokens``. With a deep pool this
      yields batches of near-equal lengths (little padding); with a shallow one, everything waiting.
@@ -113,8 +116,10 @@ class Batcher(Generic[T]):
         self._pool: dict[int, Entry[T]] = {}  # insertion order = arrival order
         self._tokens = 0
         self._seq = itertools.count()
-        self._served: dict[str, float] = {}  # tokens served per tenant (virtual time)
-        self._waiting: Counter[str] = Counter()  # entries in the pool per tenant
+        # per *active* tenant (≥ 1 entry waiting): tokens served (virtual time) and entries waiting;
+        # both forget a tenant when its last entry leaves, so they stay O(active tenants)
+        self._served: dict[str, float] = {}
+        self._waiting: dict[str, int] = {}
         self._cond = threading.Condition()
         self._closed = False
 
@@ -131,10 +136,9 @@ class Batcher(Generic[T]):
             if self._closed:
                 raise RuntimeError("batcher is closed; no new work is accepted")
             now = self._clock()
-            if not self._waiting[tenant]:  # (re)activated tenant: start at the current minimum
-                active = [t for t, n in self._waiting.items() if n]
-                floor = min((self._served.get(t, 0.0) for t in active), default=0.0)
-                self._served[tenant] = max(self._served.get(tenant, 0.0), floor)
+            if tenant not in self._waiting:  # (re)activated tenant: start at the current minimum
+                self._served[tenant] = min(self._served.values(), default=0.0)
+                self._waiting[tenant] = 0
             self._waiting[tenant] += 1
             seq = next(self._seq)
             self._pool[seq] = Entry(item, max(1, tokens), now, priority, tenant, seq)
@@ -200,9 +204,17 @@ class Batcher(Generic[T]):
         for e in batch:
             del self._pool[e.seq]
             self._tokens -= e.tokens
+            self._served[e.tenant] += e.tokens
             self._waiting[e.tenant] -= 1
-            self._served[e.tenant] = self._served.get(e.tenant, 0.0) + e.tokens
+            if not self._waiting[e.tenant]:  # idle: forget it (it rejoins at the floor)
+                del self._waiting[e.tenant]
+                del self._served[e.tenant]
         return batch
+
+    def active_tenants(self) -> int:
+        """Tenants with at least one entry waiting: the size of the fairness state."""
+        with self._cond:
+            return len(self._served)
 
     def _rank(self, e: Entry[T], now: float) -> int:
         aging = self.policy.priority_aging_ms
@@ -217,7 +229,7 @@ class Batcher(Generic[T]):
         top = min(ranks.values())
         cands = [e for e in entries if ranks[e.seq] == top]
         anchor_tenant = min(
-            dict.fromkeys(e.tenant for e in cands), key=lambda t: self._served.get(t, 0.0)
+            dict.fromkeys(e.tenant for e in cands), key=lambda t: self._served[t]
         )  # ties → the tenant whose oldest entry came first
         anchor = next(e for e in cands if e.tenant == anchor_tenant)
         quota = fair_quota(Counter(e.tenant for e in cands), p.max_batch_size)

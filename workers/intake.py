@@ -47,7 +47,15 @@ from ops.metrics.instruments import ADMITTED, DEAD_LETTERS, REDELIVERED
 from ops.observe import observe_store
 from schemas.catalog import CATALOG
 from schemas.connections import kafka_client_options, kafka_options
-from schemas.errors import DeadlineExpired, DuplicateRequestId, InferqError, InvalidRequest, ModelUnavailable
+from schemas.errors import (
+    DeadlineExpired,
+    DuplicateRequestId,
+    Forbidden,
+    InferqError,
+    InvalidRequest,
+    ModelUnavailable,
+    Unauthorized,
+)
 from schemas.messages import NAME_PATTERN, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
@@ -69,8 +77,11 @@ from workers.result_store import (
     request_digest,
     request_result,
 )
+from workers.retention import retention_warning
 from workers.stall import StallWatch
+from workers.tenancy import TenantAuth
 from workers.trim import CommittedTrim
+from workers.truncation import TruncationWatch
 from workers.validation import decode_json, parse_request, readable_request_id
 
 log = logging.getLogger(__name__)
@@ -132,6 +143,10 @@ class Intake:
         self.strikes: dict[Where, int] = {}
         self._letters: list[deadletter.Letter] = []
         self.lost = LostRecords(settings, store, producer)
+        self.truncation = TruncationWatch(
+            lambda: KafkaConsumer(**kafka_client_options(settings)), settings.kafka_truncation_check_s
+        )
+        self.tenancy = TenantAuth.from_settings(settings)  # INFERQ_KAFKA_TENANT_AUTH (workers.tenancy)
         self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(
             lambda: KafkaAdminClient(**kafka_options(settings), request_timeout_ms=5_000),
@@ -200,6 +215,7 @@ class Intake:
             self.producer.close()
             leave_group(self.s)
             self.trim.close()
+            self.truncation.close()
             if self.doorbell is not None:
                 self.doorbell.close()
 
@@ -209,6 +225,9 @@ class Intake:
         s = self.s
         self._check_stall()
         self.lost.sweep(self.consumer)
+        if self.truncation.due():
+            self.truncation.check(self.consumer)
+            self.trim.committed(self.truncation.trimmable({}))  # what was just read back may go
         if self.trim.due(idle=True):
             self.trim.trim()
         if self.doorbell is not None:  # a ring (kept until popped) wakes it: no brisk polls
@@ -250,7 +269,11 @@ class Intake:
                 self.consumer.seek(tp, batch[0].offset)
             raise
         self.consumer.commit()
-        self.trim.committed({tp: batch[-1].offset + 1 for tp, batch in polled.items()})
+        self.truncation.handled(polled)  # read back every few s: a cut log is read again
+        if self.truncation.due():
+            self.truncation.check(self.consumer)
+        committed = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
+        self.trim.committed(self.truncation.trimmable(committed))  # what was read back may go
         self.backpressure.admitted(handled)
         if self.trim.due(idle=False):
             self.trim.trim()
@@ -324,6 +347,11 @@ class Intake:
                 request = parse_request(rec.value, self.s)
             except InvalidRequest as e:
                 self.reject(rec, e, received, answer=True)
+                continue
+            try:  # unauthenticated: dead-lettered, never answered under an id its writer chose
+                self.tenancy.check(rec.value, rec.headers, request)
+            except (Unauthorized, Forbidden) as e:
+                self.reject(rec, e, received, answer=False)
                 continue
             accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
         self.hand_off(accepted)
@@ -510,6 +538,8 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     intake = Intake.from_settings(settings)
+    if (retention := retention_warning(settings)) is not None:  # workers.retention
+        log.warning(retention)
     log.info("intake consuming %s as group %s", requests_topic(settings), settings.kafka_group_id)
     intake.run(stop)
     log.info("intake stopped")

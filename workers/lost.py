@@ -26,6 +26,7 @@ from ops.metrics.instruments import REDELIVERED
 from schemas.naming import ADMITTED_HEADER, requests_topic
 from schemas.settings import Settings
 from workers.result_store import ResultStore
+from workers.tenancy import parse_keys, signed_headers
 from workers.validation import readable_request_id
 
 log = logging.getLogger(__name__)
@@ -44,6 +45,9 @@ class LostRecords:
         # result key → the record's partition and that partition's end offset when first found
         self.marks: dict[str, tuple[TopicPartition, int]] = {}
         self._next = 0.0
+        # under INFERQ_KAFKA_TENANT_AUTH=signed a copy is signed as its tenant, like the API's record
+        signed = settings.kafka_tenant_auth == "signed"
+        self._keys = parse_keys(settings.kafka_tenant_keys.get_secret_value()) if signed else {}
 
     def sweep(self, consumer: KafkaConsumer) -> int:
         """Publish again the requests the API admitted and published that no intake has read
@@ -68,20 +72,22 @@ class LostRecords:
         topic = requests_topic(self.s)
         partitions = sorted(consumer.partitions_for_topic(topic) or []) if found else []
         mine = consumer.assignment()
-        todo: list[tuple[str, str, str, TopicPartition]] = []
+        todo: list[tuple[str, str, str, TopicPartition, str | None]] = []
         for key, wire in found:
-            rid = readable_request_id(json.loads(wire))
+            data = json.loads(wire)
+            rid = readable_request_id(data)
             if rid is None or not partitions:
                 continue
             tp = TopicPartition(topic, partitions[(murmur2(rid.encode()) & 0x7FFFFFFF) % len(partitions)])
             if tp in mine:
-                todo.append((key, wire, rid, tp))
+                tenant = data.get("tenant")
+                todo.append((key, wire, rid, tp, tenant if isinstance(tenant, str) else None))
         if not todo:
             return 0
-        ends = consumer.end_offsets(sorted({tp for *_, tp in todo}), timeout_ms=5_000)
+        ends = consumer.end_offsets(sorted({tp for _, _, _, tp, _ in todo}), timeout_ms=5_000)
         committed: dict[TopicPartition, int] = {}
         sent = 0
-        for key, wire, rid, tp in todo:
+        for key, wire, rid, tp, tenant in todo:
             mark = self.marks.get(key)
             if mark is None or mark[0] != tp:
                 self.marks[key] = (tp, ends[tp])
@@ -90,9 +96,11 @@ class LostRecords:
                 committed[tp] = consumer.committed(tp, timeout_ms=5_000) or 0
             if committed[tp] < mark[1]:
                 continue  # it may still wait in the backlog
-            self.producer.send(
-                topic, key=rid.encode(), value=wire.encode(), headers=[(ADMITTED_HEADER, b"1")]
-            ).get(timeout=SEND_WAIT_S)
+            value = wire.encode()
+            headers = [(ADMITTED_HEADER, b"1")]
+            if tenant is not None and tenant in self._keys:
+                headers += signed_headers(tenant, self._keys[tenant], value)
+            self.producer.send(topic, key=rid.encode(), value=value, headers=headers).get(timeout=SEND_WAIT_S)
             self.store.republished(key)
             del self.marks[key]
             sent += 1

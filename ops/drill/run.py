@@ -10,6 +10,7 @@ pipeline absorbed) and, when asked, the overload run (:mod:`ops.drill.overload`)
 
 from __future__ import annotations
 
+import dataclasses
 import json
 import secrets
 import time
@@ -25,18 +26,20 @@ from rich.table import Table
 
 from ops.drill.faults import FAULTS, counter_totals, inject
 from ops.drill.overload import run_overload
+from ops.drill.poison import run_poison
 from ops.drill.traffic import Ledger, Publisher, keys_in_log
 from ops.stack import Stack, on_free_ports
 from schemas.naming import metrics_dir
 from schemas.settings import Settings
 
 SERVICES = ["broker", "redis", "worker", "intake"]
+POISON = "poison"  # hostile records between valid ones, on a stack of its own (ops.drill.poison)
 COUNTERS = ("inferq_redeliveries_total", "inferq_duplicate_results_refused_total")
 
 
 @dataclass(frozen=True)
 class DrillPlan:
-    drills: Sequence[str] = tuple(FAULTS)
+    drills: Sequence[str] = tuple(FAULTS)  # and/or POISON
     requests: int = 10_000
     rate_per_s: float = 150.0
     fault_at: float = 0.3  # share of the requests accepted before the fault
@@ -58,10 +61,39 @@ def run_drills(
     settings: Settings, plan: DrillPlan, out: Path | None, console: Console | None = None
 ) -> dict[str, Any]:
     console = console or Console(quiet=True)
-    ds = drill_settings(settings, (settings.state_dir / "drill").resolve())
-    stack = Stack(ds)
     report: dict[str, Any] = {"plan": {**plan.__dict__, "drills": list(plan.drills)}, "drills": []}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"))
+    faults = [d for d in plan.drills if d != POISON]
+    if faults or plan.overload_s:
+        _fault_drills(settings, dataclasses.replace(plan, drills=faults), report, columns, console)
+    if POISON in plan.drills:
+        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+            bar = progress.add_task("poison: hostile records among valid ones", total=plan.requests)
+            report["poison"] = run_poison(
+                settings, plan.requests, plan.timeout_s, lambda n: progress.update(bar, completed=n)
+            )
+            p = report["poison"]
+            progress.console.print(
+                f"poison: {p['requests']} requests, lost {p['lost']}, intake restarts {p['intake_restarts']}"
+            )
+    # ``lost``: accepted requests without a terminal result at the end, after the producer re-sent
+    # what the broker had dropped (``lost_by_broker``, reported apart)
+    report["ok"] = all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"]) and report.get(
+        "poison", {}
+    ).get("ok", True)
+    if out is not None:
+        out.mkdir(parents=True, exist_ok=True)
+        (out / "drill.json").write_text(json.dumps(report, indent=2) + "\n")
+    print_report(console, report)
+    return report
+
+
+def _fault_drills(
+    settings: Settings, plan: DrillPlan, report: dict[str, Any], columns: Any, console: Console
+) -> None:
+    """The fault drills and the overload run, on one drill stack."""
+    ds = drill_settings(settings, (settings.state_dir / "drill").resolve())
+    stack = Stack(ds)
     try:
         with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
             bar = progress.add_task("starting the drill stack", total=plan.requests)
@@ -87,14 +119,6 @@ def run_drills(
                 ledger.close()
     finally:
         stack.down()
-    # ``lost``: accepted requests without a terminal result at the end, after the producer re-sent
-    # what the broker had dropped (``lost_by_broker``, reported apart)
-    report["ok"] = all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"])
-    if out is not None:
-        out.mkdir(parents=True, exist_ok=True)
-        (out / "drill.json").write_text(json.dumps(report, indent=2) + "\n")
-    print_report(console, report)
-    return report
 
 
 def one_drill(
@@ -182,3 +206,5 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     console.print(t)
     if "overload" in report:
         console.print_json(data=report["overload"])
+    if "poison" in report:
+        console.print_json(data=report["poison"])

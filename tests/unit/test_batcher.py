@@ -250,3 +250,38 @@ def test_lowering_the_token_ceiling_is_remembered_and_never_raises_it():
         b.put(i, 20)
     b.close()
     assert len(b.poll()) == 2  # 2 × 20 = 40
+
+
+def test_fifty_thousand_tenants_leave_state_only_for_the_active_ones():
+    """Every tenant name ever seen used to stay in the fairness state and each new one scanned them
+    all (linear per request). Now a tenant is forgotten when its last entry leaves."""
+    import time
+
+    b, _ = make(size=8, tokens=10_000, wait_ms=0)
+    per_request_us = []
+    t0 = time.perf_counter()
+    for i in range(50_000):
+        b.put(i, 10, tenant=f"tenant-{i}")
+        if len(b) >= 8:
+            assert len(b.poll()) == 8
+        assert b.active_tenants() <= 8 and len(b._waiting) <= 8  # bounded by what waits
+        if (i + 1) % 10_000 == 0:
+            per_request_us.append((time.perf_counter() - t0) / 10_000 * 1e6)
+            t0 = time.perf_counter()
+    while b.poll() is not None:
+        pass
+    assert len(b) == 0 and b.active_tenants() == 0 and not b._served and not b._waiting
+    print(f"per request, each 10k of 50k tenants: {[round(x, 1) for x in per_request_us]} µs")
+
+
+def test_a_returning_tenant_starts_at_the_floor_of_the_active_ones():
+    b, _ = make(size=2, tokens=1000, wait_ms=0)
+    for i in range(6):
+        b.put(("a", i), 10, tenant="a")
+    b.put(("b", 0), 10, tenant="b")
+    b.poll()  # a anchors (tie, oldest first) and b fills: a 10, b 10 served; b now idle
+    assert b.active_tenants() == 1  # b forgotten
+    b.poll()  # a alone: a 30
+    b.put(("b", 1), 10, tenant="b")  # back at a's level (the floor), not at its old 10
+    b.put(("b", 2), 10, tenant="b")
+    assert Counter(e.tenant for e in b.poll()) == {"a": 1, "b": 1}

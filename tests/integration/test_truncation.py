@@ -1,0 +1,74 @@
+"""A requests log cut back below the intake's position is read again (workers.truncation).
+
+The broker-restart drill lost requests this way: the broker lost the tail of a partition the intake
+had already read and committed, the next records took the lost offsets again, and the intake,
+fetching from its old position, skipped them. Reproduced here without luck: with the intake
+stopped (SIGSTOP, shorter than its session), the requests topic is deleted and made again, and more
+records than the intake had read are written into it; the intake resumes at its old position.
+"""
+
+from __future__ import annotations
+
+import signal
+import time
+from collections.abc import Iterator
+
+import pytest
+from kafka import KafkaAdminClient, KafkaProducer
+from kafka.admin import NewTopic
+
+from ops.stack import Stack
+from schemas.connections import kafka_options
+from schemas.messages import InferenceRequest
+from schemas.naming import requests_topic
+from schemas.settings import Settings
+from tests.integration.conftest import eventually, intake_only
+from workers.result_store import ResultStore
+
+pytestmark = pytest.mark.integration
+
+
+@pytest.fixture(scope="module")
+def one_partition(settings: Settings, tmp_path_factory) -> Iterator[Settings]:
+    base = settings.model_copy(update={"kafka_partitions": 1, "kafka_session_timeout_ms": 30_000})
+    with intake_only(base, tmp_path_factory.mktemp("truncation")) as s:
+        yield s
+
+
+def publish(s: Settings, n: int, tag: str) -> list[str]:
+    producer = KafkaProducer(**kafka_options(s), acks="all")
+    ids = []
+    for i in range(n):
+        req = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=f"{tag} {i}")
+        producer.send(requests_topic(s), key=req.request_id.encode(), value=req.wire_json().encode())
+        ids.append(req.request_id)
+    producer.flush()
+    producer.close()
+    return ids
+
+
+def test_records_that_take_lost_offsets_again_are_read(one_partition: Settings) -> None:
+    s = one_partition
+    store = ResultStore.from_settings(s)
+
+    def admitted(ids: list[str]) -> bool:
+        return all(r is not None for r in store.get_many(ids).values())
+
+    first = publish(s, 20, "before the cut")
+    eventually(lambda: admitted(first), what="the first 20 admitted")
+    time.sleep(0.5)  # the intake commits and polls on: its position is now 20
+    stack = Stack(s)
+    stack.kill("intake", signal.SIGSTOP)
+    try:
+        admin = KafkaAdminClient(**kafka_options(s), request_timeout_ms=10_000)
+        try:
+            admin.delete_topics([requests_topic(s)])
+            eventually(lambda: requests_topic(s) not in admin.list_topics(), what="the topic gone")
+            admin.create_topics([NewTopic(requests_topic(s), num_partitions=1, replication_factor=1)])
+        finally:
+            admin.close()
+        second = publish(s, 30, "after the cut")  # offsets 0-29: 0-19 are the intake's old ones
+    finally:
+        stack.kill("intake", signal.SIGCONT)
+    missing = lambda: [rid for rid, r in store.get_many(second).items() if r is None]  # noqa: E731
+    eventually(lambda: not missing(), timeout_s=30, what="every record written after the cut admitted")

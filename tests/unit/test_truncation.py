@@ -1,0 +1,144 @@
+"""TruncationWatch on a fake log: a cut below what the intake read is found and rewound, however
+far the log was refilled; an intact log is left alone; trimming keeps the stretch to compare."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+from kafka.structs import TopicPartition
+
+from workers.truncation import TruncationWatch
+
+EVERY_S = 2.0
+
+TP = TopicPartition("inferq.requests", 0)
+
+
+@dataclass
+class Rec:
+    offset: int
+    timestamp: int
+    key: bytes
+    value: bytes
+
+
+class Log:
+    """One partition; the fake reader and consumer read it."""
+
+    def __init__(self) -> None:
+        self.records: list[Rec] = []
+        self.start = 0
+        self._pos = 0
+        self.seeks: list[int] = []
+
+    def write(self, n: int, tag: str) -> list[Rec]:
+        new = [Rec(len(self.records) + i, 1000 + i, f"{tag}{i}".encode(), tag.encode()) for i in range(n)]
+        self.records.extend(new)
+        return new
+
+    def cut(self, end: int) -> None:
+        del self.records[end:]
+
+    # reader
+    def assign(self, tps):
+        pass
+
+    def beginning_offsets(self, tps):
+        return {TP: self.start}
+
+    def end_offsets(self, tps):
+        return {TP: len(self.records)}
+
+    def seek(self, tp, offset):
+        self._pos = offset
+        self.seeks.append(offset)
+
+    def poll(self, timeout_ms, max_records):
+        got = self.records[self._pos : self._pos + max_records]
+        self._pos += len(got)
+        return {TP: got} if got else {}
+
+    def close(self):
+        pass
+
+
+class Consumer:
+    def __init__(self) -> None:
+        self.seeks: list[int] = []
+
+    def assignment(self):
+        return {TP}
+
+    def seek(self, tp, offset):
+        self.seeks.append(offset)
+
+
+class Clock:
+    t = 0.0
+
+    def __call__(self) -> float:
+        self.t += 0.001
+        return self.t
+
+
+def watch(log: Log) -> TruncationWatch:
+    clock = Clock()
+    w = TruncationWatch(lambda: log, EVERY_S, clock)
+    clock.t += EVERY_S
+    return w
+
+
+def test_an_intact_log_is_left_alone_and_becomes_the_anchor():
+    log, consumer = Log(), Consumer()
+    w = watch(log)
+    for _ in range(3):
+        w.handled({TP: log.write(5, "a")})
+    assert w.check(consumer) == {} and consumer.seeks == []
+    assert w.trimmable({TP: 15}) == {TP: 15}  # read back: all may go
+    w.handled({TP: log.write(5, "b")})
+    assert w.trimmable({TP: 20}) == {TP: 15}  # 15-19 not read back yet: kept for the next check
+
+
+def test_a_cut_below_what_was_read_is_rewound_even_when_refilled_past_it():
+    log, consumer = Log(), Consumer()
+    w = watch(log)
+    w.handled({TP: log.write(10, "a")})  # 0-9
+    w.check(consumer)  # anchor 9
+    w.handled({TP: log.write(10, "b")})  # 10-19 read by the intake
+    log.cut(12)  # the broker lost 12-19
+    w.handled({TP: log.write(20, "c")})  # 12-31: 12-19 were never read; the intake read 20-31
+    assert w.check(consumer) == {TP: 10} and consumer.seeks == [10]  # just after the anchor
+
+
+def test_a_cut_below_the_anchor_rewinds_to_the_start_of_the_log():
+    log, consumer = Log(), Consumer()
+    w = watch(log)
+    w.handled({TP: log.write(10, "a")})
+    w.check(consumer)
+    log.cut(3)
+    log.write(20, "c")
+    assert w.check(consumer) == {TP: 0}
+
+
+def test_a_cut_not_yet_refilled_is_found_too():
+    log, consumer = Log(), Consumer()
+    w = watch(log)
+    w.handled({TP: log.write(10, "a")})
+    w.check(consumer)
+    w.handled({TP: log.write(10, "b")})
+    log.cut(15)
+    assert w.check(consumer) == {TP: 10}
+
+
+def test_nothing_is_trimmed_before_it_was_read_back():
+    log = Log()
+    w = watch(log)
+    w.handled({TP: log.write(10, "a")})
+    assert w.trimmable({TP: 10}) == {}
+
+
+def test_off_remembers_nothing_and_trims_what_was_committed():
+    log = Log()
+    w = TruncationWatch(lambda: log, 0.0)
+    w.handled({TP: log.write(10, "a")})
+    assert not w.due() and w.trimmable({TP: 10}) == {TP: 10}

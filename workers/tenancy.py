@@ -1,0 +1,122 @@
+"""Who a Kafka request belongs to: the tenant a record claims, checked against what authenticates it.
+
+Over HTTP a tenant is its API key. Over Kafka anyone who can write to the requests topic can write
+``"tenant": "other-tenant"`` in a request, so the claim means something only when the deployment
+ties it to an authenticated fact. ``INFERQ_KAFKA_TENANT_AUTH`` chooses how:
+
+- ``trust`` (the default, and what the local stack runs): the deployment trusts every producer that
+  can reach the requests topic (the broker's ACLs decide who can); the tenant in the body is taken
+  as it is. Use it only where every producer is yours.
+- ``signed``: every record carries the header ``inferq-tenant`` (the tenant) and
+  ``inferq-signature`` (hex HMAC-SHA256 of the record *value*, keyed with that tenant's secret from
+  ``INFERQ_KAFKA_TENANT_KEYS``, ``tenant:hexkey,...``). A record without them, for a tenant with no
+  key, or with a signature that does not match, is refused ``unauthorized``; a signed record whose
+  body names another tenant is refused ``forbidden``. :class:`producers.client.InferqClient` signs
+  when it is given its tenant's key (``tenant_key``).
+
+A refused record is dead-lettered without an answer: its request id was chosen by an unauthenticated
+writer, and a ``failed`` result under it would let anyone squat another tenant's ids.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import hmac
+from collections.abc import Iterable, Mapping
+
+from schemas.errors import ConfigurationError, Forbidden, Unauthorized
+from schemas.messages import InferenceRequest
+from schemas.settings import Settings
+
+TENANT_HEADER = "inferq-tenant"
+SIGNATURE_HEADER = "inferq-signature"
+KEY_MIN_BYTES = 16  # an HMAC key shorter than this is guessable
+
+Headers = Iterable[tuple[str, bytes | None]]
+
+
+def sign(value: bytes, key: bytes) -> str:
+    """The signature of a record value: hex HMAC-SHA256 keyed with the tenant's secret."""
+    return hmac.new(key, value, hashlib.sha256).hexdigest()
+
+
+def signed_headers(tenant: str, key: bytes, value: bytes) -> list[tuple[str, bytes]]:
+    """The headers a producer adds to a record of ``tenant`` (signed with ``key``) under ``signed``."""
+    return [(TENANT_HEADER, tenant.encode()), (SIGNATURE_HEADER, sign(value, key).encode())]
+
+
+def parse_keys(spec: str) -> dict[str, bytes]:
+    """``tenant:hexkey,...`` → {tenant: key bytes}; ConfigurationError says which entry is wrong
+    (never echoing a key)."""
+    keys: dict[str, bytes] = {}
+    for i, entry in enumerate(e.strip() for e in spec.split(",")):
+        if not entry:
+            continue
+        tenant, sep, hexkey = entry.partition(":")
+        try:
+            key = bytes.fromhex(hexkey.strip())
+        except ValueError:
+            key = b""
+        if not sep or not tenant.strip() or len(key) < KEY_MIN_BYTES:
+            raise ConfigurationError(
+                f"INFERQ_KAFKA_TENANT_KEYS entry {i + 1} is not `tenant:hexkey` with a key of at least "
+                f"{KEY_MIN_BYTES} bytes",
+                hint="make a key with `python -c 'import secrets; print(secrets.token_hex(32))'`",
+            )
+        keys[tenant.strip()] = key
+    return keys
+
+
+class TenantAuth:
+    """Checks the tenant of each Kafka record against the configured :data:`Settings.kafka_tenant_auth`."""
+
+    def __init__(self, mode: str, keys: Mapping[str, bytes]) -> None:
+        if mode == "signed" and not keys:
+            raise ConfigurationError(
+                "INFERQ_KAFKA_TENANT_AUTH=signed but INFERQ_KAFKA_TENANT_KEYS holds no key",
+                hint="give each tenant a key (`tenant:hexkey,...`), or set INFERQ_KAFKA_TENANT_AUTH=trust",
+            )
+        self.mode = mode
+        self._keys = dict(keys)
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> TenantAuth:
+        keys = parse_keys(settings.kafka_tenant_keys.get_secret_value())
+        return cls(settings.kafka_tenant_auth, keys)
+
+    def check(self, value: bytes | None, headers: Headers | None, request: InferenceRequest) -> None:
+        """Raise :class:`Unauthorized` / :class:`Forbidden` unless the record may act as
+        ``request.tenant``. Cost: one HMAC over the value (already bounded by the message size)."""
+        if self.mode == "trust":
+            return
+        found = _headers(headers)
+        claimed, signature = found.get(TENANT_HEADER), found.get(SIGNATURE_HEADER)
+        if claimed is None or signature is None:
+            raise Unauthorized(
+                f"the record carries no `{TENANT_HEADER}` and `{SIGNATURE_HEADER}` headers "
+                "(INFERQ_KAFKA_TENANT_AUTH=signed)",
+                hint="publish with InferqClient and your tenant key, or sign the value with HMAC-SHA256",
+            )
+        tenant = claimed.decode("utf-8", "replace")
+        key = self._keys.get(tenant)
+        # compare even for an unknown tenant, so the refusal takes the same time either way
+        expected = sign(value or b"", key if key is not None else b"\0" * 32).encode()
+        if not hmac.compare_digest(expected, signature.strip().lower()) or key is None:
+            raise Unauthorized(
+                "the record's signature does not match its tenant's key",
+                hint="sign the exact record value with your tenant's key (HMAC-SHA256, hex)",
+            )
+        if (request.tenant or "") != tenant:
+            raise Forbidden(
+                "the request names a tenant other than the one that signed it",
+                hint="set the request's `tenant` to your own tenant (the one your key belongs to)",
+            )
+
+
+def _headers(headers: Headers | None) -> dict[str, bytes]:
+    """The first value of each header (a repeated header cannot override the first one)."""
+    out: dict[str, bytes] = {}
+    for name, value in headers or ():
+        if value is not None and name not in out:
+            out[name] = value
+    return out
