@@ -42,7 +42,8 @@ def test_unreadable_items_are_failed_and_dead_lettered_beside_served_ones(stack,
         results = client.wait_all([good.request_id, odd.request_id], timeout_s=60)
     assert results[good.request_id].status is ResultStatus.DONE
     assert results[odd.request_id].status is ResultStatus.FAILED
-    assert results[odd.request_id].error.code is ErrorCode.VALIDATION_ERROR
+    error = results[odd.request_id].error
+    assert error is not None and error.code is ErrorCode.VALIDATION_ERROR
     letter = dead_letters(settings, {odd.request_id})[odd.request_id]
     assert letter.error.code is ErrorCode.VALIDATION_ERROR and letter.payload_sha256
     names = {'"not an object"', '{"no_request": true}'}

@@ -8,6 +8,7 @@ import hashlib
 import json
 import time
 from types import SimpleNamespace
+from typing import Any
 
 import pytest
 from hypothesis import HealthCheck, given
@@ -132,7 +133,8 @@ class FakeProducer:
     """Refuses the first ``refusals`` sends with the given error (raised at send or at get)."""
 
     def __init__(self, errors: list[Exception | None], at_send: bool = False) -> None:
-        self.errors, self.at_send, self.sent = errors, at_send, []
+        self.errors, self.at_send = errors, at_send
+        self.sent: list[Any] = []
 
     def send(self, topic, key=None, value=None, headers=None):
         error = self.errors.pop(0) if self.errors else None
@@ -205,7 +207,8 @@ class FakeConsumer:
     """Enough of KafkaConsumer for PartitionHold.skim: one partition with records 10..14."""
 
     def __init__(self, tp: TopicPartition) -> None:
-        self.tp, self.positions, self.commits = tp, {tp: 10}, []
+        self.tp, self.positions = tp, {tp: 10}
+        self.commits: list[Any] = []
 
     def assignment(self):
         return {self.tp}
