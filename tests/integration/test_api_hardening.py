@@ -153,7 +153,7 @@ def test_sixty_long_polls_leave_healthz_and_other_tenants_alone(server, client: 
                 for r in requests
             ]
             probe_id = new_request_id()
-            give_up = time.monotonic() + 20
+            give_up = time.monotonic() + 60
             while True:  # every one of A's slots taken: all 60 polls are open on the server
                 probe = await c.get(f"/v1/results/{probe_id}", params={"wait_ms": 1}, headers=A)
                 if probe.status_code == 429:
@@ -190,12 +190,14 @@ def test_sixty_long_polls_leave_healthz_and_other_tenants_alone(server, client: 
     out = asyncio.run(scenario())
     shown = {k: v for k, v in out.items() if k not in ("cancels", "answers")}
     print(f"FIGURE 60 long polls open: {shown}")
-    assert out["health"][:2] == (200, {"ok": True}) and out["health"][2] < 1.0, out
-    assert out["other"][0] == 404 and out["other"][1] < 1.0, out  # another tenant is not held up
-    assert out["other_wait"][0] == 404 and out["other_wait"][1] < 1.0, out  # nor capped by A's polls
+    # the polls hold 25 s: an answer queued behind them would take that long (bounds are loose on
+    # purpose: CI shares two cores; the figures above are what was measured)
+    assert out["health"][:2] == (200, {"ok": True}) and out["health"][2] < 5.0, out
+    assert out["other"][0] == 404 and out["other"][1] < 5.0, out  # another tenant is not held up
+    assert out["other_wait"][0] == 404 and out["other_wait"][1] < 5.0, out  # nor capped by A's polls
     assert out["cancels"] == [200] * 60, out
     assert out["answers"] == ["cancelled"] * 60, out  # woken by the done channel, not by their timeout
-    assert out["woken_s"] < 10.0, out
+    assert out["woken_s"] < 15.0, out  # well before the polls' own 25 s
 
 
 def test_a_long_poll_whose_client_hung_up_frees_its_slot_at_once(server, client: InferqClient):
