@@ -33,7 +33,7 @@ from producers.auth import digest, new_key
 from producers.client import InferqClient
 from schemas.connections import kafka_options
 from schemas.messages import DeadLetter, InferenceRequest
-from schemas.naming import deadletter_topic, requests_topic
+from schemas.naming import deadletter_topic, requests_topic, scoped_id
 from schemas.settings import Settings
 from workers.tenancy import signed_headers
 
@@ -197,8 +197,9 @@ def crashes_in_log(path: Path) -> dict[str, int]:
 def _traffic(
     ps: Settings, key: bytes, api_key: str, requests: int, progress: Callable[[int], None] | None
 ) -> tuple[list[str], list[Sent]]:
-    """Publish the valid requests with the hostile records between them; returns the valid ids
-    (the ones acknowledged: by the broker, or 202 from the API) and the hostile records sent."""
+    """Publish the valid requests with the hostile records between them; returns the valid ids,
+    scoped by their tenant (the ones acknowledged: by the broker, or 202 from the API) and the
+    hostile records sent."""
     valid: list[str] = []
     sent: list[Sent] = []
     tag = f"poison-{secrets.token_hex(3)}"
@@ -214,11 +215,11 @@ def _traffic(
             if i % HTTP_SHARE == 0:
                 status, _ = _post(api, api_key, req.wire_json().encode())
                 if status == 202:
-                    valid.append(req.request_id)
+                    valid.append(scoped_id(TENANT, req.request_id))
                     last[:] = [req]  # admitted before the answer: a reuse of its id is a conflict at once
             else:
                 client.publish(req).get(timeout=30)
-                valid.append(req.request_id)
+                valid.append(scoped_id(TENANT, req.request_id))
             if i % every == every - 1 and order:
                 kind = order.pop(0)
                 sent.append(_kafka_hostile(raw, ps, key, kind, kinds[kind]))
@@ -284,7 +285,7 @@ def _answer(ps: Settings, ledger: Ledger, sent: list[Sent], timeout_s: float = 3
     """Fill in how each hostile Kafka record was answered: its result, else its dead letter."""
     kafka = [s for s in sent if s.path == "kafka" and s.answer == "unanswered"]
     letters = _dead_letters(ps, {s.key for s in kafka}, timeout_s)
-    results = ledger.store.get_many([s.request_id for s in kafka])
+    results = ledger.store.get_many([s.request_id for s in kafka], TENANT)
     for s in kafka:
         result = results.get(s.request_id)
         if s.key in letters:
