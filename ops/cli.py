@@ -1,11 +1,11 @@
 """``inferq-ops``: run the whole pipeline locally.
 
 inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
-inferq-ops status
+inferq-ops status    # exits 1 unless every service runs and is ready; shows Flower's login
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
 inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
-inferq-ops kibana --url http://localhost:5601   # data view + dashboards into a Kibana
+inferq-ops kibana --url http://localhost:5601 --user elastic --password-stdin   # dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
 inferq-ops down      # stops exactly what `up` started
 """
@@ -33,7 +33,7 @@ from producers.auth import digest, new_key
 from schemas.connections import redact_url
 from schemas.errors import InferqError
 from schemas.naming import log_index
-from schemas.settings import get_settings
+from schemas.settings import Settings, get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -72,9 +72,16 @@ def main(argv: list[str] | None = None) -> int:
     dr.add_argument("--out", type=Path, default=Path("."), help="where drill.json goes")
     k = sub.add_parser("kibana", help="import the data view and dashboards into a Kibana")
     k.add_argument("--url", required=True, help="Kibana base URL, e.g. http://localhost:5601")
-    k.add_argument("--user", help="basic-auth user (with --password)")
-    k.add_argument("--password", help="basic-auth password")
-    k.add_argument("--api-key", help="Kibana/Elasticsearch API key (instead of user/password)")
+    k.add_argument("--user", help="basic-auth user; the password from INFERQ_KIBANA_PASSWORD or stdin")
+    k.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    k.add_argument(
+        "--api-key-stdin",
+        action="store_true",
+        help="read a Kibana/Elasticsearch API key from stdin (or set INFERQ_KIBANA_API_KEY)",
+    )
+    # refused with a hint: a secret on the command line is visible to every user in `ps`
+    k.add_argument("--password", help=argparse.SUPPRESS, nargs="?", const="")
+    k.add_argument("--api-key", help=argparse.SUPPRESS, nargs="?", const="")
     k.add_argument("--space", help="Kibana space id (default space when omitted)")
     a = sub.add_parser(
         "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
@@ -88,16 +95,19 @@ def main(argv: list[str] | None = None) -> int:
     try:
         if args.cmd == "up":
             _up(stack, console)
-            _print_endpoints(console, settings)
+            _print_endpoints(console, stack.s)
         elif args.cmd == "down":
             stopped = stack.down()
             console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         elif args.cmd == "status":
             status = stack.status()
+            login = stack.flower_login()
             if args.json:
+                status["flower"] = {**status.get("flower", {}), "login": login}
                 print(json.dumps(status, indent=2))
             else:
-                _print_status(console, status)
+                _print_status(console, status, login)
+            return 0 if stack.healthy(status) else 1
         elif args.cmd == "bench":
             peers = [x.strip() for x in args.peers.split(",") if x.strip()]
             unknown = sorted(set(peers) - set(PEERS))
@@ -125,8 +135,13 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"key (give it to {args.tenant}; it is not stored): {key}")
             console.print(f"INFERQ_API_KEYS entry: {args.tenant}:{digest(key)}")
         elif args.cmd == "kibana":
-            auth = (args.user, args.password) if args.user else None
-            report = import_dashboards(args.url, auth=auth, api_key=args.api_key, space=args.space)
+            if args.password is not None or args.api_key is not None:
+                p.error(
+                    "secrets on the command line show in `ps`: set INFERQ_KIBANA_PASSWORD or "
+                    "INFERQ_KIBANA_API_KEY, or pipe it with --password-stdin / --api-key-stdin"
+                )
+            auth, api_key = _kibana_credentials(args, settings, p)
+            report = import_dashboards(args.url, auth=auth, api_key=api_key, space=args.space)
             console.print(f"data view {report.data_view}; {report.imported} saved objects imported")
             for err in report.errors:
                 console.print(f"[red]not imported:[/red] {err}")
@@ -157,21 +172,46 @@ def _up(stack: Stack, console: Console) -> None:
         stack.up(on_ready=ready)
 
 
-def _print_status(console: Console, status: dict[str, dict[str, object]]) -> None:
+def _kibana_credentials(
+    args: argparse.Namespace, settings: Settings, p: argparse.ArgumentParser
+) -> tuple[tuple[str, str] | None, str | None]:
+    """Basic auth or an API key, from the environment (settings) or one line of stdin."""
+    if args.password_stdin and args.api_key_stdin:
+        p.error("--password-stdin and --api-key-stdin both read stdin: give one")
+    piped = sys.stdin.readline().rstrip("\r\n") if args.password_stdin or args.api_key_stdin else ""
+    api_key = piped if args.api_key_stdin else settings.kibana_api_key.get_secret_value()
+    if args.user:
+        password = piped if args.password_stdin else settings.kibana_password.get_secret_value()
+        if not password:
+            p.error("--user needs a password: set INFERQ_KIBANA_PASSWORD or use --password-stdin")
+        return (args.user, password), None
+    if args.password_stdin:
+        p.error("--password-stdin needs --user")
+    return None, api_key or None
+
+
+def _print_status(
+    console: Console, status: dict[str, dict[str, object]], login: dict[str, object] | None = None
+) -> None:
     t = Table("service", "pid", "running", "ready", "log")
     for name, st in status.items():
-        t.add_row(name, str(st["pid"] or "-"), str(st["running"]), str(st["ready"]), str(st["log"]))
+        style = None if st["running"] and st["ready"] else "red"
+        row = (name, str(st["pid"] or "-"), str(st["running"]), str(st["ready"]), str(st["log"]))
+        t.add_row(*row, style=style)
     console.print(t)
+    down = [name for name, st in status.items() if not (st["running"] and st["ready"])]
+    if down:
+        console.print(f"[red]not running or not ready:[/red] {', '.join(down)} (see their logs)")
+    if login:
+        where = f" (in {login['password_file']}, mode 0600)" if login["password_file"] else ""
+        console.print(f"Flower {login['url']}  user {login['user']}  password {login['password']}{where}")
 
 
-def _print_endpoints(console: Console, s: object) -> None:
-    from schemas.settings import Settings
-
-    assert isinstance(s, Settings)
+def _print_endpoints(console: Console, s: Settings) -> None:
     console.print(
         f"  Kafka      {s.kafka_bootstrap_servers}\n  Redis      {redact_url(s.redis_url)}\n"
         f"  Result API http://{s.api_host}:{s.api_port}/docs\n"
-        f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user})\n"
+        f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user}; password: inferq-ops status)\n"
         f"  ES API     {s.elasticsearch_url} (logs: index {log_index(s)})\n"
         f"  Metrics    http://127.0.0.1:{s.metrics_port}/metrics\n"
         + (
