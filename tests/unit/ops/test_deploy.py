@@ -236,7 +236,10 @@ def test_kubernetes_manifests_hold_no_secret_values():
             assert refs == [{"name": "inferq-credentials"}], (d["metadata"]["name"], refs)  # not optional
     documented = documented_secret()
     needed = {
-        ref["key"] for d in docs if d["kind"] == "TriggerAuthentication" for ref in d["spec"]["secretTargetRef"]
+        ref["key"]
+        for d in docs
+        if d["kind"] == "TriggerAuthentication"
+        for ref in d["spec"]["secretTargetRef"]
     }
     assert needed | {"INFERQ_REDIS_URL", "INFERQ_CELERY_BROKER_URL", "INFERQ_API_KEYS"} <= set(documented)
     assert all(v.startswith("<") or "<" in v for v in documented.values()), documented  # placeholders only
