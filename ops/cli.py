@@ -39,7 +39,8 @@ from schemas.settings import Settings, get_settings
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="inferq-ops", description="Run the inferq stack locally.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="start every service (idempotent)")
+    u = sub.add_parser("up", help="start every service (idempotent); exits 2 if one dies or is not ready")
+    u.add_argument("--only", default="", help="comma-separated services to start (default: all)")
     sub.add_parser("down", help="stop every service started from this state folder")
     st = sub.add_parser("status", help="show each service: pid, ready, log")
     st.add_argument("--json", action="store_true")
@@ -94,7 +95,11 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(settings)
     try:
         if args.cmd == "up":
-            _up(stack, console)
+            only = [x.strip() for x in args.only.split(",") if x.strip()]
+            unknown = sorted(set(only) - {svc.name for svc in stack.services()})
+            if unknown:
+                p.error(f"unknown service(s) {', '.join(unknown)}")
+            _up(stack, console, only or None)
             _print_endpoints(console, stack.s)
         elif args.cmd == "down":
             stopped = stack.down()
@@ -162,14 +167,14 @@ def main(argv: list[str] | None = None) -> int:
     return 0
 
 
-def _up(stack: Stack, console: Console) -> None:
+def _up(stack: Stack, console: Console, only: list[str] | None = None) -> None:
     with console.status("starting the stack…") as spinner:
 
         def ready(name: str, seconds: float) -> None:
             console.print(f"  [green]✓[/green] {name} ready ({seconds:.1f} s)")
             spinner.update(f"starting the stack… ({name} up)")
 
-        stack.up(on_ready=ready)
+        stack.up(only=only, on_ready=ready)
 
 
 def _kibana_credentials(

@@ -51,6 +51,14 @@ FLOWER_PASSWORD_FILE = "flower.password"
 PRIVATE_UMASK = 0o077  # every service's files: 0600, folders 0700
 
 
+def write_private(path: Path, text: str) -> None:
+    """Write ``text`` to ``path`` readable by its owner only (mode 0600, also when it existed)."""
+    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+    os.fchmod(fd, 0o600)
+    with os.fdopen(fd, "w") as f:
+        f.write(text)
+
+
 def private_dir(path: Path) -> Path:
     """``path`` as a folder only its owner can enter (created, or narrowed if it exists)."""
     path.mkdir(parents=True, exist_ok=True, mode=0o700)
@@ -556,7 +564,7 @@ class Stack:
             umask=PRIVATE_UMASK,  # data files (Redis's AOF holds input texts), spools, metrics: 0600
         )
         log.close()
-        (self.run_dir / f"{svc.name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        write_private(self.run_dir / f"{svc.name}.pid", f"{proc.pid} {_start_time(proc.pid)}\n")
 
     def _wait_ready(self, svc: Service) -> None:
         give_up = time.monotonic() + svc.ready_timeout_s
