@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ops.bench.peers import PEERS
@@ -149,7 +150,7 @@ def main(argv: list[str] | None = None) -> int:
             report = import_dashboards(args.url, auth=auth, api_key=api_key, space=args.space)
             console.print(f"data view {report.data_view}; {report.imported} saved objects imported")
             for err in report.errors:
-                console.print(f"[red]not imported:[/red] {err}")
+                console.print(f"[red]not imported:[/red] {escape(str(err))}")
             return 1 if report.errors else 0
         elif args.cmd == "demo":
             was_up = all(v["running"] for v in stack.status().values())
@@ -162,7 +163,7 @@ def main(argv: list[str] | None = None) -> int:
                     console.print("stack stopped (use --keep, or `inferq-ops up` first, to leave it running)")
             return 0 if summary["by_status"].get("done") == summary["requests"] else 1
     except InferqError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}")  # log tails hold [brackets]
         return 2
     return 0
 

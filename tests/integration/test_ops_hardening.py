@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import json
 import os
+import signal
 import socket
 import stat
 import subprocess
@@ -39,11 +40,28 @@ def ops_cli(env: dict[str, str], *args: str, timeout_s: float = 180) -> subproce
     )
 
 
-def test_a_crashing_intake_fails_up_and_status_and_its_crash_is_in_the_log_store(tmp_path):
-    s = on_free_ports(Settings(kafka_partitions=1, kafka_session_timeout_ms=6_000), tmp_path / "state")
+def intake_up(settings: Settings) -> dict[str, float]:
+    """``inferq_intake_up`` by replica, as the exporter serves it."""
+    out = {}
+    for line in scrape(settings).splitlines():
+        if line.startswith("inferq_intake_up{"):
+            name, value = line.rsplit(" ", 1)
+            out[name.split('replica="', 1)[1].split('"', 1)[0]] = float(value)
+    return out
+
+
+def test_a_dead_intake_is_exported_down_and_a_crashing_one_fails_up_status_and_is_logged(tmp_path):
+    base = Settings(kafka_partitions=1, kafka_session_timeout_ms=6_000, intake_stalled_after_s=3.0)
+    s = on_free_ports(base, tmp_path / "state")
     st = Stack(s)
     try:
-        st.up(only=["broker", "redis"])
+        st.up(only=["broker", "redis", "exporter", "intake"])
+        replica = f"intake@{socket.gethostname()}"
+        assert intake_up(s) == {replica: 1.0}  # ready means it has polled
+        st.kill("intake", signal.SIGKILL)  # no goodbye: only the stamp's age tells
+        eventually(lambda: intake_up(s) == {replica: 0.0}, 30, "inferq_intake_up to fall to 0")
+        assert st.status()["intake"]["running"] is False
+
         # a bad setting the intake only meets after its logging is up: kafka-python refuses it
         env = {**st.env, "INFERQ_KAFKA_HEARTBEAT_INTERVAL_MS": "20000", "COLUMNS": "200"}
         up = ops_cli(env, "up", "--only", "intake")
