@@ -104,6 +104,16 @@ def test_the_intake_is_exported_up_while_it_polls_and_status_sees_it(stack, sett
     )
     assert "inferq_intake_last_poll_timestamp_seconds" in scrape(settings)
     assert stack.status()["intake"]["ready"] and stack.healthy()
+    # the stack's Prometheus has the intake alerts and sees the intake up
+    api = f"http://127.0.0.1:{settings.prometheus_port}/api/v1"
+    groups = httpx.get(f"{api}/rules", timeout=10).json()["data"]["groups"]
+    assert {"InferqIntakeDown", "InferqIntakeStalled"} <= {r["name"] for g in groups for r in g["rules"]}
+
+    def prometheus_sees_it_up() -> bool:
+        answer = httpx.get(f"{api}/query", params={"query": "max(inferq_intake_up)"}, timeout=10).json()
+        return [r["value"][1] for r in answer["data"]["result"]] == ["1"]
+
+    eventually(prometheus_sees_it_up, 60, "Prometheus to scrape inferq_intake_up 1")
 
 
 def test_flower_cannot_shut_a_worker_down_with_the_default_settings(stack, settings, client):
