@@ -75,7 +75,6 @@ class Service:
     env: dict[str, str] | None = None
     stop_signal: int = signal.SIGTERM
     before_start: Callable[[], None] | None = None
-    live: Callable[[], bool] | None = None  # beyond a running pid (status); None = the pid is enough
 
 
 LOCAL_TRIM_EVERY_S = 2.0  # how often the local intakes trim what they committed (workers/trim.py)
@@ -372,9 +371,10 @@ class Stack:
                 Service(
                     name,
                     [sys.executable, "-m", "workers.intake"],
-                    polled,  # ready once it polls: construction and the first join went through
+                    # ready once it polls (construction and the first join went through), and
+                    # while it keeps polling (status): a crashed or wedged intake is not ready
+                    polled,
                     env={f"{ENV_PREFIX}KAFKA_GROUP_INSTANCE_ID": replica},
-                    live=polled,
                 )
             )
         return out
@@ -529,7 +529,7 @@ class Stack:
             out[svc.name] = {
                 "pid": pid,
                 "running": pid is not None,
-                "ready": pid is not None and svc.ready() and (svc.live is None or svc.live()),
+                "ready": pid is not None and svc.ready(),  # an intake: it polled recently
                 "log": str(self.log_dir / f"{svc.name}.log"),
             }
         return out
