@@ -6,9 +6,7 @@ Services, in start order: ``broker`` (noida-db: Kafka protocol + Elasticsearch A
 under ``<state_dir>/run``, so ``down`` stops exactly what ``up`` started and never a recycled pid.
 Logs go to ``<state_dir>/logs/<service>.log``; data to ``<state_dir>/data``.
 
-The state folder holds input texts (Redis's append-only file, Kafka's log, the log spool) and
-secrets (Flower's generated password), so it and every folder in it are 0700, and every service
-starts under umask 077 (Redis has no per-file mode option): what they write is 0600.
+The state folder and everything in it is private to its owner (:mod:`ops.state`).
 
 ``up`` returns only when every service it started is ready and still alive a moment later
 (``SETTLE_S``); an intake is ready once it has polled Kafka (its liveness stamp,
@@ -20,7 +18,6 @@ from __future__ import annotations
 import contextlib
 import functools
 import os
-import secrets
 import shutil
 import signal
 import socket
@@ -39,6 +36,15 @@ from pydantic import SecretStr
 
 from ops.metrics.liveness import last_polls
 from ops.metrics.prometheus import render_prometheus_config
+from ops.state import (
+    FLOWER_PASSWORD_FILE,
+    PRIVATE_UMASK,
+    keep_password,
+    open_private_log,
+    private_dir,
+    read_password,
+    write_private,
+)
 from ops.topics import ensure_topics
 from schemas.connections import redis_client
 from schemas.errors import StackError
@@ -47,23 +53,6 @@ from schemas.settings import ENV_PREFIX, Settings, port_of
 
 WORKER_PREFIX = "inferq-worker"
 SETTLE_S = 1.5  # after readiness, how long `up` watches what it started for an early death
-FLOWER_PASSWORD_FILE = "flower.password"
-PRIVATE_UMASK = 0o077  # every service's files: 0600, folders 0700
-
-
-def write_private(path: Path, text: str) -> None:
-    """Write ``text`` to ``path`` readable by its owner only (mode 0600, also when it existed)."""
-    fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-    os.fchmod(fd, 0o600)
-    with os.fdopen(fd, "w") as f:
-        f.write(text)
-
-
-def private_dir(path: Path) -> Path:
-    """``path`` as a folder only its owner can enter (created, or narrowed if it exists)."""
-    path.mkdir(parents=True, exist_ok=True, mode=0o700)
-    path.chmod(0o700)
-    return path
 
 
 @dataclass
@@ -188,7 +177,8 @@ class Stack:
         self.flower_password_file: Path | None = None
         if not settings.flower_password.get_secret_value():  # no default password: one per folder
             self.flower_password_file = self.root / FLOWER_PASSWORD_FILE
-            settings = settings.model_copy(update={"flower_password": self._read_flower_password()})
+            password = SecretStr(read_password(self.flower_password_file))  # written by `up`
+            settings = settings.model_copy(update={"flower_password": password})
         self._use(settings)
 
     def _use(self, settings: Settings) -> None:
@@ -207,27 +197,14 @@ class Stack:
             ),
         }
 
-    def _read_flower_password(self) -> SecretStr:
-        """The folder's Flower password, or a new one not yet written (``up`` writes it)."""
-        assert self.flower_password_file is not None
-        try:
-            return SecretStr(self.flower_password_file.read_text().strip())
-        except FileNotFoundError:
-            return SecretStr(secrets.token_urlsafe(18))
-
     def _keep_flower_password(self) -> None:
-        """Write the generated password (0600) before anything uses it; if another ``up`` wrote
-        one first, use that one."""
+        """Write the generated password (0600) before anything uses it (or take the one another
+        ``up`` wrote first)."""
         if self.flower_password_file is None:
             return
-        try:
-            fd = os.open(self.flower_password_file, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
-        except FileExistsError:
-            self.flower_password_file.chmod(0o600)
-            self._use(self.s.model_copy(update={"flower_password": self._read_flower_password()}))
-            return
-        with os.fdopen(fd, "w") as f:
-            f.write(self.s.flower_password.get_secret_value() + "\n")
+        kept = keep_password(self.flower_password_file, self.s.flower_password.get_secret_value())
+        if kept != self.s.flower_password.get_secret_value():
+            self._use(self.s.model_copy(update={"flower_password": SecretStr(kept)}))
 
     def flower_login(self) -> dict[str, object]:
         """Where Flower is and how to log in (``status`` shows it)."""
@@ -551,8 +528,7 @@ class Stack:
 
     def _spawn(self, svc: Service) -> None:
         path = self.log_dir / f"{svc.name}.log"
-        log = os.fdopen(os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600), "ab")
-        os.fchmod(log.fileno(), 0o600)  # a log from before this version
+        log = os.fdopen(open_private_log(path), "ab")
         proc = subprocess.Popen(
             svc.argv,
             stdout=log,
