@@ -210,7 +210,8 @@ def _print_status(
         console.print(f"[red]not running or not ready:[/red] {', '.join(down)} (see their logs)")
     if login:
         where = f" (in {login['password_file']}, mode 0600)" if login["password_file"] else ""
-        console.print(f"Flower {login['url']}  user {login['user']}  password {login['password']}{where}")
+        line = f"Flower {login['url']}  user {login['user']}  password {login['password']}{where}"
+        console.print(escape(line))
 
 
 def _print_endpoints(console: Console, s: Settings) -> None:
