@@ -384,11 +384,22 @@ class Intake:
         answered ``model_unavailable`` and dead-lettered; one over its tenant's limits is answered
         ``quota_exceeded``. Neither is admitted, so neither holds any capacity."""
         available = self.served.available() if accepted else frozenset()
-        for rec, req, t in [a for a in accepted if a[1].model not in available]:
-            unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
-            failed = request_result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
-            self.store.advance([failed], only_if_absent=True)
-            self.reject(rec, unserved, t["received_ms"], answer=False)
+        unserved = [a for a in accepted if a[1].model not in available]
+        if unserved:  # over a record the API admitted too (the same content): it ends here
+            refusals = [
+                ModelUnavailable(f"no live worker serves model {req.model!r}") for _, req, _ in unserved
+            ]
+            self.store.fail_owned(
+                [
+                    (
+                        [request_digest(req)],
+                        request_result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, e),
+                    )
+                    for (_, req, t), e in zip(unserved, refusals, strict=True)
+                ]
+            )
+            for (rec, _, t), e in zip(unserved, refusals, strict=True):
+                self.reject(rec, e, t["received_ms"], answer=False)
         accepted = [a for a in accepted if a[1].model in available]
         if not accepted:
             return

@@ -42,6 +42,7 @@ TENANT, OTHER = "drill-a", "drill-b"
 HTTP_SHARE = 10  # one valid request in this many goes over HTTP
 BAD_UTF8 = b"\xff\xfe" * 200_000  # 400 KB that is not UTF-8
 UNSIGNED = "unsigned"  # the kind sent without credentials (a foreign producer, an anonymous caller)
+UNSERVED_GRACE_S = 10.0
 ROUNDS = 3  # each hostile kind is sent this many times on each path, spread through the traffic
 
 
@@ -132,6 +133,9 @@ def poison_settings(settings: Settings, state_dir: Path) -> tuple[Settings, byte
             "kafka_tenant_auth": "signed",
             "kafka_tenant_keys": SecretStr(f"{TENANT}:{key.hex()},{OTHER}:{other.hex()}"),
             "api_keys": SecretStr(f"{TENANT}:{digest(api_key)}"),
+            # the workers are up before the intake and the API: past this, an unserved model is
+            # answered within the drill (the default grace outlasts a short drill)
+            "unserved_model_grace_s": UNSERVED_GRACE_S,
         }
     )
     return ps, key, api_key

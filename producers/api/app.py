@@ -58,6 +58,7 @@ from schemas.errors import (
     DuplicateRequestId,
     Forbidden,
     InvalidRequest,
+    ModelUnavailable,
     NotCancellable,
     NotFound,
     Unauthorized,
@@ -72,6 +73,7 @@ from schemas.messages import (
 )
 from schemas.naming import scoped_id
 from schemas.settings import Settings, get_settings
+from workers.presence import ServedModels
 from workers.result_store import Admission, quota_error
 from workers.validation import validate_request
 
@@ -119,6 +121,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     store = observe_store(client.store)  # cancellations are terminal results too: logged and counted
     ring = KeyRing.from_settings(settings)
     hub = WaitHub(settings)
+    served = ServedModels(store.client, settings)
     if not ring.enabled:
         log.warning("the result API has no API keys (INFERQ_API_KEYS): every caller sees every result")
 
@@ -227,6 +230,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
 
     def admit_and_publish(request: InferenceRequest) -> None:
         """Record the request ``queued`` (so its result URL answers at once), then publish it."""
+        if request.model not in served.available():  # what the intake would answer, said at once
+            raise ModelUnavailable(f"no live worker serves model {request.model!r}")
         verdict = client.admit(request)
         if verdict is Admission.CONFLICT:
             raise DuplicateRequestId(short_id(request.request_id))
