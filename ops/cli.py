@@ -1,11 +1,11 @@
 """``inferq-ops``: run the whole pipeline locally.
 
 inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
-inferq-ops status
+inferq-ops status    # exits 1 unless every service runs and is ready; shows Flower's login
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
 inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
-inferq-ops kibana --url http://localhost:5601   # data view + dashboards into a Kibana
+inferq-ops kibana --url http://localhost:5601 --user elastic --password-stdin   # dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
 inferq-ops down      # stops exactly what `up` started
 """
@@ -20,6 +20,7 @@ import sys
 from pathlib import Path
 
 from rich.console import Console
+from rich.markup import escape
 from rich.table import Table
 
 from ops.bench.peers import PEERS
@@ -33,13 +34,14 @@ from producers.auth import check_tenant, digest, new_key
 from schemas.connections import redact_url
 from schemas.errors import ConfigurationError, InferqError
 from schemas.naming import log_index
-from schemas.settings import get_settings
+from schemas.settings import Settings, get_settings
 
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(prog="inferq-ops", description="Run the inferq stack locally.")
     sub = p.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("up", help="start every service (idempotent)")
+    u = sub.add_parser("up", help="start every service (idempotent); exits 2 if one dies or is not ready")
+    u.add_argument("--only", default="", help="comma-separated services to start (default: all)")
     sub.add_parser("down", help="stop every service started from this state folder")
     st = sub.add_parser("status", help="show each service: pid, ready, log")
     st.add_argument("--json", action="store_true")
@@ -74,9 +76,16 @@ def main(argv: list[str] | None = None) -> int:
     dr.add_argument("--out", type=Path, default=Path("."), help="where drill.json goes")
     k = sub.add_parser("kibana", help="import the data view and dashboards into a Kibana")
     k.add_argument("--url", required=True, help="Kibana base URL, e.g. http://localhost:5601")
-    k.add_argument("--user", help="basic-auth user (with --password)")
-    k.add_argument("--password", help="basic-auth password")
-    k.add_argument("--api-key", help="Kibana/Elasticsearch API key (instead of user/password)")
+    k.add_argument("--user", help="basic-auth user; the password from INFERQ_KIBANA_PASSWORD or stdin")
+    k.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
+    k.add_argument(
+        "--api-key-stdin",
+        action="store_true",
+        help="read a Kibana/Elasticsearch API key from stdin (or set INFERQ_KIBANA_API_KEY)",
+    )
+    # refused with a hint: a secret on the command line is visible to every user in `ps`
+    k.add_argument("--password", help=argparse.SUPPRESS, nargs="?", const="")
+    k.add_argument("--api-key", help=argparse.SUPPRESS, nargs="?", const="")
     k.add_argument("--space", help="Kibana space id (default space when omitted)")
     a = sub.add_parser(
         "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
@@ -89,17 +98,24 @@ def main(argv: list[str] | None = None) -> int:
     stack = Stack(settings)
     try:
         if args.cmd == "up":
-            _up(stack, console)
-            _print_endpoints(console, settings)
+            only = [x.strip() for x in args.only.split(",") if x.strip()]
+            unknown = sorted(set(only) - {svc.name for svc in stack.services()})
+            if unknown:
+                p.error(f"unknown service(s) {', '.join(unknown)}")
+            _up(stack, console, only or None)
+            _print_endpoints(console, stack.s)
         elif args.cmd == "down":
             stopped = stack.down()
             console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
         elif args.cmd == "status":
             status = stack.status()
+            login = stack.flower_login()
             if args.json:
+                status["flower"] = {**status.get("flower", {}), "login": login}
                 print(json.dumps(status, indent=2))
             else:
-                _print_status(console, status)
+                _print_status(console, status, login)
+            return 0 if stack.healthy(status) else 1
         elif args.cmd == "bench":
             peers = [x.strip() for x in args.peers.split(",") if x.strip()]
             unknown = sorted(set(peers) - set(PEERS))
@@ -131,11 +147,16 @@ def main(argv: list[str] | None = None) -> int:
             console.print(f"key (give it to {args.tenant}; it is not stored): {key}")
             console.print(f"INFERQ_API_KEYS entry: {args.tenant}:{digest(key)}")
         elif args.cmd == "kibana":
-            auth = (args.user, args.password) if args.user else None
-            report = import_dashboards(args.url, auth=auth, api_key=args.api_key, space=args.space)
+            if args.password is not None or args.api_key is not None:
+                p.error(
+                    "secrets on the command line show in `ps`: set INFERQ_KIBANA_PASSWORD or "
+                    "INFERQ_KIBANA_API_KEY, or pipe it with --password-stdin / --api-key-stdin"
+                )
+            auth, api_key = _kibana_credentials(args, settings, p)
+            report = import_dashboards(args.url, auth=auth, api_key=api_key, space=args.space)
             console.print(f"data view {report.data_view}; {report.imported} saved objects imported")
             for err in report.errors:
-                console.print(f"[red]not imported:[/red] {err}")
+                console.print(f"[red]not imported:[/red] {escape(str(err))}")
             return 1 if report.errors else 0
         elif args.cmd == "demo":
             was_up = all(v["running"] for v in stack.status().values())
@@ -148,36 +169,62 @@ def main(argv: list[str] | None = None) -> int:
                     console.print("stack stopped (use --keep, or `inferq-ops up` first, to leave it running)")
             return 0 if summary["by_status"].get("done") == summary["requests"] else 1
     except InferqError as e:
-        console.print(f"[red]error:[/red] {e}")
+        console.print(f"[red]error:[/red] {escape(str(e))}")  # log tails hold [brackets]
         return 2
     return 0
 
 
-def _up(stack: Stack, console: Console) -> None:
+def _up(stack: Stack, console: Console, only: list[str] | None = None) -> None:
     with console.status("starting the stack…") as spinner:
 
         def ready(name: str, seconds: float) -> None:
             console.print(f"  [green]✓[/green] {name} ready ({seconds:.1f} s)")
             spinner.update(f"starting the stack… ({name} up)")
 
-        stack.up(on_ready=ready)
+        stack.up(only=only, on_ready=ready)
 
 
-def _print_status(console: Console, status: dict[str, dict[str, object]]) -> None:
+def _kibana_credentials(
+    args: argparse.Namespace, settings: Settings, p: argparse.ArgumentParser
+) -> tuple[tuple[str, str] | None, str | None]:
+    """Basic auth or an API key, from the environment (settings) or one line of stdin."""
+    if args.password_stdin and args.api_key_stdin:
+        p.error("--password-stdin and --api-key-stdin both read stdin: give one")
+    piped = sys.stdin.readline().rstrip("\r\n") if args.password_stdin or args.api_key_stdin else ""
+    api_key = piped if args.api_key_stdin else settings.kibana_api_key.get_secret_value()
+    if args.user:
+        password = piped if args.password_stdin else settings.kibana_password.get_secret_value()
+        if not password:
+            p.error("--user needs a password: set INFERQ_KIBANA_PASSWORD or use --password-stdin")
+        return (args.user, password), None
+    if args.password_stdin:
+        p.error("--password-stdin needs --user")
+    return None, api_key or None
+
+
+def _print_status(
+    console: Console, status: dict[str, dict[str, object]], login: dict[str, object] | None = None
+) -> None:
     t = Table("service", "pid", "running", "ready", "log")
     for name, st in status.items():
-        t.add_row(name, str(st["pid"] or "-"), str(st["running"]), str(st["ready"]), str(st["log"]))
+        style = None if st["running"] and st["ready"] else "red"
+        row = (name, str(st["pid"] or "-"), str(st["running"]), str(st["ready"]), str(st["log"]))
+        t.add_row(*row, style=style)
     console.print(t)
+    down = [name for name, st in status.items() if not (st["running"] and st["ready"])]
+    if down:
+        console.print(f"[red]not running or not ready:[/red] {', '.join(down)} (see their logs)")
+    if login:
+        where = f" (in {login['password_file']}, mode 0600)" if login["password_file"] else ""
+        line = f"Flower {login['url']}  user {login['user']}  password {login['password']}{where}"
+        console.print(escape(line))
 
 
-def _print_endpoints(console: Console, s: object) -> None:
-    from schemas.settings import Settings
-
-    assert isinstance(s, Settings)
+def _print_endpoints(console: Console, s: Settings) -> None:
     console.print(
         f"  Kafka      {s.kafka_bootstrap_servers}\n  Redis      {redact_url(s.redis_url)}\n"
         f"  Result API http://{s.api_host}:{s.api_port}/docs\n"
-        f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user})\n"
+        f"  Flower     http://127.0.0.1:{s.flower_port} (user {s.flower_user}; password: inferq-ops status)\n"
         f"  ES API     {s.elasticsearch_url} (logs: index {log_index(s)})\n"
         f"  Metrics    http://127.0.0.1:{s.metrics_port}/metrics\n"
         + (

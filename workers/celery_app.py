@@ -95,6 +95,9 @@ def make_app(settings: Settings) -> Celery:
         # each message, costs it ~0.8 ms a message (measured), on the path of every lone request
         task_send_sent_event=settings.celery_sent_events,
         worker_hijack_root_logger=False,
+        # broadcast commands (shutdown, pool restart, autoscale) reach a worker only when asked for:
+        # Flower, or anyone who can write to the broker, could otherwise stop every worker
+        worker_enable_remote_control=settings.celery_remote_control,
     )
     return app
 

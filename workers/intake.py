@@ -44,6 +44,7 @@ from kombu.exceptions import OperationalError
 
 from ops.logship.ecs import configure_logging, mask_text, stop_logging
 from ops.metrics.instruments import ADMITTED, DEAD_LETTERS, REDELIVERED
+from ops.metrics.liveness import record_poll
 from ops.observe import observe_store
 from schemas.catalog import CATALOG
 from schemas.connections import kafka_client_options, kafka_options
@@ -246,6 +247,7 @@ class Intake:
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
+        record_poll(self.s)  # liveness: a stamp that stops means a dead or wedged intake
         room = self.hold.apply(self.consumer)
         if self.backpressure.paused:  # what needs no capacity is answered even while paused
             skimmed = self.hold.skim(self.consumer, self._needs_no_room, self.handle)

@@ -57,5 +57,5 @@ def _check(response: httpx.Response, what: str) -> None:
     if response.status_code >= 400:
         raise StackError(
             f"Kibana answered {response.status_code} while {what}: {response.text[:300]}",
-            hint="check the Kibana URL and credentials (--user/--password or --api-key)",
+            hint="check the Kibana URL and credentials (--user with INFERQ_KIBANA_PASSWORD, or an API key)",
         )

@@ -16,6 +16,8 @@ import logging.handlers
 import queue
 import socket
 import sys
+import threading
+from types import TracebackType
 from typing import Any
 
 import ecs_logging
@@ -28,6 +30,8 @@ from schemas.settings import Settings
 
 _shipper: Shipper | None = None
 _listener: logging.handlers.QueueListener | None = None
+crash_log = logging.getLogger("inferq.crash")
+CRASH_DATASET = "inferq.crash"
 
 
 class ShippingHandler(logging.Handler):
@@ -132,7 +136,57 @@ def configure_logging(settings: Settings, service: str) -> Shipper | None:
     _listener = logging.handlers.QueueListener(records, *handlers, respect_handler_level=True)
     _listener.start()
     atexit.register(stop_logging)
+    _log_uncaught_exceptions()
     return _shipper
+
+
+def log_crash(
+    exc_type: type[BaseException], exc: BaseException | None, tb: TracebackType | None, where: str
+) -> None:
+    """One ECS ``error`` record for an exception nothing caught (``error.type``, ``error.message``,
+    ``error.stack_trace`` from ``exc_info``), so a crash is in Elasticsearch, not only a log file."""
+    crash_log.error(
+        "uncaught %s in %s: %s",
+        exc_type.__name__,
+        where,
+        exc,
+        exc_info=(exc_type, exc if exc is not None else exc_type(), tb),
+        extra={
+            "event.dataset": CRASH_DATASET,
+            "event.action": "uncaught_exception",
+            "event.outcome": "failure",
+        },
+    )
+
+
+def _log_uncaught_exceptions() -> None:
+    """Route uncaught exceptions (main thread and every other thread) through :func:`log_crash`.
+
+    The record replaces Python's plain traceback on stderr (stderr carries the ECS lines, so the
+    log file keeps one format); the process then exits as before, and the atexit hook ships the
+    record. Ctrl-C keeps Python's own handling.
+    """
+
+    def main_hook(exc_type: type[BaseException], exc: BaseException, tb: TracebackType | None) -> None:
+        if issubclass(exc_type, KeyboardInterrupt):
+            sys.__excepthook__(exc_type, exc, tb)
+            return
+        try:
+            log_crash(exc_type, exc, tb, "the main thread")
+        except Exception:  # logging itself is broken: at least the traceback reaches stderr
+            sys.__excepthook__(exc_type, exc, tb)
+
+    def thread_hook(args: threading.ExceptHookArgs) -> None:
+        if issubclass(args.exc_type, SystemExit):  # a thread's sys.exit() is not a crash
+            return
+        name = args.thread.name if args.thread is not None else "a thread"
+        try:
+            log_crash(args.exc_type, args.exc_value, args.exc_traceback, f"thread {name}")
+        except Exception:
+            threading.__excepthook__(args)
+
+    sys.excepthook = main_hook
+    threading.excepthook = thread_hook
 
 
 def stop_logging(timeout_s: float = 5.0) -> None:

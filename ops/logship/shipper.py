@@ -187,11 +187,13 @@ class Shipper:
 
     def _spool(self, docs: list[Doc]) -> None:
         """Append records to this process's spool file; drop (and count) past the size cap."""
-        self.spool_dir.mkdir(parents=True, exist_ok=True)
+        self.spool_dir.mkdir(parents=True, exist_ok=True, mode=0o700)  # records may hold request ids
         if self.spool_bytes() >= self.spool_max_bytes:
             self._dropped(len(docs))
             return
-        with open(self.spool_dir / f"{self._spool_name}.ndjson", "a", encoding="utf-8") as f:
+        path = self.spool_dir / f"{self._spool_name}.ndjson"
+        fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_APPEND, 0o600)
+        with open(fd, "a", encoding="utf-8") as f:
             for d in docs:
                 f.write(json.dumps(d, default=str) + "\n")
         self.counters.spooled += len(docs)

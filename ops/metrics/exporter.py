@@ -3,6 +3,8 @@
 At each scrape it serves
 - the counters and histograms every intake, worker and API process wrote to the shared
   multi-process folder (``PROMETHEUS_MULTIPROC_DIR``), summed across processes;
+- each intake's liveness from the stamps it writes on every poll (``inferq_intake_up``,
+  ``inferq_intake_last_poll_age_seconds``: :mod:`ops.metrics.liveness`);
 - what it reads live: Kafka consumer lag per topic, partition and group; Celery queue depth per
   queue (all priority levels); requests in flight; workers up per model; the log spool's size on
   disk; GPU utilisation and memory through NVML when a GPU and nvidia-ml-py are present.
@@ -26,6 +28,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
 from ops.logship.ecs import configure_logging, stop_logging
+from ops.metrics.liveness import IntakeLiveness
 from schemas.connections import kafka_options, redis_client
 from schemas.messages import now_ms
 from schemas.naming import (
@@ -197,6 +200,7 @@ def build_registry(settings: Settings) -> CollectorRegistry:
     folder = metrics_dir(settings)
     folder.mkdir(parents=True, exist_ok=True)
     MultiProcessCollector(registry, path=str(folder))
+    registry.register(IntakeLiveness(settings, folder))  # the intakes whose files are in this folder
     if settings.metrics_read_live:  # pod sidecars serve only their pod's processes
         registry.register(PipelineCollector(settings))
     return registry

@@ -9,7 +9,7 @@ Seconds and ratios are the units, as Prometheus expects.
 
 from __future__ import annotations
 
-from prometheus_client import Counter, Histogram
+from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.messages import InferenceResult
 
@@ -27,6 +27,12 @@ DUPLICATES_REFUSED = Counter(
 RESULTS = Counter("inferq_results", "Terminal results written, by status", ["model", "status"])
 DEAD_LETTERS = Counter("inferq_dead_letters", "Records sent to the dead-letter topic", ["code"])
 LOG_DROPPED = Counter("inferq_log_records_dropped", "Log records dropped (queue or spool full)", ["service"])
+INTAKE_LAST_POLL = Gauge(
+    "inferq_intake_last_poll_timestamp_seconds",
+    "When each intake replica last polled Kafka (Unix seconds; see ops.metrics.liveness)",
+    ["replica"],
+    multiprocess_mode="mostrecent",
+)
 BATCH_SIZE = Histogram(
     "inferq_batch_size", "Texts per forward pass", ["model"], buckets=(1, 2, 4, 8, 16, 32, 64, 128, 256)
 )

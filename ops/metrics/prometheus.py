@@ -14,12 +14,15 @@ ASSETS = files("ops") / "assets" / "prometheus"
 
 def render_prometheus_config(settings: Settings, folder: Path) -> Path:
     """Write ``prometheus.yml`` (loopback targets) and ``alerts.yml`` into ``folder``."""
-    folder.mkdir(parents=True, exist_ok=True)
+    folder.mkdir(parents=True, exist_ok=True, mode=0o700)
+    folder.chmod(0o700)
     alerts = folder / "alerts.yml"
     shutil.copyfile(str(ASSETS / "alerts.yml"), alerts)
+    alerts.chmod(0o600)
     password = folder / "flower_password"
+    password.touch(mode=0o600)
+    password.chmod(0o600)  # before the secret is in it
     password.write_text(settings.flower_password.get_secret_value())
-    password.chmod(0o600)
     config = {
         "global": {"scrape_interval": "5s", "evaluation_interval": "5s"},
         "rule_files": [str(alerts)],
@@ -34,4 +37,5 @@ def render_prometheus_config(settings: Settings, folder: Path) -> Path:
     }
     path = folder / "prometheus.yml"
     path.write_text(json.dumps(config, indent=2))  # JSON is YAML
+    path.chmod(0o600)
     return path

@@ -30,6 +30,8 @@ EXPORTER_ONLY = {
     "inferq_gpu_memory_used_bytes",
     "inferq_gpu_memory_total_bytes",
     "inferq_exporter_errors_total",
+    "inferq_intake_up",  # ops.metrics.liveness, from the intakes' poll stamps
+    "inferq_intake_last_poll_age_seconds",
 }
 
 
@@ -95,6 +97,8 @@ def test_alert_rules_parse_and_use_exported_metrics():
         "InferqErrorRateHigh",
         "InferqNoWorkers",
         "InferqLogSpoolGrowing",
+        "InferqIntakeDown",
+        "InferqIntakeStalled",
     } <= names
     known = exported_names()
     for r in rules:

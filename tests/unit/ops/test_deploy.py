@@ -32,6 +32,14 @@ def compose() -> dict[str, Any]:
     return yaml.safe_load((DEPLOY / "compose.yaml").read_text())
 
 
+def documented_secret() -> dict[str, str]:
+    """The Secret's keys and placeholder values, as the manifest's header tells operators to write them."""
+    text = (DEPLOY / "k8s" / "inferq.yaml").read_text()
+    body = text.split("cat > inferq-credentials.env <<'END'\n", 1)[1].split("#   END\n", 1)[0]
+    pairs = (line.removeprefix("#").strip().split("=", 1) for line in body.splitlines())
+    return {k: v for k, v in pairs}
+
+
 def inferq_vars(text: str) -> set[str]:
     return set(re.findall(rf"\b{ENV_PREFIX}([A-Z0-9_]+)\b", text))
 
@@ -75,7 +83,7 @@ def test_ports_and_names_are_the_ones_the_code_uses():
     s = Settings()
     env = compose()["x-inferq-env"]
     assert int(env["INFERQ_API_PORT"]) == s.api_port and int(env["INFERQ_METRICS_PORT"]) == s.metrics_port
-    assert compose()["services"]["api"]["ports"] == [f"{s.api_port}:{s.api_port}"]
+    assert compose()["services"]["api"]["ports"] == [f"127.0.0.1:{s.api_port}:{s.api_port}"]
     prom = yaml.safe_load((ROOT / "ops" / "assets" / "prometheus" / "prometheus.yml").read_text())
     targets = {t for job in prom["scrape_configs"] for c in job["static_configs"] for t in c["targets"]}
     assert f"exporter:{s.metrics_port}" in targets
@@ -103,15 +111,13 @@ def test_ports_and_names_are_the_ones_the_code_uses():
             if trig["type"] == "redis":
                 queues = {model_queue(deployed, m) for m in deployed.model_names()}
                 assert meta["listName"] in queues
-                secret = next(d for d in docs if d["kind"] == "Secret")["stringData"]
-                assert secret["INFERQ_CELERY_BROKER_URL"].endswith("/" + meta["databaseIndex"])
+                assert documented_secret()["INFERQ_CELERY_BROKER_URL"].endswith("/" + meta["databaseIndex"])
 
 
 def test_kubernetes_objects_validate_against_the_kubernetes_schemas():
     builtin = [d for d in k8s_docs() if not d["apiVersion"].startswith("keda.sh/")]
     assert {d["kind"] for d in builtin} >= {
         "Namespace",
-        "Secret",
         "ConfigMap",
         "Deployment",
         "Service",
@@ -175,3 +181,66 @@ def test_images_copy_what_exists_and_run_installed_commands():
 
 def _commands(deployment: dict[str, Any]) -> list[str]:
     return [c["command"][0] for c in deployment["spec"]["template"]["spec"]["containers"]]
+
+
+# --- secure defaults (issue 15, point 14) ------------------------------------------------------------
+
+SECRETS = {
+    "INFERQ_API_KEYS",
+    "INFERQ_FLOWER_PASSWORD",
+    "ELASTIC_PASSWORD",
+    "KIBANA_PASSWORD",
+    "LOGS_ES_PASSWORD",
+    "GRAFANA_ADMIN_PASSWORD",
+}
+
+
+def test_compose_publishes_every_port_on_loopback_only():
+    published = {name: svc["ports"] for name, svc in compose()["services"].items() if svc.get("ports")}
+    assert {"api", "kibana", "prometheus", "grafana", "exporter", "flower"} <= set(published)
+    for name, ports in published.items():
+        for port in ports:
+            spec = port if isinstance(port, str) else f"{port.get('host_ip', '')}:{port['published']}"
+            host = spec.rsplit(":", 2)[0] if spec.count(":") == 2 else ""
+            assert host == "127.0.0.1", f"{name} publishes {spec!r} beyond loopback"
+
+
+def test_compose_refuses_to_start_without_each_secret():
+    text = (DEPLOY / "compose.yaml").read_text()
+    for var in SECRETS:
+        uses = re.findall(rf"\$\{{{var}(:?[-?=+]?)", text)
+        assert uses, f"{var} is not used"
+        assert set(uses) == {":?"}, f"{var} must be required (${{{var}:?...}}) everywhere: {uses}"
+    assert not re.search(r"\$\{[A-Z_]*(PASSWORD|KEY)[A-Z_]*:-", text), "a secret with a default value"
+    assert "inferq-local" not in text and "CHANGE-ME" not in text
+    services = compose()["services"]
+    es = services["elasticsearch"]["environment"]
+    assert es["xpack.security.enabled"] == "true"
+    assert services["kibana"]["environment"]["ELASTICSEARCH_PASSWORD"].startswith("${KIBANA_PASSWORD:?")
+    assert compose()["x-inferq-env"]["INFERQ_API_KEYS"].startswith("${INFERQ_API_KEYS:?")
+    assert services["grafana"]["environment"]["GF_SECURITY_ADMIN_PASSWORD"].startswith(
+        "${GRAFANA_ADMIN_PASSWORD:?"
+    )
+    # Kafka, Redis and Elasticsearch have no login here: they must not be published at all
+    assert not any(services[n].get("ports") for n in ("kafka", "redis", "elasticsearch"))
+
+
+def test_kubernetes_manifests_hold_no_secret_values():
+    text = (DEPLOY / "k8s" / "inferq.yaml").read_text()
+    assert "CHANGE-ME" not in text and "inferq-local" not in text
+    docs = k8s_docs()
+    assert not [d for d in docs if d["kind"] == "Secret"], "create the Secret with kubectl (see the header)"
+    for d in (d for d in docs if d["kind"] == "Deployment"):
+        for c in d["spec"]["template"]["spec"]["containers"]:
+            refs = [e["secretRef"] for e in c.get("envFrom", []) if "secretRef" in e]
+            assert refs == [{"name": "inferq-credentials"}], (d["metadata"]["name"], refs)  # not optional
+    documented = documented_secret()
+    needed = {
+        ref["key"]
+        for d in docs
+        if d["kind"] == "TriggerAuthentication"
+        for ref in d["spec"]["secretTargetRef"]
+    }
+    assert needed | {"INFERQ_REDIS_URL", "INFERQ_CELERY_BROKER_URL", "INFERQ_API_KEYS"} <= set(documented)
+    assert all(v.startswith("<") or "<" in v for v in documented.values()), documented  # placeholders only
+    assert "--from-literal" not in text  # a literal would be in the shell history and in `ps`

@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import logging
+import os
 
 import ecs_logging
 
@@ -73,3 +74,23 @@ def test_template_variants():
     assert stream["data_stream"] == {} and "data_stream" not in alias
     assert alias["template"]["settings"]["index.lifecycle.rollover_alias"] == "inferq-logs"
     assert {"inferq.batch.padding_waste", "inferq.request_id", "@timestamp"} <= field_paths()
+
+
+def test_the_spool_is_private_to_its_owner(tmp_path):
+    """Spooled records wait on disk while Elasticsearch is down: folder 0700, files 0600."""
+    import stat
+
+    from elasticsearch import Elasticsearch
+
+    from ops.logship.shipper import Shipper
+
+    old = os.umask(0o022)  # what a process started by hand usually has
+    try:
+        shipper = Shipper(Elasticsearch("http://127.0.0.1:9"), "x", tmp_path / "spool", flush_interval_ms=50)
+        shipper._spool([{"_id": "a", "message": "request abc"}])
+    finally:
+        os.umask(old)
+        shipper._stop.set()
+    (spooled,) = (tmp_path / "spool").glob("*.ndjson")
+    assert stat.S_IMODE((tmp_path / "spool").stat().st_mode) == 0o700
+    assert stat.S_IMODE(spooled.stat().st_mode) == 0o600
