@@ -387,7 +387,8 @@ class Intake:
         for rec, req, t in [a for a in accepted if a[1].model not in available]:
             unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
             failed = request_result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
-            self.store.advance([failed], only_if_absent=True)
+            # over the API's ``queued`` record of this content too: it must not stay queued for ever
+            self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
             self.reject(rec, unserved, t["received_ms"], answer=False)
         accepted = [a for a in accepted if a[1].model in available]
         if not accepted:
@@ -495,7 +496,8 @@ class Intake:
             request_id=rid,
             attempts=attempts,
         )
-        if answer and rid:
+        # under signed tenants, only a record its tenant signed is answered (no squatting by letters)
+        if answer and rid and self.tenancy.may_answer(rec.value, rec.headers, tenant):
             failed = InferenceResult(
                 request_id=rid,
                 status=ResultStatus.FAILED,

@@ -54,8 +54,9 @@ def test_only_a_correctly_signed_tenant_is_admitted(signed_intake: Settings) -> 
     raw.close()
 
     store = ResultStore.from_settings(s)
-    eventually(lambda: store.get(good.request_id), what="the signed request admitted")
-    admitted = store.get(good.request_id)
+    # ids are scoped per tenant: each is read in the namespace of the tenant its body names
+    eventually(lambda: store.get(good.request_id, "alice"), what="the signed request admitted")
+    admitted = store.get(good.request_id, "alice")
     # no worker in this stack: admitted = handed on
     assert admitted is not None and admitted.status is ResultStatus.QUEUED
     letters = dead_letters(s, {forged.request_id, unsigned.request_id, wrong_key.request_id})
@@ -64,7 +65,7 @@ def test_only_a_correctly_signed_tenant_is_admitted(signed_intake: Settings) -> 
     assert letters[wrong_key.request_id].error.code is ErrorCode.UNAUTHORIZED
     # refused records are never answered under the id their writer chose (no squatting)
     for rid in (forged.request_id, unsigned.request_id, wrong_key.request_id):
-        assert store.get(rid) is None
+        assert store.get(rid, "bob") is None and store.get(rid) is None
     assert good.request_id not in letters
 
 

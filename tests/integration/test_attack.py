@@ -1,0 +1,105 @@
+"""Attacks on the merged hardening (issue 15), on a real broker, Redis and intake under
+``INFERQ_KAFKA_TENANT_AUTH=signed``, with the HTTP API in-process and no worker (so nothing served:
+what is admitted stays ``queued`` unless something ends it)."""
+
+from __future__ import annotations
+
+import json
+import secrets
+from collections.abc import Iterator
+
+import pytest
+from fastapi.testclient import TestClient
+from kafka import KafkaProducer
+from pydantic import SecretStr
+
+from producers.api import create_app
+from producers.auth import digest, new_key
+from producers.client import InferqClient
+from schemas.connections import kafka_options
+from schemas.errors import ErrorCode
+from schemas.messages import InferenceRequest, ResultStatus, new_request_id
+from schemas.naming import requests_topic
+from schemas.settings import Settings
+from tests.integration.conftest import dead_letters, eventually, intake_only
+from workers.result_store import ResultStore
+
+pytestmark = pytest.mark.integration
+
+ALICE = secrets.token_hex(32)
+KEY_ALICE, KEY_CAROL = new_key(), new_key()  # carol has an API key but no Kafka key
+
+
+@pytest.fixture(scope="module")
+def signed(settings: Settings, tmp_path_factory) -> Iterator[Settings]:
+    base = settings.model_copy(
+        update={
+            "kafka_tenant_auth": "signed",
+            "kafka_tenant_keys": SecretStr(f"alice:{ALICE}"),
+            "api_keys": SecretStr(f"alice:{digest(KEY_ALICE)},carol:{digest(KEY_CAROL)}"),
+            "unserved_model_grace_s": 1.0,
+            "log_ship": False,
+        }
+    )
+    with intake_only(base, tmp_path_factory.mktemp("attack")) as s:
+        yield s
+
+
+def invalid(rid: str, tenant: str) -> bytes:
+    """A record that fails validation (an empty input) naming ``tenant`` and ``rid``."""
+    body = {"schema_version": 1, "request_id": rid, "tenant": tenant, "task": "embed"}
+    return json.dumps({**body, "model": "all-MiniLM-L6-v2", "inputs": ""}).encode()
+
+
+def test_an_unsigned_invalid_record_cannot_squat_a_tenants_id(signed: Settings) -> None:
+    """Before: an unauthenticated writer's invalid record naming tenant alice was answered
+    ``failed`` in alice's namespace, so alice's own later request with that id was a duplicate of
+    the squatter's answer. Only a record alice signed may be answered under her name."""
+    squat, own = new_request_id(), new_request_id()
+    raw = KafkaProducer(**kafka_options(signed), acks="all")
+    raw.send(requests_topic(signed), key=squat.encode(), value=invalid(squat, "alice")).get(timeout=10)
+    raw.close()
+    mine = signed.model_copy(update={"kafka_tenant_keys": SecretStr("")})
+    with InferqClient(mine, tenant="alice", tenant_key=ALICE) as alice:
+        alice.publish_raw(own, invalid(own, "alice")).get(timeout=10)
+    letters = dead_letters(signed, {squat, own})
+    assert letters[squat].error.code is ErrorCode.VALIDATION_ERROR
+    store = ResultStore.from_settings(signed)
+    eventually(lambda: store.get(own, "alice"), what="alice's own invalid record answered")
+    answered = store.get(own, "alice")
+    assert answered is not None and answered.status is ResultStatus.FAILED
+    assert store.get(squat, "alice") is None  # the id is still alice's to use
+
+
+def test_a_request_the_api_admitted_for_an_unserved_model_does_not_stay_queued(signed: Settings) -> None:
+    """Before: the API recorded it ``queued``, the intake answered ``model_unavailable`` only where
+    no record existed, and the request stayed queued (holding its tenant's in-flight) for the TTL."""
+    with TestClient(create_app(signed)) as api:
+        body = {"schema_version": 1, "task": "generate", "model": "causal-lm", "inputs": "hello"}
+        ids = []
+        for _ in range(3):  # the first may land inside the intake's start-up grace
+            answer = api.post("/v1/requests", json=body, headers={"X-API-Key": KEY_ALICE})
+            assert answer.status_code == 202, answer.text
+            ids.append(answer.json()["request_id"])
+        store = ResultStore.from_settings(signed)
+
+        def ended() -> bool:
+            results = [store.get(rid, "alice") for rid in ids]
+            return all(r is not None and r.status.terminal for r in results)
+
+        eventually(ended, what="the unserved requests answered")
+        results = [store.get(rid, "alice") for rid in ids]
+        assert {r.error.code for r in results if r and r.error} == {ErrorCode.MODEL_UNAVAILABLE}
+        assert store.tenant_usage("alice")[0] == 0  # nothing left holding alice's in-flight
+
+
+def test_the_api_refuses_what_it_cannot_sign_instead_of_leaving_it_queued(signed: Settings) -> None:
+    """Before: carol (an API key, no Kafka key) got 202, the intake refused the unsigned record,
+    and the request stayed ``queued`` for the TTL. Now 403 at once, nothing recorded."""
+    with TestClient(create_app(signed)) as api:
+        rid = new_request_id()
+        body = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs="hi", request_id=rid)
+        answer = api.post("/v1/requests", content=body.wire_json(), headers={"X-API-Key": KEY_CAROL})
+        assert answer.status_code == 403, answer.text
+        assert answer.json()["error"]["code"] == ErrorCode.FORBIDDEN.value
+        assert ResultStore.from_settings(signed).get(rid, "carol") is None
