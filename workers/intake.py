@@ -38,8 +38,8 @@ from typing import Any
 from celery import Celery
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
-from kafka.structs import TopicPartition
+from kafka.errors import CommitFailedError, CorruptRecordError, KafkaError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 from kombu.exceptions import OperationalError
 
 from ops.logship.ecs import configure_logging, mask_text, stop_logging
@@ -51,6 +51,7 @@ from schemas.connections import kafka_client_options, kafka_options
 from schemas.errors import (
     DeadlineExpired,
     DuplicateRequestId,
+    ErrorCode,
     Forbidden,
     InferqError,
     InvalidRequest,
@@ -60,7 +61,7 @@ from schemas.errors import (
 from schemas.messages import NAME_PATTERN, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
-from workers import deadletter
+from workers import deadletter, unreadable
 from workers.backpressure import Backpressure, PartitionHold
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
 from workers.consumer import leave_group, new_consumer
@@ -247,6 +248,51 @@ class Intake:
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
+        try:
+            return self._step()
+        except CorruptRecordError:  # a record the Kafka client cannot unpack (workers.unreadable)
+            log.warning("the Kafka client could not unpack a record; finding it", exc_info=True)
+            return self._skip_unreadable()
+
+    def _skip_unreadable(self) -> int:
+        """Dead-letter the record the Kafka client could not unpack and seek (and commit) past it;
+        the seek also drops the batch the client would otherwise loop on. Returns 1 per record."""
+        bad = unreadable.find(
+            self.consumer,
+            lambda: KafkaConsumer(
+                **kafka_client_options(self.s),
+                enable_auto_commit=False,
+                max_partition_fetch_bytes=max(1_048_576, self.s.kafka_max_message_bytes * 2),
+            ),
+        )
+        if not bad:  # not found (the broker is away?): a new consumer at least drops the dead batch
+            self._replace_consumer()
+            return 0
+        for tp, offset in bad:
+            error = InvalidRequest(
+                "the Kafka client cannot unpack this record (a header name that is not UTF-8, or a "
+                "corrupt batch); its bytes could not be read",
+                code=ErrorCode.INVALID_ENCODING,
+                hint="publish header names as UTF-8 strings",
+            )
+            DEAD_LETTERS.labels(error.code.value).inc()
+            log.warning("dead-lettering unreadable record %s[%d]@%d", tp.topic, tp.partition, offset)
+            letter = deadletter.build(
+                self.s,
+                error.info(),
+                None,
+                source_topic=tp.topic,
+                source_partition=tp.partition,
+                source_offset=offset,
+            )
+            deadletter.deliver(self.producer, self.s, [letter], LETTER_WAIT_S)
+            self.consumer.seek(tp, offset + 1)
+            self.consumer.commit({tp: OffsetAndMetadata(offset + 1, "", -1)})
+            if tp in self.hold.held:  # paused: the skim must not seek back onto it
+                self.hold.held[tp] = max(self.hold.held[tp], offset + 1)
+        return len(bad)
+
+    def _step(self) -> int:
         record_poll(self.s)  # liveness: a stamp that stops means a dead or wedged intake
         room = self.hold.apply(self.consumer)
         if self.backpressure.paused:  # what needs no capacity is answered even while paused
@@ -290,6 +336,9 @@ class Intake:
             "consumer fetched nothing for %.0f s with records behind it; replacing it",
             time.monotonic() - self.stall.fed_at,
         )
+        self._replace_consumer()
+
+    def _replace_consumer(self) -> None:
         with contextlib.suppress(Exception):
             self.consumer.close(autocommit=False)
         self.consumer = self._new_consumer()

@@ -7,6 +7,7 @@ from __future__ import annotations
 import json
 import secrets
 from collections.abc import Iterator
+from functools import partial
 
 import pytest
 from fastapi.testclient import TestClient
@@ -23,6 +24,7 @@ from schemas.naming import requests_topic
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually, intake_only
 from workers.result_store import ResultStore
+from workers.tenancy import signed_headers
 
 pytestmark = pytest.mark.integration
 
@@ -103,3 +105,39 @@ def test_the_api_refuses_what_it_cannot_sign_instead_of_leaving_it_queued(signed
         assert answer.status_code == 403, answer.text
         assert answer.json()["error"]["code"] == ErrorCode.FORBIDDEN.value
         assert ResultStore.from_settings(signed).get(rid, "carol") is None
+
+
+class RawName(str):
+    """A header name that encodes to bytes that are not UTF-8, as librdkafka (kcat) can write."""
+
+    def encode(self, encoding: str = "utf-8", errors: str = "strict") -> bytes:
+        return b"\xff\xfe-not-utf8"
+
+
+def test_a_header_name_that_is_not_utf8_is_dead_lettered_and_reading_goes_on(signed: Settings) -> None:
+    """Before: kafka-python raised CorruptRecordError out of poll(), and the next poll() looped for
+    ever on the failed batch: the intake read nothing more, on any partition, while staying up."""
+    mine = signed.model_copy(update={"kafka_tenant_keys": SecretStr("")})
+    before, after, elsewhere = (
+        InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=t, tenant="alice")
+        for t in ("before", "after", "elsewhere")
+    )
+    tp = requests_topic(signed)
+    with InferqClient(mine, tenant="alice", tenant_key=ALICE) as alice:
+        value = before.wire_json().encode()
+        alice.producer.send(tp, partition=0, value=value, headers=_signed(value)).get(timeout=10)
+        poison = alice.producer.send(tp, partition=0, value=b"{}", headers=[(RawName("x"), b"v")])
+        bad_offset = poison.get(timeout=10).offset
+        for req, partition in ((after, 0), (elsewhere, 1)):
+            value = req.wire_json().encode()
+            alice.producer.send(tp, partition=partition, value=value, headers=_signed(value)).get(timeout=10)
+    store = ResultStore.from_settings(signed)
+    for rid in (before.request_id, after.request_id, elsewhere.request_id):
+        eventually(partial(store.get, rid, "alice"), what="the records around it admitted")
+    letter = dead_letters(signed, {""})[""]
+    assert letter.error.code is ErrorCode.INVALID_ENCODING
+    assert (letter.source_partition, letter.source_offset) == (0, bad_offset)
+
+
+def _signed(value: bytes) -> list[tuple[str, bytes]]:
+    return signed_headers("alice", bytes.fromhex(ALICE), value)
