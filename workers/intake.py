@@ -38,7 +38,7 @@ from typing import Any
 from celery import Celery
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
-from kafka.errors import CommitFailedError, CorruptRecordError, KafkaError, RebalanceInProgressError
+from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from kombu.exceptions import OperationalError
 
@@ -250,14 +250,15 @@ class Intake:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
         try:
             return self._step()
-        except CorruptRecordError:  # a record the Kafka client cannot unpack (workers.unreadable)
-            log.warning("the Kafka client could not unpack a record; finding it", exc_info=True)
-            return self._skip_unreadable()
+        except unreadable.UNPACK_ERRORS as e:  # a record the Kafka client cannot unpack
+            log.warning("the Kafka client could not unpack a record (%r); finding it", e)
+            return self._skip_unreadable(e)
 
-    def _skip_unreadable(self) -> int:
-        """Dead-letter the record the Kafka client could not unpack and seek (and commit) past it;
-        the seek also drops the batch the client would otherwise loop on. Returns 1 per record."""
-        bad = unreadable.find(
+    def _skip_unreadable(self, cause: Exception) -> int:
+        """Dead-letter the records the Kafka client could not unpack (:mod:`workers.unreadable`) and
+        seek (and commit) past them; the seek also drops the batch the client would otherwise loop
+        on. Returns how many were skipped."""
+        found = unreadable.find(
             self.consumer,
             lambda: KafkaConsumer(
                 **kafka_client_options(self.s),
@@ -265,32 +266,36 @@ class Intake:
                 max_partition_fetch_bytes=max(1_048_576, self.s.kafka_max_message_bytes * 2),
             ),
         )
-        if not bad:  # not found (the broker is away?): a new consumer at least drops the dead batch
+        if found is None:  # not found (the broker is away?): a new consumer at least drops the dead batch
             self._replace_consumer()
             return 0
-        for tp, offset in bad:
-            error = InvalidRequest(
-                "the Kafka client cannot unpack this record (a header name that is not UTF-8, or a "
-                "corrupt batch); its bytes could not be read",
-                code=ErrorCode.INVALID_ENCODING,
-                hint="publish header names as UTF-8 strings",
-            )
-            DEAD_LETTERS.labels(error.code.value).inc()
-            log.warning("dead-lettering unreadable record %s[%d]@%d", tp.topic, tp.partition, offset)
-            letter = deadletter.build(
+        tp, offsets = found
+        error = InvalidRequest(
+            f"the Kafka client cannot unpack this record ({type(cause).__name__}: {str(cause)[:200]}); "
+            "its bytes could not be read",
+            code=ErrorCode.INVALID_ENCODING,
+            hint="publish header names as UTF-8, and compress with gzip or not at all",
+        )
+        log.warning("dead-lettering %d unreadable records of %s[%d] from %d", len(offsets), *tp, offsets[0])
+        DEAD_LETTERS.labels(error.code.value).inc(len(offsets))
+        letters = [
+            deadletter.build(
                 self.s,
                 error.info(),
                 None,
                 source_topic=tp.topic,
                 source_partition=tp.partition,
-                source_offset=offset,
+                source_offset=o,
             )
-            deadletter.deliver(self.producer, self.s, [letter], LETTER_WAIT_S)
-            self.consumer.seek(tp, offset + 1)
-            self.consumer.commit({tp: OffsetAndMetadata(offset + 1, "", -1)})
-            if tp in self.hold.held:  # paused: the skim must not seek back onto it
-                self.hold.held[tp] = max(self.hold.held[tp], offset + 1)
-        return len(bad)
+            for o in offsets
+        ]
+        deadletter.deliver(self.producer, self.s, letters, LETTER_WAIT_S)
+        after = offsets[-1] + 1
+        self.consumer.seek(tp, after)
+        self.consumer.commit({tp: OffsetAndMetadata(after, "", -1)})
+        if tp in self.hold.held:  # paused: the skim must not seek back onto them
+            self.hold.held[tp] = max(self.hold.held[tp], after)
+        return len(offsets)
 
     def _step(self) -> int:
         record_poll(self.s)  # liveness: a stamp that stops means a dead or wedged intake

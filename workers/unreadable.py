@@ -1,16 +1,18 @@
 """Records the Kafka client itself cannot unpack: found, dead-lettered and skipped.
 
-kafka-python decodes every header *name* as UTF-8 while it unpacks a fetched batch. Any producer
-can write a name that is not UTF-8 (librdkafka takes bytes), and then ``poll()`` raises
-``CorruptRecordError``; worse, the batch that failed stays in the consumer as the next one in line
-with a dead iterator, so the following ``poll()`` loops for ever on it inside the client. The
-intake stopped reading every partition while its process stayed up.
+kafka-python unpacks a fetched batch as ``poll()`` returns its records, and raises out of
+``poll()`` when it cannot: a header *name* that is not UTF-8 (any producer can write one: librdkafka
+takes bytes) is a ``CorruptRecordError``, a batch compressed with a codec whose library is missing
+or unknown is an ``UnsupportedCodecError``. Worse, the batch that failed stays in the consumer as
+the next one in line with a dead iterator, so the following ``poll()`` loops for ever on it inside
+the client: the intake stopped reading every partition while its process stayed up.
 
-After such an error the intake asks :func:`find` which record it was (the next record of an
-assigned partition that a fresh reader cannot unpack either: the error does not say), dead-letters
-it (its bytes cannot be read: the letter names its topic, partition and offset) and seeks past it,
-which also drops the dead batch. The search reads at most one batch per assigned partition that has
-records to read, for at most :data:`FIND_S` seconds in all.
+After such an error the intake asks :func:`find` which records they were (the error does not say):
+from each assigned partition's position, a fresh reader reads until a record unpacks, and the
+offsets it could not unpack are the ones (a whole compressed batch, for a codec). The intake
+dead-letters them by topic, partition and offset (their bytes cannot be read) and seeks past them,
+which also drops the dead batch. The search takes at most :data:`FIND_S` seconds and
+:data:`MAX_SKIPPED` records per error.
 """
 
 from __future__ import annotations
@@ -20,12 +22,15 @@ import time
 from collections.abc import Callable
 
 from kafka import KafkaConsumer
-from kafka.errors import CorruptRecordError
+from kafka.errors import CorruptRecordError, UnsupportedCodecError
 from kafka.structs import TopicPartition
 
 log = logging.getLogger(__name__)
 
-FIND_S = 10.0  # the most the search for the unreadable record takes
+# what the client raises out of poll() for a record it cannot unpack (then it is wedged on it)
+UNPACK_ERRORS: tuple[type[Exception], ...] = (CorruptRecordError, UnsupportedCodecError)
+FIND_S = 20.0  # the most the search takes
+MAX_SKIPPED = 5_000  # records found unreadable per search (the rest are found at the next error)
 POLL_MS = 200
 
 
@@ -33,36 +38,38 @@ def find(
     consumer: KafkaConsumer,
     new_reader: Callable[[], KafkaConsumer],
     clock: Callable[[], float] = time.monotonic,
-) -> list[tuple[TopicPartition, int]]:
-    """(partition, offset) of each assigned partition whose next record cannot be unpacked; empty
-    when none could be found within :data:`FIND_S`."""
+) -> tuple[TopicPartition, list[int]] | None:
+    """The first assigned partition whose next records cannot be unpacked, and their offsets (in
+    order, consecutive from its position); None when none was found within :data:`FIND_S`."""
     assigned = sorted(consumer.assignment())
     if not assigned:
-        return []
+        return None
     positions = {tp: consumer.position(tp) for tp in assigned}
     reader = new_reader()
-    found: list[tuple[TopicPartition, int]] = []
     give_up = clock() + FIND_S
     try:
         ends = reader.end_offsets(assigned)
         for tp in assigned:
-            position = positions[tp]
-            if position is None or position >= ends.get(tp, 0):
+            offset, end = positions[tp], ends.get(tp, 0)
+            if offset is None or offset >= end:
                 continue
             reader.assign([tp])
-            reader.seek(tp, position)
-            while clock() < give_up:
+            bad: list[int] = []
+            while offset < end and len(bad) < MAX_SKIPPED and clock() < give_up:
+                reader.seek(tp, offset)  # a seek also drops the batch a failed poll left behind
                 try:
                     if reader.poll(timeout_ms=POLL_MS, max_records=1):
-                        break  # readable
-                except CorruptRecordError:
-                    found.append((tp, position))
-                    break
-            if found or clock() >= give_up:
+                        break  # readable from here
+                except UNPACK_ERRORS:
+                    bad.append(offset)
+                    offset += 1
+            if bad:
+                return tp, bad
+            if clock() >= give_up:
                 break
     finally:
         try:
             reader.close()
         except Exception:  # a reader that failed mid-fetch: closing it is best effort
             log.debug("closing the unreadable-record reader failed", exc_info=True)
-    return found
+    return None
