@@ -499,8 +499,8 @@ class Intake:
         """Where a request goes in Celery and the item its message carries (kept by the store
         while the request is queued, so a lost message can be sent again)."""
         source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
-        if rec.key:
-            source["key"] = rec.key.decode("utf-8", "replace")
+        if rec.key:  # bounded: a key may be as large as the broker allows, beside a small request
+            source["key"] = rec.key[: deadletter.KEY_MAX_BYTES].decode("utf-8", "replace")
         return {
             "queue": model_queue(self.s, req.model),
             "priority": CELERY_PRIORITY[req.priority],

@@ -10,6 +10,7 @@ from collections.abc import Callable, Iterator
 from functools import partial
 
 import pytest
+import redis
 from fastapi.testclient import TestClient
 from kafka import KafkaConsumer, KafkaProducer
 from pydantic import SecretStr
@@ -20,9 +21,10 @@ from producers.client import InferqClient
 from schemas.connections import kafka_options
 from schemas.errors import ErrorCode
 from schemas.messages import DeadLetter, InferenceRequest, ResultStatus, new_request_id
-from schemas.naming import deadletter_topic, requests_topic
+from schemas.naming import deadletter_topic, requests_topic, result_key, scoped_id
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually, intake_only
+from workers.presence import advertise
 from workers.result_store import ResultStore
 from workers.tenancy import signed_headers
 
@@ -159,3 +161,27 @@ def _letters(settings: Settings, wanted: Callable[[DeadLetter], bool]) -> list[D
 
 def _signed(value: bytes) -> list[tuple[str, bytes]]:
     return signed_headers("alice", bytes.fromhex(ALICE), value)
+
+
+def test_a_huge_record_key_is_not_carried_into_the_store(signed: Settings) -> None:
+    """Before: a valid 300-byte request with a 600 KB key kept the whole key in its hand-off (in
+    Redis while queued, and in its Celery message), outside every size limit and tenant quota."""
+    client = redis.Redis.from_url(signed.redis_url)
+    advertise(client, signed, "idle-worker", ["all-MiniLM-L6-v2"], ttl_s=600)  # served, never taken
+    req = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs="a small request", tenant="alice")
+    value = req.wire_json().encode()
+    mine = signed.model_copy(update={"kafka_tenant_keys": SecretStr("")})
+    with InferqClient(mine, tenant="alice", tenant_key=ALICE) as alice:
+        alice.producer.send(
+            requests_topic(signed), key=b"k" * 600_000, value=value, headers=_signed(value)
+        ).get(timeout=10)
+    store = ResultStore.from_settings(signed)
+
+    def queued() -> bool:
+        result = store.get(req.request_id, "alice")
+        return result is not None and result.status is ResultStatus.QUEUED
+
+    eventually(queued, what="the request admitted (the model is advertised)")
+    handoff = client.hget(result_key(signed, scoped_id("alice", req.request_id)), "handoff")
+    assert handoff is not None and len(handoff) < 8_192
+    store.cancel(req.request_id, "alice")
