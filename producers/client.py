@@ -154,6 +154,11 @@ class InferqClient:
             self._keys = parse_keys(self.settings.kafka_tenant_keys.get_secret_value())
         return self._keys.get(tenant)
 
+    def can_sign(self, tenant: str | None) -> bool:
+        """Whether the intake will take this client's records of ``tenant``: always under
+        ``INFERQ_KAFKA_TENANT_AUTH=trust``; under ``signed`` only where a key signs them."""
+        return self.settings.kafka_tenant_auth != "signed" or self._signing_key(tenant) is not None
+
     def publish_raw(
         self,
         key: str | None,

@@ -1,17 +1,53 @@
-"""The intake's Kafka consumer: how it joins the intake group, and how it leaves it on a stop."""
+"""The intake's Kafka consumer: how it joins the intake group, and how it leaves it on a stop.
+
+Importing this module also mends one flaw of kafka-python (:func:`drain_failed_batches`): a batch
+it fails to unpack must not be kept as the next one in line, or every later ``poll()`` loops on it.
+"""
 
 from __future__ import annotations
 
 import logging
+from typing import Any
 
 from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import MemberToRemove
+from kafka.consumer.fetcher import Fetcher
 
 from schemas.connections import kafka_client_options, kafka_options
 from schemas.naming import requests_topic
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
+
+
+def drain_failed_batches() -> None:
+    """Make a fetched partition's records drop out once unpacking them raised.
+
+    kafka-python (3.0) unpacks a fetched batch lazily in ``PartitionRecords.take``; when that raises
+    (``CorruptRecordError`` for a header name that is not UTF-8, ``UnsupportedCodecError`` for a
+    codec without its library) the records object stays the fetcher's next in line with a dead
+    iterator, and the next ``poll()`` spins for ever inside the client taking nothing from it (when
+    records came before it in the same poll the error is even dropped, so nothing is ever raised):
+    the intake stopped on every partition while its process stayed up. Drained, the partition is
+    fetched again from its position, the error is raised again by the next poll, and the intake
+    skips the record (:mod:`workers.unreadable`). Idempotent."""
+    records = Fetcher.PartitionRecords
+    if getattr(records.take, "_inferq_drains", False):
+        return
+    take = records.take
+
+    def take_or_drain(self: Any, n: int | None = None) -> Any:
+        try:
+            return take(self, n)
+        except Exception:
+            self.drain()
+            raise
+
+    take_or_drain._inferq_drains = True  # type: ignore[attr-defined]
+    records.take = take_or_drain
+
+
+drain_failed_batches()
 
 
 def new_consumer(settings: Settings) -> KafkaConsumer:

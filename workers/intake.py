@@ -39,7 +39,7 @@ from celery import Celery
 from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
-from kafka.structs import TopicPartition
+from kafka.structs import OffsetAndMetadata, TopicPartition
 from kombu.exceptions import OperationalError
 
 from ops.logship.ecs import configure_logging, mask_text, stop_logging
@@ -51,6 +51,7 @@ from schemas.connections import kafka_client_options, kafka_options
 from schemas.errors import (
     DeadlineExpired,
     DuplicateRequestId,
+    ErrorCode,
     Forbidden,
     InferqError,
     InvalidRequest,
@@ -60,7 +61,7 @@ from schemas.errors import (
 from schemas.messages import NAME_PATTERN, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
-from workers import deadletter
+from workers import deadletter, unreadable
 from workers.backpressure import Backpressure, PartitionHold
 from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
 from workers.consumer import leave_group, new_consumer
@@ -247,6 +248,56 @@ class Intake:
 
     def step(self) -> int:
         """One poll → hand-off → commit cycle; returns the number of records handled."""
+        try:
+            return self._step()
+        except unreadable.UNPACK_ERRORS as e:  # a record the Kafka client cannot unpack
+            log.warning("the Kafka client could not unpack a record (%r); finding it", e)
+            return self._skip_unreadable(e)
+
+    def _skip_unreadable(self, cause: Exception) -> int:
+        """Dead-letter the records the Kafka client could not unpack (:mod:`workers.unreadable`) and
+        seek (and commit) past them; the seek also drops the batch the client would otherwise loop
+        on. Returns how many were skipped."""
+        found = unreadable.find(
+            self.consumer,
+            lambda: KafkaConsumer(
+                **kafka_client_options(self.s),
+                enable_auto_commit=False,
+                max_partition_fetch_bytes=max(1_048_576, self.s.kafka_max_message_bytes * 2),
+            ),
+        )
+        if found is None:  # not found (the broker is away?): a new consumer at least drops the dead batch
+            self._replace_consumer()
+            return 0
+        tp, offsets = found
+        error = InvalidRequest(
+            f"the Kafka client cannot unpack this record ({type(cause).__name__}: {str(cause)[:200]}); "
+            "its bytes could not be read",
+            code=ErrorCode.INVALID_ENCODING,
+            hint="publish header names as UTF-8, and compress with gzip or not at all",
+        )
+        log.warning("dead-lettering %d unreadable records of %s[%d] from %d", len(offsets), *tp, offsets[0])
+        DEAD_LETTERS.labels(error.code.value).inc(len(offsets))
+        letters = [
+            deadletter.build(
+                self.s,
+                error.info(),
+                None,
+                source_topic=tp.topic,
+                source_partition=tp.partition,
+                source_offset=o,
+            )
+            for o in offsets
+        ]
+        deadletter.deliver(self.producer, self.s, letters, LETTER_WAIT_S)
+        after = offsets[-1] + 1
+        self.consumer.seek(tp, after)
+        self.consumer.commit({tp: OffsetAndMetadata(after, "", -1)})
+        if tp in self.hold.held:  # paused: the skim must not seek back onto them
+            self.hold.held[tp] = max(self.hold.held[tp], after)
+        return len(offsets)
+
+    def _step(self) -> int:
         record_poll(self.s)  # liveness: a stamp that stops means a dead or wedged intake
         room = self.hold.apply(self.consumer)
         if self.backpressure.paused:  # what needs no capacity is answered even while paused
@@ -290,6 +341,9 @@ class Intake:
             "consumer fetched nothing for %.0f s with records behind it; replacing it",
             time.monotonic() - self.stall.fed_at,
         )
+        self._replace_consumer()
+
+    def _replace_consumer(self) -> None:
         with contextlib.suppress(Exception):
             self.consumer.close(autocommit=False)
         self.consumer = self._new_consumer()
@@ -384,22 +438,12 @@ class Intake:
         answered ``model_unavailable`` and dead-lettered; one over its tenant's limits is answered
         ``quota_exceeded``. Neither is admitted, so neither holds any capacity."""
         available = self.served.available() if accepted else frozenset()
-        unserved = [a for a in accepted if a[1].model not in available]
-        if unserved:  # over a record the API admitted too (the same content): it ends here
-            refusals = [
-                ModelUnavailable(f"no live worker serves model {req.model!r}") for _, req, _ in unserved
-            ]
-            self.store.fail_owned(
-                [
-                    (
-                        [request_digest(req)],
-                        request_result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, e),
-                    )
-                    for (_, req, t), e in zip(unserved, refusals, strict=True)
-                ]
-            )
-            for (rec, _, t), e in zip(unserved, refusals, strict=True):
-                self.reject(rec, e, t["received_ms"], answer=False)
+        for rec, req, t in [a for a in accepted if a[1].model not in available]:
+            unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
+            failed = request_result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
+            # over the API's ``queued`` record of this content too: it must not stay queued for ever
+            self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
+            self.reject(rec, unserved, t["received_ms"], answer=False)
         accepted = [a for a in accepted if a[1].model in available]
         if not accepted:
             return
@@ -455,8 +499,8 @@ class Intake:
         """Where a request goes in Celery and the item its message carries (kept by the store
         while the request is queued, so a lost message can be sent again)."""
         source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
-        if rec.key:
-            source["key"] = rec.key.decode("utf-8", "replace")
+        if rec.key:  # bounded: a key may be as large as the broker allows, beside a small request
+            source["key"] = rec.key[: deadletter.KEY_MAX_BYTES].decode("utf-8", "replace")
         return {
             "queue": model_queue(self.s, req.model),
             "priority": CELERY_PRIORITY[req.priority],
@@ -506,7 +550,8 @@ class Intake:
             request_id=rid,
             attempts=attempts,
         )
-        if answer and rid:
+        # under signed tenants, only a record its tenant signed is answered (no squatting by letters)
+        if answer and rid and self.tenancy.may_answer(rec.value, rec.headers, tenant):
             failed = InferenceResult(
                 request_id=rid,
                 status=ResultStatus.FAILED,

@@ -89,6 +89,25 @@ class TenantAuth:
         ``request.tenant``. Cost: one HMAC over the value (already bounded by the message size)."""
         if self.mode == "trust":
             return
+        if (request.tenant or "") != self._signer(value, headers):
+            raise Forbidden(
+                "the request names a tenant other than the one that signed it",
+                hint="set the request's `tenant` to your own tenant (the one your key belongs to)",
+            )
+
+    def may_answer(self, value: bytes | None, headers: Headers | None, tenant: str | None) -> bool:
+        """Whether a record that is not a valid request may be answered under ``tenant`` (the one its
+        body names): always under ``trust``; under ``signed`` only when that tenant signed it, so an
+        unauthenticated writer cannot squat another tenant's ids with ``failed`` answers."""
+        if self.mode == "trust":
+            return True
+        try:
+            return tenant is not None and self._signer(value, headers) == tenant
+        except Unauthorized:
+            return False
+
+    def _signer(self, value: bytes | None, headers: Headers | None) -> str:
+        """The tenant whose key signed the record; :class:`Unauthorized` when none did."""
         found = _headers(headers)
         claimed, signature = found.get(TENANT_HEADER), found.get(SIGNATURE_HEADER)
         if claimed is None or signature is None:
@@ -106,11 +125,7 @@ class TenantAuth:
                 "the record's signature does not match its tenant's key",
                 hint="sign the exact record value with your tenant's key (HMAC-SHA256, hex)",
             )
-        if (request.tenant or "") != tenant:
-            raise Forbidden(
-                "the request names a tenant other than the one that signed it",
-                hint="set the request's `tenant` to your own tenant (the one your key belongs to)",
-            )
+        return tenant
 
 
 def _headers(headers: Headers | None) -> dict[str, bytes]:

@@ -30,6 +30,8 @@ from typing import Any, NamedTuple
 
 from kafka.structs import TopicPartition
 
+from workers.unreadable import UNPACK_ERRORS
+
 log = logging.getLogger(__name__)
 
 MAX_MARKS = 8_192  # marks kept per partition between checks (the polls of one period, with room)
@@ -152,7 +154,12 @@ class TruncationWatch:
         reader.seek(tp, first)
         give_up = self._clock() + READ_TIMEOUT_S
         while self._clock() < give_up:
-            for records in reader.poll(timeout_ms=100, max_records=2_000).values():
+            try:
+                polled = reader.poll(timeout_ms=100, max_records=2_000)
+            except UNPACK_ERRORS:  # a record nobody can unpack was skipped, never marked: step over it
+                reader.seek(tp, reader.position(tp) + 1)
+                continue
+            for records in polled.values():
                 for rec in records:
                     i = want.get(rec.offset)
                     if i is not None and mark_of(rec) != marks[i]:

@@ -273,6 +273,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                 raise Forbidden(f"this caller is tenant {tenant!r}; a request may only be its own")
             data = {**data, "tenant": tenant}
         body = validate_request(data, settings)  # the intake's own checks: one contract
+        if not client.can_sign(body.tenant):  # the intake would refuse it: never admit it queued
+            raise Forbidden(
+                "requests of this tenant cannot be signed for Kafka (INFERQ_KAFKA_TENANT_AUTH=signed)",
+                hint="the operator must give this tenant a key in INFERQ_KAFKA_TENANT_KEYS",
+            )
         await run_in_threadpool(admit_and_publish, body)
         url = f"/v1/results/{body.request_id}"
         if not ring.enabled and body.tenant is not None:

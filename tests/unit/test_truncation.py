@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from kafka.errors import CorruptRecordError
 from kafka.structs import TopicPartition
 
 from workers.truncation import TruncationWatch
@@ -142,3 +143,38 @@ def test_off_remembers_nothing_and_trims_what_was_committed():
     w = TruncationWatch(lambda: log, 0.0)
     w.handled({TP: log.write(10, "a")})
     assert not w.due() and w.trimmable({TP: 10}) == {TP: 10}
+
+
+class Unpackable(Log):
+    """A log with a record the Kafka client cannot unpack: polls at it raise, as kafka-python does."""
+
+    bad = -1
+
+    def poll(self, timeout_ms, max_records):
+        if self._pos == self.bad:
+            raise CorruptRecordError("a header name that is not UTF-8")
+        got = self.records[
+            self._pos : min(self._pos + max_records, self.bad if self._pos < self.bad else 1 << 30)
+        ]
+        self._pos += len(got)
+        return {TP: got} if got else {}
+
+    def position(self, tp):
+        return self._pos
+
+
+def test_a_record_nobody_can_unpack_does_not_stop_the_read_back():
+    """Before: every check raised on it, so the partition was never verified again (and its marks
+    piled up); the intake skipped it (never marked): the read-back steps over it too."""
+    log, consumer = Unpackable(), Consumer()
+    w = watch(log)
+    w.handled({TP: log.write(5, "a")})  # 0-4
+    w.check(consumer)  # anchor 4
+    before = log.write(3, "b")  # 5-7
+    log.bad = len(log.records)
+    log.write(1, "x")  # 8: unreadable, skipped by the intake
+    after = log.write(3, "c")  # 9-11
+    w.handled({TP: before})
+    w.handled({TP: after})
+    assert w.check(consumer) == {} and consumer.seeks == []
+    assert w.trimmable({TP: 12}) == {TP: 12}  # all of it verified
