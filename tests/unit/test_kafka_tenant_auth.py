@@ -9,7 +9,15 @@ import pytest
 from schemas.errors import ConfigurationError, Forbidden, Unauthorized
 from schemas.messages import InferenceRequest
 from schemas.settings import Settings
-from workers.tenancy import SIGNATURE_HEADER, TENANT_HEADER, TenantAuth, parse_keys, sign, signed_headers
+from workers.tenancy import (
+    SIGNATURE_HEADER,
+    SIGNED_AT_HEADER,
+    TENANT_HEADER,
+    TenantAuth,
+    parse_keys,
+    sign,
+    signed_headers,
+)
 
 ALICE, BOB = secrets.token_bytes(32), secrets.token_bytes(32)
 
@@ -88,4 +96,30 @@ def test_sign_is_hmac_sha256_hex():
     import hashlib
     import hmac
 
-    assert sign(b"v", b"k" * 16) == hmac.new(b"k" * 16, b"v", hashlib.sha256).hexdigest()
+    assert sign(b"v", b"k" * 16, 1234) == hmac.new(b"k" * 16, b"1234\nv", hashlib.sha256).hexdigest()
+
+
+def at(now_ms: float) -> TenantAuth:
+    """Signed tenants with a one-hour TTL and a fixed clock."""
+    return TenantAuth("signed", {"alice": ALICE}, max_age_ms=3_600_000, clock_ms=lambda: now_ms)
+
+
+def test_a_copy_of_a_signed_record_is_refused_once_the_store_has_forgotten_it():
+    req, value = request("alice")
+    headers = signed_headers("alice", ALICE, value, signed_at_ms=1_000_000)
+    at(1_000_000 + 3_599_000).check(value, headers, req)  # within the TTL: the store dedups a copy
+    with pytest.raises(Unauthorized, match="signed 3601 s ago"):
+        at(1_000_000 + 3_601_000).check(value, headers, req)
+
+
+def test_a_signature_dated_far_ahead_or_with_its_time_changed_is_refused():
+    req, value = request("alice")
+    with pytest.raises(Unauthorized, match="ahead"):
+        at(0).check(value, signed_headers("alice", ALICE, value, signed_at_ms=3_600_000), req)
+    headers = dict(signed_headers("alice", ALICE, value, signed_at_ms=1_000_000))
+    headers[SIGNED_AT_HEADER] = b"2000000"  # a replayer refreshing the time breaks the signature
+    with pytest.raises(Unauthorized, match="does not match"):
+        at(2_000_000).check(value, list(headers.items()), req)
+    del headers[SIGNED_AT_HEADER]
+    with pytest.raises(Unauthorized, match="signed-at"):
+        at(1_000_000).check(value, list(headers.items()), req)
