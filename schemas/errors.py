@@ -34,6 +34,7 @@ class ErrorCode(str, Enum):
     NOT_FOUND = "not_found"
     METHOD_NOT_ALLOWED = "method_not_allowed"
     FORBIDDEN = "forbidden"
+    OVERLOADED = "overloaded"
 
 
 class InferqError(Exception):
@@ -152,6 +153,14 @@ class QuotaExceeded(InferqError):
 
     code = ErrorCode.QUOTA_EXCEEDED
     hint = "wait for your requests in flight to finish, or ask the operator to raise your tenant's limits"
+
+
+class Overloaded(InferqError):
+    """A model already has the most requests in flight the deployment admits
+    (``INFERQ_BACKPRESSURE_MAX_INFLIGHT``): the API refuses more rather than store them."""
+
+    code = ErrorCode.OVERLOADED
+    hint = "retry in a few seconds with the same request id; the model is working through a backlog"
 
 
 class NotFound(InferqError):

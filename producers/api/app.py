@@ -61,6 +61,7 @@ from schemas.errors import (
     ModelUnavailable,
     NotCancellable,
     NotFound,
+    Overloaded,
     Unauthorized,
 )
 from schemas.messages import (
@@ -232,6 +233,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         """Record the request ``queued`` (so its result URL answers at once), then publish it."""
         if request.model not in served.available():  # what the intake would answer, said at once
             raise ModelUnavailable(f"no live worker serves model {request.model!r}")
+        # the intake pauses at this bound; the API must not go on storing requests past it (each
+        # holds its body twice in Redis until read: the queued record and the hand-off copy)
+        inflight = store.in_flight_by_model([request.model]).get(request.model, 0)
+        if inflight >= settings.backpressure_max_inflight:
+            raise Overloaded(
+                f"model {request.model!r} has {inflight} requests in flight, the most admitted "
+                "(INFERQ_BACKPRESSURE_MAX_INFLIGHT)"
+            )
         verdict = client.admit(request)
         if verdict is Admission.CONFLICT:
             raise DuplicateRequestId(short_id(request.request_id))

@@ -30,6 +30,7 @@ from schemas.errors import (
     ModelUnavailable,
     NotCancellable,
     NotFound,
+    Overloaded,
     PayloadTooLarge,
     QuotaExceeded,
     Unauthorized,
@@ -73,6 +74,7 @@ STATUS: dict[type[InferqError], int] = {
     InternalError: 500,
     Unavailable: 503,
     ModelUnavailable: 503,
+    Overloaded: 503,
 }
 
 # Starlette / FastAPI refusals carry only a status: the error class that status stands for.

@@ -111,6 +111,21 @@ def test_the_api_refuses_what_it_cannot_sign_instead_of_leaving_it_queued(signed
         assert ResultStore.from_settings(signed).get(rid, "carol") is None
 
 
+def test_the_api_refuses_requests_past_the_models_in_flight_bound(signed: Settings) -> None:
+    """Before: while the intake was paused at the bound, POST went on storing requests (each twice:
+    the queued record and the hand-off copy), without limit. Now 503 ``overloaded`` at the bound."""
+    bound = ResultStore.from_settings(signed).in_flight_by_model(["all-MiniLM-L6-v2"])["all-MiniLM-L6-v2"] + 2
+    with TestClient(create_app(signed.model_copy(update={"backpressure_max_inflight": bound}))) as api:
+        codes = []
+        for i in range(4):  # the fixture's idle worker never runs them: they stay in flight
+            body = InferenceRequest(
+                task="embed", model="all-MiniLM-L6-v2", inputs=f"fill {i}", tenant="alice"
+            )
+            answer = api.post("/v1/requests", content=body.wire_json(), headers={"X-API-Key": KEY_ALICE})
+            codes.append((answer.status_code, answer.json().get("error", {}).get("code")))
+    assert codes == [(202, None), (202, None), (503, "overloaded"), (503, "overloaded")], codes
+
+
 class RawName(str):
     """A header name that encodes to bytes that are not UTF-8, as librdkafka (kcat) can write."""
 
