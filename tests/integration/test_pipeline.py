@@ -160,7 +160,10 @@ def test_high_priority_overtakes_a_backlog_and_deadlines_expire_in_it(client):
     late = InferenceRequest(
         task="embed",
         model="all-MiniLM-L6-v2",
-        inputs="behind the backlog",
+        # far longer than any other text waiting: length bucketing picks it last, so it really waits
+        # behind the backlog (a short one joined the urgent texts' batch, which a warm model started
+        # within the deadline)
+        inputs=" ".join(["behind the backlog"] * 40),
         priority="low",
         deadline=datetime.now(timezone.utc) + timedelta(milliseconds=300),  # < one 32-text batch
     )
