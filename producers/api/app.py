@@ -22,7 +22,6 @@ is off unless ``INFERQ_API_CORS_ORIGINS`` names origins. Every error is ``{"erro
 from __future__ import annotations
 
 import asyncio
-import json
 import logging
 import re
 from collections.abc import AsyncIterator
@@ -56,6 +55,7 @@ from producers.client import InferqClient
 from schemas.catalog import CATALOG
 from schemas.errors import (
     DuplicateRequestId,
+    ErrorCode,
     Forbidden,
     InvalidRequest,
     ModelUnavailable,
@@ -76,7 +76,7 @@ from schemas.naming import scoped_id
 from schemas.settings import Settings, get_settings
 from workers.presence import ServedModels
 from workers.result_store import Admission, quota_error
-from workers.validation import validate_request
+from workers.validation import decode_json, validate_request
 
 log = logging.getLogger(__name__)
 
@@ -97,16 +97,15 @@ class ModelEntry(BaseModel):
 
 
 def decode_body(raw: bytes) -> dict[str, Any]:
-    """The body as a JSON object, or :class:`InvalidRequest` (never a crash on hostile JSON)."""
-    try:
-        data = json.loads(raw)
-    except (ValueError, RecursionError) as e:  # ValueError: bad JSON, bad UTF-8, a 5,000-digit number
-        raise InvalidRequest(
-            f"the body is not JSON: {type(e).__name__}",
-            hint="send one JSON object (Content-Type: application/json)",
-        ) from None
+    """The body as a JSON object, decoded as strictly as the intake decodes a Kafka record (one
+    decoder, so both paths answer the same codes), or :class:`InvalidRequest`."""
+    data = decode_json(raw)
     if not isinstance(data, dict):
-        raise InvalidRequest(f"the body is JSON {type(data).__name__}, not an object")
+        raise InvalidRequest(
+            f"the body is JSON {type(data).__name__}, not an object",
+            code=ErrorCode.INVALID_JSON,
+            hint="send one JSON object (Content-Type: application/json)",
+        )
     return data
 
 
