@@ -91,10 +91,6 @@ log = logging.getLogger(__name__)
 # failures that pass: the poll is rewound and tried again after a pause
 RETRYABLE: tuple[type[Exception], ...] = (*TRANSIENT_ERRORS, OperationalError, KafkaError)
 RETRY_FIRST_S, RETRY_MAX_S = 0.5, 10.0
-# after a commit refused by a rebalance, the pause before the next poll: doubling from the first to
-# the cap while refusals go on (a restarted broker holds the group rebalancing until the old
-# members' sessions end; polling flat out meanwhile handed the same records to Celery again and again)
-REJOIN_FIRST_S, REJOIN_MAX_S = 0.05, 1.0
 # after a ring, polls that may come back empty before the intake waits again: the first harvests
 # the fetch kafka-python sent before the record arrived (the local broker answers it at once,
 # empty); without them a ringing record waited a whole kafka_quiet_poll_ms, 1 in 100 at low load
@@ -184,16 +180,14 @@ class Intake:
         ``kafka_quiet_poll_ms`` instead: clients that ring are picked up as soon as they have rung,
         and the rare polls leave the model's cores alone (:mod:`workers.doorbell`).
         """
-        pause_s, quiet_since, retry_s, rejoin_s = 0.0, time.monotonic(), RETRY_FIRST_S, REJOIN_FIRST_S
+        pause_s, quiet_since, retry_s = 0.0, time.monotonic(), RETRY_FIRST_S
         try:
             while not stop.is_set():
                 try:
                     handled = self.step()
-                    retry_s, rejoin_s = RETRY_FIRST_S, REJOIN_FIRST_S
+                    retry_s = RETRY_FIRST_S
                 except REBALANCING as e:  # the next poll rejoins; uncommitted records come again (harmless)
                     log.info("commit refused during a rebalance (%s); rejoining", type(e).__name__)
-                    stop.wait(rejoin_s)
-                    rejoin_s = min(REJOIN_MAX_S, rejoin_s * 2)
                     continue
                 except RETRYABLE as e:
                     log.warning("hand-off failed (%r); the poll is rewound, retrying in %.1f s", e, retry_s)
