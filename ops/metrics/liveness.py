@@ -9,6 +9,7 @@ process that wrote it and a restarted replica overwrites its predecessor's.
 from __future__ import annotations
 
 import socket
+import struct
 import time
 from collections.abc import Iterator
 from pathlib import Path
@@ -39,12 +40,17 @@ def last_polls(folder: Path) -> dict[str, float]:
     if not files:
         return {}
     out: dict[str, float] = {}
-    for metric in MultiProcessCollector.merge(files, accumulate=False):
-        if metric.name != "inferq_intake_last_poll_timestamp_seconds":
+    for path in files:  # one at a time: a process that is starting has an empty file (skipped)
+        try:
+            metrics = MultiProcessCollector.merge([path], accumulate=False)
+        except (OSError, struct.error, ValueError):
             continue
-        for sample in metric.samples:
-            replica = sample.labels.get("replica", "")
-            out[replica] = max(out.get(replica, 0.0), sample.value)
+        for metric in metrics:
+            if metric.name != "inferq_intake_last_poll_timestamp_seconds":
+                continue
+            for sample in metric.samples:
+                replica = sample.labels.get("replica", "")
+                out[replica] = max(out.get(replica, 0.0), sample.value)
     return out
 
 

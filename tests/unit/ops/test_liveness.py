@@ -87,6 +87,9 @@ def test_each_intake_poll_is_stamped_and_exported_as_up_until_it_goes_stale(tmp_
     stale = sample(Settings(intake_stalled_after_s=1e-6))  # the process is gone: its stamp ages
     assert stale["inferq_intake_up{intake@test}"] == 0.0
     assert next(iter(IntakeLiveness(Settings(), tmp_path / "none").collect())).samples == []
+    # a process that has just started has an empty file: read past, not a crash of `up`/`status`
+    (tmp_path / "gauge_mostrecent_999999.db").write_bytes(b"")
+    assert set(last_polls(tmp_path)) == {"intake@test"}
 
 
 def test_alerts_fire_on_a_dead_or_stalled_intake():
