@@ -24,16 +24,17 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-from kafka import KafkaConsumer, KafkaProducer
+from kafka import KafkaProducer
 from pydantic import SecretStr
 
+from ops.drill.letters import read_dead_letters
 from ops.drill.traffic import Ledger, drill_request
 from ops.stack import Stack, on_free_ports
 from producers.auth import digest, new_key
 from producers.client import InferqClient
 from schemas.connections import kafka_options
-from schemas.messages import DeadLetter, InferenceRequest
-from schemas.naming import deadletter_topic, requests_topic, scoped_id
+from schemas.messages import InferenceRequest
+from schemas.naming import requests_topic, scoped_id
 from schemas.settings import Settings
 from workers.tenancy import signed_headers
 
@@ -301,25 +302,5 @@ def _answer(ps: Settings, ledger: Ledger, sent: list[Sent], timeout_s: float = 3
 
 def _dead_letters(ps: Settings, keys: set[str], timeout_s: float) -> dict[str, str]:
     """Record key → error code of the dead letters for those keys (read from the start)."""
-    consumer = KafkaConsumer(
-        deadletter_topic(ps),
-        **kafka_options(ps),
-        group_id=f"poison-drill-{secrets.token_hex(4)}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-    )
-    found: dict[str, str] = {}
-    give_up = time.monotonic() + timeout_s
-    try:
-        while not keys <= found.keys() and time.monotonic() < give_up:
-            for records in consumer.poll(timeout_ms=300).values():
-                for rec in records:
-                    name = rec.key.decode("utf-8", "replace") if rec.key else ""
-                    if name in keys:
-                        try:
-                            found[name] = DeadLetter.model_validate_json(rec.value).error.code.value
-                        except ValueError:
-                            found[name] = "unreadable_dead_letter"
-    finally:
-        consumer.close()
-    return found
+    letters = read_dead_letters(ps, keys, by_record_key=True, timeout_s=timeout_s)
+    return {name: letter.error.code.value for name, letter in letters.items() if name in keys}

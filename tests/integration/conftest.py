@@ -10,17 +10,15 @@ from __future__ import annotations
 import contextlib
 import secrets
 import time
-import uuid
 from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
-from kafka import KafkaConsumer
 
+from ops.drill.letters import read_dead_letters
 from ops.stack import Stack, on_free_ports
 from producers.client import InferqClient
 from schemas.messages import DeadLetter
-from schemas.naming import deadletter_topic
 from schemas.settings import Settings
 
 
@@ -97,32 +95,6 @@ def eventually(check: Callable[[], object], timeout_s: float = 30.0, what: str =
 def dead_letters(
     settings: Settings, want: set[str], *, by_record_key: bool = False, timeout_s: float = 60.0
 ) -> dict[str, DeadLetter]:
-    """Read the dead-letter topic from the start until every name in ``want`` is seen.
-
-    Letters are named by their request id (or, without one, their payload), or with
-    ``by_record_key`` by the Kafka key the bad record was published with.
-    """
-    consumer = KafkaConsumer(
-        deadletter_topic(settings),
-        bootstrap_servers=settings.kafka_bootstrap_servers,
-        group_id=f"test-{uuid.uuid4().hex}",
-        auto_offset_reset="earliest",
-        enable_auto_commit=False,
-        session_timeout_ms=6_000,
-        heartbeat_interval_ms=1_000,
-    )
-    found: dict[str, DeadLetter] = {}
-    give_up = time.monotonic() + timeout_s
-    try:
-        while not want <= found.keys() and time.monotonic() < give_up:
-            for records in consumer.poll(timeout_ms=200).values():
-                for rec in records:
-                    letter = DeadLetter.model_validate_json(rec.value)
-                    if by_record_key:
-                        name = rec.key.decode("utf-8", "replace") if rec.key else ""
-                    else:
-                        name = letter.request_id or letter.payload
-                    found[name] = letter
-    finally:
-        consumer.close()
-    return found
+    """Read the dead-letter topic from the start until every name in ``want`` is seen (by request id
+    or payload, or with ``by_record_key`` by the bad record's Kafka key): :mod:`ops.drill.letters`."""
+    return read_dead_letters(settings, want, by_record_key=by_record_key, timeout_s=timeout_s)
