@@ -95,6 +95,8 @@ class TruncationWatch:
         at the next check."""
         self._checked_at = self._clock()
         assigned = set(consumer.assignment())
+        if not assigned:  # mid-rebalance (a restarted broker holds the group a while): judge later,
+            return {}  # with the marks kept; dropping them would hide a cut made meanwhile
         for tp in [tp for tp in {*self._anchor, *self._since} if tp not in assigned]:
             self._anchor.pop(tp, None)  # another replica reads it now
             self._since.pop(tp, None)

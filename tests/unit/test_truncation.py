@@ -178,3 +178,31 @@ def test_a_record_nobody_can_unpack_does_not_stop_the_read_back():
     w.handled({TP: after})
     assert w.check(consumer) == {} and consumer.seeks == []
     assert w.trimmable({TP: 12}) == {TP: 12}  # all of it verified
+
+
+class Rebalancing(Consumer):
+    """A consumer mid-rebalance: it holds no partition for a while."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.assigned: set = set()
+
+    def assignment(self):
+        return self.assigned
+
+
+def test_a_check_mid_rebalance_keeps_the_marks_and_finds_the_cut_afterwards():
+    """A restarted broker holds the group rebalancing; a check then (no partition assigned) used to
+    forget every mark, so a cut made meanwhile was never noticed and its refilled offsets skipped."""
+    log, consumer = Log(), Rebalancing()
+    w = watch(log)
+    w.handled({TP: log.write(10, "a")})  # 0-9
+    consumer.assigned = {TP}
+    w.check(consumer)  # anchor 9
+    w.handled({TP: log.write(10, "b")})  # 10-19 read by the intake
+    consumer.assigned = set()
+    log.cut(12)  # the broker restarts and loses 12-19
+    assert w.check(consumer) == {}  # mid-rebalance: nothing judged, nothing forgotten
+    log.write(10, "c")  # 12-21: new records take the lost offsets
+    consumer.assigned = {TP}
+    assert w.check(consumer) == {TP: 10} and consumer.seeks == [10]
