@@ -77,7 +77,7 @@ class WaitHub:
         """Redis answers within :data:`PING_TIMEOUT_S` (for ``/healthz``, never behind long polls)."""
         try:
             return bool(await asyncio.wait_for(self.redis.ping(), PING_TIMEOUT_S))
-        except (TimeoutError, OSError, aioredis.RedisError):
+        except (asyncio.TimeoutError, OSError, aioredis.RedisError):
             return False
 
     async def _listen(self) -> None:
@@ -192,7 +192,7 @@ class WaitHub:
                 left = give_up - loop.time()
                 if result is None or result.status.terminal or left <= 0:
                     return result
-                with contextlib.suppress(TimeoutError):
+                with contextlib.suppress(asyncio.TimeoutError):  # TimeoutError itself from 3.11
                     await asyncio.wait_for(asyncio.shield(future), min(left, SWEEP_S))
                 if future.done():
                     future = arm()
