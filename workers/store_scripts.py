@@ -64,14 +64,19 @@ if not cur then
   end
   redis.call('HSET', KEYS[1], 'status', 'queued', 'body', ARGV[2], 'digest', ARGV[1])
   redis.call('EXPIRE', KEYS[1], ARGV[3])
-  local expiry = now + tonumber(ARGV[3]) * 1000
-  for _, k in ipairs({KEYS[2], KEYS[3], KEYS[6]}) do
-    redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
-    redis.call('ZADD', k, expiry, ARGV[5])
-    redis.call('EXPIRE', k, ARGV[3])
+  -- already past its deadline: it is answered expired at once (or by the deadline sweep), so it
+  -- never holds a place in flight (a backlog of them counted for a moment past the bound)
+  local late = ARGV[4] ~= '' and tonumber(ARGV[4]) <= now
+  if not late then
+    local expiry = now + tonumber(ARGV[3]) * 1000
+    for _, k in ipairs({KEYS[2], KEYS[3], KEYS[6]}) do
+      redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
+      redis.call('ZADD', k, expiry, ARGV[5])
+      redis.call('EXPIRE', k, ARGV[3])
+    end
   end
   if ARGV[4] ~= '' then redis.call('ZADD', KEYS[4], ARGV[4], ARGV[5]) end
-  if ARGV[6] ~= '' then
+  if ARGV[6] ~= '' and not late then
     redis.call('HSET', KEYS[1], 'handoff', ARGV[6])
     redis.call('ZADD', KEYS[5], ARGV[7], ARGV[5])
   end

@@ -141,3 +141,15 @@ def test_a_tenant_over_its_stored_bytes_is_refused_until_results_expire(redis_on
         what="the tenant's bytes to be released when its result expired",
     )
     assert store.tenant_usage("big")[1] < 1_000
+
+
+def test_a_request_admitted_past_its_deadline_never_holds_a_place_in_flight(redis_only):
+    """The intake admits a backlog record whose deadline passed, then answers it expired: between
+    the two it used to count in flight (a skimmed backlog of them pushed the count past the bound)."""
+    store = store_with(redis_only)
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    late, live = req("too late", None, deadline=past), req("in time", None)
+    assert admit(store, late, live, deadline=True) == [Admission.NEW, Admission.NEW]
+    assert store.in_flight() == 1  # only the live one
+    store.advance([ended(late, ResultStatus.EXPIRED)])
+    assert store.in_flight() == 1 and store.get(late.request_id).status is ResultStatus.EXPIRED
