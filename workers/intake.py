@@ -28,7 +28,6 @@ from __future__ import annotations
 
 import contextlib
 import logging
-import re
 import signal
 import threading
 import time
@@ -58,7 +57,7 @@ from schemas.errors import (
     ModelUnavailable,
     Unauthorized,
 )
-from schemas.messages import NAME_PATTERN, InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
 from workers import deadletter, unreadable
@@ -84,7 +83,7 @@ from workers.stall import StallWatch
 from workers.tenancy import TenantAuth
 from workers.trim import CommittedTrim
 from workers.truncation import TruncationWatch
-from workers.validation import decode_json, parse_request, readable_request_id
+from workers.validation import parse_request, salvage
 
 log = logging.getLogger(__name__)
 
@@ -101,7 +100,6 @@ REBALANCING: tuple[type[Exception], ...] = (CommitFailedError, RebalanceInProgre
 MAX_STRIKES = 3
 STRIKES_KEPT = 10_000  # records with strikes remembered (a bound; forgetting costs only retries)
 LETTER_WAIT_S = 30.0  # how long a poll waits for the broker to take its dead letters
-_TENANT = re.compile(NAME_PATTERN)
 
 Where = tuple[str, int, int]  # a record's topic, partition, offset
 
@@ -519,7 +517,7 @@ class Intake:
         """Dead-letter a record (sent with the poll, acknowledged before its commit); with
         ``answer``, also write a ``failed`` result for its id, over a ``queued`` record of the same
         content (so a request the API admitted and the intake refuses does not stay queued)."""
-        rid, tenant = _salvage(rec.value)
+        rid, tenant = salvage(rec.value)
         DEAD_LETTERS.labels(error.code.value).inc()
         log.warning(
             "dead-lettering %s[%d]@%d: %s",
@@ -574,17 +572,6 @@ class Intake:
 def _admitted(rec: ConsumerRecord) -> bool:
     """Whether the API admitted this record's request before publishing it (its header says so)."""
     return any(k == ADMITTED_HEADER for k, _ in rec.headers or ())
-
-
-def _salvage(raw: bytes | None) -> tuple[str | None, str | None]:
-    """The request id and tenant of a record that is not a valid request, where they can be read
-    (so its sender gets an answer, in its tenant's namespace); never raises."""
-    try:
-        data = decode_json(raw or b"")
-    except Exception:
-        return None, None
-    tenant = data.get("tenant") if isinstance(data, dict) else None
-    return readable_request_id(data), tenant if isinstance(tenant, str) and _TENANT.match(tenant) else None
 
 
 def main() -> None:

@@ -23,10 +23,11 @@ from pydantic import ValidationError
 from schemas.catalog import lookup
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.explain import explain
-from schemas.messages import REQUEST_ID_PATTERN, SCHEMA_VERSION, InferenceRequest
+from schemas.messages import NAME_PATTERN, REQUEST_ID_PATTERN, SCHEMA_VERSION, InferenceRequest
 from schemas.settings import Settings
 
 _ID = re.compile(REQUEST_ID_PATTERN)
+_TENANT = re.compile(NAME_PATTERN)
 
 MAX_INT_DIGITS = 64  # the widest integer field (a seed, 2**63 - 1) has 19 digits
 # a \u escape of a UTF-16 surrogate: only then can a decoded string hold a lone one
@@ -138,12 +139,20 @@ def check_request(request: InferenceRequest, settings: Settings) -> InferenceReq
     return request
 
 
-def salvage_request_id(raw: bytes | None) -> str | None:
-    """The request id of an invalid message, where one can be read, so its sender gets an answer."""
+def salvage(raw: bytes | None) -> tuple[str | None, str | None]:
+    """The request id and tenant of a message that is not a valid request, where they can be read
+    (so its sender gets an answer, in its tenant's namespace); never raises."""
     try:
-        return readable_request_id(decode_json(raw or b""))
-    except Exception:  # whatever the bytes: no id, never an error
-        return None
+        data = decode_json(raw or b"")
+    except Exception:  # whatever the bytes: nothing trusted, never an error
+        return None, None
+    tenant = data.get("tenant") if isinstance(data, dict) else None
+    return readable_request_id(data), tenant if isinstance(tenant, str) and _TENANT.match(tenant) else None
+
+
+def salvage_request_id(raw: bytes | None) -> str | None:
+    """The request id of an invalid message, where one can be read (:func:`salvage`)."""
+    return salvage(raw)[0]
 
 
 def readable_request_id(data: object) -> str | None:
