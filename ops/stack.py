@@ -10,7 +10,7 @@ The state folder and everything in it is private to its owner (:mod:`ops.state`)
 
 ``up`` returns only when every service it started is ready and still alive a moment later
 (``SETTLE_S``); an intake is ready once it has polled Kafka (its liveness stamp,
-:mod:`ops.metrics.liveness`), and ``status`` reports it not ready when it stopped polling.
+:mod:`workers.telemetry.liveness`), and ``status`` reports it not ready when it stopped polling.
 """
 
 from __future__ import annotations
@@ -34,7 +34,6 @@ import httpx
 import redis
 from pydantic import SecretStr
 
-from ops.metrics.liveness import last_polls
 from ops.metrics.prometheus import render_prometheus_config
 from ops.state import (
     FLOWER_PASSWORD_FILE,
@@ -50,6 +49,7 @@ from schemas.connections import redis_client
 from schemas.errors import StackError
 from schemas.naming import metrics_dir, worker_key
 from schemas.settings import ENV_PREFIX, Settings, port_of
+from workers.telemetry.liveness import last_polls
 
 WORKER_PREFIX = "inferq-worker"
 SETTLE_S = 1.5  # after readiness, how long `up` watches what it started for an early death
@@ -66,7 +66,7 @@ class Service:
     before_start: Callable[[], None] | None = None
 
 
-LOCAL_TRIM_EVERY_S = 2.0  # how often the local intakes trim what they committed (workers/trim.py)
+LOCAL_TRIM_EVERY_S = 2.0  # how often the local intakes trim what they committed (workers/intake/trim.py)
 
 
 def settings_env(settings: Settings) -> dict[str, str]:
@@ -285,7 +285,7 @@ class Stack:
                     "-m",
                     "celery",
                     "-A",
-                    "workers.celery_app",
+                    "workers.transport.app",
                     "flower",
                     f"--port={s.flower_port}",
                     "--address=127.0.0.1",
@@ -312,7 +312,7 @@ class Stack:
                         "-m",
                         "celery",
                         "-A",
-                        "workers.celery_app",
+                        "workers.celery_adapter",
                         "worker",
                         "--pool",
                         "threads",

@@ -11,7 +11,7 @@ from kafka.errors import TopicAlreadyExistsError
 from schemas.connections import kafka_options
 from schemas.naming import deadletter_topic, requests_topic, stream_topic
 from schemas.settings import Settings
-from workers.retention import topic_retention_configs
+from workers.intake.retention import topic_retention_configs
 
 
 def ensure_topics(settings: Settings) -> list[str]:

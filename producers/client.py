@@ -37,9 +37,9 @@ from schemas.messages import (
 )
 from schemas.naming import ADMITTED_HEADER, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
-from workers.doorbell import Doorbell
-from workers.result_store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
-from workers.tenancy import parse_keys, signed_headers
+from schemas.tenancy import parse_keys, signed_headers
+from workers.store.doorbell import Doorbell
+from workers.store.store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
 
 SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
 REMEMBERED_TENANTS = 100_000  # the tenants of this many recent publications are remembered
@@ -58,7 +58,7 @@ class InferqClient:
     ) -> None:
         """``tenant`` is the default tenant of :meth:`submit`; with ``tenant_key`` (bytes, or hex)
         records are signed as that tenant (``INFERQ_KAFKA_TENANT_AUTH=signed``,
-        :mod:`workers.tenancy`). Under ``signed`` a trusted process holding the tenants' keys
+        :mod:`schemas.tenancy`). Under ``signed`` a trusted process holding the tenants' keys
         (``INFERQ_KAFKA_TENANT_KEYS``, e.g. the HTTP API) signs each request as its tenant."""
         self.settings = settings or get_settings()
         self._linger_ms = linger_ms

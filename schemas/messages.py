@@ -256,7 +256,7 @@ class StreamChunk(_Model):
 
 class DeadLetter(_Model):
     """What the intake publishes for a message it could not accept, with the reason (built only by
-    :mod:`workers.deadletter`, which keeps it under the producer's limit)."""
+    :mod:`schemas.deadletter`, which keeps it under the producer's limit)."""
 
     schema_version: Literal[1] = 1
     error: ErrorInfo

@@ -115,7 +115,7 @@ def pending_key(settings: Settings) -> str:
 
 def doorbell_key(settings: Settings, partition: int) -> str:
     """List of at most one element per partition of the requests topic: rung by producers once the
-    broker has their record there, popped by the idle intake that owns it (:mod:`workers.doorbell`)."""
+    broker has their record there, popped by the idle intake that owns it (:mod:`workers.store.doorbell`)."""
     return f"{settings.key_prefix}:intake:doorbell:{partition}"
 
 

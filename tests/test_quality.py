@@ -1,4 +1,4 @@
-"""The codebase stays ruff- and mypy-clean (config in ruff.toml and setup.cfg)."""
+"""The codebase stays ruff- and mypy-clean and its imports flow one way (ruff.toml, setup.cfg)."""
 
 import subprocess
 import sys
@@ -21,4 +21,12 @@ def test_ruff_clean():
 
 def test_mypy_clean():
     r = run("mypy", ".")
+    assert r.returncode == 0, r.stdout + r.stderr
+
+
+def test_imports_flow_one_way():
+    """The layer order and the light client (contracts in setup.cfg's ``[importlinter]``)."""
+    r = subprocess.run(
+        [str(Path(sys.executable).with_name("lint-imports"))], cwd=ROOT, capture_output=True, text=True
+    )
     assert r.returncode == 0, r.stdout + r.stderr

@@ -33,7 +33,7 @@ from schemas.connections import kafka_options
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus
 from schemas.naming import requests_topic
 from schemas.settings import Settings
-from workers.result_store import DoneWatcher, ResultStore
+from workers.store.store import DoneWatcher, ResultStore
 
 MODEL = "tiny-lm"
 MODES = ("continuous", "static")

@@ -20,7 +20,7 @@ import numpy as np
 from producers.client import InferqClient
 from schemas.messages import InferenceRequest
 from schemas.settings import Settings
-from workers.result_store import DoneWatcher, ResultStore
+from workers.store.store import DoneWatcher, ResultStore
 
 
 @dataclass

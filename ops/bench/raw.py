@@ -1,7 +1,7 @@
 """Raw model speed: tokenise + forward in a loop, no pipeline — the ceiling the pipeline is held to.
 
 Texts are length-sorted before they are cut into batches (the best case for padding), through the
-same runner the worker uses (:func:`workers.runners.load_runner`). Two layouts of the same cores are
+same runner the worker uses (:func:`workers.core.runners.load_runner`). Two layouts of the same cores are
 measured and the better one is the ceiling: one process with every core as a torch thread, and
 ``worker_processes`` processes side by side with the cores shared out (what the stack runs).
 Batch-1 compute is measured with one thread and with all, and the faster counts.
@@ -22,8 +22,8 @@ from typing import Any
 import torch
 
 from schemas.settings import Settings
-from workers.runners import load_runner
-from workers.runners.base import Runner
+from workers.core.runners import load_runner
+from workers.core.runners.base import Runner
 
 
 @dataclass

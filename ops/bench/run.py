@@ -27,8 +27,8 @@ from ops.bench.report import goals, plot, print_report, system_summary, write_js
 from ops.stack import Stack, free_port, on_free_ports
 from schemas.errors import InferqError
 from schemas.settings import Settings
-from workers.runners.device import threads_per_process
-from workers.runners.embed import minilm_path
+from workers.core.runners.device import threads_per_process
+from workers.core.runners.embed import minilm_path
 
 MODEL = "all-MiniLM-L6-v2"
 # Not on the path Kafka → Redis. The log store and Prometheus run beside the pipeline, not on this

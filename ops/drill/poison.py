@@ -36,7 +36,7 @@ from schemas.connections import kafka_options
 from schemas.messages import InferenceRequest
 from schemas.naming import requests_topic, scoped_id
 from schemas.settings import Settings
-from workers.tenancy import signed_headers
+from schemas.tenancy import signed_headers
 
 SERVICES = ["broker", "redis", "worker", "intake", "api"]
 TENANT, OTHER = "drill-a", "drill-b"

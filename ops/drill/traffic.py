@@ -25,7 +25,7 @@ from schemas.connections import kafka_options
 from schemas.messages import InferenceRequest, ResultStatus, Task
 from schemas.naming import requests_topic, result_key
 from schemas.settings import Settings
-from workers.result_store import TRANSIENT_ERRORS, DoneWatcher, ResultStore
+from workers.store.store import TRANSIENT_ERRORS, DoneWatcher, ResultStore
 
 MODELS = ((Task.EMBED, "all-MiniLM-L6-v2"), (Task.CLASSIFY, "minilm-intent"))
 WORDS = ["refund", "order", "card", "travel", "weather", "alarm", "invoice", "password", "shipping", "music"]

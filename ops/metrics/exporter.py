@@ -4,7 +4,7 @@ At each scrape it serves
 - the counters and histograms every intake, worker and API process wrote to the shared
   multi-process folder (``PROMETHEUS_MULTIPROC_DIR``), summed across processes;
 - each intake's liveness from the stamps it writes on every poll (``inferq_intake_up``,
-  ``inferq_intake_last_poll_age_seconds``: :mod:`ops.metrics.liveness`);
+  ``inferq_intake_last_poll_age_seconds``: :mod:`workers.telemetry.liveness`);
 - what it reads live: Kafka consumer lag per topic, partition and group; Celery queue depth per
   queue (all priority levels); requests in flight; workers up per model; the log spool's size on
   disk; GPU utilisation and memory through NVML when a GPU and nvidia-ml-py are present.
@@ -27,8 +27,6 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from ops.logship.ecs import configure_logging, stop_logging
-from ops.metrics.liveness import IntakeLiveness
 from schemas.connections import kafka_options, redis_client
 from schemas.messages import now_ms
 from schemas.naming import (
@@ -40,7 +38,9 @@ from schemas.naming import (
     worker_key_pattern,
 )
 from schemas.settings import Settings, get_settings
-from workers.celery_app import CELERY_PRIORITY
+from workers.telemetry.liveness import IntakeLiveness
+from workers.telemetry.logs import configure_logging, stop_logging
+from workers.transport.app import CELERY_PRIORITY
 
 log = logging.getLogger(__name__)
 

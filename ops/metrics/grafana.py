@@ -1,6 +1,6 @@
 """The Grafana dashboard as code; ``python -m ops.metrics.grafana`` writes ``ops/assets/grafana``.
 
-Every query reads a metric of :mod:`ops.metrics.instruments` or of the exporter; a test checks the
+Every query reads a metric of :mod:`workers.telemetry.metrics` or of the exporter; a test checks the
 names against what a running exporter serves.
 """
 

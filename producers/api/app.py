@@ -38,9 +38,6 @@ from kafka.errors import KafkaError
 from pydantic import BaseModel
 from starlette.concurrency import run_in_threadpool
 
-from ops.logship.ecs import configure_logging, stop_logging
-from ops.metrics.instruments import ADMITTED
-from ops.observe import observe_store
 from producers.api.errors import (
     ErrorBody,
     Unavailable,
@@ -74,9 +71,12 @@ from schemas.messages import (
 )
 from schemas.naming import scoped_id
 from schemas.settings import Settings, get_settings
-from workers.presence import ServedModels
-from workers.result_store import Admission, quota_error
-from workers.validation import decode_json, validate_request
+from schemas.validation import decode_json, validate_request
+from workers.store.presence import ServedModels
+from workers.store.store import Admission, quota_error
+from workers.telemetry.logs import configure_logging, stop_logging
+from workers.telemetry.metrics import ADMITTED
+from workers.telemetry.observe import observe_store
 
 log = logging.getLogger(__name__)
 

@@ -11,7 +11,7 @@ import pytest
 from schemas.messages import InferenceRequest, ResultStatus, new_request_id
 from schemas.naming import requests_topic
 from tests.integration.conftest import eventually
-from workers.result_store import Admission
+from workers.store.store import Admission
 
 pytestmark = pytest.mark.integration
 

@@ -28,9 +28,9 @@ from producers.client import InferqClient
 from schemas.errors import InvalidRequest
 from schemas.messages import InferenceRequest, ResultStatus, new_request_id
 from schemas.settings import Settings
+from schemas.validation import validate_request
 from tests.integration.conftest import eventually
-from workers.result_store import Admission
-from workers.validation import validate_request
+from workers.store.store import Admission
 
 pytestmark = pytest.mark.integration
 

@@ -23,10 +23,10 @@ from schemas.errors import ErrorCode
 from schemas.messages import DeadLetter, InferenceRequest, ResultStatus, new_request_id
 from schemas.naming import deadletter_topic, requests_topic, result_key, scoped_id
 from schemas.settings import Settings
+from schemas.tenancy import signed_headers
 from tests.integration.conftest import dead_letters, eventually, intake_only
-from workers.presence import advertise
-from workers.result_store import ResultStore
-from workers.tenancy import signed_headers
+from workers.store.presence import advertise
+from workers.store.store import ResultStore
 
 pytestmark = pytest.mark.integration
 

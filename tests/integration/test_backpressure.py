@@ -17,7 +17,7 @@ from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually, intake_only
-from workers.presence import advertise
+from workers.store.presence import advertise
 
 BOUND = 5
 

@@ -10,8 +10,8 @@ from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import deadlines_key
 from schemas.settings import Settings
-from workers.result_store import queued_result, request_digest
-from workers.tasks import DEADLINE_SWEEP_S
+from workers.celery_adapter.tasks import DEADLINE_SWEEP_S
+from workers.store.store import queued_result, request_digest
 
 
 def test_the_workers_sweep_expires_queued_requests_at_their_deadline(

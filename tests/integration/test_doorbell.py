@@ -15,7 +15,7 @@ from producers.client import InferqClient
 from schemas.messages import ResultStatus
 from schemas.settings import Settings
 from tests.integration.conftest import eventually, intake_only
-from workers.doorbell import Doorbell
+from workers.store.doorbell import Doorbell
 
 
 class RecordMetadata:

@@ -17,13 +17,13 @@ import pytest
 from kafka import KafkaProducer
 
 from producers.client import InferqClient
+from schemas import deadletter
 from schemas.connections import kafka_options
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic, result_key, unseen_key
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually, intake_only
-from workers import deadletter
 
 pytestmark = pytest.mark.integration
 

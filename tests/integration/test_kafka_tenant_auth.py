@@ -17,8 +17,8 @@ from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually, intake_only
-from workers.result_store import ResultStore
-from workers.retention import retention_ms_of, retention_warning
+from workers.intake.retention import retention_ms_of, retention_warning
+from workers.store.store import ResultStore
 
 pytestmark = pytest.mark.integration
 

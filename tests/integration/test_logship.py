@@ -6,10 +6,10 @@ import signal
 
 from elasticsearch import Elasticsearch
 
-from ops.logship.shipper import Shipper
 from ops.stack import Stack, on_free_ports
 from schemas.settings import Settings
 from tests.integration.conftest import eventually
+from workers.telemetry.shipper import Shipper
 
 
 def test_no_record_is_lost_while_elasticsearch_is_down(tmp_path):

@@ -15,10 +15,10 @@ import pytest
 from elasticsearch import BadRequestError, Elasticsearch
 
 from ops.kibana import dashboards
-from ops.logship.template import field_paths
 from schemas.messages import ResultStatus
 from schemas.naming import log_index
 from tests.integration.conftest import eventually
+from workers.telemetry.template import field_paths
 
 MODEL = "all-MiniLM-L6-v2"
 

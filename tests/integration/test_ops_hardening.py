@@ -27,7 +27,7 @@ from schemas.messages import ResultStatus
 from schemas.naming import log_index
 from schemas.settings import Settings
 from tests.integration.conftest import diagnose, eventually
-from workers.celery_app import make_app
+from workers.transport.app import make_app
 
 pytestmark = pytest.mark.integration
 
@@ -86,7 +86,7 @@ def test_a_dead_intake_is_exported_down_and_a_crashing_one_fails_up_status_and_i
         (doc,) = eventually(crash_record, 30, "the intake's crash record in Elasticsearch")
         assert doc["error"]["type"] == "KafkaConfigurationError", doc
         assert "Heartbeat interval" in doc["error"]["message"]
-        assert "workers/intake.py" in doc["error"]["stack_trace"]
+        assert "workers/intake/service.py" in doc["error"]["stack_trace"]
         assert doc["event"]["dataset"] == "inferq.crash"
     finally:
         st.down()

@@ -17,7 +17,7 @@ from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic, result_key
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters
-from workers.result_store import Admission, queued_result, request_digest
+from workers.store.store import Admission, queued_result, request_digest
 
 
 def test_poison_request_is_failed_and_dead_lettered_with_its_attempts(

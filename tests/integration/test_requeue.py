@@ -5,8 +5,8 @@ from __future__ import annotations
 
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import model_queue, pending_key
-from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
-from workers.result_store import Admission, ResultStore, queued_result, request_digest
+from workers.store.store import Admission, ResultStore, queued_result, request_digest
+from workers.transport.app import CELERY_PRIORITY, TASK_INFER, make_app
 
 
 def admitted_without_a_message(store: ResultStore, settings, text: str) -> InferenceRequest:

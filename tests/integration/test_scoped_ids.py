@@ -9,10 +9,10 @@ from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import model_queue
 from tests.integration.conftest import eventually
-from workers.celery_app import CELERY_PRIORITY
-from workers.presence import ServedModels
-from workers.result_store import Admission, queued_result, request_digest
-from workers.tasks import requeue_stale
+from workers.celery_adapter.tasks import requeue_stale
+from workers.store.presence import ServedModels
+from workers.store.store import Admission, queued_result, request_digest
+from workers.transport.app import CELERY_PRIORITY
 
 pytestmark = pytest.mark.integration
 

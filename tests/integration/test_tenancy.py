@@ -14,7 +14,7 @@ from schemas.messages import InferenceRequest, ResultStatus, now_ms
 from schemas.naming import scoped_id
 from schemas.settings import Settings
 from tests.integration.conftest import eventually
-from workers.result_store import (
+from workers.store.store import (
     Admission,
     DoneWatcher,
     ResultStore,

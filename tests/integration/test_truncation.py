@@ -1,4 +1,4 @@
-"""A requests log cut back below the intake's position is read again (workers.truncation).
+"""A requests log cut back below the intake's position is read again (workers.intake.truncation).
 
 The broker-restart drill lost requests this way: the broker lost the tail of a partition the intake
 had already read and committed, the next records took the lost offsets again, and the intake,
@@ -23,7 +23,7 @@ from schemas.messages import InferenceRequest
 from schemas.naming import requests_topic
 from schemas.settings import Settings
 from tests.integration.conftest import eventually, intake_only
-from workers.result_store import ResultStore
+from workers.store.store import ResultStore
 
 pytestmark = pytest.mark.integration
 

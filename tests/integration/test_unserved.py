@@ -12,7 +12,7 @@ from schemas.errors import ErrorCode
 from schemas.messages import ResultStatus
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters, eventually, intake_only
-from workers.presence import advertise
+from workers.store.presence import advertise
 
 pytestmark = pytest.mark.integration
 

@@ -12,8 +12,8 @@ from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import model_queue
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters
-from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
-from workers.result_store import queued_result, request_digest
+from workers.store.store import queued_result, request_digest
+from workers.transport.app import CELERY_PRIORITY, TASK_INFER, make_app
 
 pytestmark = pytest.mark.integration
 

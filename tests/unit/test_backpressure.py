@@ -1,6 +1,6 @@
 """Backpressure decisions on a fake clock and a fake in-flight counter (the drills run it for real)."""
 
-from workers.backpressure import CHECK_FAR_S, CHECK_S, Backpressure
+from workers.intake.backpressure import CHECK_FAR_S, CHECK_S, Backpressure
 
 
 def make(counts):

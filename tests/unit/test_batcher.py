@@ -6,7 +6,7 @@ from collections import Counter
 
 import pytest
 
-from workers.batcher import Batcher, BatchPolicy, fair_quota, padded_tokens, padding_waste
+from workers.core.batcher import Batcher, BatchPolicy, fair_quota, padded_tokens, padding_waste
 
 
 def lengths(batch):

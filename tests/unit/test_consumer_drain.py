@@ -1,4 +1,4 @@
-"""workers.consumer mends kafka-python: a batch that failed to unpack is dropped, not looped on."""
+"""workers.intake.consumer mends kafka-python: a batch that failed to unpack is dropped, not looped on."""
 
 from __future__ import annotations
 
@@ -8,7 +8,7 @@ from kafka.errors import CorruptRecordError
 from kafka.record.memory_records import MemoryRecords, MemoryRecordsBuilder
 from kafka.structs import TopicPartition
 
-import workers.consumer  # noqa: F401  (applies the mend)
+import workers.intake.consumer  # noqa: F401  (applies the mend)
 
 
 class RawName(str):

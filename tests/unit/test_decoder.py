@@ -17,9 +17,9 @@ import torch
 from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus, now_ms
 from schemas.settings import Settings
-from workers.decoder import Decoder
-from workers.runners.causal import CausalLM, load_tiny_lm
-from workers.sequences import Chunk, DecodePolicy, StepStats
+from workers.core.decoder import Decoder
+from workers.core.runners.causal import CausalLM, load_tiny_lm
+from workers.core.sequences import Chunk, DecodePolicy, StepStats
 
 PROMPTS = ["the weather in lisbon is", "i want to talk to a human", "reset my password", "a"]
 

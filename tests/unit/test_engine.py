@@ -7,8 +7,8 @@ import pytest
 
 from schemas.errors import ErrorCode
 from schemas.messages import EmbeddingOutput, InferenceRequest, InferenceResult, ResultStatus, Task
-from workers.batcher import BatchPolicy
-from workers.engine import Engine, is_out_of_memory
+from workers.core.batcher import BatchPolicy
+from workers.core.engine import Engine, is_out_of_memory
 
 
 class FakeRunner:

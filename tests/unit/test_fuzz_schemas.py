@@ -14,7 +14,7 @@ from schemas.catalog import CATALOG
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus
 from schemas.settings import Settings
-from workers.validation import parse_request
+from schemas.validation import parse_request
 
 SETTINGS = Settings()
 json_values = st.recursive(

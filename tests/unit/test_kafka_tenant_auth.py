@@ -1,4 +1,4 @@
-"""Kafka tenant authentication (workers.tenancy), pure: signatures, refusals, key parsing."""
+"""Kafka tenant authentication (schemas.tenancy), pure: signatures, refusals, key parsing."""
 
 from __future__ import annotations
 
@@ -9,7 +9,7 @@ import pytest
 from schemas.errors import ConfigurationError, Forbidden, Unauthorized
 from schemas.messages import InferenceRequest
 from schemas.settings import Settings
-from workers.tenancy import (
+from schemas.tenancy import (
     SIGNATURE_HEADER,
     SIGNED_AT_HEADER,
     TENANT_HEADER,

@@ -11,7 +11,7 @@ from kafka.structs import TopicPartition
 
 from schemas.naming import ADMITTED_HEADER
 from schemas.settings import Settings
-from workers.lost import LostRecords
+from workers.intake.lost import LostRecords
 
 S = Settings(republish_unseen_after_s=1)
 TOPIC = "inferq.requests"

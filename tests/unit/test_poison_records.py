@@ -16,12 +16,12 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from kafka.structs import TopicPartition
 
+from schemas import deadletter
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.messages import DeadLetter, ErrorInfo
 from schemas.settings import Settings
-from workers import deadletter
-from workers.backpressure import PartitionHold
-from workers.validation import parse_request, salvage_request_id
+from schemas.validation import parse_request, salvage_request_id
+from workers.intake.backpressure import PartitionHold
 
 S = Settings()
 RID = "poison-record-0000001"

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from schemas.catalog import CATALOG
 from schemas.settings import Settings
-from workers.backpressure import Backpressure
-from workers.presence import CACHE_S, ServedModels
+from workers.intake.backpressure import Backpressure
+from workers.store.presence import CACHE_S, ServedModels
 
 
 class FakePresence:

@@ -4,7 +4,7 @@ admin client (the real broker's answer is checked in tests/integration/test_tena
 from __future__ import annotations
 
 from schemas.settings import Settings
-from workers.retention import retention_warning, topic_retention_configs
+from workers.intake.retention import retention_warning, topic_retention_configs
 
 
 class FakeAdmin:

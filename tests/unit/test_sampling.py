@@ -3,7 +3,7 @@
 import torch
 
 from schemas.messages import GenerationParams
-from workers.sampling import Sampler, StopText, nucleus, pick_tokens
+from workers.core.sampling import Sampler, StopText, nucleus, pick_tokens
 
 
 def test_greedy_is_argmax_and_rows_keep_their_own_rule():

@@ -3,7 +3,7 @@
 from kafka.errors import KafkaConnectionError
 from kafka.structs import TopicPartition
 
-from workers.stall import STALL_AFTER_S, STALL_CHECK_S, StallWatch
+from workers.intake.stall import STALL_AFTER_S, STALL_CHECK_S, StallWatch
 
 TP = TopicPartition("requests", 0)
 

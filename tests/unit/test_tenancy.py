@@ -10,7 +10,7 @@ from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest
 from schemas.naming import result_key, scoped_id, tenant_keys, unscoped_id
 from schemas.settings import Settings
-from workers.result_store import Admission, quota_error
+from workers.store.store import Admission, quota_error
 
 
 def test_the_same_id_of_two_tenants_is_two_keys_and_tenantless_ids_are_unchanged():

@@ -4,7 +4,7 @@ the real broker is in tests/integration/test_trim.py)."""
 from kafka.errors import KafkaConnectionError
 from kafka.structs import TopicPartition
 
-from workers.trim import OVERDUE_PERIODS, CommittedTrim
+from workers.intake.trim import OVERDUE_PERIODS, CommittedTrim
 
 P0, P1 = TopicPartition("inferq.requests", 0), TopicPartition("inferq.requests", 1)
 

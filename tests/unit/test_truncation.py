@@ -8,7 +8,7 @@ from dataclasses import dataclass
 from kafka.errors import CorruptRecordError
 from kafka.structs import TopicPartition
 
-from workers.truncation import TruncationWatch
+from workers.intake.truncation import TruncationWatch
 
 EVERY_S = 2.0
 

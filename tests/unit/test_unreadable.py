@@ -1,4 +1,4 @@
-"""workers.unreadable.find: which records the Kafka client could not unpack (fakes of the client)."""
+"""workers.intake.unreadable.find: which records the Kafka client could not unpack (fakes of the client)."""
 
 from __future__ import annotations
 
@@ -7,7 +7,7 @@ from typing import Any
 from kafka.errors import CorruptRecordError, UnsupportedCodecError
 from kafka.structs import TopicPartition
 
-from workers.unreadable import MAX_SKIPPED, find
+from workers.intake.unreadable import MAX_SKIPPED, find
 
 TP0, TP1 = TopicPartition("t", 0), TopicPartition("t", 1)
 

@@ -4,7 +4,7 @@ import pytest
 
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.settings import Settings
-from workers.validation import parse_request, salvage_request_id
+from schemas.validation import parse_request, salvage_request_id
 
 S = Settings(max_inputs_per_request=3, max_text_chars=50, kafka_max_message_bytes=2_000)
 OK = {"schema_version": 1, "task": "embed", "model": "all-MiniLM-L6-v2", "inputs": "hello"}

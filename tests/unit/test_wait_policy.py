@@ -4,8 +4,8 @@ import random
 
 import pytest
 
-from workers.batcher import Batcher, BatchPolicy
-from workers.wait_policy import AdaptiveWait, CostModel, FixedWait
+from workers.core.batcher import Batcher, BatchPolicy
+from workers.core.wait_policy import AdaptiveWait, CostModel, FixedWait
 
 
 def fitted(a=0.2, b=0.5, c=15.0, noise=0.0, seed=1):

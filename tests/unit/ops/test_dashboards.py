@@ -15,9 +15,10 @@ from prometheus_client.metrics import MetricWrapperBase
 
 from ops.kibana import dashboards
 from ops.kibana.importer import import_dashboards
-from ops.logship.template import field_paths
-from ops.metrics import grafana, instruments
+from ops.metrics import grafana
 from schemas.errors import StackError
+from workers.telemetry import metrics as instruments
+from workers.telemetry.template import field_paths
 
 ASSETS = Path(__file__).resolve().parents[3] / "ops" / "assets"
 EXPORTER_ONLY = {
@@ -30,7 +31,7 @@ EXPORTER_ONLY = {
     "inferq_gpu_memory_used_bytes",
     "inferq_gpu_memory_total_bytes",
     "inferq_exporter_errors_total",
-    "inferq_intake_up",  # ops.metrics.liveness, from the intakes' poll stamps
+    "inferq_intake_up",  # workers.telemetry.liveness, from the intakes' poll stamps
     "inferq_intake_last_poll_age_seconds",
 }
 

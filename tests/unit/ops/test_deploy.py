@@ -153,7 +153,10 @@ def test_worker_pods_ask_for_a_gpu_and_are_ready_only_after_warm_up():
     container = worker["spec"]["template"]["spec"]["containers"][0]
     assert container["resources"]["limits"]["nvidia.com/gpu"] == "1"
     probe = container["readinessProbe"]["exec"]["command"]
-    assert probe[-2:] == ["-m", "workers.health"] and importlib.import_module("workers.health").ready
+    assert (
+        probe[-2:] == ["-m", "workers.celery_adapter.health"]
+        and importlib.import_module("workers.celery_adapter.health").ready
+    )
     names = {e["name"] for e in container["env"]}
     assert "INFERQ_DEVICE" in names
 

@@ -15,16 +15,16 @@ from pathlib import Path
 import pytest
 import yaml
 
-from ops.metrics.liveness import IntakeLiveness, last_polls
 from ops.stack import Service, Stack
 from schemas.errors import StackError
 from schemas.settings import Settings
+from workers.telemetry.liveness import IntakeLiveness, last_polls
 
 ASSETS = Path(__file__).resolve().parents[3] / "ops" / "assets" / "prometheus"
 
 CRASHING = """
 import threading
-from ops.logship.ecs import configure_logging
+from workers.telemetry.logs import configure_logging
 from schemas.settings import Settings
 
 configure_logging(Settings(log_ship=False), "crasher")
@@ -61,7 +61,7 @@ def test_an_uncaught_exception_is_one_ecs_error_record_with_its_stack_trace(tmp_
 
 
 STAMP = """
-from ops.metrics.liveness import record_poll
+from workers.telemetry.liveness import record_poll
 from schemas.settings import Settings
 record_poll(Settings(kafka_group_instance_id="intake@test"))
 """

@@ -7,10 +7,10 @@ import os
 
 import ecs_logging
 
-from ops.logship.ecs import DropTaskArguments, de_dot, mask_text
-from ops.logship.events import request_fields
-from ops.logship.template import field_paths, index_template
 from schemas.messages import InferenceResult, ResultStatus, Timings, new_request_id
+from workers.telemetry.events import request_fields
+from workers.telemetry.logs import DropTaskArguments, de_dot, mask_text
+from workers.telemetry.template import field_paths, index_template
 
 
 def test_de_dot_nests_dotted_keys_and_merges_objects():
@@ -82,7 +82,7 @@ def test_the_spool_is_private_to_its_owner(tmp_path):
 
     from elasticsearch import Elasticsearch
 
-    from ops.logship.shipper import Shipper
+    from workers.telemetry.shipper import Shipper
 
     old = os.umask(0o022)  # what a process started by hand usually has
     try:

@@ -11,7 +11,7 @@ from prometheus_client.multiprocess import MultiProcessCollector
 
 CHILD = """
 import sys
-from ops.metrics.instruments import ADMITTED, record_batch
+from workers.telemetry.metrics import ADMITTED, record_batch
 n = int(sys.argv[1])
 for _ in range(n):
     record_batch("m", size=4, tokens=100, padding_waste=0.25, compute_ms=20.0)

@@ -6,8 +6,8 @@ import torch
 
 from schemas.errors import ConfigurationError
 from schemas.settings import Settings
-from workers.runners import load_runner
-from workers.runners.causal import CausalLM, load_tiny_lm
+from workers.core.runners import load_runner
+from workers.core.runners.causal import CausalLM, load_tiny_lm
 
 
 @pytest.fixture(scope="module")

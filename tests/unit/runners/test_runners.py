@@ -9,10 +9,10 @@ from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignor
 from schemas.errors import ConfigurationError, UnknownModel
 from schemas.messages import InferenceRequest
 from schemas.settings import Settings
-from workers.runners import load_runner
-from workers.runners.classify import HeadClassifier
-from workers.runners.device import choose_device
-from workers.runners.embed import HFEncoder
+from workers.core.runners import load_runner
+from workers.core.runners.classify import HeadClassifier
+from workers.core.runners.device import choose_device
+from workers.core.runners.embed import HFEncoder
 
 WORDS = ["hello", "world", "how", "are", "you", "talk", "to", "a", "human", "weather"]
 

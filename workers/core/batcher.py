@@ -4,7 +4,7 @@ Contract (tested in ``tests/unit/test_batcher.py`` with a fake clock):
 
 - **When.** A batch is released when the pool is *full* — ``max_batch_size`` entries waiting, or
   their tokens reaching ``max_batch_tokens`` — or when the oldest entry has waited as long as the
-  wait policy allows (:mod:`workers.wait_policy`), or when the pool is closing.
+  wait policy allows (:mod:`workers.core.wait_policy`), or when the pool is closing.
 - **Never empty, never stuck.** A batch holds at least one entry. An entry larger than the token
   budget on its own is released alone, so a budget smaller than one long input never loops.
 - **Exactly once.** Every entry put is released exactly once; the caller maps outputs back through
@@ -43,7 +43,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
-from workers.wait_policy import FixedWait, WaitPolicy
+from workers.core.wait_policy import FixedWait, WaitPolicy
 
 T = TypeVar("T")
 

@@ -30,7 +30,7 @@ def drain_failed_batches() -> None:
     records came before it in the same poll the error is even dropped, so nothing is ever raised):
     the intake stopped on every partition while its process stayed up. Drained, the partition is
     fetched again from its position, the error is raised again by the next poll, and the intake
-    skips the record (:mod:`workers.unreadable`). Idempotent."""
+    skips the record (:mod:`workers.intake.unreadable`). Idempotent."""
     records = Fetcher.PartitionRecords
     if getattr(records.take, "_inferq_drains", False):
         return

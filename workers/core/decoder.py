@@ -1,16 +1,16 @@
 """Continuous (iteration-level) batching of one causal language model: the ``generate`` task.
 
 Celery task threads :meth:`Decoder.submit` requests (tokenised on their own thread) and wait on
-the returned jobs, as with the embedding :class:`~workers.engine.Engine`. The decoder's thread
+the returned jobs, as with the embedding :class:`~workers.core.engine.Engine`. The decoder's thread
 runs one loop, one iteration per decode step:
 
 1. **join** — waiting prompts enter the running batch while it has room (``max_running``
    sequences, and ``max_batch_tokens`` of KV cache reserved: prompt + max new tokens each, so a
    running sequence never runs out of room). They are prefilled together and their KV rows
-   appended to the batch (:class:`~workers.runners.causal.KVBatch`). With ``static`` batching
+   appended to the batch (:class:`~workers.core.runners.causal.KVBatch`). With ``static`` batching
    nobody joins until the whole running batch has finished (the classic scheme, kept to compare).
 2. **step** — one token for every running sequence: one forward pass over the batch, then each
-   sequence's own sampler (:mod:`workers.sampling`).
+   sequence's own sampler (:mod:`workers.core.sampling`).
 3. **leave** — sequences that produced their end-of-sequence token, a stop sequence, their last
    allowed token, or passed their request's deadline leave the batch at once; a request whose
    sequences have all ended gets its final result.
@@ -42,11 +42,11 @@ from schemas.messages import (
     Timings,
     now_ms,
 )
-from workers.jobs import PRIORITY_RANK, Job, JobHook, start_jobs
-from workers.result_store import TRANSIENT_ERRORS, ResultStore
-from workers.runners.causal import CausalLM, KVBatch
-from workers.sampling import Sampler, StopText, pick_tokens
-from workers.sequences import Chunk, ChunkHook, DecodePolicy, Seq, StepHook, StepStats
+from workers.core.jobs import PRIORITY_RANK, Job, JobHook, start_jobs
+from workers.core.runners.causal import CausalLM, KVBatch
+from workers.core.sampling import Sampler, StopText, pick_tokens
+from workers.core.sequences import Chunk, ChunkHook, DecodePolicy, Seq, StepHook, StepStats
+from workers.store.store import TRANSIENT_ERRORS, ResultStore
 
 log = logging.getLogger(__name__)
 

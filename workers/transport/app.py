@@ -2,10 +2,10 @@
 
 Start a worker with::
 
-    celery -A workers.celery_app worker --pool threads --concurrency 8 -E
+    celery -A workers.celery_adapter worker --pool threads --concurrency 8 -E
 
 The thread pool is deliberate: every task thread hands its requests to the same in-process
-:class:`~workers.engine.Engine`, which coalesces them across Celery messages into forward passes.
+:class:`~workers.core.engine.Engine`, which coalesces them across Celery messages into forward passes.
 """
 
 from __future__ import annotations
@@ -29,8 +29,8 @@ log = logging.getLogger(__name__)
 # once the task ends, both go through a pool rebuilt from a connection that is already gone, and
 # the AttributeError is an "unrecoverable error" that stops the worker. Neither is needed: unacked
 # messages stay in kombu's unacked hash, a dead worker's are put back by the owner reaper
-# (workers.tasks), and anything else by the visibility timeout, where rerunning is harmless because
-# results only move forward. So the old channel neither restores nor acks.
+# (workers.celery_adapter.tasks), and anything else by the visibility timeout, where rerunning is
+# harmless because results only move forward. So the old channel neither restores nor acks.
 kombu_redis.Channel.do_restore = False
 _basic_ack, _basic_reject = kombu_redis.Channel.basic_ack, kombu_redis.Channel.basic_reject
 
@@ -68,7 +68,7 @@ def route_by_model(
 
 
 def make_app(settings: Settings) -> Celery:
-    app = Celery("inferq", include=["workers.tasks"])
+    app = Celery("inferq")
     app.conf.update(
         broker_url=settings.celery_broker_url,
         broker_use_ssl=celery_broker_ssl(settings),  # rediss:// brokers: verify the certificate

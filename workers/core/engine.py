@@ -1,7 +1,7 @@
 """One model's serving loop: tokenise on arrival, batch, forward, write each result.
 
 Callers (Celery task threads) :meth:`Engine.submit` requests and wait on the returned jobs; the
-engine's own thread takes batches from the :class:`~workers.batcher.Batcher`, runs them and writes
+engine's own thread takes batches from the :class:`~workers.core.batcher.Batcher`, runs them and writes
 results per request as soon as their last text is computed. Texts, not requests, are the unit of
 batching, so a request with many inputs spreads over batches and a batch mixes requests.
 Tokenisation happens on the callers' threads, overlapped with the forward pass of the previous
@@ -30,11 +30,11 @@ from typing import Any
 
 from schemas.errors import DeadlineExpired, ModelError
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from workers.batcher import Batcher, BatchPolicy, padded_tokens
-from workers.jobs import PRIORITY_RANK, Job, JobHook, Piece, start_jobs
-from workers.result_store import TRANSIENT_ERRORS, ResultStore
-from workers.runners.base import Runner
-from workers.wait_policy import CostModel, FixedWait, WaitPolicy
+from workers.core.batcher import Batcher, BatchPolicy, padded_tokens
+from workers.core.jobs import PRIORITY_RANK, Job, JobHook, Piece, start_jobs
+from workers.core.runners.base import Runner
+from workers.core.wait_policy import CostModel, FixedWait, WaitPolicy
+from workers.store.store import TRANSIENT_ERRORS, ResultStore
 
 log = logging.getLogger(__name__)
 

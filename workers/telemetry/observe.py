@@ -9,13 +9,13 @@ from __future__ import annotations
 
 from typing import TYPE_CHECKING
 
-from ops.logship.events import log_batch, log_result
-from ops.metrics.instruments import record_batch, record_refused, record_result, record_step
-from workers.engine import BatchStats
-from workers.result_store import ResultStore
+from workers.core.engine import BatchStats
+from workers.store.store import ResultStore
+from workers.telemetry.events import log_batch, log_result
+from workers.telemetry.metrics import record_batch, record_refused, record_result, record_step
 
 if TYPE_CHECKING:  # the decoder imports torch; the intake and the API must not
-    from workers.sequences import StepStats
+    from workers.core.sequences import StepStats
 
 
 def observe_store(store: ResultStore) -> ResultStore:

@@ -23,8 +23,8 @@ from transformers import AutoModel, AutoTokenizer
 from schemas.errors import ConfigurationError
 from schemas.messages import EmbeddingOutput, InferenceRequest, Task
 from schemas.settings import Settings
-from workers.runners.base import file_digest
-from workers.runners.device import choose_device, configure_threads, dtype_for
+from workers.core.runners.base import file_digest
+from workers.core.runners.device import choose_device, configure_threads, dtype_for
 
 log = logging.getLogger(__name__)
 

@@ -2,7 +2,7 @@
 
 A request's record is written once, when its result becomes terminal, by whichever process made
 it so (worker, intake, API); it carries the time spent in each stage. A batch's record is written
-by the worker after each forward pass. Field names are in :mod:`ops.logship.template`.
+by the worker after each forward pass. Field names are in :mod:`workers.telemetry.template`.
 """
 
 from __future__ import annotations

@@ -1,7 +1,7 @@
 """A request's life inside a worker: its job, the pieces it is batched as, and its start.
 
-Both serving loops (the embedding :class:`~workers.engine.Engine` and the generation
-:class:`~workers.decoder.Decoder`) track requests as :class:`Job` objects and record their start
+Both serving loops (the embedding :class:`~workers.core.engine.Engine` and the generation
+:class:`~workers.core.decoder.Decoder`) track requests as :class:`Job` objects and record their start
 in the store through :func:`start_jobs`, which is where a request started too many times (its
 worker died each time) is failed as poison.
 """
@@ -15,7 +15,7 @@ from typing import Any
 
 from schemas.errors import InferqError, PoisonMessage
 from schemas.messages import InferenceRequest, InferenceResult, Output, Priority, ResultStatus, now_ms
-from workers.result_store import ResultStore
+from workers.store.store import ResultStore
 
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 

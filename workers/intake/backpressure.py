@@ -4,7 +4,7 @@ Before each poll the intake asks how many more requests each model may admit: th
 ``INFERQ_BACKPRESSURE_MAX_INFLIGHT`` minus that model's requests admitted and not finished (a
 set the store keeps exact), read every ``CHECK_S`` (every ``CHECK_FAR_S`` while at least half
 the bound is free). The poll reads at most the smallest of these, so no model ever
-passes its bound. Only models a live worker serves count (:mod:`workers.presence`): requests for
+passes its bound. Only models a live worker serves count (:mod:`workers.store.presence`): requests for
 a model nobody serves are answered ``model_unavailable``, never left to fill the bound. When a
 model reaches it, the intake pauses its partitions (the requests topic is shared, so that is
 all of them) and keeps polling, so the group keeps it; they resume once every model is below
@@ -50,7 +50,7 @@ class Backpressure:
     ) -> None:
         self._in_flight = in_flight
         self.models = list(models)
-        # the models worth counting now (those a live worker serves, workers.presence); a model
+        # the models worth counting now (those a live worker serves, workers.store.presence); a model
         # nobody serves must not hold every other model's traffic at its bound
         self._counted = counted
         self.max_inflight = max_inflight

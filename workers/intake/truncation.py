@@ -15,7 +15,7 @@ before the cut, and that record's mark is in the stretch (a log is cut only at i
 records after the cut that the intake read later do not hide it). At the first mark that is gone or
 another record, the intake rewinds that partition to just after the last one in place (or to the
 start of the log): what is read again is recognised by the result store, what took the lost offsets
-is read for the first time. The committed-record trim (:mod:`workers.trim`) deletes only what was
+is read for the first time. The committed-record trim (:mod:`workers.intake.trim`) deletes only what was
 read back, so the stretch is still there to compare.
 """
 
@@ -30,7 +30,7 @@ from typing import Any, NamedTuple
 
 from kafka.structs import TopicPartition
 
-from workers.unreadable import UNPACK_ERRORS
+from workers.intake.unreadable import UNPACK_ERRORS
 
 log = logging.getLogger(__name__)
 

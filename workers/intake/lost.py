@@ -1,9 +1,9 @@
 """Requests the API admitted whose Kafka record the broker lost: found and published again.
 
 ``POST /v1/requests`` records a request ``queued`` and keeps its wire JSON (:meth:`ResultStore.expect
-<workers.result_store.ResultStore.expect>`) before publishing it with the ``inferq-admitted``
+<workers.store.store.ResultStore.expect>`) before publishing it with the ``inferq-admitted``
 header; the intake that reads such a record drops that copy before it commits
-(:meth:`~workers.result_store.ResultStore.seen`). A copy left ``republish_unseen_after_s`` later
+(:meth:`~workers.store.store.ResultStore.seen`). A copy left ``republish_unseen_after_s`` later
 belongs to a record no intake read: still in a backlog, or lost by the broker (an unclean restart
 truncates the log after the API was told the record was written). The intake that owns the
 record's partition (the key is the request id: Kafka's default partitioner) notes that
@@ -22,12 +22,12 @@ from kafka import KafkaConsumer, KafkaProducer
 from kafka.partitioner.default import murmur2
 from kafka.structs import TopicPartition
 
-from ops.metrics.instruments import REDELIVERED
 from schemas.naming import ADMITTED_HEADER, requests_topic
 from schemas.settings import Settings
-from workers.result_store import ResultStore
-from workers.tenancy import parse_keys, signed_headers
-from workers.validation import readable_request_id
+from schemas.tenancy import parse_keys, signed_headers
+from schemas.validation import readable_request_id
+from workers.store.store import ResultStore
+from workers.telemetry.metrics import REDELIVERED
 
 log = logging.getLogger(__name__)
 

@@ -38,7 +38,7 @@ from schemas.naming import (
     unseen_wire_key,
 )
 from schemas.settings import Settings
-from workers import store_scripts as lua
+from workers.store import scripts as lua
 
 log = logging.getLogger(__name__)
 
@@ -135,7 +135,7 @@ class ResultStore:
         # called with each result this process made terminal (logs, metrics); never raise into writes
         self.hooks: list[Callable[[InferenceResult], None]] = []
         # called with each terminal result the store refused because the request had already
-        # ended: a duplicate delivery made invisible (counted by ops.observe)
+        # ended: a duplicate delivery made invisible (counted by workers.telemetry.observe)
         self.refused_hooks: list[Callable[[InferenceResult], None]] = []
 
     @classmethod
@@ -297,7 +297,7 @@ class ResultStore:
         return result_key(self._s, scoped_id(result.tenant, result.request_id))
 
     def _keys(self, sid: str, model: str | None, tenant: str | None) -> list[str]:
-        """The shared KEYS of the scripts (:mod:`workers.store_scripts`) for one scoped id."""
+        """The shared KEYS of the scripts (:mod:`workers.store.scripts`) for one scoped id."""
         return [
             result_key(self._s, sid),
             self.inflight_key,

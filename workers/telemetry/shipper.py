@@ -30,7 +30,7 @@ from typing import Any
 from elasticsearch import Elasticsearch, helpers
 from elasticsearch import TransportError as ESTransportError
 
-from ops.logship.template import install
+from workers.telemetry.template import install
 
 Doc = dict[str, Any]
 

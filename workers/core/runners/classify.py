@@ -18,8 +18,8 @@ import numpy as np
 from schemas.errors import ConfigurationError
 from schemas.messages import ClassifyOutput, InferenceRequest, LabelScore, Task
 from schemas.settings import Settings
-from workers.runners.base import file_digest
-from workers.runners.embed import HFEncoder, load_minilm
+from workers.core.runners.base import file_digest
+from workers.core.runners.embed import HFEncoder, load_minilm
 
 
 class HeadClassifier:

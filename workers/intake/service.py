@@ -8,13 +8,13 @@ A request whose deadline passed while it waited in Kafka is answered ``expired``
 
 A model with ``INFERQ_BACKPRESSURE_MAX_INFLIGHT`` requests in flight pauses the partitions while
 the intake keeps polling, and still answers the expired and invalid records at their head
-(:mod:`workers.backpressure`). Transient failures (Redis or the Celery
+(:mod:`workers.intake.backpressure`). Transient failures (Redis or the Celery
 broker unreachable past the clients' own retries, Kafka errors) rewind the poll and retry it with
 backoff; nothing is committed until a poll is fully handed off, its dead letters included (the
 intake waits until the broker has them).
 
 No record can stop the intake. Every failure to decode or validate one is a typed dead letter
-(:mod:`workers.validation`, :mod:`workers.deadletter`: a letter always fits the producer's limit).
+(:mod:`schemas.validation`, :mod:`schemas.deadletter`: a letter always fits the producer's limit).
 Any other exception while handling a poll (a bug, a type nobody expected) rewinds it and gives each
 of its records a strike; a record with ``MAX_STRIKES`` strikes is then handled alone, and
 dead-lettered ``internal_error`` (with the exception type) if it fails again, so a poison record
@@ -41,10 +41,7 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from kombu.exceptions import OperationalError
 
-from ops.logship.ecs import configure_logging, mask_text, stop_logging
-from ops.metrics.instruments import ADMITTED, DEAD_LETTERS, REDELIVERED
-from ops.metrics.liveness import record_poll
-from ops.observe import observe_store
+from schemas import deadletter
 from schemas.catalog import CATALOG
 from schemas.connections import kafka_client_options, kafka_options
 from schemas.errors import (
@@ -60,15 +57,20 @@ from schemas.errors import (
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic, scoped_id
 from schemas.settings import Settings, get_settings
-from workers import deadletter, unreadable
-from workers.backpressure import Backpressure, PartitionHold
-from workers.celery_app import CELERY_PRIORITY, TASK_INFER, make_app
-from workers.consumer import leave_group, new_consumer
-from workers.cpu import yield_cpu
-from workers.doorbell import Doorbell
-from workers.lost import LostRecords
-from workers.presence import ServedModels
-from workers.result_store import (
+from schemas.tenancy import TenantAuth
+from schemas.validation import parse_request, salvage
+from workers.intake import unreadable
+from workers.intake.backpressure import Backpressure, PartitionHold
+from workers.intake.consumer import leave_group, new_consumer
+from workers.intake.cpu import yield_cpu
+from workers.intake.lost import LostRecords
+from workers.intake.retention import retention_warning
+from workers.intake.stall import StallWatch
+from workers.intake.trim import CommittedTrim
+from workers.intake.truncation import TruncationWatch
+from workers.store.doorbell import Doorbell
+from workers.store.presence import ServedModels
+from workers.store.store import (
     TRANSIENT_ERRORS,
     Admission,
     ResultStore,
@@ -78,12 +80,11 @@ from workers.result_store import (
     request_digest,
     request_result,
 )
-from workers.retention import retention_warning
-from workers.stall import StallWatch
-from workers.tenancy import TenantAuth
-from workers.trim import CommittedTrim
-from workers.truncation import TruncationWatch
-from workers.validation import parse_request, salvage
+from workers.telemetry.liveness import record_poll
+from workers.telemetry.logs import configure_logging, mask_text, stop_logging
+from workers.telemetry.metrics import ADMITTED, DEAD_LETTERS, REDELIVERED
+from workers.telemetry.observe import observe_store
+from workers.transport.app import CELERY_PRIORITY, TASK_INFER, make_app
 
 log = logging.getLogger(__name__)
 
@@ -146,7 +147,7 @@ class Intake:
         self.truncation = TruncationWatch(
             lambda: KafkaConsumer(**kafka_client_options(settings)), settings.kafka_truncation_check_s
         )
-        self.tenancy = TenantAuth.from_settings(settings)  # INFERQ_KAFKA_TENANT_AUTH (workers.tenancy)
+        self.tenancy = TenantAuth.from_settings(settings)  # INFERQ_KAFKA_TENANT_AUTH (schemas.tenancy)
         self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(
             lambda: KafkaAdminClient(**kafka_options(settings), request_timeout_ms=5_000),
@@ -176,7 +177,7 @@ class Intake:
         ``kafka_quiet_poll_ms`` (the most the first request after a quiet spell waits). With the
         doorbell on (``intake_doorbell``) an empty poll is followed by a wait on it of up to
         ``kafka_quiet_poll_ms`` instead: clients that ring are picked up as soon as they have rung,
-        and the rare polls leave the model's cores alone (:mod:`workers.doorbell`).
+        and the rare polls leave the model's cores alone (:mod:`workers.store.doorbell`).
         """
         pause_s, quiet_since, retry_s = 0.0, time.monotonic(), RETRY_FIRST_S
         try:
@@ -253,7 +254,7 @@ class Intake:
             return self._skip_unreadable(e)
 
     def _skip_unreadable(self, cause: Exception) -> int:
-        """Dead-letter the records the Kafka client could not unpack (:mod:`workers.unreadable`) and
+        """Dead-letter the records the Kafka client could not unpack (:mod:`workers.intake.unreadable`) and
         seek (and commit) past them; the seek also drops the batch the client would otherwise loop
         on. Returns how many were skipped."""
         found = unreadable.find(
@@ -331,7 +332,7 @@ class Intake:
         return handled
 
     def _check_stall(self) -> None:
-        """Replace a wedged consumer (:mod:`workers.stall`); not while paused, when it reads nothing
+        """Replace a wedged consumer (:mod:`workers.intake.stall`); not while paused, when it reads nothing
         on purpose."""
         if self.backpressure.paused or not self.stall.wedged(self.consumer):
             return
@@ -409,7 +410,7 @@ class Intake:
                 continue
             accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
         self.hand_off(accepted)
-        # before the commit: the API's copies of these may go (workers.lost)
+        # before the commit: the API's copies of these may go (workers.intake.lost)
         self.store.seen([req for rec, req, _ in accepted if _admitted(rec)])
 
     def _handle_alone(self, rec: ConsumerRecord, received: float) -> None:
@@ -432,7 +433,7 @@ class Intake:
     def hand_off(self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]) -> None:
         """Admit to the result store, then send NEW and PENDING requests to Celery.
 
-        A request for a model no live worker serves (past the grace, :mod:`workers.presence`) is
+        A request for a model no live worker serves (past the grace, :mod:`workers.store.presence`) is
         answered ``model_unavailable`` and dead-lettered; one over its tenant's limits is answered
         ``quota_exceeded``. Neither is admitted, so neither holds any capacity."""
         available = self.served.available() if accepted else frozenset()
@@ -583,7 +584,7 @@ def main() -> None:
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
     intake = Intake.from_settings(settings)
-    if (retention := retention_warning(settings)) is not None:  # workers.retention
+    if (retention := retention_warning(settings)) is not None:  # workers.intake.retention
         log.warning(retention)
     log.info("intake consuming %s as group %s", requests_topic(settings), settings.kafka_group_id)
     intake.run(stop)

@@ -1,7 +1,7 @@
 """The Celery task that carries requests into a model's engine, and the worker's lifecycle hooks.
 
 One Celery message carries up to ``INFERQ_TRANSPORT_BATCH_SIZE`` requests for one model. The task
-hands them to the model's :class:`~workers.engine.Engine` and returns once every result is written,
+hands them to the model's :class:`~workers.core.engine.Engine` and returns once every result is written,
 so the late ack means "results are in Redis"; when a result could not be written (Redis gone past
 the client's retries) the message is put back on its queue instead.
 
@@ -32,9 +32,7 @@ from celery.exceptions import Reject
 from kafka import KafkaProducer
 from pydantic import ValidationError
 
-from ops.logship.ecs import configure_logging, stop_logging
-from ops.metrics.instruments import REDELIVERED
-from ops.observe import observe_store, on_batch, on_step
+from schemas import deadletter
 from schemas.connections import kafka_client_options
 from schemas.errors import ErrorCode, InferqError, InvalidRequest, ModelUnavailable
 from schemas.messages import (
@@ -49,19 +47,21 @@ from schemas.messages import (
 )
 from schemas.naming import instance_key, node_key, owners_key, stream_topic, worker_key
 from schemas.settings import get_settings
-from workers import deadletter
-from workers.batcher import BatchPolicy
-from workers.celery_app import TASK_INFER, app
-from workers.decoder import Decoder
-from workers.engine import Engine
-from workers.jobs import Job
-from workers.presence import ServedModels, advertise, withdraw
-from workers.result_store import ResultStore, as_text, request_result
-from workers.runners import load_runner
-from workers.runners.causal import CausalLM
-from workers.sequences import Chunk, DecodePolicy
-from workers.validation import readable_request_id
-from workers.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
+from schemas.validation import readable_request_id
+from workers.core.batcher import BatchPolicy
+from workers.core.decoder import Decoder
+from workers.core.engine import Engine
+from workers.core.jobs import Job
+from workers.core.runners import load_runner
+from workers.core.runners.causal import CausalLM
+from workers.core.sequences import Chunk, DecodePolicy
+from workers.core.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
+from workers.store.presence import ServedModels, advertise, withdraw
+from workers.store.store import ResultStore, as_text, request_result
+from workers.telemetry.logs import configure_logging, stop_logging
+from workers.telemetry.metrics import REDELIVERED
+from workers.telemetry.observe import observe_store, on_batch, on_step
+from workers.transport.app import TASK_INFER, app
 
 log = logging.getLogger(__name__)
 
@@ -365,7 +365,7 @@ def requeue_stale(
     one by one worker per period) and sends them again (``send(handoff)``). A duplicate is
     harmless: results only move forward and are written once. Nothing is sent into a queue no live
     worker reads: a request for a model nobody serves is failed ``model_unavailable`` once the model
-    is past its grace (:mod:`workers.presence`), and dead-lettered (``reject``) by the worker whose
+    is past its grace (:mod:`workers.store.presence`), and dead-lettered (``reject``) by the worker whose
     write ended it; within the grace it is left queued (claimed again next period).
     """
     counts = Counter[str]()

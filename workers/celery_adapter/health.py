@@ -1,4 +1,4 @@
-"""``python -m workers.health``: exit 0 once a worker on this host has warmed its models.
+"""``python -m workers.celery_adapter.health``: exit 0 once a worker on this host has warmed its models.
 
 The readiness probe of worker pods: a worker advertises itself in Redis (``<p>:worker:<node>``)
 only after every declared model has run one forward pass, so a pod is ready when its node's key

@@ -1,4 +1,4 @@
-"""What the generation :class:`~workers.decoder.Decoder` works with: its policy, the sequences
+"""What the generation :class:`~workers.core.decoder.Decoder` works with: its policy, the sequences
 it continues, and what it hands its hooks (stream chunks, step statistics).
 
 Kept apart from the decoder's loop so the loop module stays about the loop. Times in ms.
@@ -10,8 +10,8 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas.messages import FinishReason
-from workers.jobs import Job
-from workers.sampling import Sampler, StopText
+from workers.core.jobs import Job
+from workers.core.sampling import Sampler, StopText
 
 
 @dataclass(frozen=True)

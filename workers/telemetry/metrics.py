@@ -29,7 +29,7 @@ DEAD_LETTERS = Counter("inferq_dead_letters", "Records sent to the dead-letter t
 LOG_DROPPED = Counter("inferq_log_records_dropped", "Log records dropped (queue or spool full)", ["service"])
 INTAKE_LAST_POLL = Gauge(
     "inferq_intake_last_poll_timestamp_seconds",
-    "When each intake replica last polled Kafka (Unix seconds; see ops.metrics.liveness)",
+    "When each intake replica last polled Kafka (Unix seconds; see workers.telemetry.liveness)",
     ["replica"],
     multiprocess_mode="mostrecent",
 )

@@ -5,7 +5,7 @@ decoded together, **left-padded** to one length: every row's newest token sits i
 so one decode step appends one column for all rows, and a padded column is masked out of
 attention. Rows join (:meth:`KVBatch.join`, the shorter side padded on the left) and leave
 (:meth:`KVBatch.keep`, then columns that are padding in every row are dropped) between steps;
-that is what lets the decoder (:mod:`workers.decoder`) batch at the iteration level. Position ids
+that is what lets the decoder (:mod:`workers.core.decoder`) batch at the iteration level. Position ids
 are counted per row from its first real token, so padding never shifts a row's positions.
 
 Two models: ``tiny-lm``, a small Llama-style model built from a config with a fixed seed and
@@ -34,9 +34,9 @@ from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, Llam
 from schemas.errors import ConfigurationError
 from schemas.messages import Task
 from schemas.settings import Settings
-from workers.runners.base import file_digest
-from workers.runners.device import choose_device, configure_threads, dtype_for
-from workers.runners.embed import minilm_path
+from workers.core.runners.base import file_digest
+from workers.core.runners.device import choose_device, configure_threads, dtype_for
+from workers.core.runners.embed import minilm_path
 
 # tiny-lm: small enough to load in a second and decode a step in a few ms on one CPU core; its
 # hidden size is MiniLM's, whose word embeddings it borrows (so it writes words, if not sense)

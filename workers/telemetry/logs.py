@@ -22,11 +22,11 @@ from typing import Any
 
 import ecs_logging
 
-from ops.logship.shipper import Shipper
-from ops.metrics.instruments import LOG_DROPPED
 from schemas.connections import elasticsearch_client
 from schemas.naming import log_index, spool_dir
 from schemas.settings import Settings
+from workers.telemetry.metrics import LOG_DROPPED
+from workers.telemetry.shipper import Shipper
 
 _shipper: Shipper | None = None
 _listener: logging.handlers.QueueListener | None = None

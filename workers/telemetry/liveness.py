@@ -18,8 +18,8 @@ from prometheus_client.core import GaugeMetricFamily, Metric
 from prometheus_client.multiprocess import MultiProcessCollector
 from prometheus_client.registry import Collector
 
-from ops.metrics.instruments import INTAKE_LAST_POLL
 from schemas.settings import Settings
+from workers.telemetry.metrics import INTAKE_LAST_POLL
 
 _HOST = socket.gethostname()
 
