@@ -36,10 +36,11 @@ from schemas.messages import (
     now_ms,
 )
 from schemas.naming import ADMITTED_HEADER, requests_topic, scoped_id
+from schemas.results import queued_result
 from schemas.settings import Settings, get_settings
 from schemas.tenancy import parse_keys, signed_headers
 from workers.store.doorbell import Doorbell
-from workers.store.store import Admission, DoneWatcher, ResultStore, queued_result, request_digest
+from workers.store.store import Admission, DoneWatcher, ResultStore, request_digest
 
 SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
 REMEMBERED_TENANTS = 100_000  # the tenants of this many recent publications are remembered

@@ -9,9 +9,10 @@ from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import deadlines_key
+from schemas.results import queued_result
 from schemas.settings import Settings
 from workers.celery_adapter.tasks import DEADLINE_SWEEP_S
-from workers.store.store import queued_result, request_digest
+from workers.store.store import request_digest
 
 
 def test_the_workers_sweep_expires_queued_requests_at_their_deadline(

@@ -17,7 +17,7 @@ import pytest
 from kafka import KafkaProducer
 
 from producers.client import InferqClient
-from schemas import deadletter
+from schemas import results as deadletter
 from schemas.connections import kafka_options
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus

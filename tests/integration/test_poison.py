@@ -15,9 +15,10 @@ from schemas.connections import kafka_options
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic, result_key
+from schemas.results import queued_result
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters
-from workers.store.store import Admission, queued_result, request_digest
+from workers.store.store import Admission, request_digest
 
 
 def test_poison_request_is_failed_and_dead_lettered_with_its_attempts(

@@ -18,8 +18,9 @@ import trustme
 from ops.stack import free_port, redis_binary
 from schemas.messages import InferenceRequest
 from schemas.naming import model_queue
+from schemas.results import queued_result
 from schemas.settings import Settings
-from workers.store.store import Admission, ResultStore, queued_result, request_digest
+from workers.store.store import Admission, ResultStore, request_digest
 from workers.transport.app import TASK_INFER, make_app
 
 PASSWORD = "tls-test-pw-9f3"

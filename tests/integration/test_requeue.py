@@ -5,7 +5,8 @@ from __future__ import annotations
 
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import model_queue, pending_key
-from workers.store.store import Admission, ResultStore, queued_result, request_digest
+from schemas.results import queued_result
+from workers.store.store import Admission, ResultStore, request_digest
 from workers.transport.app import CELERY_PRIORITY, TASK_INFER, make_app
 
 

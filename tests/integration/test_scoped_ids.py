@@ -8,10 +8,11 @@ import pytest
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import model_queue
+from schemas.results import queued_result
 from tests.integration.conftest import eventually
 from workers.celery_adapter.tasks import requeue_stale
 from workers.store.presence import ServedModels
-from workers.store.store import Admission, queued_result, request_digest
+from workers.store.store import Admission, request_digest
 from workers.transport.app import CELERY_PRIORITY
 
 pytestmark = pytest.mark.integration

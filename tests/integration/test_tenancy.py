@@ -12,15 +12,15 @@ from ops.stack import Stack, on_free_ports
 from schemas.errors import InvalidRequest
 from schemas.messages import InferenceRequest, ResultStatus, now_ms
 from schemas.naming import scoped_id
+from schemas.results import queued_result
+from schemas.results import result as request_result
 from schemas.settings import Settings
 from tests.integration.conftest import eventually
 from workers.store.store import (
     Admission,
     DoneWatcher,
     ResultStore,
-    queued_result,
     request_digest,
-    request_result,
 )
 
 pytestmark = pytest.mark.integration

@@ -10,9 +10,10 @@ from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import model_queue
+from schemas.results import queued_result
 from schemas.settings import Settings
 from tests.integration.conftest import dead_letters
-from workers.store.store import queued_result, request_digest
+from workers.store.store import request_digest
 from workers.transport.app import CELERY_PRIORITY, TASK_INFER, make_app
 
 pytestmark = pytest.mark.integration

@@ -16,12 +16,13 @@ from hypothesis import settings as hsettings
 from hypothesis import strategies as st
 from kafka.structs import TopicPartition
 
-from schemas import deadletter
+from schemas import results as deadletter
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.messages import DeadLetter, ErrorInfo
 from schemas.settings import Settings
 from schemas.validation import parse_request, salvage_request_id
 from workers.intake.backpressure import PartitionHold
+from workers.transport import letters
 
 S = Settings()
 RID = "poison-record-0000001"
@@ -77,7 +78,7 @@ def test_salvage_reads_the_id_of_a_record_poisoned_elsewhere():
 
 def letter_of(payload: bytes | str, settings: Settings = S, **kw) -> deadletter.Letter:
     error = ErrorInfo(code=ErrorCode.INVALID_ENCODING, message="message is not UTF-8", hint="encode as UTF-8")
-    return deadletter.build(settings, kw.pop("error", error), payload, source_topic="t", key=b"k", **kw)
+    return deadletter.dead_letter(settings, kw.pop("error", error), payload, source_topic="t", key=b"k", **kw)
 
 
 def test_a_400_kb_invalid_utf8_record_makes_a_letter_under_the_cap():
@@ -100,7 +101,7 @@ def test_escape_heavy_payload_and_huge_detail_and_key_still_fit():
     error = ErrorInfo(
         code=ErrorCode.VALIDATION_ERROR, message="m" * 300_000, hint="h", detail=["d" * 1_000] * 999
     )
-    built = deadletter.build(S, error, raw, key=b"K" * 900_000)
+    built = deadletter.dead_letter(S, error, raw, key=b"K" * 900_000)
     assert len(built.value) <= deadletter.letter_cap(S)
     assert built.key is not None and len(built.key) <= deadletter.KEY_MAX_BYTES
     letter = DeadLetter.model_validate_json(built.value)
@@ -149,7 +150,7 @@ def test_a_size_refusal_is_permanent_a_minimal_letter_is_sent_instead():
 
     for at_send in (True, False):
         producer = FakeProducer([MessageSizeTooLargeError("too big")], at_send=at_send)
-        assert deadletter.deliver(producer, S, [letter_of(b"x" * 5_000)], 1.0) == 0
+        assert letters.deliver(producer, S, [letter_of(b"x" * 5_000)], 1.0) == 0
         assert len(producer.sent) == 2
         assert DeadLetter.model_validate_json(producer.sent[1]).payload == ""
 
@@ -158,7 +159,7 @@ def test_a_transient_send_failure_is_raised_so_the_poll_is_rewound():
     from kafka.errors import KafkaTimeoutError
 
     with pytest.raises(KafkaTimeoutError):
-        deadletter.deliver(FakeProducer([KafkaTimeoutError()]), S, [letter_of(b"x")], 1.0)
+        letters.deliver(FakeProducer([KafkaTimeoutError()]), S, [letter_of(b"x")], 1.0)
 
 
 # -- fuzz -----------------------------------------------------------------------------------------
@@ -185,7 +186,7 @@ def test_fuzz_parse_request_raises_only_invalid_request_and_letters_fit(raw):
         parse_request(raw, S)
     except InvalidRequest as e:
         assert isinstance(e.code, ErrorCode)
-        letter = deadletter.build(S, e.info(), raw, key=raw[:2_000], request_id=salvage_request_id(raw))
+        letter = deadletter.dead_letter(S, e.info(), raw, key=raw[:2_000], request_id=salvage_request_id(raw))
         assert len(letter.value) <= deadletter.letter_cap(S)
         DeadLetter.model_validate_json(letter.value)
 
@@ -195,7 +196,7 @@ def test_fuzz_parse_request_raises_only_invalid_request_and_letters_fit(raw):
 def test_fuzz_letters_always_fit(raw, message):
     small = Settings(deadletter_max_bytes=8_192)
     error = ErrorInfo(code=ErrorCode.INVALID_JSON, message=message, hint=message, detail=[message] * 30)
-    built = deadletter.build(small, error, raw, key=raw[:5_000] or None)
+    built = deadletter.dead_letter(small, error, raw, key=raw[:5_000] or None)
     assert len(built.value) <= deadletter.letter_cap(small)
     assert DeadLetter.model_validate_json(built.value).payload_bytes == len(raw)
 

@@ -32,16 +32,14 @@ from celery.exceptions import Reject
 from kafka import KafkaProducer
 from pydantic import ValidationError
 
-from schemas import deadletter
+from schemas import results
 from schemas.connections import kafka_client_options
 from schemas.errors import ErrorCode, InferqError, InvalidRequest, ModelUnavailable
 from schemas.messages import (
     ErrorInfo,
     InferenceRequest,
-    InferenceResult,
     ResultStatus,
     StreamChunk,
-    Task,
     Timings,
     now_ms,
 )
@@ -57,10 +55,11 @@ from workers.core.runners.causal import CausalLM
 from workers.core.sequences import Chunk, DecodePolicy
 from workers.core.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
 from workers.store.presence import ServedModels, advertise, withdraw
-from workers.store.store import ResultStore, as_text, request_result
+from workers.store.store import ResultStore, as_text
 from workers.telemetry.logs import configure_logging, stop_logging
 from workers.telemetry.metrics import REDELIVERED
 from workers.telemetry.observe import observe_store, on_batch, on_step
+from workers.transport import letters
 from workers.transport.app import TASK_INFER, app
 
 log = logging.getLogger(__name__)
@@ -187,14 +186,8 @@ def _unreadable(item: Any, error: Exception) -> int:
         timings = Timings(**{**(item.get("timings") or {}), "done_ms": now_ms()})
     except Exception:
         timings = Timings(done_ms=now_ms())
-    failed = InferenceResult(
-        request_id=rid,
-        status=ResultStatus.FAILED,
-        task=raw.get("task") if raw.get("task") in {t.value for t in Task} else None,
-        model=raw.get("model") if isinstance(raw.get("model"), str) else None,
-        tenant=raw.get("tenant") if isinstance(raw.get("tenant"), str) else None,
-        error=info,
-        timings=timings,
+    failed = results.salvaged_result(
+        rid, info, timings, tenant=raw.get("tenant"), task=raw.get("task"), model=raw.get("model")
     )
     result_store().advance([failed])
     return 1
@@ -205,7 +198,7 @@ def _dead_letter_item(item: Any, rid: str | None, error: ErrorInfo) -> None:
     try:
         source = item.get("source") if isinstance(item, dict) else None
         src: dict[str, Any] = source if isinstance(source, dict) else {}
-        letter = deadletter.build(
+        letter = results.dead_letter(
             get_settings(),
             error,
             json.dumps(item, default=repr),
@@ -215,14 +208,14 @@ def _dead_letter_item(item: Any, rid: str | None, error: ErrorInfo) -> None:
             key=rid.encode() if rid else None,
             request_id=rid,
         )
-        deadletter.send(_producer(), get_settings(), letter)
+        letters.send(_producer(), get_settings(), letter)
     except Exception:
         log.exception("could not dead-letter an unreadable item of request %s", rid)
 
 
 def _fail(reqs: list[tuple[InferenceRequest, dict[str, Any]]], error: InferqError) -> None:
     result_store().advance(
-        request_result(r, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, error) for r, t in reqs
+        results.result(r, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, error) for r, t in reqs
     )
 
 
@@ -260,7 +253,7 @@ def dead_letter_job(job: Job) -> None:
     error = job.error.info() if job.error else None
     try:
         poison = error is not None and error.code is ErrorCode.POISON_MESSAGE
-        built = deadletter.build(
+        built = results.dead_letter(
             s,
             error or InferqError("rejected without an error").info(),
             req.wire_json(),
@@ -272,7 +265,7 @@ def dead_letter_job(job: Job) -> None:
             attempts=job.attempts - 1 if poison else max(1, job.attempts),
         )
         letter = built.letter
-        deadletter.send(_producer(), s, built)
+        letters.send(_producer(), s, built)
         log.warning(
             "dead-lettering request %s (%s) after %d attempts",
             req.request_id,
@@ -390,7 +383,7 @@ def requeue_stale(
             job.status, job.source = ResultStatus.FAILED, h["item"].get("source")
             job.error = ModelUnavailable(f"no live worker has served model {model!r} for a while")
             failed.append(job)
-    written = store.advance(request_result(j.request, j.status, j.timings, j.error) for j in failed)
+    written = store.advance(results.result(j.request, j.status, j.timings, j.error) for j in failed)
     for job in (j for j, ok in zip(failed, written, strict=True) if ok):
         counts["unavailable"] += 1
         if reject is not None:

@@ -32,6 +32,7 @@ from collections import deque
 from collections.abc import Callable, Sequence
 from typing import Any
 
+from schemas import results
 from schemas.errors import Cancelled, DeadlineExpired, InferqError, InvalidRequest, ModelError
 from schemas.messages import (
     FinishReason,
@@ -39,7 +40,6 @@ from schemas.messages import (
     InferenceRequest,
     InferenceResult,
     ResultStatus,
-    Timings,
     now_ms,
 )
 from workers.core.jobs import PRIORITY_RANK, Job, JobHook, start_jobs
@@ -363,14 +363,7 @@ class Decoder:
     def _result(self, job: Job) -> InferenceResult:
         r, seqs = job.request, self._seqs.get(id(job), [])  # built in input order
         outputs = [GenerationOutput(text=s.text, tokens=len(s.tokens), finish_reason=s.finish) for s in seqs]
-        return InferenceResult(
-            request_id=r.request_id,
-            status=job.status,
-            task=r.task,
-            model=r.model,
-            model_version=self.runner.version,
-            tenant=r.tenant,
-            outputs=outputs if job.status is not ResultStatus.FAILED and outputs else None,
-            error=job.error.info() if job.error else None,
-            timings=Timings(**job.timings),
+        kept = outputs if job.status is not ResultStatus.FAILED and outputs else None
+        return results.result(
+            r, job.status, job.timings, job.error, model_version=self.runner.version, outputs=kept
         )

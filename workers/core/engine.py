@@ -28,8 +28,9 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Any
 
+from schemas import results
 from schemas.errors import DeadlineExpired, ModelError
-from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, now_ms
 from workers.core.batcher import Batcher, BatchPolicy, padded_tokens
 from workers.core.jobs import PRIORITY_RANK, Job, JobHook, Piece, start_jobs
 from workers.core.runners.base import Runner
@@ -290,18 +291,14 @@ class Engine:
             j.done.set()
 
     def _result(self, job: Job) -> InferenceResult:
-        r = job.request
-        done = job.status is ResultStatus.DONE
-        return InferenceResult(
-            request_id=r.request_id,
-            status=job.status,
-            task=r.task,
-            model=r.model,
+        outputs = [o for o in job.outputs if o is not None] if job.status is ResultStatus.DONE else None
+        return results.result(
+            job.request,
+            job.status,
+            job.timings,
+            job.error,
             model_version=self.runner.version,
-            tenant=r.tenant,
-            outputs=[o for o in job.outputs if o is not None] if done else None,
-            error=job.error.info() if job.error else None,
-            timings=Timings(**job.timings),
+            outputs=outputs,
         )
 
 

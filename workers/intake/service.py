@@ -14,7 +14,7 @@ backoff; nothing is committed until a poll is fully handed off, its dead letters
 intake waits until the broker has them).
 
 No record can stop the intake. Every failure to decode or validate one is a typed dead letter
-(:mod:`schemas.validation`, :mod:`schemas.deadletter`: a letter always fits the producer's limit).
+(:mod:`schemas.validation`, :mod:`schemas.results`: a letter always fits the producer's limit).
 Any other exception while handling a poll (a bug, a type nobody expected) rewinds it and gives each
 of its records a strike; a record with ``MAX_STRIKES`` strikes is then handled alone, and
 dead-lettered ``internal_error`` (with the exception type) if it fails again, so a poison record
@@ -41,7 +41,7 @@ from kafka.errors import CommitFailedError, KafkaError, RebalanceInProgressError
 from kafka.structs import OffsetAndMetadata, TopicPartition
 from kombu.exceptions import OperationalError
 
-from schemas import deadletter
+from schemas import results
 from schemas.catalog import CATALOG
 from schemas.connections import kafka_client_options, kafka_options
 from schemas.errors import (
@@ -75,15 +75,14 @@ from workers.store.store import (
     Admission,
     ResultStore,
     bytes_digest,
-    queued_result,
     quota_error,
     request_digest,
-    request_result,
 )
 from workers.telemetry.liveness import record_poll
 from workers.telemetry.logs import configure_logging, mask_text, stop_logging
 from workers.telemetry.metrics import ADMITTED, DEAD_LETTERS, REDELIVERED
 from workers.telemetry.observe import observe_store
+from workers.transport import letters
 from workers.transport.app import CELERY_PRIORITY, TASK_INFER, make_app
 
 log = logging.getLogger(__name__)
@@ -142,7 +141,7 @@ class Intake:
         self.doorbell = Doorbell(settings) if settings.intake_doorbell else None
         self.stall = StallWatch()
         self.strikes: dict[Where, int] = {}
-        self._letters: list[deadletter.Letter] = []
+        self._letters: list[results.Letter] = []
         self.lost = LostRecords(settings, store, producer)
         self.truncation = TruncationWatch(
             lambda: KafkaConsumer(**kafka_client_options(settings)), settings.kafka_truncation_check_s
@@ -277,8 +276,8 @@ class Intake:
         )
         log.warning("dead-lettering %d unreadable records of %s[%d] from %d", len(offsets), *tp, offsets[0])
         DEAD_LETTERS.labels(error.code.value).inc(len(offsets))
-        letters = [
-            deadletter.build(
+        unreadable_letters = [
+            results.dead_letter(
                 self.s,
                 error.info(),
                 None,
@@ -288,7 +287,7 @@ class Intake:
             )
             for o in offsets
         ]
-        deadletter.deliver(self.producer, self.s, letters, LETTER_WAIT_S)
+        letters.deliver(self.producer, self.s, unreadable_letters, LETTER_WAIT_S)
         after = offsets[-1] + 1
         self.consumer.seek(tp, after)
         self.consumer.commit({tp: OffsetAndMetadata(after, "", -1)})
@@ -377,7 +376,7 @@ class Intake:
             else:
                 self._handle_records(records, received)
             self.producer.flush()
-            lost = deadletter.deliver(self.producer, self.s, self._letters, LETTER_WAIT_S)
+            lost = letters.deliver(self.producer, self.s, self._letters, LETTER_WAIT_S)
             if lost:
                 log.error("%d dead letters refused by the broker for good; their records are skipped", lost)
         except RETRYABLE:
@@ -439,7 +438,7 @@ class Intake:
         available = self.served.available() if accepted else frozenset()
         for rec, req, t in [a for a in accepted if a[1].model not in available]:
             unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
-            failed = request_result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
+            failed = results.result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
             # over the API's ``queued`` record of this content too: it must not stay queued for ever
             self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
             self.reject(rec, unserved, t["received_ms"], answer=False)
@@ -454,21 +453,23 @@ class Intake:
         deadlines = {sid: d for sid, (_, req, _) in pairs if (d := req.deadline_ms()) is not None}
         handoffs = {sid: self._handoff(rec, req, t) for sid, (rec, req, t) in pairs}
         verdicts = self.store.admit(
-            [(request_digest(req), queued_result(req, t)) for _, req, t in accepted], deadlines, handoffs
+            [(request_digest(req), results.queued_result(req, t)) for _, req, t in accepted],
+            deadlines,
+            handoffs,
         )
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         late: list[InferenceResult] = []
         for sid, (rec, req, t), verdict in zip(sids, accepted, verdicts, strict=True):
             if verdict.over_quota:  # not admitted: answered at once, costs the other tenants nothing
                 over = quota_error(verdict, req.tenant, self.s)
-                late.append(request_result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over))
+                late.append(results.result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over))
                 continue
             if verdict is not Admission.NEW:
                 REDELIVERED.labels(verdict.value).inc()
             deadline = req.deadline_ms()
             if verdict in (Admission.NEW, Admission.PENDING) and deadline is not None and deadline <= queued:
                 error = DeadlineExpired("deadline passed while the request waited in Kafka")
-                late.append(request_result(req, ResultStatus.EXPIRED, {**t, "done_ms": queued}, error))
+                late.append(results.result(req, ResultStatus.EXPIRED, {**t, "done_ms": queued}, error))
                 continue
             if verdict is Admission.NEW:
                 ADMITTED.labels(req.model).inc()
@@ -499,7 +500,7 @@ class Intake:
         while the request is queued, so a lost message can be sent again)."""
         source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
         if rec.key:  # bounded: a key may be as large as the broker allows, beside a small request
-            source["key"] = rec.key[: deadletter.KEY_MAX_BYTES].decode("utf-8", "replace")
+            source["key"] = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace")
         return {
             "queue": model_queue(self.s, req.model),
             "priority": CELERY_PRIORITY[req.priority],
@@ -538,7 +539,7 @@ class Intake:
                 "inferq.source.offset": rec.offset,
             },
         )
-        letter = deadletter.build(
+        letter = results.dead_letter(
             self.s,
             error.info(),
             rec.value,
@@ -551,13 +552,8 @@ class Intake:
         )
         # under signed tenants, only a record its tenant signed is answered (no squatting by letters)
         if answer and rid and self.tenancy.may_answer(rec.value, rec.headers, tenant):
-            failed = InferenceResult(
-                request_id=rid,
-                status=ResultStatus.FAILED,
-                tenant=tenant,
-                error=letter.letter.error,
-                timings=Timings(published_ms=float(rec.timestamp), received_ms=received, done_ms=now_ms()),
-            )
+            timings = Timings(published_ms=float(rec.timestamp), received_ms=received, done_ms=now_ms())
+            failed = results.salvaged_result(rid, letter.letter.error, timings, tenant=tenant)
             digests = [bytes_digest(rec.value or b"")]
             with contextlib.suppress(Exception):  # parsed, it may be stored under its wire digest
                 digests.append(request_digest(parse_request(rec.value, self.s)))

@@ -23,8 +23,8 @@ from typing import Any, NamedTuple
 import redis
 
 from schemas.connections import redis_client
-from schemas.errors import Cancelled, DeadlineExpired, InferqError, QuotaExceeded
-from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
+from schemas.errors import Cancelled, DeadlineExpired, QuotaExceeded
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, now_ms
 from schemas.naming import (
     deadlines_key,
     done_channel,
@@ -92,29 +92,6 @@ def bytes_digest(raw: bytes) -> str:
     """:func:`request_digest` of a record's raw bytes (equal when they are the request's wire JSON,
     which is what the API and the producer client publish)."""
     return hashlib.sha256(raw).hexdigest()[:32]
-
-
-def request_result(
-    request: InferenceRequest,
-    status: ResultStatus,
-    timings: dict[str, Any],
-    error: InferqError | None = None,
-) -> InferenceResult:
-    """A result without outputs for ``request`` (queued, or ended before the model ran)."""
-    return InferenceResult(
-        request_id=request.request_id,
-        status=status,
-        task=request.task,
-        model=request.model,
-        tenant=request.tenant,
-        error=error.info() if error else None,
-        timings=Timings(**timings),
-    )
-
-
-def queued_result(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:
-    """The first result a request has: ``queued``, with the timings known so far."""
-    return request_result(request, ResultStatus.QUEUED, timings)
 
 
 class ResultStore:

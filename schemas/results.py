@@ -1,49 +1,91 @@
-"""The one place a :class:`~schemas.messages.DeadLetter` is built and sent.
+"""The one place every :class:`~schemas.messages.InferenceResult` and
+:class:`~schemas.messages.DeadLetter` is built.
+
+A new result field, or a new way for a request to end, touches this module and no other builder:
+the store, the intake, the worker's engines and the API all take their results from here.
 
 A letter must always reach the dead-letter topic: a record refused for being too large, or full
 of bytes that each become a 3-byte U+FFFD (escapes double that), would otherwise make a letter
 over the producer's ``max_request_size``, refused for ever. So the embedded payload is cut until
 the letter's JSON fits ``INFERQ_DEADLETTER_MAX_BYTES`` (kept below the producer's limit), and the
 original's size and SHA-256 go with it; the error's ``detail`` and the key are bounded too.
-
-Sending is checked: :func:`send` returns the future, and callers wait on it before committing
-past the record. A per-record refusal (:data:`PERMANENT`) is not worth retrying: retrying it
-would stop the partition for ever, so :func:`deliver` answers it with a minimal letter instead.
+Sending is :mod:`workers.transport.letters`.
 """
 
 from __future__ import annotations
 
 import hashlib
-import logging
+from collections.abc import Sequence
 from datetime import datetime, timezone
-from typing import NamedTuple
+from typing import Any, NamedTuple
 
-from kafka import KafkaProducer
-from kafka.errors import (
-    InvalidRecordError,
-    InvalidTopicError,
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
+from schemas.errors import InferqError
+from schemas.messages import (
+    DeadLetter,
+    ErrorInfo,
+    InferenceRequest,
+    InferenceResult,
+    ResultStatus,
+    Task,
+    Timings,
 )
-from kafka.producer.future import FutureRecordMetadata
-
-from schemas.messages import DeadLetter, ErrorInfo
-from schemas.naming import deadletter_topic
 from schemas.settings import Settings
 
-log = logging.getLogger(__name__)
+
+def result(
+    request: InferenceRequest,
+    status: ResultStatus,
+    timings: dict[str, Any],
+    error: InferqError | None = None,
+    *,
+    model_version: str | None = None,
+    outputs: Sequence[Any] | None = None,
+) -> InferenceResult:
+    """The result of ``request``: ``outputs`` when the model ran, ``error`` when it failed."""
+    return InferenceResult(
+        request_id=request.request_id,
+        status=status,
+        task=request.task,
+        model=request.model,
+        model_version=model_version,
+        tenant=request.tenant,
+        outputs=list(outputs) if outputs is not None else None,
+        error=error.info() if error else None,
+        timings=Timings(**timings),
+    )
+
+
+def queued_result(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:
+    """The first result a request has: ``queued``, with the timings known so far."""
+    return result(request, ResultStatus.QUEUED, timings)
+
+
+def salvaged_result(
+    request_id: str,
+    error: ErrorInfo,
+    timings: Timings,
+    *,
+    tenant: str | None = None,
+    task: Any = None,
+    model: Any = None,
+) -> InferenceResult:
+    """The failed answer to a request that could not be read whole: only what was salvaged from it
+    (its id, tenant and, when well-formed, task and model) goes with the error."""
+    return InferenceResult(
+        request_id=request_id,
+        status=ResultStatus.FAILED,
+        task=task if task in {t.value for t in Task} else None,
+        model=model if isinstance(model, str) else None,
+        tenant=tenant,
+        error=error,
+        timings=timings,
+    )
+
 
 KEY_MAX_BYTES = 1_024  # a record key is kept up to this (a Kafka key may be as large as the record)
 FRAMING_BYTES = 16_384  # the record's key, headers and batch framing, beside the letter's JSON
 TEXT_MAX_CHARS = 2_000  # an error's message and hint, in a letter that does not fit otherwise
 DETAIL_MAX_ITEMS = 20  # of a list ``detail`` (a validation error per bad input, say)
-# per-record refusals: sending the same letter again is refused again
-PERMANENT: tuple[type[Exception], ...] = (
-    MessageSizeTooLargeError,
-    RecordListTooLargeError,
-    InvalidRecordError,
-    InvalidTopicError,
-)
 
 
 def letter_cap(settings: Settings) -> int:
@@ -60,7 +102,7 @@ class Letter(NamedTuple):
     letter: DeadLetter
 
 
-def build(
+def dead_letter(
     settings: Settings,
     error: ErrorInfo,
     payload: bytes | str | None,
@@ -117,14 +159,6 @@ def _letter(key: bytes | None, value: bytes, letter: DeadLetter) -> Letter:
     return Letter(key, value, [("error_code", letter.error.code.value.encode())], letter)
 
 
-def send(producer: KafkaProducer, settings: Settings, letter: Letter) -> FutureRecordMetadata:
-    """Send ``letter`` to the dead-letter topic; the future says whether the broker took it (a
-    refusal the producer makes before sending, such as a size check, is raised here)."""
-    return producer.send(
-        deadletter_topic(settings), key=letter.key, value=letter.value, headers=letter.headers
-    )
-
-
 def minimal(letter: Letter) -> Letter:
     """The same letter without its payload or error detail: what is sent when the broker refused
     the full one for good (a broker limit below ours)."""
@@ -138,46 +172,3 @@ def minimal(letter: Letter) -> Letter:
     )
     small = d.model_copy(update={"error": error, "payload": "", "payload_truncated": bool(d.payload_bytes)})
     return _letter(letter.key[:64] if letter.key else None, small.model_dump_json().encode(), small)
-
-
-def deliver(producer: KafkaProducer, settings: Settings, letters: list[Letter], timeout_s: float) -> int:
-    """Send ``letters`` and wait until the broker has each one; returns how many were refused for
-    good even as minimal letters (logged, and not retried: the record is committed past anyway).
-
-    A transient failure (broker unreachable, timeout) is raised, so the caller rewinds and tries
-    the whole poll again rather than commit past a record whose letter was lost.
-    """
-    pending = [(letter, _send_or_error(producer, settings, letter)) for letter in letters]
-    lost = 0
-    for letter, sent in pending:
-        try:
-            _wait(sent, timeout_s)
-        except PERMANENT as e:
-            log.error(
-                "dead letter for %s[%d]@%d refused (%s); sending it without its payload",
-                letter.letter.source_topic,
-                letter.letter.source_partition,
-                letter.letter.source_offset,
-                type(e).__name__,
-            )
-            try:
-                _wait(_send_or_error(producer, settings, minimal(letter)), timeout_s)
-            except PERMANENT as again:
-                lost += 1
-                log.error("minimal dead letter refused too (%s); the record is skipped", type(again).__name__)
-    return lost
-
-
-def _send_or_error(
-    producer: KafkaProducer, settings: Settings, letter: Letter
-) -> FutureRecordMetadata | Exception:
-    try:
-        return send(producer, settings, letter)
-    except PERMANENT as e:
-        return e
-
-
-def _wait(sent: FutureRecordMetadata | Exception, timeout_s: float) -> None:
-    if isinstance(sent, Exception):
-        raise sent
-    sent.get(timeout=timeout_s)
