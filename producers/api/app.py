@@ -75,8 +75,7 @@ from schemas.validation import decode_json, validate_request
 from workers.store.presence import ServedModels
 from workers.store.store import Admission, quota_error
 from workers.telemetry.logs import configure_logging, stop_logging
-from workers.telemetry.metrics import ADMITTED
-from workers.telemetry.observe import observe_store
+from workers.telemetry.observe import Telemetry
 
 log = logging.getLogger(__name__)
 
@@ -118,7 +117,9 @@ async def disconnected(request: Request) -> None:
 def create_app(settings: Settings | None = None) -> FastAPI:
     settings = settings or get_settings()
     client = InferqClient(settings)
-    store = observe_store(client.store)  # cancellations are terminal results too: logged and counted
+    telemetry = Telemetry(settings)
+    store = client.store
+    store.observer.add(telemetry)  # cancellations are terminal results too: logged and counted
     ring = KeyRing.from_settings(settings)
     hub = WaitHub(settings)
     served = ServedModels(store.client, settings)
@@ -256,7 +257,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if verdict is Admission.NEW:
             # counted here: the intake then finds the request already admitted (PENDING) and
             # does not count it again, so each admission path counts a request exactly once
-            ADMITTED.labels(request.model).inc()
+            telemetry.admitted(request.model)
 
     @app.post(
         "/v1/requests",

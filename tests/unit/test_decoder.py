@@ -16,10 +16,11 @@ import torch
 
 from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus, now_ms
+from schemas.observer import Observer, StepStats
 from schemas.settings import Settings
 from workers.core.decoder import Decoder
 from workers.core.runners.causal import CausalLM, load_tiny_lm
-from workers.core.sequences import Chunk, DecodePolicy, StepStats
+from workers.core.sequences import Chunk, DecodePolicy
 
 PROMPTS = ["the weather in lisbon is", "i want to talk to a human", "reset my password", "a"]
 
@@ -84,11 +85,28 @@ def gen(prompt: str | list[str], **params) -> InferenceRequest:
     return InferenceRequest(task="generate", model="tiny-lm", inputs=prompt, generation=params)
 
 
+class Steps(Observer):
+    """Calls each tap with every decode step's stats."""
+
+    def __init__(self) -> None:
+        self.taps: list = []
+
+    def step_done(self, stats: StepStats) -> None:
+        for tap in list(self.taps):
+            tap(stats)
+
+
+def taps_of(d):
+    """The step taps of a decoder built with a :class:`Steps` observer."""
+    return d.observer.taps
+
+
 def decoder(lm, store=None, **policy) -> tuple[Decoder, MemoryStore, list[StepStats]]:
     store = store or MemoryStore()
-    d = Decoder(lm, store, DecodePolicy(**{"stream_interval_ms": 0.0, **policy}))
+    taps = Steps()
+    d = Decoder(lm, store, DecodePolicy(**{"stream_interval_ms": 0.0, **policy}), observer=taps)
     steps: list[StepStats] = []
-    d.step_hooks.append(steps.append)
+    taps.taps.append(steps.append)
     return d, store, steps
 
 
@@ -114,7 +132,7 @@ def test_requests_join_and_leave_mid_batch_and_compute_what_they_would_alone(lm)
         if len(steps) in (3, 6):
             later.extend(d.submit([(reqs[len(later) + 1], {})]))
 
-    d.step_hooks.append(join_later)
+    taps_of(d).append(join_later)
     jobs = d.submit([(reqs[0], {})])
     wait(jobs)
     wait(later)
@@ -140,7 +158,7 @@ def test_static_batching_makes_a_newcomer_wait_for_the_whole_batch(lm):
     d, store, steps = decoder(lm, static=True)
     a, b = gen(PROMPTS[0], max_new_tokens=20), gen(PROMPTS[1], max_new_tokens=5)
     later: list = []
-    d.step_hooks.append(lambda st: later.extend(d.submit([(b, {})])) if len(steps) == 2 else None)
+    taps_of(d).append(lambda st: later.extend(d.submit([(b, {})])) if len(steps) == 2 else None)
     wait(d.submit([(a, {})]))
     wait(later)
     d.close()
@@ -204,7 +222,13 @@ def test_cancel_mid_way_keeps_the_text_so_far_and_frees_the_slot(lm):
 def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(lm):
     clock = {"skew_ms": 0.0}
     store = MemoryStore()
-    d = Decoder(lm, store, DecodePolicy(stream_interval_ms=0.0), wall_ms=lambda: now_ms() + clock["skew_ms"])
+    d = Decoder(
+        lm,
+        store,
+        DecodePolicy(stream_interval_ms=0.0),
+        wall_ms=lambda: now_ms() + clock["skew_ms"],
+        observer=Steps(),
+    )
     steps: list[StepStats] = []
 
     def jump(stats: StepStats) -> None:  # after 6 steps, time jumps an hour ahead
@@ -212,7 +236,7 @@ def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(lm):
         if len(steps) == 6:
             clock["skew_ms"] = 3_600_000.0
 
-    d.step_hooks.append(jump)
+    taps_of(d).append(jump)
     late = gen(PROMPTS[0], max_new_tokens=300)
     late = late.model_copy(update={"deadline": datetime.now(timezone.utc) + timedelta(minutes=30)})
     wait(d.submit([(late, {})]))

@@ -7,6 +7,7 @@ import pytest
 
 from schemas.errors import ErrorCode
 from schemas.messages import EmbeddingOutput, InferenceRequest, InferenceResult, ResultStatus, Task
+from schemas.observer import BatchStats, Observer
 from workers.core.batcher import BatchPolicy
 from workers.core.engine import Engine, is_out_of_memory
 
@@ -151,8 +152,13 @@ def test_oom_detection():
 
 def test_batch_stats_record_padding_waste():
     engine, _, _ = make_engine()
-    seen = []
-    engine.hooks.append(seen.append)
+    seen: list[BatchStats] = []
+
+    class Batches(Observer):
+        def batch_done(self, stats: BatchStats) -> None:
+            seen.append(stats)
+
+    engine.observer = Batches()
     engine.submit([(req(["ab", "abcdef"]), {})])
     engine.close()
     (stats,) = seen

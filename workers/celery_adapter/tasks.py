@@ -44,6 +44,7 @@ from schemas.messages import (
     now_ms,
 )
 from schemas.naming import instance_key, node_key, owners_key, stream_topic, worker_key
+from schemas.observer import Observer
 from schemas.settings import get_settings
 from schemas.validation import readable_request_id
 from workers.core.batcher import BatchPolicy
@@ -57,8 +58,7 @@ from workers.core.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPol
 from workers.store.presence import ServedModels, advertise, withdraw
 from workers.store.store import ResultStore, as_text
 from workers.telemetry.logs import configure_logging, stop_logging
-from workers.telemetry.metrics import REDELIVERED
-from workers.telemetry.observe import observe_store, on_batch, on_step
+from workers.telemetry.observe import Telemetry
 from workers.transport import letters
 from workers.transport.app import TASK_INFER, app
 
@@ -76,7 +76,13 @@ INSTANCE = secrets.token_hex(8)
 @functools.cache
 def result_store() -> ResultStore:
     """The process's one result store (one Redis connection pool for engines, failures, heartbeat)."""
-    return observe_store(ResultStore.from_settings(get_settings()))
+    return ResultStore.from_settings(get_settings(), observer())
+
+
+@functools.cache
+def observer() -> Observer:
+    """The process's telemetry (metrics and logs), wired into its store and engines."""
+    return Telemetry(get_settings())
 
 
 def engine_for(model: str) -> Engine | Decoder:
@@ -100,8 +106,7 @@ def _new_engine(model: str) -> Engine | Decoder:
             s.generate_stream_interval_ms,
             static=s.generate_batching == "static",
         )
-        decoder = Decoder(runner, result_store(), policy, s.max_attempts)
-        decoder.step_hooks.append(on_step)
+        decoder = Decoder(runner, result_store(), policy, s.max_attempts, observer=observer())
         decoder.reject_hooks.append(dead_letter_job)
         decoder.chunk_hooks.append(publish_chunk)
         return decoder
@@ -112,8 +117,7 @@ def _new_engine(model: str) -> Engine | Decoder:
         if s.batch_wait == "adaptive"
         else FixedWait(s.max_wait_ms)
     )
-    engine = Engine(runner, result_store(), batch, wait, cost, s.max_attempts)
-    engine.hooks.append(on_batch)
+    engine = Engine(runner, result_store(), batch, wait, cost, s.max_attempts, observer())
     engine.poison_hooks.append(dead_letter_job)
     return engine
 
@@ -399,7 +403,7 @@ def _requeue_stale() -> None:
 
     counts = requeue_stale(result_store(), served_models(), s.requeue_queued_after_s, send, dead_letter_job)
     if counts["requeued"]:
-        REDELIVERED.labels("requeued").inc(counts["requeued"])
+        observer().redelivered("requeued", counts["requeued"])
         log.warning(
             "sent %d requests again: still queued %.0f s after admission",
             counts["requeued"],

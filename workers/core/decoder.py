@@ -42,10 +42,11 @@ from schemas.messages import (
     ResultStatus,
     now_ms,
 )
+from schemas.observer import Observer, StepStats
 from workers.core.jobs import PRIORITY_RANK, Job, JobHook, start_jobs
 from workers.core.runners.causal import CausalLM, KVBatch
 from workers.core.sampling import Sampler, StopText, pick_tokens
-from workers.core.sequences import Chunk, ChunkHook, DecodePolicy, Seq, StepHook, StepStats
+from workers.core.sequences import Chunk, ChunkHook, DecodePolicy, Seq
 from workers.store.store import TRANSIENT_ERRORS, ResultStore
 
 log = logging.getLogger(__name__)
@@ -68,6 +69,7 @@ class Decoder:
         max_attempts: int = 3,
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], float] = now_ms,
+        observer: Observer | None = None,
     ) -> None:
         """``clock`` (seconds) paces the syncs; ``wall_ms`` (epoch ms) dates timings and judges deadlines."""
         self.runner = runner
@@ -76,7 +78,7 @@ class Decoder:
         self.max_attempts = max_attempts
         self._clock = clock
         self._wall_ms = wall_ms
-        self.step_hooks: list[StepHook] = []
+        self.observer = observer or Observer()
         self.reject_hooks: list[JobHook] = []  # failed before running (poison, prompt too long)
         self.chunk_hooks: list[ChunkHook] = []  # new text of requests with stream_to_kafka
         self._waiting: list[deque[Seq]] = [deque() for _ in PRIORITY_RANK]
@@ -228,8 +230,7 @@ class Decoder:
         logits, self._kv = self.runner.decode(self._kv, [s.tokens[-1] for s in self._running])
         self._accept(self._running, pick_tokens(logits, [s.sampler for s in self._running]))
         stats = StepStats(self.runner.name, rows, joined, (self._clock() - started) * 1e3)
-        for hook in self.step_hooks:
-            hook(stats)
+        self.observer.step_done(stats)
 
     def _accept(self, seqs: Sequence[Seq], picks: Sequence[int]) -> None:
         """Append each sequence's new token; mark the ones that end (eos, stop, budget, deadline)."""

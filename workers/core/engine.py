@@ -23,14 +23,14 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
 from typing import Any
 
 from schemas import results
 from schemas.errors import DeadlineExpired, ModelError
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, now_ms
+from schemas.observer import BatchStats, Observer
 from workers.core.batcher import Batcher, BatchPolicy, padded_tokens
 from workers.core.jobs import PRIORITY_RANK, Job, JobHook, Piece, start_jobs
 from workers.core.runners.base import Runner
@@ -38,29 +38,6 @@ from workers.core.wait_policy import CostModel, FixedWait, WaitPolicy
 from workers.store.store import TRANSIENT_ERRORS, ResultStore
 
 log = logging.getLogger(__name__)
-
-
-@dataclass(frozen=True)
-class BatchStats:
-    """What one forward pass did; handed to hooks (metrics, logs)."""
-
-    model: str
-    batch_id: str
-    size: int
-    tokens: int
-    padded_tokens: int
-    compute_ms: float
-    failed: int
-    device: str
-    model_version: str
-
-    @property
-    def padding_waste(self) -> float:
-        """Share of the computed tokens that were padding."""
-        return 1.0 - self.tokens / self.padded_tokens if self.padded_tokens else 0.0
-
-
-BatchHook = Callable[[BatchStats], None]
 
 
 class Engine:
@@ -74,13 +51,14 @@ class Engine:
         wait: WaitPolicy | None = None,
         cost: CostModel | None = None,
         max_attempts: int = 3,
+        observer: Observer | None = None,
     ) -> None:
         self.runner = runner
+        self.observer = observer or Observer()
         self.store = store
         self.cost = cost or CostModel()
         self.max_attempts = max_attempts
         self.batcher: Batcher[Piece] = Batcher(policy, wait or FixedWait(policy.max_wait_ms))
-        self.hooks: list[BatchHook] = []
         # called with each job failed as poison (started more than max_attempts times): the
         # worker dead-letters it
         self.poison_hooks: list[JobHook] = []
@@ -168,7 +146,7 @@ class Engine:
             self._observe(batch_id, forwarded, compute_ms, failed)
 
     def _observe(self, batch_id: str, lengths: list[int], compute_ms: float, failed: int) -> None:
-        """Feed the cost model and the batch hooks (metrics, logs) with a forward pass just run
+        """Feed the cost model and the observer (metrics, logs) with a forward pass just run
         (``lengths``: its inputs' token counts); after the writes, off the requests' path."""
         stats = BatchStats(
             self.runner.name,
@@ -182,8 +160,7 @@ class Engine:
             self.runner.version,
         )
         self.cost.observe(stats.padded_tokens, stats.size, stats.compute_ms)
-        for hook in self.hooks:
-            hook(stats)
+        self.observer.batch_done(stats)
 
     def _drop_expired(self, pieces: list[Piece], now: float) -> list[Piece]:
         live = []

@@ -56,15 +56,4 @@ class Chunk:
     finish_reason: FinishReason | None
 
 
-@dataclass(frozen=True)
-class StepStats:
-    """What one decode step did; handed to hooks (metrics)."""
-
-    model: str
-    running: int  # rows in the step: each produced one token
-    joined: int
-    step_ms: float
-
-
-StepHook = Callable[[StepStats], None]
 ChunkHook = Callable[[Chunk], None]

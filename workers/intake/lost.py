@@ -23,11 +23,11 @@ from kafka.partitioner.default import murmur2
 from kafka.structs import TopicPartition
 
 from schemas.naming import ADMITTED_HEADER, requests_topic
+from schemas.observer import Observer
 from schemas.settings import Settings
 from schemas.tenancy import parse_keys, signed_headers
 from schemas.validation import readable_request_id
 from workers.store.store import ResultStore
-from workers.telemetry.metrics import REDELIVERED
 
 log = logging.getLogger(__name__)
 
@@ -38,8 +38,15 @@ SEND_WAIT_S = 30.0
 class LostRecords:
     """One intake's sweep for the API's records the broker lost (see the module docstring)."""
 
-    def __init__(self, settings: Settings, store: ResultStore, producer: KafkaProducer) -> None:
+    def __init__(
+        self,
+        settings: Settings,
+        store: ResultStore,
+        producer: KafkaProducer,
+        observer: Observer | None = None,
+    ) -> None:
         self.s = settings
+        self.observer = observer or Observer()
         self.store = store
         self.producer = producer
         # result key → the record's partition and that partition's end offset when first found
@@ -105,7 +112,7 @@ class LostRecords:
             del self.marks[key]
             sent += 1
         if sent:
-            REDELIVERED.labels("republished").inc(sent)
+            self.observer.redelivered("republished", sent)
             log.warning(
                 "published %d requests again: admitted by the API, never read from Kafka (lost)",
                 sent,

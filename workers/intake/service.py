@@ -56,6 +56,7 @@ from schemas.errors import (
 )
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, requests_topic, scoped_id
+from schemas.observer import Observer
 from schemas.settings import Settings, get_settings
 from schemas.tenancy import TenantAuth
 from schemas.validation import parse_request, salvage
@@ -78,10 +79,8 @@ from workers.store.store import (
     quota_error,
     request_digest,
 )
-from workers.telemetry.liveness import record_poll
 from workers.telemetry.logs import configure_logging, mask_text, stop_logging
-from workers.telemetry.metrics import ADMITTED, DEAD_LETTERS, REDELIVERED
-from workers.telemetry.observe import observe_store
+from workers.telemetry.observe import Telemetry
 from workers.transport import letters
 from workers.transport.app import CELERY_PRIORITY, TASK_INFER, make_app
 
@@ -122,8 +121,10 @@ class Intake:
         producer: KafkaProducer,
         store: ResultStore,
         celery: Celery,
+        observer: Observer | None = None,
     ) -> None:
         self.s = settings
+        self.observer = observer or Observer()
         self._new_consumer = new_consumer
         self.consumer = new_consumer()
         self.producer = producer
@@ -142,7 +143,7 @@ class Intake:
         self.stall = StallWatch()
         self.strikes: dict[Where, int] = {}
         self._letters: list[results.Letter] = []
-        self.lost = LostRecords(settings, store, producer)
+        self.lost = LostRecords(settings, store, producer, self.observer)
         self.truncation = TruncationWatch(
             lambda: KafkaConsumer(**kafka_client_options(settings)), settings.kafka_truncation_check_s
         )
@@ -162,8 +163,9 @@ class Intake:
             retries=10,
             max_request_size=settings.kafka_max_request_bytes,
         )
-        store = observe_store(ResultStore.from_settings(settings))
-        return cls(settings, lambda: new_consumer(settings), producer, store, make_app(settings))
+        telemetry = Telemetry(settings)
+        store = ResultStore.from_settings(settings, telemetry)
+        return cls(settings, lambda: new_consumer(settings), producer, store, make_app(settings), telemetry)
 
     def run(self, stop: threading.Event) -> None:
         """Poll, hand off, commit, until ``stop`` is set; then close (every handled poll is committed).
@@ -275,7 +277,7 @@ class Intake:
             hint="publish header names as UTF-8, and compress with gzip or not at all",
         )
         log.warning("dead-lettering %d unreadable records of %s[%d] from %d", len(offsets), *tp, offsets[0])
-        DEAD_LETTERS.labels(error.code.value).inc(len(offsets))
+        self.observer.dead_lettered(error.code.value, len(offsets))
         unreadable_letters = [
             results.dead_letter(
                 self.s,
@@ -296,7 +298,7 @@ class Intake:
         return len(offsets)
 
     def _step(self) -> int:
-        record_poll(self.s)  # liveness: a stamp that stops means a dead or wedged intake
+        self.observer.polled()  # liveness: a stamp that stops means a dead or wedged intake
         room = self.hold.apply(self.consumer)
         if self.backpressure.paused:  # what needs no capacity is answered even while paused
             skimmed = self.hold.skim(self.consumer, self._needs_no_room, self.handle)
@@ -465,14 +467,14 @@ class Intake:
                 late.append(results.result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over))
                 continue
             if verdict is not Admission.NEW:
-                REDELIVERED.labels(verdict.value).inc()
+                self.observer.redelivered(verdict.value)
             deadline = req.deadline_ms()
             if verdict in (Admission.NEW, Admission.PENDING) and deadline is not None and deadline <= queued:
                 error = DeadlineExpired("deadline passed while the request waited in Kafka")
                 late.append(results.result(req, ResultStatus.EXPIRED, {**t, "done_ms": queued}, error))
                 continue
             if verdict is Admission.NEW:
-                ADMITTED.labels(req.model).inc()
+                self.observer.admitted(req.model)
                 if self.s.log_inputs:  # opt-in, and masked: never the text itself
                     log.info(
                         "received %s",
@@ -520,7 +522,7 @@ class Intake:
         ``answer``, also write a ``failed`` result for its id, over a ``queued`` record of the same
         content (so a request the API admitted and the intake refuses does not stay queued)."""
         rid, tenant = salvage(rec.value)
-        DEAD_LETTERS.labels(error.code.value).inc()
+        self.observer.dead_lettered(error.code.value)
         log.warning(
             "dead-lettering %s[%d]@%d: %s",
             rec.topic,

@@ -16,7 +16,7 @@ from __future__ import annotations
 import hashlib
 import json
 import logging
-from collections.abc import Callable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from enum import Enum
 from typing import Any, NamedTuple
 
@@ -37,6 +37,7 @@ from schemas.naming import (
     unseen_key,
     unseen_wire_key,
 )
+from schemas.observer import Observer, Observers
 from schemas.settings import Settings
 from workers.store import scripts as lua
 
@@ -97,7 +98,7 @@ def bytes_digest(raw: bytes) -> str:
 class ResultStore:
     """Writes and reads results; every write is one round trip for a whole batch."""
 
-    def __init__(self, client: redis.Redis, settings: Settings) -> None:
+    def __init__(self, client: redis.Redis, settings: Settings, observer: Observer | None = None) -> None:
         self.client = client
         self._s = settings
         self._admit = client.register_script(lua.BYTES + lua.ADMIT)
@@ -109,15 +110,13 @@ class ResultStore:
         self._unseen = client.register_script(lua.UNSEEN)
         self.channel = done_channel(settings)
         self.inflight_key = inflight_key(settings)
-        # called with each result this process made terminal (logs, metrics); never raise into writes
-        self.hooks: list[Callable[[InferenceResult], None]] = []
-        # called with each terminal result the store refused because the request had already
-        # ended: a duplicate delivery made invisible (counted by workers.telemetry.observe)
-        self.refused_hooks: list[Callable[[InferenceResult], None]] = []
+        # told of each result this process made terminal, and of each terminal result refused
+        # because the request had already ended (a duplicate delivery made invisible)
+        self.observer = Observers([observer] if observer else [])
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> ResultStore:
-        return cls(redis_client(settings), settings)
+    def from_settings(cls, settings: Settings, observer: Observer | None = None) -> ResultStore:
+        return cls(redis_client(settings), settings, observer)
 
     def admit(
         self,
@@ -189,9 +188,11 @@ class ResultStore:
             return []
         verdicts = [int(v) for v in pipe.execute()]
         terminal = [(r, n) for r, n in zip(sent, verdicts, strict=True) if r.status.terminal]
-        self._notify(r for r, n in terminal if n)
-        if not only_if_absent:
-            self._notify((r for r, n in terminal if not n), self.refused_hooks)
+        for r, n in terminal:
+            if n:
+                self.observer.result_written(r)
+            elif not only_if_absent:
+                self.observer.result_refused(r)
         return verdicts
 
     def fail_owned(self, items: Sequence[tuple[Sequence[str], InferenceResult]]) -> list[bool]:
@@ -300,20 +301,9 @@ class ResultStore:
             ],
         )
         results = [InferenceResult.model_validate_json(b) for b in bodies]
-        self._notify(results)
+        for r in results:
+            self.observer.result_written(r)
         return results
-
-    def _notify(
-        self,
-        results: Iterable[InferenceResult],
-        hooks: list[Callable[[InferenceResult], None]] | None = None,
-    ) -> None:
-        for result in results:
-            for hook in self.hooks if hooks is None else hooks:
-                try:
-                    hook(result)
-                except Exception:  # a broken hook must not fail a write that already happened
-                    log.exception("result hook %r failed", hook)
 
     def cancel(self, request_id: str, tenant: str | None = None) -> Cancellation:
         """Cancel a request that has not started, or stop a running generation.
@@ -348,7 +338,7 @@ class ResultStore:
             )
         )
         if verdict == "cancelled":
-            self._notify([cancelled])
+            self.observer.result_written(cancelled)
             return Cancellation(ResultStatus.CANCELLED, cancelled)
         latest = self.get(request_id, tenant)  # it moved on between the read and the script
         return Cancellation(latest.status if latest else None, latest, stopping=verdict == "stopping")

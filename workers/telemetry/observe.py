@@ -1,51 +1,59 @@
-"""Hooks that turn pipeline events into log records and metrics, attached at process start.
+"""The pipeline's telemetry: an :class:`~schemas.observer.Observer` that turns events into
+Prometheus metrics and ECS log records, wired into each process at start.
 
-The core loops only call hooks (the store's result hooks, the engine's batch hooks, the
-decoder's step hooks); what the
-hooks do lives here, so logging and metrics never sit inline in the hot path.
+The core loops only call their observer; what is done with each event lives here.
 """
 
 from __future__ import annotations
 
-from typing import TYPE_CHECKING
-
-from workers.core.engine import BatchStats
-from workers.store.store import ResultStore
+from schemas.messages import InferenceResult
+from schemas.observer import BatchStats, Observer, StepStats
+from schemas.settings import Settings
+from workers.telemetry import metrics
 from workers.telemetry.events import log_batch, log_result
-from workers.telemetry.metrics import record_batch, record_refused, record_result, record_step
-
-if TYPE_CHECKING:  # the decoder imports torch; the intake and the API must not
-    from workers.core.sequences import StepStats
+from workers.telemetry.liveness import record_poll
 
 
-def observe_store(store: ResultStore) -> ResultStore:
-    """Log and count every result this process makes terminal."""
-    for hook in (log_result, record_result):
-        if hook not in store.hooks:
-            store.hooks.append(hook)
-    if record_refused not in store.refused_hooks:
-        store.refused_hooks.append(record_refused)
-    return store
+class Telemetry(Observer):
+    """Metrics and logs for every event (one per process; ``settings`` names the intake replica)."""
 
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
 
-def on_batch(stats: BatchStats) -> None:
-    """The engine's batch hook: one log record and the batch histograms."""
-    log_batch(
-        model=stats.model,
-        model_version=stats.model_version,
-        batch_id=stats.batch_id,
-        size=stats.size,
-        tokens=stats.tokens,
-        padded_tokens=stats.padded_tokens,
-        padding_waste=stats.padding_waste,
-        compute_ms=stats.compute_ms,
-        failed=stats.failed,
-        device=stats.device,
-    )
-    record_batch(stats.model, stats.size, stats.tokens, stats.padding_waste, stats.compute_ms)
+    def result_written(self, result: InferenceResult) -> None:
+        log_result(result)
+        metrics.record_result(result)
 
+    def result_refused(self, result: InferenceResult) -> None:
+        metrics.record_refused(result)
 
-def on_step(stats: StepStats) -> None:
-    """The decoder's step hook: generated tokens and sequences per step (no log record: a step is
-    a few ms; each request's record carries its totals)."""
-    record_step(stats.model, stats.running)
+    def batch_done(self, stats: BatchStats) -> None:
+        log_batch(
+            model=stats.model,
+            model_version=stats.model_version,
+            batch_id=stats.batch_id,
+            size=stats.size,
+            tokens=stats.tokens,
+            padded_tokens=stats.padded_tokens,
+            padding_waste=stats.padding_waste,
+            compute_ms=stats.compute_ms,
+            failed=stats.failed,
+            device=stats.device,
+        )
+        metrics.record_batch(stats.model, stats.size, stats.tokens, stats.padding_waste, stats.compute_ms)
+
+    def step_done(self, stats: StepStats) -> None:
+        # no log record: a step is a few ms; each request's record carries its totals
+        metrics.record_step(stats.model, stats.running)
+
+    def admitted(self, model: str) -> None:
+        metrics.ADMITTED.labels(model).inc()
+
+    def redelivered(self, verdict: str, count: int = 1) -> None:
+        metrics.REDELIVERED.labels(verdict).inc(count)
+
+    def dead_lettered(self, code: str, count: int = 1) -> None:
+        metrics.DEAD_LETTERS.labels(code).inc(count)
+
+    def polled(self) -> None:
+        record_poll(self.settings)
