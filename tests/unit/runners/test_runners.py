@@ -142,3 +142,17 @@ def test_shipped_models_load_and_answer(monkeypatch):
     r = InferenceRequest(task="classify", model="minilm-intent", inputs="x", top_k=3)
     assert [classify.output(row, r).labels[0].label for row in rows] == ["connect_to_human", "weather"]
     assert len(classify.labels) == 157
+
+
+def test_every_catalogue_model_has_a_loader_that_imports():
+    """The catalogue (schemas) and the worker's loaders name the same models, and each loader
+    resolves to a function (without loading any weights)."""
+    import importlib
+
+    from schemas.catalog import CATALOG
+    from workers.core.runners import LOADERS
+
+    assert set(LOADERS) == set(CATALOG)
+    for spec in LOADERS.values():
+        module, _, func = spec.partition(":")
+        assert callable(getattr(importlib.import_module(module), func))

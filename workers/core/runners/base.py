@@ -50,18 +50,26 @@ def file_digest(*paths: Path, length: int = 12) -> str:
     return h.hexdigest()[:length]
 
 
+# catalogue model → "module:function" returning its Runner; imported on first use, so that a
+# worker loads only the libraries of the models it serves
+LOADERS: dict[str, str] = {
+    "all-MiniLM-L6-v2": "workers.core.runners.embed:load_minilm",
+    "minilm-intent": "workers.core.runners.classify:load_minilm_intent",
+    "tiny-lm": "workers.core.runners.causal:load_tiny_lm",
+    "causal-lm": "workers.core.runners.causal:load_causal_lm",
+}
+
+
 def load_runner(name: str, settings: Settings) -> Runner:
     """Load catalogue model ``name`` with its registered loader."""
-    try:
-        info = CATALOG[name]
-    except KeyError:
-        raise UnknownModel(f"this worker was asked to load unknown model {name!r}") from None
-    module_name, _, func_name = info.loader.partition(":")
+    if name not in CATALOG or name not in LOADERS:
+        raise UnknownModel(f"this worker was asked to load unknown model {name!r}")
+    module_name, _, func_name = LOADERS[name].partition(":")
     try:
         loader = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as e:
         raise ConfigurationError(
-            f"loader {info.loader!r} of model {name!r} cannot be imported",
+            f"loader {LOADERS[name]!r} of model {name!r} cannot be imported",
             hint="install the package that ships this model's weights (see setup.cfg)",
         ) from e
     runner: Runner = loader(settings)
