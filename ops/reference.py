@@ -64,7 +64,7 @@ def _type(field: FieldInfo) -> str:
         for attr, sign in (("ge", "≥"), ("gt", ">"), ("le", "≤"), ("lt", "<")):
             if isinstance(meta, getattr(annotated_types, attr.capitalize())):
                 bounds.append(f"{sign} {getattr(meta, attr)}")
-    return " ".join([text, *bounds])
+    return f"{text} {', '.join(bounds)}" if bounds else text
 
 
 def _default(value: Any) -> str:
