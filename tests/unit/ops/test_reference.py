@@ -66,3 +66,10 @@ def test_drift_is_reported_per_file(tmp_path):
     (tmp_path / "docs" / "configuration.md").write_text(reference.configuration_md(), encoding="utf-8")
     (tmp_path / "docs" / "redis-keys.md").write_text("stale\n", encoding="utf-8")
     assert reference.drifted(tmp_path) == ["docs/redis-keys.md"]
+
+
+def test_inferq_ops_reference_check_passes_on_the_committed_files(capsys):
+    from ops import cli  # imports the bench and drills (torch): only here
+
+    assert cli.main(["reference", "--check"]) == 0
+    assert "drifted" not in capsys.readouterr().out
