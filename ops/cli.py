@@ -7,6 +7,7 @@ inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static 
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
 inferq-ops kibana --url http://localhost:5601 --user elastic --password-stdin   # dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
+inferq-ops reference # regenerate docs/configuration.md and docs/redis-keys.md from the code
 inferq-ops down      # stops exactly what `up` started
 """
 
@@ -29,6 +30,7 @@ from ops.demo import run_demo
 from ops.drill.faults import FAULTS
 from ops.drill.run import POISON, DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
+from ops.reference import main as reference_main
 from ops.stack import Stack
 from producers.auth import check_tenant, digest, new_key
 from schemas.connections import redact_url
@@ -91,7 +93,11 @@ def main(argv: list[str] | None = None) -> int:
         "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
     )
     a.add_argument("--tenant", required=True)
+    r = sub.add_parser("reference", help="write docs/configuration.md and docs/redis-keys.md from the code")
+    r.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file drifted")
     args = p.parse_args(argv)
+    if args.cmd == "reference":
+        return reference_main(["--check"] if args.check else [])
 
     console = Console()
     settings = get_settings()

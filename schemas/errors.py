@@ -185,7 +185,7 @@ class Forbidden(InferqError):
 class ConfigurationError(InferqError):
     """Settings or the environment are wrong; the process cannot start."""
 
-    hint = "check the INFERQ_* environment variables listed in the README"
+    hint = "check the INFERQ_* environment variables listed in docs/configuration.md"
 
 
 class StackError(InferqError):

@@ -1,52 +1,20 @@
 """Every Redis key, Kafka topic and Celery queue name, defined in one place.
 
-Redis layout (``<p>`` is ``INFERQ_KEY_PREFIX``):
-
 Every key, set member and ``done`` message of a request uses its *scoped id*
 (:func:`scoped_id`: ``<tenant>~<request_id>``, or the bare id without a tenant), so the same id
 sent by two tenants is two independent requests and no tenant can read, take or probe another's.
 
-- ``<p>:result:<scoped id>`` — hash: ``status`` (queued|running|done|failed|expired|cancelled), ``body``
-  (the :class:`schemas.messages.InferenceResult` JSON) and ``digest`` (payload digest, to tell a
-  duplicate delivery from a conflicting reuse of an id). Expires after ``INFERQ_RESULT_TTL_S``.
-- ``<p>:worker:<hostname>`` — string, the models a ready worker serves; expires unless refreshed.
-- ``<p>:inflight-ids``, ``<p>:inflight-ids:<model>`` and ``<p>:tenant:<tenant>:inflight`` — sorted
-  sets: scoped ids of requests admitted (queued or running) and not yet terminal, in all, per model
-  and per tenant, scored by when their result hash expires (epoch ms). A terminal transition removes
-  the id; one whose result expired while queued drops out by its score, so no count can leak. The
-  intake's backpressure and the tenant limit read them (``ZCOUNT`` of the unexpired).
-- ``<p>:tenant:<tenant>:bytes`` (sorted set, scoped id by expiry ms) and ``<p>:tenant:<tenant>:sizes``
-  (hash, scoped id → bytes of its stored result, ``_total`` = their sum): the tenant's stored
-  result bytes, for ``INFERQ_TENANT_MAX_RESULT_BYTES``. Tenant-less requests are tenant ``""``.
-- ``<p>:presence`` — sorted set: ``<model>|<hostname>`` by when that worker's advertisement lapses
-  (epoch ms); the intake and the requeue sweep read which models a live worker serves.
-- ``<p>:result:<id>`` also holds ``attempts``: how many times a worker started the request, and
-  ``stop`` once a client cancelled a running generation (the worker ends it at its next sync).
-- ``<p>:deadlines`` — sorted set: admitted request ids by deadline (epoch ms); a sweeper in every
-  worker ends the ones still ``queued`` past it as ``expired``, wherever their message waits.
-- ``<p>:pending`` — sorted set: queued request ids by admission time; while a request is queued its
-  hash also holds ``handoff`` (Celery queue, priority, message item). Workers send again the ones
-  still queued ``INFERQ_REQUEUE_QUEUED_AFTER_S`` after admission (a message lost with a worker).
-- ``<p>:owners`` — hash: Celery delivery tag → worker instance holding that message; the live
-  workers put back (from kombu's ``unacked`` hash) the messages of an instance that died.
-- ``<p>:instance:<token>`` — string, one per live worker process; expires unless refreshed.
-- ``<p>:node:<hostname>`` — string, the instance token a Celery node name last ran as.
-- ``<p>:done`` — pub/sub channel: each request id as its result becomes terminal, so clients can
-  block instead of polling (the hash stays the source of truth; a missed message costs a poll).
-
-Kafka topics (``<t>`` is ``INFERQ_TOPIC_PREFIX``): ``<t>.requests``, ``<t>.deadletter`` and ``<t>.stream``
-(generated text chunks, key = request id).
-Celery queues: ``<p>.model.<model>``, one per model.
-
-Elasticsearch (logs): writes go to ``<p>-logs`` — a data stream with an ILM policy of the same name
-on a real cluster, else a rollover alias over ``<p>-logs-000001``…; the index template is
-``<p>-logs``. Local folders under ``INFERQ_STATE_DIR``: ``spool/`` (logs waiting for Elasticsearch)
-and ``metrics/`` (prometheus-client's multi-process files).
+What each key holds, its Redis type and how long it lives are in :data:`REDIS_KEYS` (topics, queues,
+the log index and local folders in :data:`OTHER_NAMES`) at the end of this module, next to the
+builders they describe: ``python -m ops.reference`` renders both as ``docs/redis-keys.md``, and
+``tests/unit/ops/test_reference.py`` fails when that file drifts or a key builder is left out.
 """
 
 from __future__ import annotations
 
 import re
+from collections.abc import Callable
+from dataclasses import dataclass
 from pathlib import Path
 
 from schemas.settings import Settings
@@ -183,3 +151,180 @@ def unseen_wire_key(settings: Settings) -> str:
 # a Kafka record header the API puts on requests it admitted before publishing: the intake marks
 # them read (so the republish sweep leaves them alone); other records cost the intake nothing
 ADMITTED_HEADER = "inferq-admitted"
+
+
+@dataclass(frozen=True)
+class NameDoc:
+    """One key (or topic, queue, folder) family, as the generated reference shows it.
+
+    The pattern is the builder's own output for placeholder arguments, so the reference cannot
+    disagree with the code; ``part`` picks one name of a builder that returns several."""
+
+    builder: Callable[..., str | list[str] | Path]
+    args: tuple[str, ...]
+    kind: str
+    holds: str
+    lifetime: str = ""
+    part: int | None = None
+
+
+_RESULT_TTL = "`INFERQ_RESULT_TTL_S` after its last write"
+
+REDIS_KEYS: tuple[NameDoc, ...] = (
+    NameDoc(
+        result_key,
+        ("<scoped id>",),
+        "hash",
+        "`status` (queued, running, done, failed, expired, cancelled); `body`, the `InferenceResult` JSON; "
+        "`digest`, the request's content digest (a duplicate delivery from a conflicting reuse of an id); "
+        "`attempts`, how many times a worker started it; while queued `handoff` (Celery queue, priority, "
+        "message item), so a lost message can be sent again; `stop` once a client cancelled a running "
+        "generation (the worker ends it at its next sync)",
+        _RESULT_TTL,
+    ),
+    NameDoc(
+        done_channel,
+        (),
+        "pub/sub channel",
+        "the scoped id of every result as it becomes terminal, so clients block instead of polling (the "
+        "hash stays the source of truth; a missed message costs a poll)",
+        "(a channel: nothing is stored)",
+    ),
+    NameDoc(
+        inflight_key,
+        (),
+        "sorted set",
+        "scoped ids admitted (queued or running) and not yet terminal, scored by when their result hash "
+        "expires (epoch ms): count with `ZCOUNT key <now ms> +inf`. A terminal transition removes the id; "
+        "one whose result expired while queued stops counting by its score",
+        _RESULT_TTL,
+    ),
+    NameDoc(
+        inflight_key,
+        ("<model>",),
+        "sorted set",
+        "the same, per model: the intake's backpressure reads it",
+        _RESULT_TTL,
+    ),
+    NameDoc(
+        tenant_keys,
+        ("<tenant>",),
+        "sorted set",
+        'the same, per tenant (tenant-less requests are tenant `""`), for `INFERQ_TENANT_MAX_INFLIGHT`',
+        _RESULT_TTL,
+        part=0,
+    ),
+    NameDoc(
+        tenant_keys,
+        ("<tenant>",),
+        "sorted set",
+        "a tenant's stored results, scoped id by expiry (epoch ms), kept while it has a byte limit "
+        "(`INFERQ_TENANT_MAX_RESULT_BYTES`)",
+        _RESULT_TTL,
+        part=1,
+    ),
+    NameDoc(
+        tenant_keys,
+        ("<tenant>",),
+        "hash",
+        "scoped id → bytes of its stored result; `~total` = their sum",
+        _RESULT_TTL,
+        part=2,
+    ),
+    NameDoc(
+        presence_key,
+        (),
+        "sorted set",
+        "`<model>|<hostname>` by when that worker's advertisement lapses (epoch ms): which models a live "
+        "worker serves, read by the intake and the requeue sweep (`INFERQ_UNSERVED_MODEL_GRACE_S`)",
+        "none; lapsed members older than the grace are removed",
+    ),
+    NameDoc(
+        worker_key,
+        ("<hostname>",),
+        "string",
+        "the models a live, warmed-up worker serves",
+        "15 s, refreshed by each heartbeat",
+    ),
+    NameDoc(
+        deadlines_key,
+        (),
+        "sorted set",
+        "admitted scoped ids by deadline (epoch ms); a sweeper in every worker ends the ones still "
+        "`queued` past it as `expired`, wherever their message waits",
+        "none; members leave when their request ends",
+    ),
+    NameDoc(
+        pending_key,
+        (),
+        "sorted set",
+        "queued scoped ids by admission time (epoch ms); workers send again the ones still queued "
+        "`INFERQ_REQUEUE_QUEUED_AFTER_S` after admission (a message lost with a worker)",
+        "none; members leave when their request starts",
+    ),
+    NameDoc(
+        doorbell_key,
+        ("<partition>",),
+        "list",
+        "at most one element: rung by `InferqClient` once the broker has a record in that partition of "
+        "the requests topic, popped by the idle intake that owns it",
+        "none; popped when rung",
+    ),
+    NameDoc(
+        owners_key,
+        (),
+        "hash",
+        "Celery delivery tag → instance token of the worker process running that message; live workers "
+        "put back (from kombu's `unacked` hash) the messages of an instance that died",
+        "none; a field leaves when its task finishes or the message is put back",
+    ),
+    NameDoc(
+        instance_key,
+        ("<token>",),
+        "string",
+        "one live worker process (its hostname); gone = the process died",
+        "15 s, refreshed by each heartbeat",
+    ),
+    NameDoc(
+        node_key,
+        ("<hostname>",),
+        "string",
+        "the instance token a Celery node name last ran as, so a worker restarting under the same name "
+        "releases its predecessor's messages at once",
+        "none",
+    ),
+    NameDoc(
+        unseen_key,
+        (),
+        "sorted set",
+        "result keys of requests `POST /v1/requests` admitted and published that no intake has read yet, "
+        "by admission time (epoch ms)",
+        "none; members leave when an intake reads the record",
+    ),
+    NameDoc(
+        unseen_wire_key,
+        (),
+        "hash",
+        "result key → the wire JSON the API published, sent again after `INFERQ_REPUBLISH_UNSEEN_AFTER_S` "
+        "if the broker lost the record",
+        "none; fields leave with their `unseen` member",
+    ),
+)
+
+OTHER_NAMES: tuple[NameDoc, ...] = (
+    NameDoc(requests_topic, (), "Kafka topic", "inference requests; key = request id"),
+    NameDoc(deadletter_topic, (), "Kafka topic", "records that could not be accepted, as `DeadLetter`"),
+    NameDoc(
+        stream_topic, (), "Kafka topic", "`generate` with `stream_to_kafka`: text chunks, key = request id"
+    ),
+    NameDoc(model_queue, ("<model>",), "Celery queue", "one model's work, in the Celery broker's Redis"),
+    NameDoc(
+        log_index,
+        (),
+        "Elasticsearch index",
+        "log records: a data stream with an ILM policy of the same name on a real cluster, else a "
+        "rollover alias over `<p>-logs-000001`…; the index template has the same name",
+    ),
+    NameDoc(spool_dir, (), "folder", "log records waiting for Elasticsearch (under `INFERQ_STATE_DIR`)"),
+    NameDoc(metrics_dir, (), "folder", "prometheus-client's multi-process files (under `INFERQ_STATE_DIR`)"),
+)
