@@ -18,6 +18,7 @@ import dataclasses
 import json
 import shutil
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
 from rich.console import Console
@@ -39,7 +40,7 @@ from schemas.naming import log_index
 from schemas.settings import Settings, get_settings
 
 
-def main(argv: list[str] | None = None) -> int:
+def parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="inferq-ops", description="Run the inferq stack locally.")
     sub = p.add_subparsers(dest="cmd", required=True)
     u = sub.add_parser("up", help="start every service (idempotent); exits 2 if one dies or is not ready")
@@ -50,7 +51,19 @@ def main(argv: list[str] | None = None) -> int:
     d = sub.add_parser("demo", help="publish real texts through Kafka and summarise the results")
     d.add_argument("-n", "--requests", type=int, default=240)
     d.add_argument("--keep", action="store_true", help="leave the stack running afterwards")
-    b = sub.add_parser("bench", help="raw model, the pipeline and peer servers under the same load")
+    _bench_args(sub.add_parser("bench", help="raw model, the pipeline and peer servers under the same load"))
+    _drill_args(sub.add_parser("drill", help="fault drills under load; writes drill.json"))
+    _kibana_args(sub.add_parser("kibana", help="import the data view and dashboards into a Kibana"))
+    a = sub.add_parser(
+        "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
+    )
+    a.add_argument("--tenant", required=True)
+    r = sub.add_parser("reference", help="write docs/configuration.md and docs/redis-keys.md from the code")
+    r.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file drifted")
+    return p
+
+
+def _bench_args(b: argparse.ArgumentParser) -> None:
     b.add_argument("--quick", action="store_true", help="fewer levels, shorter windows (a smoke run)")
     b.add_argument(
         "--peers",
@@ -64,7 +77,9 @@ def main(argv: list[str] | None = None) -> int:
         default="also",
         help="generation, continuous vs static batching: with the rest (also), alone (only) or not (no)",
     )
-    dr = sub.add_parser("drill", help="fault drills under load; writes drill.json")
+
+
+def _drill_args(dr: argparse.ArgumentParser) -> None:
     dr.add_argument("--requests", type=int, default=10_000, help="requests per drill")
     dr.add_argument("--rate", type=float, default=150.0, help="requests published per second")
     dr.add_argument(
@@ -76,7 +91,9 @@ def main(argv: list[str] | None = None) -> int:
         "--overload-s", type=float, default=60.0, help="seconds at 3 × capacity after the drills; 0 = skip"
     )
     dr.add_argument("--out", type=Path, default=Path("."), help="where drill.json goes")
-    k = sub.add_parser("kibana", help="import the data view and dashboards into a Kibana")
+
+
+def _kibana_args(k: argparse.ArgumentParser) -> None:
     k.add_argument("--url", required=True, help="Kibana base URL, e.g. http://localhost:5601")
     k.add_argument("--user", help="basic-auth user; the password from INFERQ_KIBANA_PASSWORD or stdin")
     k.add_argument("--password-stdin", action="store_true", help="read the password from stdin")
@@ -89,95 +106,142 @@ def main(argv: list[str] | None = None) -> int:
     k.add_argument("--password", help=argparse.SUPPRESS, nargs="?", const="")
     k.add_argument("--api-key", help=argparse.SUPPRESS, nargs="?", const="")
     k.add_argument("--space", help="Kibana space id (default space when omitted)")
-    a = sub.add_parser(
-        "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
-    )
-    a.add_argument("--tenant", required=True)
-    r = sub.add_parser("reference", help="write docs/configuration.md and docs/redis-keys.md from the code")
-    r.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file drifted")
+
+
+@dataclasses.dataclass
+class Run:
+    """One command's inputs: its arguments (and parser, for usage errors), console, settings, stack."""
+
+    args: argparse.Namespace
+    parser: argparse.ArgumentParser
+    console: Console
+    settings: Settings
+    stack: Stack
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = parser()
     args = p.parse_args(argv)
     if args.cmd == "reference":
         return reference_main(["--check"] if args.check else [])
-
-    console = Console()
     settings = get_settings()
-    stack = Stack(settings)
+    run = Run(args, p, Console(), settings, Stack(settings))
     try:
-        if args.cmd == "up":
-            only = [x.strip() for x in args.only.split(",") if x.strip()]
-            unknown = sorted(set(only) - {svc.name for svc in stack.services()})
-            if unknown:
-                p.error(f"unknown service(s) {', '.join(unknown)}")
-            _up(stack, console, only or None)
-            _print_endpoints(console, stack.s)
-        elif args.cmd == "down":
-            stopped = stack.down()
-            console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
-        elif args.cmd == "status":
-            status = stack.status()
-            login = stack.flower_login()
-            if args.json:
-                status["flower"] = {**status.get("flower", {}), "login": login}
-                print(json.dumps(status, indent=2))
-            else:
-                _print_status(console, status, login)
-            return 0 if stack.healthy(status) else 1
-        elif args.cmd == "bench":
-            peers = [x.strip() for x in args.peers.split(",") if x.strip()]
-            unknown = sorted(set(peers) - set(PEERS))
-            if unknown:
-                p.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
-            plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
-            plan = dataclasses.replace(
-                plan,
-                embed=args.generate != "only",
-                generate=None if args.generate == "no" else plan.generate,
-            )
-            args.out.mkdir(parents=True, exist_ok=True)
-            run_bench(settings, plan, args.out, console)
-        elif args.cmd == "drill":
-            drills = [x.strip() for x in args.only.split(",") if x.strip()]
-            unknown = sorted(set(drills) - {*FAULTS, POISON})
-            if unknown:
-                p.error(f"unknown drill(s) {', '.join(unknown)}; choose from {', '.join([*FAULTS, POISON])}")
-            drill_plan = DrillPlan(tuple(drills), args.requests, args.rate, overload_s=args.overload_s)
-            drilled = run_drills(settings, drill_plan, args.out, console)
-            console.print(f"wrote {args.out / 'drill.json'}")
-            return 0 if drilled["ok"] else 1
-        elif args.cmd == "api-key":
-            try:
-                check_tenant(args.tenant)
-            except ConfigurationError as e:
-                p.error(str(e))
-            key = new_key()
-            console.print(f"key (give it to {args.tenant}; it is not stored): {key}")
-            console.print(f"INFERQ_API_KEYS entry: {args.tenant}:{digest(key)}")
-        elif args.cmd == "kibana":
-            if args.password is not None or args.api_key is not None:
-                p.error(
-                    "secrets on the command line show in `ps`: set INFERQ_KIBANA_PASSWORD or "
-                    "INFERQ_KIBANA_API_KEY, or pipe it with --password-stdin / --api-key-stdin"
-                )
-            auth, api_key = _kibana_credentials(args, settings, p)
-            report = import_dashboards(args.url, auth=auth, api_key=api_key, space=args.space)
-            console.print(f"data view {report.data_view}; {report.imported} saved objects imported")
-            for err in report.errors:
-                console.print(f"[red]not imported:[/red] {escape(str(err))}")
-            return 1 if report.errors else 0
-        elif args.cmd == "demo":
-            was_up = all(v["running"] for v in stack.status().values())
-            _up(stack, console)
-            try:
-                summary = run_demo(settings, args.requests, console)
-            finally:
-                if not (was_up or args.keep):
-                    stack.down()
-                    console.print("stack stopped (use --keep, or `inferq-ops up` first, to leave it running)")
-            return 0 if summary["by_status"].get("done") == summary["requests"] else 1
+        return COMMANDS[args.cmd](run)
     except InferqError as e:
-        console.print(f"[red]error:[/red] {escape(str(e))}")  # log tails hold [brackets]
+        run.console.print(f"[red]error:[/red] {escape(str(e))}")  # log tails hold [brackets]
         return 2
+
+
+def _names(value: str) -> list[str]:
+    return [x.strip() for x in value.split(",") if x.strip()]
+
+
+def cmd_up(run: Run) -> int:
+    only = _names(run.args.only)
+    unknown = sorted(set(only) - {svc.name for svc in run.stack.services()})
+    if unknown:
+        run.parser.error(f"unknown service(s) {', '.join(unknown)}")
+    _up(run.stack, run.console, only or None)
+    _print_endpoints(run.console, run.stack.s)
     return 0
+
+
+def cmd_down(run: Run) -> int:
+    stopped = run.stack.down()
+    run.console.print(f"stopped: {', '.join(stopped) or 'nothing was running'}")
+    return 0
+
+
+def cmd_status(run: Run) -> int:
+    status = run.stack.status()
+    login = run.stack.flower_login()
+    if run.args.json:
+        status["flower"] = {**status.get("flower", {}), "login": login}
+        print(json.dumps(status, indent=2))
+    else:
+        _print_status(run.console, status, login)
+    return 0 if run.stack.healthy(status) else 1
+
+
+def cmd_bench(run: Run) -> int:
+    args = run.args
+    peers = _names(args.peers)
+    unknown = sorted(set(peers) - set(PEERS))
+    if unknown:
+        run.parser.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+    plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
+    plan = dataclasses.replace(
+        plan,
+        embed=args.generate != "only",
+        generate=None if args.generate == "no" else plan.generate,
+    )
+    args.out.mkdir(parents=True, exist_ok=True)
+    run_bench(run.settings, plan, args.out, run.console)
+    return 0
+
+
+def cmd_drill(run: Run) -> int:
+    args = run.args
+    drills = _names(args.only)
+    unknown = sorted(set(drills) - {*FAULTS, POISON})
+    if unknown:
+        run.parser.error(f"unknown drill(s) {', '.join(unknown)}; choose from {', '.join([*FAULTS, POISON])}")
+    drill_plan = DrillPlan(tuple(drills), args.requests, args.rate, overload_s=args.overload_s)
+    drilled = run_drills(run.settings, drill_plan, args.out, run.console)
+    run.console.print(f"wrote {args.out / 'drill.json'}")
+    return 0 if drilled["ok"] else 1
+
+
+def cmd_api_key(run: Run) -> int:
+    tenant = run.args.tenant
+    try:
+        check_tenant(tenant)
+    except ConfigurationError as e:
+        run.parser.error(str(e))
+    key = new_key()
+    run.console.print(f"key (give it to {tenant}; it is not stored): {key}")
+    run.console.print(f"INFERQ_API_KEYS entry: {tenant}:{digest(key)}")
+    return 0
+
+
+def cmd_kibana(run: Run) -> int:
+    args = run.args
+    if args.password is not None or args.api_key is not None:
+        run.parser.error(
+            "secrets on the command line show in `ps`: set INFERQ_KIBANA_PASSWORD or "
+            "INFERQ_KIBANA_API_KEY, or pipe it with --password-stdin / --api-key-stdin"
+        )
+    auth, api_key = _kibana_credentials(args, run.settings, run.parser)
+    report = import_dashboards(args.url, auth=auth, api_key=api_key, space=args.space)
+    run.console.print(f"data view {report.data_view}; {report.imported} saved objects imported")
+    for err in report.errors:
+        run.console.print(f"[red]not imported:[/red] {escape(str(err))}")
+    return 1 if report.errors else 0
+
+
+def cmd_demo(run: Run) -> int:
+    was_up = all(v["running"] for v in run.stack.status().values())
+    _up(run.stack, run.console)
+    try:
+        summary = run_demo(run.settings, run.args.requests, run.console)
+    finally:
+        if not (was_up or run.args.keep):
+            run.stack.down()
+            run.console.print("stack stopped (use --keep, or `inferq-ops up` first, to leave it running)")
+    return 0 if summary["by_status"].get("done") == summary["requests"] else 1
+
+
+COMMANDS: dict[str, Callable[[Run], int]] = {
+    "up": cmd_up,
+    "down": cmd_down,
+    "status": cmd_status,
+    "bench": cmd_bench,
+    "drill": cmd_drill,
+    "api-key": cmd_api_key,
+    "kibana": cmd_kibana,
+    "demo": cmd_demo,
+}
 
 
 def _up(stack: Stack, console: Console, only: list[str] | None = None) -> None:
