@@ -156,14 +156,18 @@ class Intake(Admissions):
                     log.warning("intake housekeeping failed; retrying in %.1f s", retry_s, exc_info=True)
                     stop.wait(retry_s)
         finally:
-            self.producer.flush()
-            self.consumer.close(autocommit=False)
-            self.producer.close()
-            leave_group(self.s)
-            self.trim.close()
-            self.truncation.close()
-            if self.doorbell is not None:
-                self.doorbell.close()
+            self._close()
+
+    def _close(self) -> None:
+        """Flush and close every client; the group is left at once (its partitions move now)."""
+        self.producer.flush()
+        self.consumer.close(autocommit=False)
+        self.producer.close()
+        leave_group(self.s)
+        self.trim.close()
+        self.truncation.close()
+        if self.doorbell is not None:
+            self.doorbell.close()
 
     def _idle(self, stop: threading.Event, pause_s: float, quiet_since: float) -> float:
         """After an empty poll: housekeeping, then wait for a reason to poll again; returns the

@@ -92,24 +92,7 @@ class Refusals:
         content (so a request the API admitted and the intake refuses does not stay queued)."""
         rid, tenant = salvage(rec.value)
         self.observer.dead_lettered(error.code.value)
-        log.warning(
-            "dead-lettering %s[%d]@%d: %s",
-            rec.topic,
-            rec.partition,
-            rec.offset,
-            error.message,
-            extra={
-                "event.dataset": "inferq.deadletter",
-                "event.action": "dead_letter",
-                "event.outcome": "failure",
-                "inferq.stage": "intake",
-                "inferq.request_id": rid,
-                "inferq.error_code": error.code.value,
-                "inferq.source.topic": rec.topic,
-                "inferq.source.partition": rec.partition,
-                "inferq.source.offset": rec.offset,
-            },
-        )
+        _log_letter(rec, error, rid)
         letter = results.dead_letter(
             self.s,
             error.info(),
@@ -195,3 +178,25 @@ class Refusals:
         if tp in self.hold.held:  # paused: the skim must not seek back onto them
             self.hold.held[tp] = max(self.hold.held[tp], after)
         return len(offsets)
+
+
+def _log_letter(rec: ConsumerRecord, error: InferqError, rid: str | None) -> None:
+    """One ECS record per dead letter (``inferq.deadletter``), where it came from and why."""
+    log.warning(
+        "dead-lettering %s[%d]@%d: %s",
+        rec.topic,
+        rec.partition,
+        rec.offset,
+        error.message,
+        extra={
+            "event.dataset": "inferq.deadletter",
+            "event.action": "dead_letter",
+            "event.outcome": "failure",
+            "inferq.stage": "intake",
+            "inferq.request_id": rid,
+            "inferq.error_code": error.code.value,
+            "inferq.source.topic": rec.topic,
+            "inferq.source.partition": rec.partition,
+            "inferq.source.offset": rec.offset,
+        },
+    )
