@@ -34,7 +34,7 @@ from workers.intake.refuse import (
     STRIKES_KEPT,
     RecordFailed,
     Refusals,
-    _where,
+    where_of,
 )
 from workers.store.store import Admission, bytes_digest, quota_error, request_digest
 from workers.telemetry.logs import mask_text
@@ -66,10 +66,10 @@ class Admissions(Refusals):
         records = [r for batch in polled.values() for r in batch]
         self._letters = []
         try:
-            struck = [r for r in records if self.strikes.get(_where(r), 0) >= MAX_STRIKES]
+            struck = [r for r in records if self.strikes.get(where_of(r), 0) >= MAX_STRIKES]
             if struck:
-                alone = {_where(r) for r in struck}
-                self._handle_records([r for r in records if _where(r) not in alone], received)
+                alone = {where_of(r) for r in struck}
+                self._handle_records([r for r in records if where_of(r) not in alone], received)
                 for rec in struck:
                     self._handle_alone(rec, received)
             else:
@@ -84,13 +84,13 @@ class Admissions(Refusals):
             if len(self.strikes) > STRIKES_KEPT:
                 self.strikes.clear()
             for rec in records:
-                self.strikes[_where(rec)] = self.strikes.get(_where(rec), 0) + 1
+                self.strikes[where_of(rec)] = self.strikes.get(where_of(rec), 0) + 1
             log.exception("handling %d records failed; they are read again", len(records))
             raise RecordFailed(f"handling a poll failed ({type(e).__name__}); rewound") from e
         finally:
             self._letters = []
         for rec in records:
-            self.strikes.pop(_where(rec), None)
+            self.strikes.pop(where_of(rec), None)
         return len(records)
 
     def _handle_records(self, records: list[ConsumerRecord], received: float) -> None:

@@ -52,7 +52,7 @@ class RecordFailed(Exception):
     """A poll failed with an unexpected exception; it was rewound and its records have a strike."""
 
 
-def _where(rec: ConsumerRecord) -> Where:
+def where_of(rec: ConsumerRecord) -> Where:
     return (rec.topic, rec.partition, rec.offset)
 
 
@@ -127,8 +127,8 @@ class Refusals:
         except RETRYABLE:
             raise
         except Exception as e:
-            attempts = self.strikes.get(_where(rec), 0) + 1
-            log.exception("record %s[%d]@%d failed %d times; dead-lettering it", *_where(rec), attempts)
+            attempts = self.strikes.get(where_of(rec), 0) + 1
+            log.exception("record %s[%d]@%d failed %d times; dead-lettering it", *where_of(rec), attempts)
             error = InferqError(  # code internal_error
                 f"the intake failed on this record {attempts} times ({type(e).__name__})",
                 hint="this is a bug in inferq: report it with this dead letter",
