@@ -1,0 +1,195 @@
+"""Admitting a poll: validate each record, admit it to the result store, hand it off to Celery.
+
+A request is recorded ``queued`` in Redis (ADMIT, :mod:`workers.store.admission`) before it is sent
+to its model's Celery queue, many per message; what cannot go on is refused
+(:mod:`workers.intake.refuse`): invalid or unauthenticated records are dead-lettered, requests for a
+model nobody serves answered ``model_unavailable``, over their tenant's limits ``quota_exceeded``,
+past their deadline ``expired``.
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from kafka.consumer.fetcher import ConsumerRecord
+from kafka.structs import TopicPartition
+
+from schemas import results
+from schemas.errors import (
+    DeadlineExpired,
+    DuplicateRequestId,
+    Forbidden,
+    InvalidRequest,
+    ModelUnavailable,
+    Unauthorized,
+)
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, now_ms
+from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id
+from schemas.validation import parse_request
+from workers.intake.refuse import (
+    LETTER_WAIT_S,
+    MAX_STRIKES,
+    RETRYABLE,
+    STRIKES_KEPT,
+    RecordFailed,
+    Refusals,
+    where_of,
+)
+from workers.store.store import Admission, bytes_digest, quota_error, request_digest
+from workers.telemetry.logs import mask_text
+from workers.transport import letters
+from workers.transport.app import CELERY_PRIORITY, TASK_INFER
+
+log = logging.getLogger(__name__)
+
+
+class Admissions(Refusals):
+    """Validating, admitting and handing off the records of one poll."""
+
+    def _needs_no_room(self, record: ConsumerRecord) -> bool:
+        """An invalid record (it is dead-lettered), a request already past its deadline (it is
+        answered ``expired``) or one for a model nobody serves: none takes a model's capacity. A
+        record that fails otherwise is handed on too: :meth:`handle` strikes it, then dead-letters it."""
+        try:
+            request = parse_request(record.value, self.s)
+        except Exception:
+            return True
+        deadline = request.deadline_ms()
+        return (deadline is not None and deadline <= now_ms()) or request.model not in self.served.available()
+
+    def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
+        """Validate and hand off one poll, its dead letters sent and acknowledged; returns the
+        records handled. Raises what is transient (the caller rewinds); any other exception strikes
+        every record of the poll and is raised as :class:`RecordFailed` (the caller rewinds too)."""
+        received = now_ms()
+        records = [r for batch in polled.values() for r in batch]
+        self._letters = []
+        try:
+            struck = [r for r in records if self.strikes.get(where_of(r), 0) >= MAX_STRIKES]
+            if struck:
+                alone = {where_of(r) for r in struck}
+                self._handle_records([r for r in records if where_of(r) not in alone], received)
+                for rec in struck:
+                    self._handle_alone(rec, received)
+            else:
+                self._handle_records(records, received)
+            self.producer.flush()
+            lost = letters.deliver(self.producer, self.s, self._letters, LETTER_WAIT_S)
+            if lost:
+                log.error("%d dead letters refused by the broker for good; their records are skipped", lost)
+        except RETRYABLE:
+            raise
+        except Exception as e:
+            if len(self.strikes) > STRIKES_KEPT:
+                self.strikes.clear()
+            for rec in records:
+                self.strikes[where_of(rec)] = self.strikes.get(where_of(rec), 0) + 1
+            log.exception("handling %d records failed; they are read again", len(records))
+            raise RecordFailed(f"handling a poll failed ({type(e).__name__}); rewound") from e
+        finally:
+            self._letters = []
+        for rec in records:
+            self.strikes.pop(where_of(rec), None)
+        return len(records)
+
+    def _handle_records(self, records: list[ConsumerRecord], received: float) -> None:
+        accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]] = []
+        for rec in records:
+            try:
+                request = parse_request(rec.value, self.s)
+            except InvalidRequest as e:
+                self.reject(rec, e, received, answer=True)
+                continue
+            try:  # unauthenticated: dead-lettered, never answered under an id its writer chose
+                self.tenancy.check(rec.value, rec.headers, request)
+            except (Unauthorized, Forbidden) as e:
+                self.reject(rec, e, received, answer=False)
+                continue
+            accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
+        self.hand_off(accepted)
+        # before the commit: the API's copies of these may go (workers.intake.lost)
+        self.store.seen([req for rec, req, _ in accepted if _admitted(rec)])
+
+    def hand_off(self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]) -> None:
+        """Admit to the result store, then send NEW and PENDING requests to Celery.
+
+        A request for a model no live worker serves (past the grace, :mod:`workers.store.presence`) is
+        answered ``model_unavailable`` and dead-lettered; one over its tenant's limits is answered
+        ``quota_exceeded``. Neither is admitted, so neither holds any capacity."""
+        available = self.served.available() if accepted else frozenset()
+        for rec, req, t in [a for a in accepted if a[1].model not in available]:
+            unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
+            failed = results.result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
+            # over the API's ``queued`` record of this content too: it must not stay queued for ever
+            self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
+            self.reject(rec, unserved, t["received_ms"], answer=False)
+        accepted = [a for a in accepted if a[1].model in available]
+        if not accepted:
+            return
+        queued = now_ms()
+        for _, _, t in accepted:
+            t["queued_ms"] = queued
+        sids = [scoped_id(req.tenant, req.request_id) for _, req, _ in accepted]
+        pairs = list(zip(sids, accepted, strict=True))
+        deadlines = {sid: d for sid, (_, req, _) in pairs if (d := req.deadline_ms()) is not None}
+        handoffs = {sid: self._handoff(rec, req, t) for sid, (rec, req, t) in pairs}
+        verdicts = self.store.admit(
+            [(request_digest(req), results.queued_result(req, t)) for _, req, t in accepted],
+            deadlines,
+            handoffs,
+        )
+        by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        late: list[InferenceResult] = []
+        for sid, (rec, req, t), verdict in zip(sids, accepted, verdicts, strict=True):
+            if verdict.over_quota:  # not admitted: answered at once, costs the other tenants nothing
+                over = quota_error(verdict, req.tenant, self.s)
+                late.append(results.result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over))
+                continue
+            if verdict is not Admission.NEW:
+                self.observer.redelivered(verdict.value)
+            deadline = req.deadline_ms()
+            if verdict in (Admission.NEW, Admission.PENDING) and deadline is not None and deadline <= queued:
+                error = DeadlineExpired("deadline passed while the request waited in Kafka")
+                late.append(results.result(req, ResultStatus.EXPIRED, {**t, "done_ms": queued}, error))
+                continue
+            if verdict is Admission.NEW:
+                self.observer.admitted(req.model)
+                if self.s.log_inputs:  # opt-in, and masked: never the text itself
+                    log.info(
+                        "received %s",
+                        req.request_id,
+                        extra={
+                            "event.dataset": "inferq.intake",
+                            "inferq.stage": "received",
+                            "inferq.request_id": req.request_id,
+                            "inferq.input_preview": mask_text(req.texts()[0]),
+                        },
+                    )
+            if verdict in (Admission.NEW, Admission.PENDING):
+                h = handoffs[sid]
+                by_queue.setdefault((h["queue"], h["priority"]), []).append(h["item"])
+            elif verdict is Admission.CONFLICT:
+                self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
+        self.store.advance(late)
+        n = self.s.transport_batch_size
+        for (queue, priority), items in sorted(by_queue.items(), key=lambda kv: kv[0][1]):
+            for i in range(0, len(items), n):
+                self.celery.send_task(TASK_INFER, args=[items[i : i + n]], queue=queue, priority=priority)
+
+    def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> dict[str, Any]:
+        """Where a request goes in Celery and the item its message carries (kept by the store
+        while the request is queued, so a lost message can be sent again)."""
+        source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
+        if rec.key:  # bounded: a key may be as large as the broker allows, beside a small request
+            source["key"] = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace")
+        return {
+            "queue": model_queue(self.s, req.model),
+            "priority": CELERY_PRIORITY[req.priority],
+            "item": {"request": req.wire_dict(), "timings": timings, "source": source},
+        }
+
+
+def _admitted(rec: ConsumerRecord) -> bool:
+    """Whether the API admitted this record's request before publishing it (its header says so)."""
+    return any(k == ADMITTED_HEADER for k, _ in rec.headers or ())

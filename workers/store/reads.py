@@ -1,0 +1,62 @@
+"""Reads: a request's result, many at once, and the ``done`` channel that wakes a waiting client."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+from schemas.messages import InferenceResult
+from schemas.naming import result_key, scoped_id
+from workers.store.base import StoreBase, as_text
+
+
+class Reads(StoreBase):
+    """Reading results by (unscoped) request id, in one tenant's namespace."""
+
+    def get(self, request_id: str, tenant: str | None = None) -> InferenceResult | None:
+        body = self.client.hget(result_key(self._s, scoped_id(tenant, request_id)), "body")
+        return InferenceResult.model_validate_json(body) if body else None
+
+    def get_many(
+        self, request_ids: Sequence[str], tenant: str | None = None
+    ) -> dict[str, InferenceResult | None]:
+        """Results by (unscoped) request id, all of one tenant (one round trip)."""
+        pipe = self.client.pipeline(transaction=False)
+        for rid in request_ids:
+            pipe.hget(result_key(self._s, scoped_id(tenant, rid)), "body")
+        bodies = pipe.execute()
+        return {
+            rid: InferenceResult.model_validate_json(b) if b else None
+            for rid, b in zip(request_ids, bodies, strict=True)
+        }
+
+
+class DoneWatcher:
+    """A subscription to the ``done`` channel: the ids of results that became terminal.
+
+    Subscribe before reading any result you wait for, so no completion slips between the read and
+    the subscription. Pub/sub is a wake-up, not the record: a missed message costs a poll.
+    """
+
+    def __init__(self, store: StoreBase) -> None:
+        self._pubsub = store.client.pubsub(ignore_subscribe_messages=True)
+        self._pubsub.subscribe(store.channel)
+        self._pubsub.get_message(timeout=1.0)  # the confirmation: subscribed on the server from here
+
+    def finished(self, timeout_s: float) -> list[str]:
+        """Scoped ids (:func:`schemas.naming.scoped_id`) announced since the last call: waits up to
+        ``timeout_s`` for the first, then drains."""
+        ids: list[str] = []
+        message = self._pubsub.get_message(timeout=max(0.0, timeout_s))
+        while message is not None:
+            ids.append(as_text(message["data"]))
+            message = self._pubsub.get_message(timeout=0)
+        return ids
+
+    def close(self) -> None:
+        self._pubsub.close()
+
+    def __enter__(self) -> DoneWatcher:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()
