@@ -1,0 +1,66 @@
+"""One typed settings object, read from ``INFERQ_*`` environment variables.
+
+Every process (intake, worker, API, producer client, ops CLI) reads this and nothing else from the
+environment. Units are in the names: ``_ms``, ``_s``, ``_bytes``. The fields are declared per concern
+(:data:`CONCERNS`, one small model each, like arq's settings) and :class:`Settings` is all of them as
+one flat object, so every variable is still ``INFERQ_<FIELD>``. Each field's description is the
+reference: ``python -m ops.reference`` writes them to ``docs/configuration.md``, grouped by the
+``# --- <group>`` comments of each concern, and ``tests/unit/ops/test_reference.py`` fails when the
+two drift.
+"""
+
+from __future__ import annotations
+
+from functools import lru_cache
+from urllib.parse import urlsplit
+
+from pydantic import BaseModel
+from pydantic_settings import BaseSettings, SettingsConfigDict
+
+from schemas.settings.admission import AdmissionSettings
+from schemas.settings.kafka import KafkaSettings
+from schemas.settings.services import ServiceSettings
+from schemas.settings.workers import WorkerSettings
+
+ENV_PREFIX = "INFERQ_"
+
+# in reference order (docs/configuration.md)
+CONCERNS: tuple[type[BaseModel], ...] = (KafkaSettings, AdmissionSettings, WorkerSettings, ServiceSettings)
+
+
+class Settings(ServiceSettings, WorkerSettings, AdmissionSettings, KafkaSettings, BaseSettings):
+    """Configuration for the whole pipeline; each field is ``INFERQ_<FIELD>`` in the environment."""
+
+    model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
+
+    def model_names(self) -> list[str]:
+        """The models this worker serves, in declaration order."""
+        return [m.strip() for m in self.worker_models.split(",") if m.strip()]
+
+    def tenant_quota(self, tenant: str | None) -> tuple[int, int]:
+        """(most requests in flight, most result bytes) for ``tenant`` (None = the tenant-less
+        bucket ""): its ``tenant_limits`` override, else the defaults; 0 = no limit."""
+        name = tenant or ""
+        for entry in self.tenant_limits.split(","):
+            who, sep, limits = entry.strip().rpartition("=")
+            if sep and who.strip() == name:
+                inflight, _, size = limits.partition(":")
+                return int(inflight or 0), int(size or 0)
+        return self.tenant_max_inflight, self.tenant_max_result_bytes
+
+
+def port_of(url_or_hostport: str) -> int:
+    """The TCP port in ``redis://host:6379/0`` or ``host:9092`` (first entry of a list)."""
+    first = url_or_hostport.split(",")[0]
+    if "://" not in first:
+        first = "tcp://" + first
+    port = urlsplit(first).port
+    if port is None:
+        raise ValueError(f"no port in {url_or_hostport!r}: give host:port explicitly")
+    return port
+
+
+@lru_cache(maxsize=1)
+def get_settings() -> Settings:
+    """The process-wide settings, read once from the environment."""
+    return Settings()

