@@ -60,6 +60,7 @@ from schemas.observer import Observer
 from schemas.settings import Settings, get_settings
 from schemas.tenancy import TenantAuth
 from schemas.validation import parse_request, salvage
+from schemas.work import Handoff, Source, WorkItem
 from workers.intake import unreadable
 from workers.intake.backpressure import Backpressure, PartitionHold
 from workers.intake.consumer import leave_group, new_consumer
@@ -488,7 +489,7 @@ class Intake:
                     )
             if verdict in (Admission.NEW, Admission.PENDING):
                 h = handoffs[sid]
-                by_queue.setdefault((h["queue"], h["priority"]), []).append(h["item"])
+                by_queue.setdefault((h.queue, h.priority), []).append(h.item)
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
         self.store.advance(late)
@@ -497,17 +498,14 @@ class Intake:
             for i in range(0, len(items), n):
                 self.celery.send_task(TASK_INFER, args=[items[i : i + n]], queue=queue, priority=priority)
 
-    def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> dict[str, Any]:
+    def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> Handoff:
         """Where a request goes in Celery and the item its message carries (kept by the store
         while the request is queued, so a lost message can be sent again)."""
-        source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
-        if rec.key:  # bounded: a key may be as large as the broker allows, beside a small request
-            source["key"] = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace")
-        return {
-            "queue": model_queue(self.s, req.model),
-            "priority": CELERY_PRIORITY[req.priority],
-            "item": {"request": req.wire_dict(), "timings": timings, "source": source},
-        }
+        # the key bounded: a key may be as large as the broker allows, beside a small request
+        key = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace") if rec.key else None
+        source = Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=key)
+        item = WorkItem(request=req, timings=Timings(**timings), source=source)
+        return Handoff.of(model_queue(self.s, req.model), CELERY_PRIORITY[req.priority], item)
 
     def reject(
         self,

@@ -14,11 +14,10 @@ ADMIT also enforces each tenant's limits (requests in flight, stored result byte
 from __future__ import annotations
 
 import hashlib
-import json
 import logging
 from collections.abc import Iterable, Sequence
 from enum import Enum
-from typing import Any, NamedTuple
+from typing import NamedTuple
 
 import redis
 
@@ -39,6 +38,7 @@ from schemas.naming import (
 )
 from schemas.observer import Observer, Observers
 from schemas.settings import Settings
+from schemas.work import Handoff
 from workers.store import scripts as lua
 
 log = logging.getLogger(__name__)
@@ -122,7 +122,7 @@ class ResultStore:
         self,
         items: Sequence[tuple[str, InferenceResult]],
         deadlines: dict[str, float] | None = None,
-        handoffs: dict[str, dict[str, Any]] | None = None,
+        handoffs: dict[str, Handoff] | None = None,
     ) -> list[Admission]:
         """Record each (digest, queued result) unless the id is known; say what each one is.
 
@@ -146,7 +146,7 @@ class ResultStore:
                     self._s.result_ttl_s,
                     "" if deadline is None else repr(deadline),
                     sid,
-                    "" if handoff is None else json.dumps(handoff),
+                    "" if handoff is None else handoff.model_dump_json(),
                     now,
                     max_inflight,
                     max_bytes,
@@ -357,7 +357,7 @@ class ResultStore:
             self._progress(keys=[result_key(self._s, sid)], args=[r.model_dump_json()], client=pipe)
         return ["gone" if (v := as_text(flag)).startswith("!") else v for flag in pipe.execute()]
 
-    def claim_stale(self, older_than_s: float, limit: int = 500) -> list[dict[str, Any]]:
+    def claim_stale(self, older_than_s: float, limit: int = 500) -> list[Handoff]:
         """Hand-offs of requests still queued ``older_than_s`` after admission, claimed (each is
         returned to one caller per period): send them to Celery again. A duplicate message is
         harmless; a lost one (a worker killed as it took it from Redis) is recovered."""
@@ -366,7 +366,7 @@ class ResultStore:
             keys=[pending_key(self._s)],
             args=[repr(now - older_than_s * 1000.0), repr(now), result_key(self._s, ""), limit],
         )
-        return [json.loads(h) for h in found]
+        return [Handoff.model_validate_json(h) for h in found]
 
     def forget(self, request_id: str, tenant: str | None = None) -> None:
         """Delete a request's record (only for one that never reached Kafka), and its place in flight."""
