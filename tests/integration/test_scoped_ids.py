@@ -6,11 +6,11 @@ from __future__ import annotations
 import pytest
 
 from schemas.errors import ErrorCode
-from schemas.messages import InferenceRequest, ResultStatus
+from schemas.messages import InferenceRequest, ResultStatus, Timings
 from schemas.naming import model_queue
 from schemas.results import queued_result
-from tests.integration.conftest import eventually
 from schemas.work import Handoff, WorkItem
+from tests.integration.conftest import eventually
 from workers.runtime.recovery import requeue_stale
 from workers.store.presence import ServedModels
 from workers.store.store import Admission, request_digest
@@ -45,7 +45,7 @@ def test_the_requeue_sweep_fails_requests_for_a_model_nobody_serves_instead_of_r
         f"sweep~{r.request_id}": Handoff.of(
             model_queue(settings, r.model),
             CELERY_PRIORITY[r.priority],
-            WorkItem(request=r, timings={"queued_ms": 1.0}),
+            WorkItem(request=r, timings=Timings(queued_ms=1.0)),
         )
         for r in reqs.values()
     }

@@ -73,9 +73,12 @@ class Unacked:
         return [t.decode() if isinstance(t, bytes) else str(t) for t in found]
 
     def restore(self, tag: str) -> None:
-        """Put message ``tag`` back at the head of its queue (marked redelivered) and forget it as
-        unacked. A WATCH transaction on the unacked hash: when two processes restore the same tag
-        at once, it is put back once; an unknown tag (acked meanwhile) is a no-op."""
+        """Put message ``tag`` back on its queue, marked redelivered, and forget it as unacked.
+
+        ``leftmost``: pushed where new messages join (kombu publishes with LPUSH and takes with
+        RPOP), so it goes behind what already waits, as Celery's own requeue does. A WATCH
+        transaction on the unacked hash: when two processes restore the same tag at once, it is
+        put back once; an unknown tag (acked meanwhile) is a no-op."""
         self._qos.restore_by_tag(tag, leftmost=True)
 
 
