@@ -23,7 +23,7 @@ from celery import Celery
 from pydantic import ValidationError
 
 from schemas.errors import ModelUnavailable
-from schemas.messages import ResultStatus, now_ms
+from schemas.messages import ResultStatus
 from schemas.naming import worker_key
 from schemas.observer import Observer
 from schemas.settings import Settings
@@ -173,20 +173,26 @@ def requeue_stale(
             counts["requeued"] += 1
         elif model in available:
             counts["waiting"] += 1
-        else:
-            try:
-                job = Job.of(h.work())
-            except (TypeError, KeyError, ValidationError):  # a worker answers it when it reads it
-                send(h)
-                counts["requeued"] += 1
-                continue
-            job.timings["done_ms"] = now_ms()
-            job.status = ResultStatus.FAILED
-            job.error = ModelUnavailable(f"no live worker has served model {model!r} for a while")
+        elif (job := _unavailable(h)) is not None:
             failed.append(job)
+        else:  # unreadable: a worker answers it when it reads the message
+            send(h)
+            counts["requeued"] += 1
     written = store.advance(j.result() for j in failed)
     for job in (j for j, ok in zip(failed, written, strict=True) if ok):
         counts["unavailable"] += 1
         if reject is not None:
             reject(job)
     return counts
+
+
+def _unavailable(h: Handoff) -> Job | None:
+    """The failed job of a hand-off whose model no live worker serves; None if it cannot be read."""
+    try:
+        job = Job.of(h.work())
+    except (TypeError, KeyError, ValidationError):
+        return None
+    job.finish(
+        ResultStatus.FAILED, ModelUnavailable(f"no live worker has served model {h.model!r} for a while")
+    )
+    return job

@@ -24,7 +24,7 @@ from pydantic import ValidationError
 
 from schemas import results
 from schemas.errors import InferqError, InvalidRequest
-from schemas.messages import ResultStatus, Timings, now_ms
+from schemas.messages import ErrorInfo, ResultStatus, Timings, now_ms
 from schemas.observer import Observer
 from schemas.settings import Settings
 from schemas.validation import readable_request_id
@@ -149,16 +149,7 @@ class WorkerRuntime:
         request: dict[str, Any] = found if isinstance(found, dict) else {}
         rid = readable_request_id(request)
         log.error("cannot read request %s from its Celery message: %r", rid, error)
-        if isinstance(error, ValidationError):
-            info = InvalidRequest(
-                f"this worker cannot read the request: {error.errors()[0]['msg']}",
-                hint="upgrade the workers to the intake's version, then send the request again with a new id",
-            ).info()
-        else:
-            info = InferqError(  # code internal_error
-                f"this worker cannot read the request ({type(error).__name__})",
-                detail={"exception": type(error).__name__},
-            ).info()
+        info = unreadable_error(error)
         self.publisher.unreadable(raw, rid, info)
         if rid is None:
             return 0
@@ -176,3 +167,18 @@ class WorkerRuntime:
         )
         self.store.advance([failed])
         return 1
+
+
+def unreadable_error(error: Exception) -> ErrorInfo:
+    """The answer to an item that could not be read: ``validation_error`` when its request (or
+    timings) did not validate, typically an intake newer than the worker; ``internal_error`` when
+    the item itself was malformed (not an object, no request)."""
+    if isinstance(error, ValidationError):
+        return InvalidRequest(
+            f"this worker cannot read the request: {error.errors()[0]['msg']}",
+            hint="upgrade the workers to the intake's version, then send the request again with a new id",
+        ).info()
+    return InferqError(  # code internal_error
+        f"this worker cannot read the request ({type(error).__name__})",
+        detail={"exception": type(error).__name__},
+    ).info()
