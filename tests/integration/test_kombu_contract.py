@@ -78,9 +78,11 @@ def test_a_message_taken_is_kept_in_the_unacked_hash_and_its_index_until_acked(
         tag = message.delivery_tag
         # the layout Unacked reads: hash tag -> JSON [payload, exchange, routing key]; index tag -> epoch s
         assert channel.qos.unacked_key == "unacked" and channel.qos.unacked_index_key == "unacked_index"
-        payload, exchange, routing_key = json.loads(raw.hget("unacked", tag))
+        held, delivered = raw.hget("unacked", tag), raw.zscore("unacked_index", tag)
+        assert held is not None and delivered is not None
+        payload, exchange, routing_key = json.loads(held)
         assert payload["body"] and (exchange, routing_key) == ("", "q.unacked")
-        assert abs(float(raw.zscore("unacked_index", tag)) - time.time()) < 60
+        assert abs(delivered - time.time()) < 60
         unacked = kombu.Unacked(channel)
         assert tag in unacked.older_than(0) and tag not in unacked.older_than(3600)
         channel.basic_ack(tag)
