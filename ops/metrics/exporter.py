@@ -142,8 +142,7 @@ class PipelineCollector(Collector):
             queues.add(queue_of(name))
         # every list of every queue in one round trip: the queue itself (priority 0) and one per step
         lists = {
-            q: [priority_list(q, p) for p in sorted(set(CELERY_PRIORITY.values()))]
-            for q in sorted(queues)
+            q: [priority_list(q, p) for p in sorted(set(CELERY_PRIORITY.values()))] for q in sorted(queues)
         }
         pipe = self.broker.pipeline(transaction=False)
         for names in lists.values():
