@@ -10,7 +10,7 @@ The thread pool is deliberate: every task thread hands its requests to the same 
 
 from __future__ import annotations
 
-import logging
+import functools
 from typing import Any
 
 from celery import Celery
@@ -21,8 +21,6 @@ from schemas.messages import Priority
 from schemas.naming import model_queue
 from schemas.settings import Settings, get_settings
 from workers.transport.kombu import harden_channel
-
-log = logging.getLogger(__name__)
 
 TASK_INFER = "inferq.infer"
 # Redis transport: one list per step, 0 served first. High-priority requests overtake queued
@@ -85,5 +83,10 @@ def __getattr__(name: str) -> Any:
     """``app``: the broker's app from the environment's settings, made when first asked for, for
     ``celery -A workers.transport.app flower`` (the worker's app is the Celery adapter's)."""
     if name == "app":
-        return make_app(get_settings())
+        return _environment_app()
     raise AttributeError(name)
+
+
+@functools.cache
+def _environment_app() -> Celery:
+    return make_app(get_settings())
