@@ -41,11 +41,11 @@ from schemas.settings import Settings, get_settings
 from workers.telemetry.liveness import IntakeLiveness
 from workers.telemetry.logs import configure_logging, stop_logging
 from workers.transport.app import CELERY_PRIORITY
+from workers.transport.kombu import priority_list, queue_of
 
 log = logging.getLogger(__name__)
 
 ERRORS = Counter("inferq_exporter_errors", "Scrapes where a source did not answer", ["source"])
-PRIORITY_SEP = "\x06\x16"  # kombu's Redis transport names priority lists <queue><sep><priority>
 
 
 class PipelineCollector(Collector):
@@ -139,11 +139,10 @@ class PipelineCollector(Collector):
         queues = {model_queue(self.s, m) for m in self.s.model_names()}
         for key in self.broker.scan_iter(match=f"{self.s.key_prefix}.model.*", count=100):
             name = key.decode() if isinstance(key, bytes) else key
-            queues.add(name.split(PRIORITY_SEP)[0])
+            queues.add(queue_of(name))
         # every list of every queue in one round trip: the queue itself (priority 0) and one per step
         lists = {
-            q: [q] + [f"{q}{PRIORITY_SEP}{p}" for p in sorted(set(CELERY_PRIORITY.values())) if p]
-            for q in sorted(queues)
+            q: [priority_list(q, p) for p in sorted(set(CELERY_PRIORITY.values()))] for q in sorted(queues)
         }
         pipe = self.broker.pipeline(transaction=False)
         for names in lists.values():

@@ -11,7 +11,7 @@ from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import deadlines_key
 from schemas.results import queued_result
 from schemas.settings import Settings
-from workers.celery_adapter.tasks import DEADLINE_SWEEP_S
+from workers.runtime.recovery import DEADLINE_SWEEP_S
 from workers.store.store import request_digest
 
 

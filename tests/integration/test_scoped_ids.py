@@ -6,11 +6,12 @@ from __future__ import annotations
 import pytest
 
 from schemas.errors import ErrorCode
-from schemas.messages import InferenceRequest, ResultStatus
+from schemas.messages import InferenceRequest, ResultStatus, Timings
 from schemas.naming import model_queue
 from schemas.results import queued_result
+from schemas.work import Handoff, WorkItem
 from tests.integration.conftest import eventually
-from workers.celery_adapter.tasks import requeue_stale
+from workers.runtime.recovery import requeue_stale
 from workers.store.presence import ServedModels
 from workers.store.store import Admission, request_digest
 from workers.transport.app import CELERY_PRIORITY
@@ -41,11 +42,11 @@ def test_the_requeue_sweep_fails_requests_for_a_model_nobody_serves_instead_of_r
         for m, t in (("all-MiniLM-L6-v2", "embed"), ("causal-lm", "generate"))
     }
     handoffs = {
-        f"sweep~{r.request_id}": {
-            "queue": model_queue(settings, r.model),
-            "priority": CELERY_PRIORITY[r.priority],
-            "item": {"request": r.wire_dict(), "timings": {"queued_ms": 1.0}, "source": None},
-        }
+        f"sweep~{r.request_id}": Handoff.of(
+            model_queue(settings, r.model),
+            CELERY_PRIORITY[r.priority],
+            WorkItem(request=r, timings=Timings(queued_ms=1.0)),
+        )
         for r in reqs.values()
     }
     admitted = store.admit([(request_digest(r), queued_result(r, {})) for r in reqs.values()], None, handoffs)
@@ -58,7 +59,7 @@ def test_the_requeue_sweep_fails_requests_for_a_model_nobody_serves_instead_of_r
         store,
         served,
         0.0,
-        lambda h: sent.append(h["item"]["request"]["model"]),
+        lambda h: sent.append(h.model),
         lambda job: rejected.append(job.request.request_id),
     )
     assert counts["unavailable"] >= 1

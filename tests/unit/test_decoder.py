@@ -18,7 +18,9 @@ from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus, now_ms
 from schemas.observer import Observer, StepStats
 from schemas.settings import Settings
+from schemas.work import WorkItem
 from workers.core.decoder import Decoder
+from workers.core.loop import Outlet
 from workers.core.runners.causal import CausalLM, load_tiny_lm
 from workers.core.sequences import Chunk, DecodePolicy
 
@@ -101,10 +103,30 @@ def taps_of(d):
     return d.observer.taps
 
 
-def decoder(lm, store=None, **policy) -> tuple[Decoder, MemoryStore, list[StepStats]]:
+def work(request: InferenceRequest) -> WorkItem:
+    return WorkItem(request=request)
+
+
+class Collected(Outlet):
+    """What a decoder hands its outlet: refused jobs and stream chunks."""
+
+    def __init__(self) -> None:
+        self.refusals: list = []
+        self.chunks: list[Chunk] = []
+
+    def refused(self, job) -> None:
+        self.refusals.append(job)
+
+    def chunk(self, chunk: Chunk) -> None:
+        self.chunks.append(chunk)
+
+
+def decoder(lm, store=None, outlet=None, **policy) -> tuple[Decoder, MemoryStore, list[StepStats]]:
     store = store or MemoryStore()
     taps = Steps()
-    d = Decoder(lm, store, DecodePolicy(**{"stream_interval_ms": 0.0, **policy}), observer=taps)
+    d = Decoder(
+        lm, store, DecodePolicy(**{"stream_interval_ms": 0.0, **policy}), observer=taps, outlet=outlet
+    )
     steps: list[StepStats] = []
     taps.taps.append(steps.append)
     return d, store, steps
@@ -130,10 +152,10 @@ def test_requests_join_and_leave_mid_batch_and_compute_what_they_would_alone(lm)
 
     def join_later(stats: StepStats) -> None:  # B joins after A's 3rd step, C after the 6th
         if len(steps) in (3, 6):
-            later.extend(d.submit([(reqs[len(later) + 1], {})]))
+            later.extend(d.submit([work(reqs[len(later) + 1])]))
 
     taps_of(d).append(join_later)
-    jobs = d.submit([(reqs[0], {})])
+    jobs = d.submit([work(reqs[0])])
     wait(jobs)
     wait(later)
     d.close()
@@ -158,8 +180,8 @@ def test_static_batching_makes_a_newcomer_wait_for_the_whole_batch(lm):
     d, store, steps = decoder(lm, static=True)
     a, b = gen(PROMPTS[0], max_new_tokens=20), gen(PROMPTS[1], max_new_tokens=5)
     later: list = []
-    taps_of(d).append(lambda st: later.extend(d.submit([(b, {})])) if len(steps) == 2 else None)
-    wait(d.submit([(a, {})]))
+    taps_of(d).append(lambda st: later.extend(d.submit([work(b)])) if len(steps) == 2 else None)
+    wait(d.submit([work(a)]))
     wait(later)
     d.close()
     assert max(s.running for s in steps) == 1
@@ -173,7 +195,7 @@ def test_a_stop_sequence_ends_the_text_before_it(lm):
     stop = full.split()[3]  # a word in the middle of the greedy continuation
     d, store, _ = decoder(lm)
     r = gen(PROMPTS[2], max_new_tokens=24, stop=[stop, "never-produced"])
-    wait(d.submit([(r, {})]))
+    wait(d.submit([work(r)]))
     d.close()
     (o,) = store.results[r.request_id].outputs
     assert o.finish_reason is FinishReason.STOP
@@ -182,11 +204,11 @@ def test_a_stop_sequence_ends_the_text_before_it(lm):
 
 
 def test_the_text_grows_in_the_store_while_it_runs_and_chunks_add_up(lm):
-    d, store, _ = decoder(lm)
-    chunks: list[Chunk] = []
-    d.chunk_hooks.append(chunks.append)
+    outlet = Collected()
+    d, store, _ = decoder(lm, outlet=outlet)
+    chunks = outlet.chunks
     r = gen([PROMPTS[0], PROMPTS[3]], max_new_tokens=12, stream_to_kafka=True)
-    wait(d.submit([(r, {})]))
+    wait(d.submit([work(r)]))
     d.close()
     partial = [p for p in store.progressed if p.request_id == r.request_id]
     assert all(p.status is ResultStatus.RUNNING for p in partial)
@@ -208,7 +230,7 @@ def test_cancel_mid_way_keeps_the_text_so_far_and_frees_the_slot(lm):
     d, store, _ = decoder(lm)
     victim, other = gen(PROMPTS[0], max_new_tokens=200), gen(PROMPTS[1], max_new_tokens=40)
     store.cancel_after_tokens[victim.request_id] = 5
-    wait(d.submit([(victim, {}), (other, {})]))
+    wait(d.submit([work(victim), work(other)]))
     d.close()
     res = store.results[victim.request_id]
     assert res.status is ResultStatus.CANCELLED and res.error.code is ErrorCode.CANCELLED
@@ -239,7 +261,7 @@ def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(lm):
     taps_of(d).append(jump)
     late = gen(PROMPTS[0], max_new_tokens=300)
     late = late.model_copy(update={"deadline": datetime.now(timezone.utc) + timedelta(minutes=30)})
-    wait(d.submit([(late, {})]))
+    wait(d.submit([work(late)]))
     d.close()
     res = store.results[late.request_id]
     assert res.status is ResultStatus.EXPIRED and res.error.code is ErrorCode.DEADLINE_EXPIRED
@@ -249,17 +271,17 @@ def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(lm):
 def test_a_past_deadline_never_reaches_the_model(lm):
     d, store, steps = decoder(lm)
     r = gen(PROMPTS[0]).model_copy(update={"deadline": datetime.now(timezone.utc) - timedelta(seconds=1)})
-    wait(d.submit([(r, {})]))
+    wait(d.submit([work(r)]))
     d.close()
     assert store.results[r.request_id].status is ResultStatus.EXPIRED and not steps
 
 
 def test_a_prompt_over_the_limit_fails_alone_and_is_rejected(lm):
-    d, store, _ = decoder(lm, max_prompt_tokens=8)
-    rejected: list = []
-    d.reject_hooks.append(rejected.append)
+    outlet = Collected()
+    d, store, _ = decoder(lm, outlet=outlet, max_prompt_tokens=8)
+    rejected = outlet.refusals
     long, fine = gen("one two three four five six seven eight nine"), gen("short", max_new_tokens=4)
-    wait(d.submit([(long, {}), (fine, {})]))
+    wait(d.submit([work(long), work(fine)]))
     d.close()
     res = store.results[long.request_id]
     assert res.status is ResultStatus.FAILED and res.error.code is ErrorCode.VALIDATION_ERROR
@@ -271,13 +293,13 @@ def test_a_prompt_over_the_limit_fails_alone_and_is_rejected(lm):
 def test_the_token_budget_admits_what_fits_and_a_lone_oversized_sequence_still_runs(lm):
     d, store, steps = decoder(lm, max_batch_tokens=40)
     reqs = [gen(PROMPTS[i], max_new_tokens=30) for i in range(3)]  # each reserves > 30 tokens
-    wait(d.submit([(r, {}) for r in reqs]))
+    wait(d.submit([work(r) for r in reqs]))
     d.close()
     assert max(s.running for s in steps) == 1
     assert all(store.results[r.request_id].outputs[0].tokens == 30 for r in reqs)
     d, store, steps = decoder(lm, max_batch_tokens=16)  # smaller than any one sequence
     r = gen(PROMPTS[0], max_new_tokens=30)
-    wait(d.submit([(r, {})]))
+    wait(d.submit([work(r)]))
     d.close()
     assert store.results[r.request_id].status is ResultStatus.DONE
 
@@ -288,7 +310,7 @@ def test_seeded_sampling_repeats_whatever_shares_the_batch(lm):
         d, store, _ = decoder(lm)
         r = gen(PROMPTS[0], max_new_tokens=16, temperature=0.9, top_p=0.95, seed=123)
         others = [gen(PROMPTS[1], max_new_tokens=10, temperature=1.0) for _ in range(neighbours)]
-        wait(d.submit([(x, {}) for x in [*others, r]]))
+        wait(d.submit([work(x) for x in [*others, r]]))
         d.close()
         texts.append(store.results[r.request_id].outputs[0].text)
     assert texts[0] == texts[1] and texts[0]
@@ -307,9 +329,9 @@ def test_a_failing_step_fails_its_requests_and_the_decoder_goes_on(lm, monkeypat
 
     monkeypatch.setattr(lm, "decode", flaky)
     first = gen(PROMPTS[0], max_new_tokens=10)
-    wait(d.submit([(first, {})]))
+    wait(d.submit([work(first)]))
     after = gen(PROMPTS[1], max_new_tokens=4)
-    wait(d.submit([(after, {})]))
+    wait(d.submit([work(after)]))
     d.close()
     res = store.results[first.request_id]
     assert res.status is ResultStatus.FAILED and res.error.code is ErrorCode.MODEL_ERROR
@@ -331,9 +353,9 @@ def test_redis_gone_while_joining_hands_the_requests_back_unwritten(lm):
     store = FlakyStore()
     d = Decoder(lm, store, DecodePolicy(stream_interval_ms=0.0))
     first = gen(PROMPTS[0], max_new_tokens=5)
-    (job,) = d.submit([(first, {})])
+    (job,) = d.submit([work(first)])
     assert job.done.wait(30) and job.unwritten  # the Celery task puts its message back
     second = gen(PROMPTS[1], max_new_tokens=5)
-    wait(d.submit([(second, {})]))
+    wait(d.submit([work(second)]))
     d.close()
     assert store.results[second.request_id].status is ResultStatus.DONE

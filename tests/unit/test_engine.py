@@ -6,10 +6,12 @@ from datetime import datetime, timedelta, timezone
 import pytest
 
 from schemas.errors import ErrorCode
-from schemas.messages import EmbeddingOutput, InferenceRequest, InferenceResult, ResultStatus, Task
+from schemas.messages import EmbeddingOutput, InferenceRequest, InferenceResult, ResultStatus, Task, Timings
 from schemas.observer import BatchStats, Observer
+from schemas.work import Source, WorkItem
 from workers.core.batcher import BatchPolicy
 from workers.core.engine import Engine, is_out_of_memory
+from workers.core.loop import Outlet
 
 
 class FakeRunner:
@@ -69,10 +71,22 @@ def req(inputs, **kw):
     return InferenceRequest(task="embed", model="fake", inputs=inputs, **kw)
 
 
+def work(request, source=None, **timings):
+    return WorkItem(request=request, timings=Timings(**timings), source=source)
+
+
+class Refused(Outlet):
+    def __init__(self):
+        self.jobs = []
+
+    def refused(self, job):
+        self.jobs.append(job)
+
+
 def test_outputs_match_inputs_one_to_one_across_requests():
     engine, runner, store = make_engine()
     reqs = [req(["a", "bbb"]), req("cc"), req(["dddd", "e", "ff"])]
-    jobs = engine.submit([(r, {}) for r in reqs])
+    jobs = engine.submit([work(r) for r in reqs])
     engine.close()
     assert all(j.done.is_set() for j in jobs)
     assert [o.embedding[0] for o in store.results[reqs[0].request_id].outputs] == [1.0, 3.0]
@@ -86,7 +100,7 @@ def test_outputs_match_inputs_one_to_one_across_requests():
 def test_a_failing_input_fails_only_its_own_request():
     engine, _, store = make_engine()
     good1, bad, good2 = req("fine"), req(["ok", "boom"]), req("also fine")
-    engine.submit([(good1, {}), (bad, {}), (good2, {})])
+    engine.submit([work(good1), work(bad), work(good2)])
     engine.close()
     assert store.results[good1.request_id].status is ResultStatus.DONE
     assert store.results[good2.request_id].status is ResultStatus.DONE
@@ -99,7 +113,7 @@ def test_expired_requests_never_reach_the_model():
     engine, runner, store = make_engine()
     past = datetime.now(timezone.utc) - timedelta(seconds=1)
     late, fresh = req("late", deadline=past), req("fresh")
-    engine.submit([(late, {}), (fresh, {})])
+    engine.submit([work(late), work(fresh)])
     engine.close()
     assert store.results[late.request_id].status is ResultStatus.EXPIRED
     assert store.results[late.request_id].error.code is ErrorCode.DEADLINE_EXPIRED
@@ -110,7 +124,7 @@ def test_expired_requests_never_reach_the_model():
 def test_status_moves_running_then_done():
     engine, _, store = make_engine()
     r = req("x")
-    engine.submit([(r, {"received_ms": 1.0})])
+    engine.submit([work(r, received_ms=1.0)])
     engine.close()
     assert [s for rid, s in store.writes if rid == r.request_id] == [ResultStatus.RUNNING, ResultStatus.DONE]
     assert store.results[r.request_id].timings.received_ms == 1.0
@@ -122,7 +136,7 @@ def test_a_request_cancelled_before_its_batch_never_runs_and_is_not_overwritten(
     store.results[gone.request_id] = InferenceResult(
         request_id=gone.request_id, status=ResultStatus.CANCELLED
     )
-    jobs = engine.submit([(gone, {}), (kept, {})])
+    jobs = engine.submit([work(gone), work(kept)])
     engine.close()
     assert all(j.done.is_set() for j in jobs) and jobs[0].skipped
     assert store.results[gone.request_id].status is ResultStatus.CANCELLED
@@ -134,7 +148,7 @@ def test_out_of_memory_splits_the_batch_and_lowers_the_token_ceiling():
     runner = FakeRunner(memory_tokens=40)  # 8 texts × 10 tokens = 80 padded: too much at once
     engine, _, store = make_engine(runner, BatchPolicy(64, 10_000, 10_000))
     reqs = [req(f"text-{i:05d}") for i in range(8)]
-    engine.submit([(r, {}) for r in reqs])
+    engine.submit([work(r) for r in reqs])
     engine.close()
     assert all(store.results[r.request_id].status is ResultStatus.DONE for r in reqs)
     assert engine.batcher.policy.max_batch_tokens == 40  # half of the 80 that failed: remembered
@@ -159,7 +173,7 @@ def test_batch_stats_record_padding_waste():
             seen.append(stats)
 
     engine.observer = Batches()
-    engine.submit([(req(["ab", "abcdef"]), {})])
+    engine.submit([work(req(["ab", "abcdef"]))])
     engine.close()
     (stats,) = seen
     assert (stats.tokens, stats.padded_tokens) == (8, 12)
@@ -169,7 +183,7 @@ def test_batch_stats_record_padding_waste():
 
 def test_priority_and_tenant_reach_the_batcher():
     engine, _, _ = make_engine(policy=BatchPolicy(64, 10_000, 60_000))
-    engine.submit([(req("x", priority="high", tenant="acme"), {})])
+    engine.submit([work(req("x", priority="high", tenant="acme"))])
     (entry,) = engine.batcher._pool.values()
     assert (entry.priority, entry.tenant) == (0, "acme")
     engine.close()
@@ -177,19 +191,20 @@ def test_priority_and_tenant_reach_the_batcher():
 
 def test_a_request_started_more_than_max_attempts_is_failed_as_poison_not_run():
     runner, store = FakeRunner(), MemoryStore()
-    engine = Engine(runner, store, BatchPolicy(64, 10_000, 10_000), max_attempts=2)
-    poisoned = []
-    engine.poison_hooks.append(poisoned.append)
+    outlet = Refused()
+    engine = Engine(runner, store, BatchPolicy(64, 10_000, 10_000), max_attempts=2, outlet=outlet)
+    poisoned = outlet.jobs
     bad, good = req("boom"), req("fine")
     store.attempts[bad.request_id] = 2  # two earlier starts whose worker died
-    jobs = engine.submit([(bad, {}), (good, {})], sources=[{"topic": "t", "partition": 0, "offset": 7}, None])
+    source = Source(topic="t", partition=0, offset=7)
+    jobs = engine.submit([work(bad, source), work(good)])
     engine.close()  # flushes the waiting batch
     assert all(job.done.is_set() for job in jobs)
     assert store.results[bad.request_id].status is ResultStatus.FAILED
     assert store.results[bad.request_id].error.code is ErrorCode.POISON_MESSAGE
     assert store.results[good.request_id].status is ResultStatus.DONE
     assert [j.request.request_id for j in poisoned] == [bad.request_id]
-    assert poisoned[0].attempts == 3 and poisoned[0].source == {"topic": "t", "partition": 0, "offset": 7}
+    assert poisoned[0].attempts == 3 and poisoned[0].source == source
     assert runner.forwarded == [["fine"]]  # only the good one reached the model
 
 
@@ -202,7 +217,7 @@ def test_a_store_outage_hands_the_batch_back_instead_of_failing_it():
 
     store = DownStore()
     engine = Engine(FakeRunner(), store, BatchPolicy(64, 10_000, 10_000))
-    jobs = engine.submit([(req("a"), {})])
+    jobs = engine.submit([work(req("a"))])
     engine.close()
     assert jobs[0].unwritten and not store.results  # nothing failed: the message goes back
 
@@ -231,7 +246,7 @@ def test_first_deliveries_are_marked_running_while_their_forward_pass_runs():
     store = SlowStore()
     engine = Engine(SignallingRunner(), store, BatchPolicy(64, 10_000, 10_000))
     first = req("first time")
-    engine.submit([(first, {})], first_delivery=True)
+    engine.submit([work(first)], first_delivery=True)
     engine.close()
     assert store.overlapped == [True]
     assert [s for rid, s in store.writes if rid == first.request_id] == [
@@ -246,7 +261,7 @@ def test_a_first_delivery_cancelled_as_its_batch_starts_is_dropped_not_overwritt
     store.results[gone.request_id] = InferenceResult(
         request_id=gone.request_id, status=ResultStatus.CANCELLED
     )
-    jobs = engine.submit([(gone, {}), (kept, {})], first_delivery=True)
+    jobs = engine.submit([work(gone), work(kept)], first_delivery=True)
     engine.close()
     assert all(j.done.is_set() for j in jobs) and jobs[0].skipped and not jobs[1].skipped
     assert store.results[gone.request_id].status is ResultStatus.CANCELLED
@@ -259,8 +274,8 @@ def test_a_batch_holding_a_redelivered_request_is_marked_before_the_model_runs()
     engine = Engine(runner, store, BatchPolicy(64, 10_000, 10_000), max_attempts=2)
     bad, good = req("boom"), req("fine")
     store.attempts[bad.request_id] = 2  # its worker died on it twice: kombu put the message back
-    engine.submit([(good, {})], first_delivery=True)
-    engine.submit([(bad, {})], first_delivery=False)
+    engine.submit([work(good)], first_delivery=True)
+    engine.submit([work(bad)], first_delivery=False)
     engine.close()
     assert store.results[bad.request_id].error.code is ErrorCode.POISON_MESSAGE
     assert store.results[good.request_id].status is ResultStatus.DONE

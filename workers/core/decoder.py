@@ -15,7 +15,7 @@ runs one loop, one iteration per decode step:
    allowed token, or passed their request's deadline leave the batch at once; a request whose
    sequences have all ended gets its final result.
 4. **sync** — every ``stream_interval_ms``: the text so far of every running request is written
-   to Redis (a poll shows it growing), chunks go to the hooks (Kafka stream), and the stop flags
+   to Redis (a poll shows it growing), chunks go to the outlet (Kafka stream), and the stop flags
    clients set with cancel are read; a cancelled request ends ``cancelled`` with its text so far.
 
 A request that passes its deadline mid-way ends ``expired`` with its text so far. A failure in a
@@ -30,23 +30,16 @@ import threading
 import time
 from collections import deque
 from collections.abc import Callable, Sequence
-from typing import Any
 
-from schemas import results
 from schemas.errors import Cancelled, DeadlineExpired, InferqError, InvalidRequest, ModelError
-from schemas.messages import (
-    FinishReason,
-    GenerationOutput,
-    InferenceRequest,
-    InferenceResult,
-    ResultStatus,
-    now_ms,
-)
+from schemas.messages import FinishReason, GenerationOutput, InferenceResult, ResultStatus, now_ms
 from schemas.observer import Observer, StepStats
-from workers.core.jobs import PRIORITY_RANK, Job, JobHook, start_jobs
+from schemas.work import WorkItem
+from workers.core.jobs import PRIORITY_RANK, Job, distinct, start_jobs, write_results
+from workers.core.loop import Outlet
 from workers.core.runners.causal import CausalLM, KVBatch
 from workers.core.sampling import Sampler, StopText, pick_tokens
-from workers.core.sequences import Chunk, ChunkHook, DecodePolicy, Seq
+from workers.core.sequences import Chunk, DecodePolicy, Seq
 from workers.store.store import TRANSIENT_ERRORS, ResultStore
 
 log = logging.getLogger(__name__)
@@ -70,8 +63,11 @@ class Decoder:
         clock: Callable[[], float] = time.monotonic,
         wall_ms: Callable[[], float] = now_ms,
         observer: Observer | None = None,
+        outlet: Outlet | None = None,
     ) -> None:
-        """``clock`` (seconds) paces the syncs; ``wall_ms`` (epoch ms) dates timings and judges deadlines."""
+        """``clock`` (seconds) paces the syncs; ``wall_ms`` (epoch ms) dates timings and judges
+        deadlines. ``outlet`` gets the requests refused before running (poison, prompt too long)
+        and the new text of requests with ``stream_to_kafka``."""
         self.runner = runner
         self.store = store
         self.policy = policy
@@ -79,13 +75,12 @@ class Decoder:
         self._clock = clock
         self._wall_ms = wall_ms
         self.observer = observer or Observer()
-        self.reject_hooks: list[JobHook] = []  # failed before running (poison, prompt too long)
-        self.chunk_hooks: list[ChunkHook] = []  # new text of requests with stream_to_kafka
+        self.outlet = outlet or Outlet()
         self._waiting: list[deque[Seq]] = [deque() for _ in PRIORITY_RANK]
         self._running: list[Seq] = []
         self._joining: list[Seq] = []  # taken from the queue, not yet running (a failure ends them too)
         self._kv: KVBatch | None = None
-        self._seqs: dict[int, list[Seq]] = {}  # id(job) → its sequences
+        self._seqs: dict[Job, list[Seq]] = {}  # each job's sequences
         self._cond = threading.Condition()
         self._closed = False
         self._synced_s = 0.0
@@ -93,13 +88,12 @@ class Decoder:
         self._thread.start()
 
     # -- callers' side --------------------------------------------------------------------
-    def submit(
-        self,
-        items: Sequence[tuple[InferenceRequest, dict[str, Any]]],
-        sources: Sequence[dict[str, Any] | None] | None = None,
-    ) -> list[Job]:
-        """Tokenise (on the caller's thread) and queue; returns one job per request."""
-        jobs = Job.new(items, sources)
+    def submit(self, items: Sequence[WorkItem], first_delivery: bool = False) -> list[Job]:
+        """Tokenise (on the caller's thread) and queue; returns one job per request.
+
+        ``first_delivery`` changes nothing here: joiners are marked ``running`` before their
+        prefill, which is short next to decoding."""
+        jobs = Job.new(items, first_delivery)
         for job in jobs:
             request = job.request
             seqs, error = self._sequences(job, self.runner.tokenize(request.texts()))
@@ -107,7 +101,7 @@ class Decoder:
                 self._reject(job, error)
                 continue
             with self._cond:
-                self._seqs[id(job)] = seqs
+                self._seqs[job] = seqs
                 self._waiting[PRIORITY_RANK[request.priority]].extend(seqs)
                 self._cond.notify()
         return jobs
@@ -131,8 +125,10 @@ class Decoder:
 
     def _reject(self, job: Job, error: InferqError) -> None:
         job.finish(ResultStatus.FAILED, error)
-        for hook in self.reject_hooks:
-            hook(job)
+        try:
+            self.outlet.refused(job)
+        except Exception:  # the failed result is still written; the letter is best effort
+            log.exception("the outlet failed on refused request %s", job.request.request_id)
         self._write([job])
 
     def warm_up(self) -> None:
@@ -176,7 +172,7 @@ class Decoder:
         if not joiners:
             return 0
         start = self._wall_ms()
-        jobs = list({id(s.job): s.job for s in joiners}.values())
+        jobs = distinct(s.job for s in joiners)
         for job in jobs:  # a deadline that passed while it waited: no need to run it
             deadline = job.request.deadline_ms()
             if deadline is not None and deadline <= start and not job.finished:
@@ -203,7 +199,7 @@ class Decoder:
         return len(live)
 
     def _pending(self, job: Job) -> bool:
-        return any(s.finish is None for s in self._seqs.get(id(job), []))
+        return any(s.finish is None for s in self._seqs.get(job, []))
 
     def _take_waiting(self) -> list[Seq]:
         """Highest priority first, in arrival order, within the sequence and token budgets. A lone
@@ -248,7 +244,7 @@ class Decoder:
                 s.finish = FinishReason.STOP
             elif len(s.tokens) >= s.budget:
                 s.finish = FinishReason.LENGTH
-        for job in {id(s.job): s.job for s in seqs}.values():
+        for job in distinct(s.job for s in seqs):
             deadline = job.request.deadline_ms()
             if deadline is not None and deadline <= now and not job.finished:
                 self._end_job(job, FinishReason.DEADLINE)
@@ -263,13 +259,13 @@ class Decoder:
         self._kv = self._kv.keep(keep) if keep and self._kv is not None else None
         self._running = [self._running[i] for i in keep]
         self._emit(ended)
-        self._complete(list({id(s.job): s.job for s in ended}.values()))
+        self._complete(distinct(s.job for s in ended))
 
     def _complete(self, jobs: Sequence[Job]) -> None:
         """Give each job whose sequences have all ended its terminal status, and write them."""
         complete = []
         for job in jobs:
-            seqs = self._seqs.get(id(job), [])
+            seqs = self._seqs.get(job, [])
             if job.done.is_set() or not all(s.finish is not None for s in seqs):
                 continue
             if not job.finished:
@@ -287,7 +283,7 @@ class Decoder:
 
     def _end_job(self, job: Job, reason: FinishReason) -> None:
         """End every sequence of ``job`` that still runs or waits (deadline, cancel)."""
-        for s in self._seqs.get(id(job), []):
+        for s in self._seqs.get(job, []):
             if s.finish is None:
                 s.finish = reason
 
@@ -298,7 +294,7 @@ class Decoder:
         if not force and (now - self._synced_s) * 1000.0 < self.policy.stream_interval_ms:
             return
         self._synced_s = now
-        jobs = list({id(s.job): s.job for s in self._running}.values())
+        jobs = distinct(s.job for s in self._running)
         if not jobs:
             return
         self._emit(self._running)
@@ -313,42 +309,31 @@ class Decoder:
 
     def _emit(self, seqs: Sequence[Seq]) -> None:
         for s in seqs:
-            if not s.stream or not self.chunk_hooks or (s.sent == len(s.text) and s.finish is None):
+            if not s.stream or (s.sent == len(s.text) and s.finish is None):
                 continue
             chunk = Chunk(s.job.request.request_id, s.index, s.text[s.sent :], len(s.tokens), s.finish)
             s.sent = len(s.text)
-            for hook in self.chunk_hooks:
-                try:
-                    hook(chunk)
-                except Exception:  # a stream is best effort; the result in Redis is the record
-                    log.exception("chunk hook %r failed", hook)
+            try:
+                self.outlet.chunk(chunk)
+            except Exception:  # a stream is best effort; the result in Redis is the record
+                log.exception("the outlet failed on a chunk of %s", chunk.request_id)
 
     def _write(self, jobs: list[Job]) -> None:
         """Write terminal results (one round trip); a failed write hands the messages back."""
-        todo = [j for j in jobs if not j.skipped]
         try:
-            if todo:
-                self.store.advance([self._result(j) for j in todo])
-        except Exception:
-            log.exception("could not write %d results; their messages go back to the queue", len(todo))
-            for j in todo:
-                j.unwritten = True
+            write_results(self.store, jobs, self._result)
         finally:
             for j in jobs:
                 self._forget(j)
 
     def _forget(self, job: Job) -> None:
         with self._cond:
-            self._seqs.pop(id(job), None)
+            self._seqs.pop(job, None)
         job.done.set()
 
     def _abandon(self, *, error: InferqError | None = None, unwritten: bool = False) -> None:
         """After a failed step: end every running or joining request (failed, or handed back unwritten)."""
-        jobs = [
-            j
-            for j in {id(s.job): s.job for s in self._running + self._joining}.values()
-            if not j.done.is_set()
-        ]
+        jobs = [j for j in distinct(s.job for s in self._running + self._joining) if not j.done.is_set()]
         self._running, self._joining, self._kv = [], [], None
         for job in jobs:
             self._end_job(job, FinishReason.CANCELLED)
@@ -362,9 +347,7 @@ class Decoder:
             self._write(jobs)
 
     def _result(self, job: Job) -> InferenceResult:
-        r, seqs = job.request, self._seqs.get(id(job), [])  # built in input order
+        seqs = self._seqs.get(job, [])  # built in input order
         outputs = [GenerationOutput(text=s.text, tokens=len(s.tokens), finish_reason=s.finish) for s in seqs]
         kept = outputs if job.status is not ResultStatus.FAILED and outputs else None
-        return results.result(
-            r, job.status, job.timings, job.error, model_version=self.runner.version, outputs=kept
-        )
+        return job.result(self.runner.version, kept)

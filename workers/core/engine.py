@@ -27,12 +27,13 @@ from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
-from schemas import results
 from schemas.errors import DeadlineExpired, ModelError
-from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, now_ms
+from schemas.messages import InferenceResult, ResultStatus, now_ms
 from schemas.observer import BatchStats, Observer
+from schemas.work import WorkItem
 from workers.core.batcher import Batcher, BatchPolicy, padded_tokens
-from workers.core.jobs import PRIORITY_RANK, Job, JobHook, Piece, start_jobs
+from workers.core.jobs import PRIORITY_RANK, Job, Piece, distinct, start_jobs, write_results
+from workers.core.loop import Outlet
 from workers.core.runners.base import Runner
 from workers.core.wait_policy import CostModel, FixedWait, WaitPolicy
 from workers.store.store import TRANSIENT_ERRORS, ResultStore
@@ -52,33 +53,29 @@ class Engine:
         cost: CostModel | None = None,
         max_attempts: int = 3,
         observer: Observer | None = None,
+        outlet: Outlet | None = None,
     ) -> None:
+        """``outlet`` is told of each job failed as poison (started more than ``max_attempts``
+        times): the worker dead-letters it."""
         self.runner = runner
         self.observer = observer or Observer()
+        self.outlet = outlet or Outlet()
         self.store = store
         self.cost = cost or CostModel()
         self.max_attempts = max_attempts
         self.batcher: Batcher[Piece] = Batcher(policy, wait or FixedWait(policy.max_wait_ms))
-        # called with each job failed as poison (started more than max_attempts times): the
-        # worker dead-letters it
-        self.poison_hooks: list[JobHook] = []
         # records each batch's start in the store while its forward pass runs (first deliveries)
         self._marker = ThreadPoolExecutor(1, thread_name_prefix=f"mark-{runner.name}")
         self._thread = threading.Thread(target=self._loop, name=f"engine-{runner.name}", daemon=True)
         self._thread.start()
 
-    def submit(
-        self,
-        items: Sequence[tuple[InferenceRequest, dict[str, Any]]],
-        sources: Sequence[dict[str, Any] | None] | None = None,
-        first_delivery: bool = False,
-    ) -> list[Job]:
+    def submit(self, items: Sequence[WorkItem], first_delivery: bool = False) -> list[Job]:
         """Tokenise (on the caller's thread) and enqueue; returns one job per request.
 
         ``first_delivery``: the requests' Celery message was not put back after a worker died,
         so their ``running`` mark may overlap the forward pass.
         """
-        jobs = Job.new(items, sources, first_delivery)
+        jobs = Job.new(items, first_delivery)
         all_ids = iter(self.runner.tokenize([text for job in jobs for text in job.request.texts()]))
         for job in jobs:
             rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
@@ -128,20 +125,20 @@ class Engine:
         rows = self._forward_isolated([p.ids for p in live]) if live else []
         compute_ms = now_ms() - forward_start
         if marking is not None:  # keep the rows of the jobs the store let start
-            kept = {id(p) for p in marking.result()}
-            pairs = [(p, r) for p, r in zip(live, rows, strict=True) if id(p) in kept]
+            kept = set(marking.result())
+            pairs = [(p, r) for p, r in zip(live, rows, strict=True) if p in kept]
             live, rows = [p for p, _ in pairs], [r for _, r in pairs]
         # expired, and failed as poison: their results are written with this batch's
-        ended = {id(p.job): p.job for p in pieces if p.job.finished and not p.job.done.is_set()}
+        ended = [p.job for p in pieces if p.job.finished and not p.job.done.is_set()]
         failed = 0
         for piece, row in zip(live, rows, strict=True):
             failed += self._absorb(piece, row)
             if piece.job.finished:
-                ended[id(piece.job)] = piece.job
+                ended.append(piece.job)
         for piece in pieces:  # skipped jobs end here without a write: the store has their answer
             if piece.job.skipped and not piece.job.done.is_set():
                 piece.job.done.set()
-        self._write([j for j in ended.values() if not j.skipped])
+        self._write([j for j in distinct(ended) if not j.skipped])
         if forwarded:
             self._observe(batch_id, forwarded, compute_ms, failed)
 
@@ -179,7 +176,7 @@ class Engine:
         delivery): it is skipped. A job started more than ``max_attempts`` times (its worker died
         each time) is failed as poison instead of being run again.
         """
-        fresh: dict[int, Job] = {}
+        fresh: list[Job] = []
         for p in live:
             p.job.timings.update(
                 batch_start_ms=p.job.timings.get("batch_start_ms") or start,
@@ -189,10 +186,9 @@ class Engine:
             if not p.job.started:
                 p.job.started = True
                 p.job.status = ResultStatus.RUNNING
-                fresh[id(p.job)] = p.job
-        for job in start_jobs(self.store, list(fresh.values()), self._result, self.max_attempts):
-            for hook in self.poison_hooks:
-                hook(job)
+                fresh.append(p.job)
+        for job in start_jobs(self.store, distinct(fresh), self._result, self.max_attempts):
+            self._refused(job)
         return [p for p in live if not p.job.skipped and not p.job.finished]
 
     def _forward_isolated(self, batch: list[list[int]]) -> list[Any]:
@@ -237,17 +233,16 @@ class Engine:
             job.finish(ResultStatus.DONE)
         return 0
 
-    def _write(self, jobs: list[Job]) -> None:
-        """Write terminal results; a write that fails (after the client's retries) marks its jobs
-        ``unwritten`` so the Celery task puts its message back instead of acking it."""
-        if not jobs:
-            return
+    def _refused(self, job: Job) -> None:
         try:
-            self.store.advance([self._result(j) for j in jobs])
-        except Exception:
-            log.exception("could not write %d results; their messages go back to the queue", len(jobs))
-            for j in jobs:
-                j.unwritten = True
+            self.outlet.refused(job)
+        except Exception:  # the failed result is still written; the letter is best effort
+            log.exception("the outlet failed on refused request %s", job.request.request_id)
+
+    def _write(self, jobs: list[Job]) -> None:
+        """Write terminal results (:func:`~workers.core.jobs.write_results`), then release the jobs."""
+        try:
+            write_results(self.store, jobs, self._result)
         finally:
             for j in jobs:
                 j.done.set()
@@ -259,7 +254,7 @@ class Engine:
                 p.job.done.set()
 
     def _fail_all(self, pieces: list[Piece]) -> None:
-        jobs = {id(p.job): p.job for p in pieces if not p.job.done.is_set()}.values()
+        jobs = distinct(p.job for p in pieces if not p.job.done.is_set())
         for j in jobs:
             if not j.finished:
                 j.finish(ResultStatus.FAILED, ModelError("the worker failed while running this batch"))
@@ -269,14 +264,7 @@ class Engine:
 
     def _result(self, job: Job) -> InferenceResult:
         outputs = [o for o in job.outputs if o is not None] if job.status is ResultStatus.DONE else None
-        return results.result(
-            job.request,
-            job.status,
-            job.timings,
-            job.error,
-            model_version=self.runner.version,
-            outputs=outputs,
-        )
+        return job.result(self.runner.version, outputs)
 
 
 def is_out_of_memory(error: BaseException) -> bool:

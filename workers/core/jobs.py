@@ -3,24 +3,31 @@
 Both serving loops (the embedding :class:`~workers.core.engine.Engine` and the generation
 :class:`~workers.core.decoder.Decoder`) track requests as :class:`Job` objects and record their start
 in the store through :func:`start_jobs`, which is where a request started too many times (its
-worker died each time) is failed as poison.
+worker died each time) is failed as poison, and write their ends through :func:`write_results`.
+A job is hashable by identity (two jobs are the same only if they are the same object), so sets
+and dicts of jobs need no ``id()``.
 """
 
 from __future__ import annotations
 
+import logging
 import threading
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from schemas import results
 from schemas.errors import InferqError, PoisonMessage
 from schemas.messages import InferenceRequest, InferenceResult, Output, Priority, ResultStatus, now_ms
+from schemas.work import Source, WorkItem
 from workers.store.store import ResultStore
+
+log = logging.getLogger(__name__)
 
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
 
-@dataclass
+@dataclass(eq=False)
 class Job:
     """One request inside the worker, until its result is written."""
 
@@ -35,25 +42,21 @@ class Job:
     error: InferqError | None = None
     attempts: int = 0  # starts recorded by the store, this one included
     unwritten: bool = False  # its result could not be written (Redis gone past the retries)
-    source: dict[str, Any] | None = None  # where the request came from (Kafka coordinates)
+    source: Source | None = None  # where the request came from (Kafka coordinates)
     # its Celery message came for the first time (not put back after a worker died): no earlier
     # start can have made it poison, so its ``running`` mark may overlap its forward pass
     first_delivery: bool = False
 
     @classmethod
-    def new(
-        cls,
-        items: Sequence[tuple[InferenceRequest, dict[str, Any]]],
-        sources: Sequence[dict[str, Any] | None] | None = None,
-        first_delivery: bool = False,
-    ) -> list[Job]:
-        """One job per (request, timings so far), with where each came from (Kafka coordinates)."""
-        return [
-            cls(
-                r, dict(t), [None] * len(r.texts()), len(r.texts()), source=src, first_delivery=first_delivery
-            )
-            for (r, t), src in zip(items, sources or [None] * len(items), strict=True)
-        ]
+    def new(cls, items: Sequence[WorkItem], first_delivery: bool = False) -> list[Job]:
+        """One job per work item (its request, timings so far and Kafka source)."""
+        return [cls.of(item, first_delivery) for item in items]
+
+    @classmethod
+    def of(cls, item: WorkItem, first_delivery: bool = False) -> Job:
+        n = len(item.request.texts())
+        timings = item.timings.model_dump(exclude_none=True)
+        return cls(item.request, timings, [None] * n, n, source=item.source, first_delivery=first_delivery)
 
     def finish(self, status: ResultStatus, error: InferqError | None = None) -> None:
         self.status, self.error = status, error
@@ -63,8 +66,21 @@ class Job:
     def finished(self) -> bool:
         return self.skipped or self.status.terminal
 
+    def result(
+        self, model_version: str | None = None, outputs: Sequence[Any] | None = None
+    ) -> InferenceResult:
+        """Its result as it stands (status, timings, error), with the model's ``outputs`` if any."""
+        return results.result(
+            self.request, self.status, self.timings, self.error, model_version=model_version, outputs=outputs
+        )
 
-@dataclass(frozen=True)
+
+def distinct(jobs: Iterable[Job]) -> list[Job]:
+    """``jobs`` without repeats, in first-seen order (the jobs of a batch's pieces or sequences)."""
+    return list(dict.fromkeys(jobs))
+
+
+@dataclass(frozen=True, eq=False)
 class Piece:
     """One input text of a job, tokenised: the unit the engine batches."""
 
@@ -94,4 +110,16 @@ def start_jobs(
     return poisoned
 
 
-JobHook = Callable[[Job], None]  # a request the worker refused (poison, or invalid for the model)
+def write_results(store: ResultStore, jobs: Sequence[Job], result: Callable[[Job], InferenceResult]) -> None:
+    """Write the terminal results of ``jobs`` not skipped, in one round trip. A write that fails
+    (Redis gone past the client's retries) marks them ``unwritten``, so the Celery task puts their
+    message back instead of acking it; never raises. The caller sets the jobs ``done``."""
+    todo = [j for j in jobs if not j.skipped]
+    if not todo:
+        return
+    try:
+        store.advance([result(j) for j in todo])
+    except Exception:
+        log.exception("could not write %d results; their messages go back to the queue", len(todo))
+        for j in todo:
+            j.unwritten = True

@@ -1,12 +1,11 @@
 """What the generation :class:`~workers.core.decoder.Decoder` works with: its policy, the sequences
-it continues, and what it hands its hooks (stream chunks, step statistics).
+it continues, and the stream chunks it hands its outlet (:class:`~workers.core.loop.Outlet`).
 
 Kept apart from the decoder's loop so the loop module stays about the loop. Times in ms.
 """
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass, field
 
 from schemas.messages import FinishReason
@@ -37,7 +36,7 @@ class Seq:
     stream: bool
     tokens: list[int] = field(default_factory=list)
     text: str = ""  # visible text so far (held-back stop prefixes excluded)
-    sent: int = 0  # characters of ``text`` already handed to the chunk hooks
+    sent: int = 0  # characters of ``text`` already handed to the outlet
     finish: FinishReason | None = None
 
     @property
@@ -47,13 +46,10 @@ class Seq:
 
 @dataclass(frozen=True)
 class Chunk:
-    """New text of one sequence, for the stream hooks (Kafka)."""
+    """New text of one sequence, for the outlet (the Kafka stream)."""
 
     request_id: str
     index: int
     text: str
     tokens: int
     finish_reason: FinishReason | None
-
-
-ChunkHook = Callable[[Chunk], None]

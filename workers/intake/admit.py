@@ -24,9 +24,10 @@ from schemas.errors import (
     ModelUnavailable,
     Unauthorized,
 )
-from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, now_ms
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id
 from schemas.validation import parse_request
+from schemas.work import Handoff, Source, WorkItem
 from workers.intake.refuse import (
     LETTER_WAIT_S,
     MAX_STRIKES,
@@ -168,7 +169,7 @@ class Admissions(Refusals):
                     )
             if verdict in (Admission.NEW, Admission.PENDING):
                 h = handoffs[sid]
-                by_queue.setdefault((h["queue"], h["priority"]), []).append(h["item"])
+                by_queue.setdefault((h.queue, h.priority), []).append(h.item)
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
         self.store.advance(late)
@@ -177,17 +178,14 @@ class Admissions(Refusals):
             for i in range(0, len(items), n):
                 self.celery.send_task(TASK_INFER, args=[items[i : i + n]], queue=queue, priority=priority)
 
-    def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> dict[str, Any]:
+    def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> Handoff:
         """Where a request goes in Celery and the item its message carries (kept by the store
         while the request is queued, so a lost message can be sent again)."""
-        source = {"topic": rec.topic, "partition": rec.partition, "offset": rec.offset}
-        if rec.key:  # bounded: a key may be as large as the broker allows, beside a small request
-            source["key"] = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace")
-        return {
-            "queue": model_queue(self.s, req.model),
-            "priority": CELERY_PRIORITY[req.priority],
-            "item": {"request": req.wire_dict(), "timings": timings, "source": source},
-        }
+        # the key bounded: a key may be as large as the broker allows, beside a small request
+        key = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace") if rec.key else None
+        source = Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=key)
+        item = WorkItem(request=req, timings=Timings(**timings), source=source)
+        return Handoff.of(model_queue(self.s, req.model), CELERY_PRIORITY[req.priority], item)
 
 
 def _admitted(rec: ConsumerRecord) -> bool:

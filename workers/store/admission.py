@@ -8,15 +8,14 @@ overshoot them (:mod:`workers.store.scripts`).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
 from enum import Enum
-from typing import Any
 
 from schemas.errors import QuotaExceeded
 from schemas.messages import InferenceResult, now_ms
 from schemas.naming import inflight_key, scoped_id, tenant_keys
 from schemas.settings import Settings
+from schemas.work import Handoff
 from workers.store.base import StoreBase, as_text
 
 
@@ -54,7 +53,7 @@ class Admissions(StoreBase):
         self,
         items: Sequence[tuple[str, InferenceResult]],
         deadlines: dict[str, float] | None = None,
-        handoffs: dict[str, dict[str, Any]] | None = None,
+        handoffs: dict[str, Handoff] | None = None,
     ) -> list[Admission]:
         """Record each (digest, queued result) unless the id is known; say what each one is.
 
@@ -78,7 +77,7 @@ class Admissions(StoreBase):
                     self._s.result_ttl_s,
                     "" if deadline is None else repr(deadline),
                     sid,
-                    "" if handoff is None else json.dumps(handoff),
+                    "" if handoff is None else handoff.model_dump_json(),
                     now,
                     max_inflight,
                     max_bytes,

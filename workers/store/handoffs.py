@@ -8,12 +8,11 @@ queued request, :meth:`claim_stale` returns the ones still queued too long).
 
 from __future__ import annotations
 
-import json
 from collections.abc import Sequence
-from typing import Any
 
 from schemas.messages import InferenceRequest, now_ms
 from schemas.naming import pending_key, result_key, unseen_key, unseen_wire_key
+from schemas.work import Handoff
 from workers.store.base import StoreBase, as_text
 
 
@@ -53,7 +52,7 @@ class Handoffs(StoreBase):
         """A hand-off was published again: it counts as new (found again only if lost again)."""
         self.client.zadd(unseen_key(self._s), {key: now_ms()}, xx=True)
 
-    def claim_stale(self, older_than_s: float, limit: int = 500) -> list[dict[str, Any]]:
+    def claim_stale(self, older_than_s: float, limit: int = 500) -> list[Handoff]:
         """Hand-offs of requests still queued ``older_than_s`` after admission, claimed (each is
         returned to one caller per period): send them to Celery again. A duplicate message is
         harmless; a lost one (a worker killed as it took it from Redis) is recovered."""
@@ -62,4 +61,4 @@ class Handoffs(StoreBase):
             keys=[pending_key(self._s)],
             args=[repr(now - older_than_s * 1000.0), repr(now), result_key(self._s, ""), limit],
         )
-        return [json.loads(h) for h in found]
+        return [Handoff.model_validate_json(h) for h in found]

@@ -10,47 +10,17 @@ The thread pool is deliberate: every task thread hands its requests to the same 
 
 from __future__ import annotations
 
-import logging
+import functools
 from typing import Any
 
 from celery import Celery
 from kombu import Queue
-from kombu.transport import redis as kombu_redis
 
 from schemas.connections import celery_broker_ssl
 from schemas.messages import Priority
 from schemas.naming import model_queue
 from schemas.settings import Settings, get_settings
-
-log = logging.getLogger(__name__)
-
-# kombu 5.7's Redis channel is not safe across a broker reconnect (seen in the Redis-restart drill):
-# closing the old channel "restores" its unacked messages, and acking a message that arrived on it
-# once the task ends, both go through a pool rebuilt from a connection that is already gone, and
-# the AttributeError is an "unrecoverable error" that stops the worker. Neither is needed: unacked
-# messages stay in kombu's unacked hash, a dead worker's are put back by the owner reaper
-# (workers.celery_adapter.tasks), and anything else by the visibility timeout, where rerunning is
-# harmless because results only move forward. So the old channel neither restores nor acks.
-kombu_redis.Channel.do_restore = False
-_basic_ack, _basic_reject = kombu_redis.Channel.basic_ack, kombu_redis.Channel.basic_reject
-
-
-def _ack_unless_orphaned(self: Any, delivery_tag: Any, multiple: bool = False) -> None:
-    if self.connection is None:
-        log.warning("broker connection was replaced; message %s will be redelivered (harmless)", delivery_tag)
-        return
-    _basic_ack(self, delivery_tag, multiple)
-
-
-def _reject_unless_orphaned(self: Any, delivery_tag: Any, requeue: bool = False) -> None:
-    if self.connection is None:
-        log.warning("broker connection was replaced; message %s will be redelivered (harmless)", delivery_tag)
-        return
-    _basic_reject(self, delivery_tag, requeue)
-
-
-kombu_redis.Channel.basic_ack = _ack_unless_orphaned  # type: ignore[method-assign]
-kombu_redis.Channel.basic_reject = _reject_unless_orphaned  # type: ignore[method-assign]
+from workers.transport.kombu import harden_channel
 
 TASK_INFER = "inferq.infer"
 # Redis transport: one list per step, 0 served first. High-priority requests overtake queued
@@ -58,16 +28,23 @@ TASK_INFER = "inferq.infer"
 CELERY_PRIORITY = {Priority.HIGH: 0, Priority.NORMAL: 3, Priority.LOW: 6}
 
 
-def route_by_model(
-    name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
-) -> dict | None:
-    """Route ``inferq.infer`` to its model's queue (the intake also names the queue directly)."""
-    if name != TASK_INFER or not args or not args[0]:
-        return None
-    return {"queue": model_queue(get_settings(), args[0][0]["request"]["model"])}
+def router(settings: Settings) -> Any:
+    """Celery's router: ``inferq.infer`` to its model's queue (the intake also names the queue
+    directly), read from the first item's wire form."""
+
+    def route_by_model(
+        name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
+    ) -> dict | None:
+        if name != TASK_INFER or not args or not args[0]:
+            return None
+        return {"queue": model_queue(settings, args[0][0]["request"]["model"])}
+
+    return route_by_model
 
 
 def make_app(settings: Settings) -> Celery:
+    """The Celery app of ``settings``' broker (kombu's Redis channel hardened first)."""
+    harden_channel()
     app = Celery("inferq")
     app.conf.update(
         broker_url=settings.celery_broker_url,
@@ -84,7 +61,7 @@ def make_app(settings: Settings) -> Celery:
         task_ignore_result=True,  # results live in our own store, per request
         task_serializer="json",
         accept_content=["json"],
-        task_routes=(route_by_model,),
+        task_routes=(router(settings),),
         task_queues=[Queue(model_queue(settings, m)) for m in settings.model_names()],
         task_create_missing_queues=True,
         worker_prefetch_multiplier=1,  # each thread holds one message; concurrency sizes the pool
@@ -102,4 +79,14 @@ def make_app(settings: Settings) -> Celery:
     return app
 
 
-app = make_app(get_settings())
+def __getattr__(name: str) -> Any:
+    """``app``: the broker's app from the environment's settings, made when first asked for, for
+    ``celery -A workers.transport.app flower`` (the worker's app is the Celery adapter's)."""
+    if name == "app":
+        return _environment_app()
+    raise AttributeError(name)
+
+
+@functools.cache
+def _environment_app() -> Celery:
+    return make_app(get_settings())

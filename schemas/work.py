@@ -1,0 +1,91 @@
+"""The work item: what the intake hands a worker for one request, through Celery and the store.
+
+Internal to inferq (intake → worker), not part of the public contract. One Celery message carries
+a list of work items for one model, each in its wire form (:meth:`WorkItem.wire`, plain JSON):
+``{"request": <InferenceRequest wire dict>, "timings": {...}, "source": {...}}``. The store keeps
+each queued request's :class:`Handoff` (its queue, its priority and that same item) so a message
+lost on its way to a worker can be sent again.
+
+The wire form is the one intakes have always sent, so an older intake and a newer worker (or the
+reverse) keep speaking during a rolling deploy: keys a reader does not know are ignored at this
+level (the request itself forbids unknown fields, so a request from a newer producer fails as
+``validation_error``, answered and dead-lettered by the worker).
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from pydantic import BaseModel, ConfigDict, Field
+
+from schemas.messages import InferenceRequest, Timings
+
+
+class Source(BaseModel):
+    """Where a request came from: its Kafka record (for dead letters). ``-1``: not known."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    topic: str = ""
+    partition: int = -1
+    offset: int = -1
+    key: str | None = Field(None, description="the record's key, cut to a bounded size")
+
+
+class WorkItem(BaseModel):
+    """One request as a worker receives it: the request, its timings so far (epoch ms) and source."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    request: InferenceRequest
+    timings: Timings = Field(default_factory=Timings)
+    source: Source | None = None
+
+    @classmethod
+    def parse(cls, raw: object) -> WorkItem:
+        """Read one item of a Celery message.
+
+        Raises ``TypeError`` (not a JSON object) or ``KeyError`` (no request): a malformed message,
+        answered ``internal_error``; or pydantic's ``ValidationError`` (the request, or its timings,
+        does not validate: typically a newer intake), answered ``validation_error``.
+        """
+        if not isinstance(raw, dict):
+            raise TypeError(f"a work item is a JSON object, not a {type(raw).__name__}")
+        if "request" not in raw:
+            raise KeyError("request")
+        if "timings" in raw and raw["timings"] is None:  # read as "none known yet", as workers always have
+            raw = {k: v for k, v in raw.items() if k != "timings"}
+        return cls.model_validate(raw)
+
+    def wire(self) -> dict[str, Any]:
+        """The JSON-ready form a Celery message carries (unset fields left out, as the request's own
+        wire form does)."""
+        return self.model_dump(mode="json", exclude_none=True)
+
+
+class Handoff(BaseModel):
+    """A queued request's way to the workers, kept by the store until the request starts: its Celery
+    queue and priority, and its item in wire form (sent again exactly as kept; the worker that takes
+    it reads it, and answers it if it cannot)."""
+
+    model_config = ConfigDict(extra="ignore", frozen=True)
+
+    queue: str
+    priority: int
+    item: dict[str, Any]
+
+    @classmethod
+    def of(cls, queue: str, priority: int, item: WorkItem) -> Handoff:
+        return cls(queue=queue, priority=priority, item=item.wire())
+
+    @property
+    def model(self) -> str | None:
+        """The model its request names, read from the wire form (routing only: the item may be one
+        this process cannot parse whole)."""
+        request = self.item.get("request")
+        model = request.get("model") if isinstance(request, dict) else None
+        return model if isinstance(model, str) else None
+
+    def work(self) -> WorkItem:
+        """The item, parsed (raises as :meth:`WorkItem.parse`)."""
+        return WorkItem.parse(self.item)
