@@ -16,7 +16,7 @@ from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic, result_key
 from schemas.settings import Settings
-from tests.integration.conftest import dead_letters
+from tests.stack import dead_letters
 from workers.store.store import Admission, queued_result, request_digest
 
 

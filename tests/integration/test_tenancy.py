@@ -13,7 +13,7 @@ from schemas.errors import InvalidRequest
 from schemas.messages import InferenceRequest, ResultStatus, now_ms
 from schemas.naming import scoped_id
 from schemas.settings import Settings
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 from workers.store.store import (
     Admission,
     DoneWatcher,
@@ -22,8 +22,6 @@ from workers.store.store import (
     request_digest,
     request_result,
 )
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

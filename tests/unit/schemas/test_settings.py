@@ -4,7 +4,7 @@ import pytest
 
 from schemas.settings import ENV_PREFIX, Settings, port_of
 
-README = (Path(__file__).resolve().parents[2] / "README.md").read_text(encoding="utf-8")
+README = (Path(__file__).resolve().parents[3] / "README.md").read_text(encoding="utf-8")
 
 
 @pytest.mark.parametrize("field", sorted(Settings.model_fields))
