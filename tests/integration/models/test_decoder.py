@@ -8,7 +8,6 @@ row removals are shown not to change what a sequence computes.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,6 +16,7 @@ import torch
 from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus, now_ms
 from schemas.settings import Settings
+from tests.fakes import FakeStore
 from workers.core.decoder import Decoder
 from workers.core.runners.causal import CausalLM, load_tiny_lm
 from workers.core.sequences import Chunk, DecodePolicy, StepStats
@@ -43,49 +43,12 @@ def alone(lm: CausalLM, prompt: str, n: int) -> list[int]:
     return out
 
 
-class MemoryStore:
-    """Forward-only like the real store, with the stop flags a client's cancel sets."""
-
-    def __init__(self) -> None:
-        self.results: dict = {}
-        self.progressed: list = []
-        self.stop: set[str] = set()
-        self.cancel_after_tokens: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def start(self, results):
-        return [2 if r.request_id in self.results else 1 for r in self._put(results)]
-
-    def advance(self, results, *, only_if_absent=False):
-        return [True for _ in self._put(results)]
-
-    def _put(self, results):
-        results = list(results)
-        with self.lock:
-            for r in results:
-                held = self.results.get(r.request_id)
-                if held is None or not held.status.terminal:
-                    self.results[r.request_id] = r
-        return results
-
-    def progress(self, results):
-        flags = []
-        for r in results:
-            self.progressed.append(r)
-            self.results[r.request_id] = r
-            tokens = sum(o.tokens for o in r.outputs or [])
-            if tokens >= self.cancel_after_tokens.get(r.request_id, 10**9):
-                self.stop.add(r.request_id)
-            flags.append("cancel" if r.request_id in self.stop else "")
-        return flags
-
-
 def gen(prompt: str | list[str], **params) -> InferenceRequest:
     return InferenceRequest(task="generate", model="tiny-lm", inputs=prompt, generation=params)
 
 
-def decoder(lm, store=None, **policy) -> tuple[Decoder, MemoryStore, list[StepStats]]:
-    store = store or MemoryStore()
+def decoder(lm, store=None, **policy) -> tuple[Decoder, FakeStore, list[StepStats]]:
+    store = store or FakeStore()
     d = Decoder(lm, store, DecodePolicy(**{"stream_interval_ms": 0.0, **policy}))
     steps: list[StepStats] = []
     d.step_hooks.append(steps.append)
@@ -203,7 +166,7 @@ def test_cancel_mid_way_keeps_the_text_so_far_and_frees_the_slot(lm):
 
 def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(lm):
     clock = {"skew_ms": 0.0}
-    store = MemoryStore()
+    store = FakeStore()
     d = Decoder(lm, store, DecodePolicy(stream_interval_ms=0.0), wall_ms=lambda: now_ms() + clock["skew_ms"])
     steps: list[StepStats] = []
 
@@ -295,7 +258,7 @@ def test_a_failing_step_fails_its_requests_and_the_decoder_goes_on(lm, monkeypat
 def test_redis_gone_while_joining_hands_the_requests_back_unwritten(lm):
     import redis
 
-    class FlakyStore(MemoryStore):
+    class FlakyStore(FakeStore):
         failed = False
 
         def start(self, results):
