@@ -1,4 +1,4 @@
-"""Continuous batching on the real tiny-lm (config-built, loads in a second) with an in-memory store.
+"""Continuous batching on a tiny config-built causal LM (tests/tiny_models.py) with the fake store.
 
 Joins and leaves are made deterministic by acting from the decoder's own step hook: a request
 submitted there joins at the very next iteration. Every greedy output is checked token for token
@@ -15,10 +15,10 @@ import torch
 
 from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus, now_ms
-from schemas.settings import Settings
 from tests.fakes import FakeStore
+from tests.tiny_models import tiny_causal_lm
 from workers.core.decoder import Decoder
-from workers.core.runners.causal import CausalLM, load_tiny_lm
+from workers.core.runners.causal import CausalLM
 from workers.core.sequences import Chunk, DecodePolicy, StepStats
 
 PROMPTS = ["the weather in lisbon is", "i want to talk to a human", "reset my password", "a"]
@@ -26,7 +26,7 @@ PROMPTS = ["the weather in lisbon is", "i want to talk to a human", "reset my pa
 
 @pytest.fixture(scope="module")
 def lm() -> CausalLM:
-    return load_tiny_lm(Settings(torch_threads=1, device="cpu"))
+    return tiny_causal_lm()
 
 
 def alone(lm: CausalLM, prompt: str, n: int) -> list[int]:
