@@ -14,6 +14,7 @@ from __future__ import annotations
 import os
 import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from importlib.util import find_spec
 from pathlib import Path
 from typing import Any
@@ -34,8 +35,8 @@ def package_folders(names: tuple[str, ...]) -> tuple[str, ...]:
 
 
 class ModelGuard:
-    """Refuses opens of model data files while ``active``: set around each unit test only, so the
-    integration and slow tiers in the same process load models as they must."""
+    """Refuses opens of model data files while ``active``: set around each phase of a unit test
+    only, so the integration and slow tiers in the same process load models as they must."""
 
     def __init__(self, folders: tuple[str, ...]) -> None:
         self.folders, self.active = folders, False
@@ -60,10 +61,30 @@ GUARD = ModelGuard(package_folders(MODEL_PACKAGES))
 sys.addaudithook(GUARD)  # audit hooks cannot be removed; the guard is off outside unit tests
 
 
-@pytest.fixture(autouse=True)
-def no_model_loads() -> Iterator[None]:
+@contextmanager
+def guarded() -> Iterator[None]:
     GUARD.active = True
     try:
         yield
     finally:
         GUARD.active = False
+
+
+# each phase of a unit test, fixtures of any scope included (a module-scoped model is set up in its
+# first test's setup); only for items under tests/unit, as conftest hooks go by the item's path
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_setup(item: pytest.Item) -> Iterator[None]:
+    with guarded():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_call(item: pytest.Item) -> Iterator[None]:
+    with guarded():
+        return (yield)
+
+
+@pytest.hookimpl(wrapper=True)
+def pytest_runtest_teardown(item: pytest.Item) -> Iterator[None]:
+    with guarded():
+        return (yield)
