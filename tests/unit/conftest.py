@@ -4,10 +4,10 @@ The fast tier (``pytest -m "not integration and not slow"``) is meant to run in 
 one load of MiniLM, the intent head or tiny-lm (built on MiniLM's tokenizer and embeddings) costs
 seconds and hundreds of MB. A test about pipeline logic uses a tiny config-built model (an encoder
 in tests/unit/workers/core/runners/test_runners.py, a causal LM in tests/tiny_models.py); one about
-the model itself belongs in
-tests/integration/models. An audit hook sees every ``open`` from Python (the tokenizer's and config's
-files; the weights' safetensors are read by Rust, but never without those) and refuses the packages'
-data files while a test under tests/unit runs. Importing the packages (their .py files) is allowed.
+the model itself belongs in tests/integration/models. An audit hook sees every ``open`` from Python
+(the tokenizer's and config's files; the weights' safetensors are read by Rust, but never without
+those) and refuses the packages' data files while a test under tests/unit runs. Importing the
+packages (their .py files) is allowed.
 """
 
 from __future__ import annotations
