@@ -1,7 +1,7 @@
 """Export the wire models as JSON Schema files: ``python -m schemas.export``.
 
 The files under ``schemas/jsonschema`` are the contract non-Python clients code against;
-``tests/unit/test_schemas.py`` fails when they drift from the models.
+``tests/unit/schemas/test_schemas.py`` fails when they drift from the models.
 """
 
 from __future__ import annotations

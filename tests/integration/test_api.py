@@ -10,10 +10,8 @@ import pytest
 
 from schemas.messages import InferenceRequest, ResultStatus, new_request_id
 from schemas.naming import requests_topic
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 from workers.store.store import Admission
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture

@@ -29,10 +29,8 @@ from schemas.errors import InvalidRequest
 from schemas.messages import InferenceRequest, ResultStatus, new_request_id
 from schemas.settings import Settings
 from schemas.validation import validate_request
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 from workers.store.store import Admission
-
-pytestmark = pytest.mark.integration
 
 KEY_A, KEY_B = new_key(), new_key()
 A, B = {"Authorization": f"Bearer {KEY_A}"}, {"X-API-Key": KEY_B}

@@ -15,7 +15,7 @@ from producers.auth import digest, new_key
 from producers.client import InferqClient
 from schemas.messages import new_request_id
 from schemas.settings import Settings
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 
 KEY_A, KEY_B = new_key(), new_key()
 MODEL = "all-MiniLM-L6-v2"

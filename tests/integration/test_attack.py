@@ -24,11 +24,9 @@ from schemas.messages import DeadLetter, InferenceRequest, ResultStatus, new_req
 from schemas.naming import deadletter_topic, requests_topic, result_key, scoped_id
 from schemas.settings import Settings
 from schemas.tenancy import signed_headers
-from tests.integration.conftest import dead_letters, eventually, intake_only
+from tests.stack import dead_letters, eventually, intake_only
 from workers.store.presence import advertise
 from workers.store.store import ResultStore
-
-pytestmark = pytest.mark.integration
 
 ALICE = secrets.token_hex(32)
 KEY_ALICE, KEY_CAROL = new_key(), new_key()  # carol has an API key but no Kafka key

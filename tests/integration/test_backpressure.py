@@ -16,7 +16,7 @@ from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.settings import Settings
-from tests.integration.conftest import dead_letters, eventually, intake_only
+from tests.stack import dead_letters, eventually, intake_only
 from workers.store.presence import advertise
 
 BOUND = 5

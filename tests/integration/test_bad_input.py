@@ -13,7 +13,7 @@ from kafka import KafkaProducer
 from kafka.errors import MessageSizeTooLargeError
 
 from schemas.messages import ResultStatus, new_request_id
-from tests.integration.conftest import dead_letters
+from tests.stack import dead_letters
 
 MODEL, INTENT = "all-MiniLM-L6-v2", "minilm-intent"
 
@@ -124,7 +124,7 @@ CASES: list[tuple[str, bytes, str, int | None, str | None]] = [
     ("tenant with a space", json.dumps(req(tenant="acme corp")).encode(), "validation_error", 422, None),
     ("unknown field", json.dumps(req(temperature=0.7)).encode(), "validation_error", 422, None),
     # the broker refuses it at publish time (the producer gets Kafka's typed error); the intake's own
-    # check, for brokers with a higher limit, is in tests/unit/test_validation.py
+    # check, for brokers with a higher limit, is in tests/unit/schemas/test_validation.py
     ("oversized message", json.dumps(req(inputs=["z" * 19_000] * 60)).encode(), BROKER_REFUSES, 413, None),
 ]
 

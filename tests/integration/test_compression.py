@@ -1,14 +1,11 @@
 """Foreign producers compress: librdkafka (kcat, confluent-kafka) and Java clients send record batches
 compressed with gzip, snappy, lz4 or zstd. Each must be read and served like an uncompressed one."""
 
-import pytest
 from kafka import KafkaProducer
 
 from schemas.connections import kafka_options
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic
-
-pytestmark = pytest.mark.integration
 
 CODECS = ["gzip", "snappy", "lz4", "zstd"]
 

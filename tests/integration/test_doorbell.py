@@ -14,7 +14,7 @@ import pytest
 from producers.client import InferqClient
 from schemas.messages import ResultStatus
 from schemas.settings import Settings
-from tests.integration.conftest import eventually, intake_only
+from tests.stack import eventually, intake_only
 from workers.store.doorbell import Doorbell
 
 

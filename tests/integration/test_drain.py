@@ -5,7 +5,7 @@ from __future__ import annotations
 import signal
 
 from schemas.messages import ResultStatus
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 
 MODEL = "all-MiniLM-L6-v2"
 

@@ -16,7 +16,7 @@ from kafka import KafkaConsumer
 from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus, StreamChunk
 from schemas.naming import stream_topic
-from tests.integration.conftest import dead_letters, eventually
+from tests.stack import dead_letters, eventually
 
 MODEL = "tiny-lm"
 

@@ -23,9 +23,7 @@ from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic, result_key, unseen_key
 from schemas.settings import Settings
-from tests.integration.conftest import dead_letters, eventually, intake_only
-
-pytestmark = pytest.mark.integration
+from tests.stack import dead_letters, eventually, intake_only
 
 MODEL = "all-MiniLM-L6-v2"
 

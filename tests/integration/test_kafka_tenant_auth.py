@@ -16,11 +16,9 @@ from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic
 from schemas.settings import Settings
-from tests.integration.conftest import dead_letters, eventually, intake_only
+from tests.stack import dead_letters, eventually, intake_only
 from workers.intake.retention import retention_ms_of, retention_warning
 from workers.store.store import ResultStore
-
-pytestmark = pytest.mark.integration
 
 ALICE, BOB = secrets.token_hex(32), secrets.token_hex(32)
 

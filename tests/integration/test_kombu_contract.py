@@ -21,8 +21,6 @@ from schemas.settings import Settings
 from workers.transport import kombu
 from workers.transport.app import make_app
 
-pytestmark = pytest.mark.integration
-
 
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:

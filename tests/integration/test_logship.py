@@ -8,7 +8,7 @@ from elasticsearch import Elasticsearch
 
 from ops.stack import Stack, on_free_ports
 from schemas.settings import Settings
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 from workers.telemetry.shipper import Shipper
 
 

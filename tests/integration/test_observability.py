@@ -17,7 +17,7 @@ from elasticsearch import BadRequestError, Elasticsearch
 from ops.kibana import dashboards
 from schemas.messages import ResultStatus
 from schemas.naming import log_index
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 from workers.telemetry.template import field_paths
 
 MODEL = "all-MiniLM-L6-v2"

@@ -19,17 +19,14 @@ import sys
 from pathlib import Path
 
 import httpx
-import pytest
 from elasticsearch import Elasticsearch
 
 from ops.stack import WORKER_PREFIX, Stack, on_free_ports
 from schemas.messages import ResultStatus
 from schemas.naming import log_index
 from schemas.settings import Settings
-from tests.integration.conftest import diagnose, eventually
+from tests.stack import diagnose, eventually
 from workers.transport.app import make_app
-
-pytestmark = pytest.mark.integration
 
 MODEL = "all-MiniLM-L6-v2"
 

@@ -6,7 +6,6 @@ import json
 from datetime import datetime, timedelta, timezone
 
 import numpy as np
-import pytest
 
 from schemas.errors import ErrorCode
 from schemas.messages import (
@@ -17,9 +16,7 @@ from schemas.messages import (
     new_request_id,
 )
 from schemas.naming import result_key
-from tests.integration.conftest import dead_letters
-
-pytestmark = pytest.mark.integration
+from tests.stack import dead_letters
 
 TEXTS = [
     "how do I reset my online banking password",

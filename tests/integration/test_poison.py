@@ -17,7 +17,7 @@ from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import requests_topic, result_key
 from schemas.results import queued_result
 from schemas.settings import Settings
-from tests.integration.conftest import dead_letters
+from tests.stack import dead_letters
 from workers.store.store import Admission, request_digest
 
 

@@ -3,20 +3,16 @@ requeue sweep never re-sends into a queue no live worker reads (issue 15, points
 
 from __future__ import annotations
 
-import pytest
-
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus, Timings
 from schemas.naming import model_queue
 from schemas.results import queued_result
 from schemas.work import Handoff, WorkItem
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 from workers.runtime.recovery import requeue_stale
 from workers.store.presence import ServedModels
 from workers.store.store import Admission, request_digest
 from workers.transport.app import CELERY_PRIORITY
-
-pytestmark = pytest.mark.integration
 
 
 def test_two_tenants_using_the_same_id_each_get_their_own_result(stack, client):

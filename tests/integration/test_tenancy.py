@@ -15,15 +15,13 @@ from schemas.naming import scoped_id
 from schemas.results import queued_result
 from schemas.results import result as request_result
 from schemas.settings import Settings
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 from workers.store.store import (
     Admission,
     DoneWatcher,
     ResultStore,
     request_digest,
 )
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

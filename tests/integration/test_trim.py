@@ -7,7 +7,7 @@ from kafka.structs import TopicPartition
 from ops.stack import LOCAL_TRIM_EVERY_S
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import deadletter_topic
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 
 
 def test_handled_requests_are_trimmed_from_the_requests_topic_and_dead_letters_are_kept(

@@ -22,10 +22,8 @@ from schemas.connections import kafka_options
 from schemas.messages import InferenceRequest
 from schemas.naming import requests_topic
 from schemas.settings import Settings
-from tests.integration.conftest import eventually, intake_only
+from tests.stack import eventually, intake_only
 from workers.store.store import ResultStore
-
-pytestmark = pytest.mark.integration
 
 
 @pytest.fixture(scope="module")

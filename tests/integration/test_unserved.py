@@ -11,10 +11,8 @@ from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import ResultStatus
 from schemas.settings import Settings
-from tests.integration.conftest import dead_letters, eventually, intake_only
+from tests.stack import dead_letters, eventually, intake_only
 from workers.store.presence import advertise
-
-pytestmark = pytest.mark.integration
 
 BOUND = 8  # per model, for the whole intake
 TENANT_MAX = 3

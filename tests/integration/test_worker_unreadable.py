@@ -4,19 +4,15 @@ served. Before: an item that was not a dict, or had no ``request``, failed the w
 
 from __future__ import annotations
 
-import pytest
-
 from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
 from schemas.naming import model_queue
 from schemas.results import queued_result
 from schemas.settings import Settings
-from tests.integration.conftest import dead_letters
+from tests.stack import dead_letters
 from workers.store.store import request_digest
 from workers.transport.app import CELERY_PRIORITY, TASK_INFER, make_app
-
-pytestmark = pytest.mark.integration
 
 MODEL = "all-MiniLM-L6-v2"
 

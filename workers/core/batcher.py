@@ -1,6 +1,6 @@
 """The dynamic batcher: a thread-safe waiting pool that releases batches.
 
-Contract (tested in ``tests/unit/test_batcher.py`` with a fake clock):
+Contract (tested in ``tests/unit/workers/core/test_batcher.py`` with a fake clock):
 
 - **When.** A batch is released when the pool is *full* — ``max_batch_size`` entries waiting, or
   their tokens reaching ``max_batch_tokens`` — or when the oldest entry has waited as long as the

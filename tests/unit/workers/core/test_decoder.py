@@ -1,4 +1,4 @@
-"""Continuous batching on the real tiny-lm (config-built, loads in a second) with an in-memory store.
+"""Continuous batching on a tiny config-built causal LM (tests/tiny_models.py) with the fake store.
 
 Joins and leaves are made deterministic by acting from the decoder's own step hook: a request
 submitted there joins at the very next iteration. Every greedy output is checked token for token
@@ -8,7 +8,6 @@ row removals are shown not to change what a sequence computes.
 
 from __future__ import annotations
 
-import threading
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -17,11 +16,12 @@ import torch
 from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus, now_ms
 from schemas.observer import Observer, StepStats
-from schemas.settings import Settings
 from schemas.work import WorkItem
+from tests.fakes import FakeStore
+from tests.tiny_models import tiny_causal_lm
 from workers.core.decoder import Decoder
 from workers.core.loop import Outlet
-from workers.core.runners.causal import CausalLM, load_tiny_lm
+from workers.core.runners.causal import CausalLM
 from workers.core.sequences import Chunk, DecodePolicy
 
 PROMPTS = ["the weather in lisbon is", "i want to talk to a human", "reset my password", "a"]
@@ -29,7 +29,7 @@ PROMPTS = ["the weather in lisbon is", "i want to talk to a human", "reset my pa
 
 @pytest.fixture(scope="module")
 def lm() -> CausalLM:
-    return load_tiny_lm(Settings(torch_threads=1, device="cpu"))
+    return tiny_causal_lm()
 
 
 def alone(lm: CausalLM, prompt: str, n: int) -> list[int]:
@@ -44,43 +44,6 @@ def alone(lm: CausalLM, prompt: str, n: int) -> list[int]:
             out.append(token)
             ids = torch.cat([ids, torch.tensor([[token]])], 1)
     return out
-
-
-class MemoryStore:
-    """Forward-only like the real store, with the stop flags a client's cancel sets."""
-
-    def __init__(self) -> None:
-        self.results: dict = {}
-        self.progressed: list = []
-        self.stop: set[str] = set()
-        self.cancel_after_tokens: dict[str, int] = {}
-        self.lock = threading.Lock()
-
-    def start(self, results):
-        return [2 if r.request_id in self.results else 1 for r in self._put(results)]
-
-    def advance(self, results, *, only_if_absent=False):
-        return [True for _ in self._put(results)]
-
-    def _put(self, results):
-        results = list(results)
-        with self.lock:
-            for r in results:
-                held = self.results.get(r.request_id)
-                if held is None or not held.status.terminal:
-                    self.results[r.request_id] = r
-        return results
-
-    def progress(self, results):
-        flags = []
-        for r in results:
-            self.progressed.append(r)
-            self.results[r.request_id] = r
-            tokens = sum(o.tokens for o in r.outputs or [])
-            if tokens >= self.cancel_after_tokens.get(r.request_id, 10**9):
-                self.stop.add(r.request_id)
-            flags.append("cancel" if r.request_id in self.stop else "")
-        return flags
 
 
 def gen(prompt: str | list[str], **params) -> InferenceRequest:
@@ -121,8 +84,8 @@ class Collected(Outlet):
         self.chunks.append(chunk)
 
 
-def decoder(lm, store=None, outlet=None, **policy) -> tuple[Decoder, MemoryStore, list[StepStats]]:
-    store = store or MemoryStore()
+def decoder(lm, store=None, outlet=None, **policy) -> tuple[Decoder, FakeStore, list[StepStats]]:
+    store = store or FakeStore()
     taps = Steps()
     d = Decoder(
         lm, store, DecodePolicy(**{"stream_interval_ms": 0.0, **policy}), observer=taps, outlet=outlet
@@ -243,7 +206,7 @@ def test_cancel_mid_way_keeps_the_text_so_far_and_frees_the_slot(lm):
 
 def test_a_deadline_mid_way_ends_expired_with_the_text_so_far(lm):
     clock = {"skew_ms": 0.0}
-    store = MemoryStore()
+    store = FakeStore()
     d = Decoder(
         lm,
         store,
@@ -341,7 +304,7 @@ def test_a_failing_step_fails_its_requests_and_the_decoder_goes_on(lm, monkeypat
 def test_redis_gone_while_joining_hands_the_requests_back_unwritten(lm):
     import redis
 
-    class FlakyStore(MemoryStore):
+    class FlakyStore(FakeStore):
         failed = False
 
         def start(self, results):

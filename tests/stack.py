@@ -1,8 +1,11 @@
-"""The real local stack for integration tests, started by the project's own ``ops.stack``.
+"""The real local stack for the integration and slow tiers, started by the project's own ``ops.stack``.
 
-One stack per test session on free loopback ports under a temporary state folder: noida-db
-(Kafka protocol + Elasticsearch API), redis-server, a Celery worker with the shipped models,
-the intake, the result API and Flower. Torn down (and checked stopped) at the end.
+A pytest plugin (``pytest_plugins`` in tests/conftest.py), so tests/integration and tests/slow share
+the fixtures; they are session-scoped and lazy: a stack starts only when a test asks for one, so the
+fast tier starts none. One stack per test session on free loopback ports under a temporary state
+folder: noida-db (Kafka protocol + Elasticsearch API), redis-server, a Celery worker with the shipped
+models, the intake, the result API and Flower. Torn down (and checked stopped) at the end. The
+helpers below (``eventually``, ``intake_only``, ``dead_letters``, ``diagnose``) are imported from here.
 """
 
 from __future__ import annotations

@@ -16,6 +16,7 @@ from schemas.messages import ErrorInfo, InferenceRequest, InferenceResult, Resul
 from schemas.observer import Observer
 from schemas.settings import Settings
 from schemas.work import WorkItem
+from tests.fakes import FakeStore
 from workers.core.jobs import Job
 from workers.core.loop import ModelLoop
 from workers.runtime import Unwritten, WorkerRuntime
@@ -24,16 +25,14 @@ from workers.runtime.publish import Publisher
 from workers.runtime.runtime import unreadable_error
 
 
-class MemoryStore:
+class RuntimeStore(FakeStore):
+    """The fake store as the runtime holds it (the runtime reads ``client`` only for recovery)."""
+
     client = None
 
-    def __init__(self) -> None:
-        self.written: list[InferenceResult] = []
-
-    def advance(self, results: Any, *, only_if_absent: bool = False) -> list[bool]:
-        batch = list(results)
-        self.written += batch
-        return [True] * len(batch)
+    @property
+    def written(self) -> list[InferenceResult]:
+        return list(self.results.values())
 
 
 class DoneLoop:
@@ -65,8 +64,8 @@ class Letters(Publisher):
         self.unread.append((raw, request_id, error))
 
 
-def runtime(loops: dict[str, ModelLoop]) -> tuple[WorkerRuntime, MemoryStore]:
-    store = MemoryStore()
+def runtime(loops: dict[str, ModelLoop]) -> tuple[WorkerRuntime, RuntimeStore]:
+    store = RuntimeStore()
     rt = WorkerRuntime(Settings(), Observer(), app=Celery("test"), store=store)  # type: ignore[arg-type]
 
     def build(model: str) -> ModelLoop:

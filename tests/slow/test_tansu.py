@@ -17,7 +17,7 @@ from producers.client import InferqClient
 from schemas.messages import ResultStatus
 from schemas.naming import deadletter_topic
 from schemas.settings import Settings
-from tests.integration.conftest import diagnose
+from tests.stack import diagnose
 
 
 def test_publish_to_result_on_tansu(tmp_path):

@@ -6,13 +6,14 @@ import torch
 
 from schemas.errors import ConfigurationError
 from schemas.settings import Settings
+from tests.tiny_models import tiny_causal_lm
 from workers.core.runners import load_runner
-from workers.core.runners.causal import CausalLM, load_tiny_lm
+from workers.core.runners.causal import CausalLM
 
 
 @pytest.fixture(scope="module")
 def lm() -> CausalLM:
-    return load_tiny_lm(Settings(torch_threads=1, device="cpu"))
+    return tiny_causal_lm()
 
 
 def greedy_alone(lm, prompt, n):

@@ -9,6 +9,7 @@ from schemas.errors import ErrorCode
 from schemas.messages import EmbeddingOutput, InferenceRequest, InferenceResult, ResultStatus, Task, Timings
 from schemas.observer import BatchStats, Observer
 from schemas.work import Source, WorkItem
+from tests.fakes import FakeStore
 from workers.core.batcher import BatchPolicy
 from workers.core.engine import Engine, is_out_of_memory
 from workers.core.loop import Outlet
@@ -37,33 +38,8 @@ class FakeRunner:
         return EmbeddingOutput(embedding=row)
 
 
-class MemoryStore:
-    """Forward-only like the real store: a terminal result is never replaced."""
-
-    def __init__(self):
-        self.results = {}
-        self.writes = []
-        self.attempts = {}
-
-    def advance(self, results, *, only_if_absent=False):
-        return [bool(n) for n in self.start(results)]
-
-    def start(self, results):
-        verdicts = []
-        for r in results:
-            held = self.results.get(r.request_id)
-            ok = held is None or not held.status.terminal
-            if ok:
-                self.writes.append((r.request_id, r.status))
-                self.results[r.request_id] = r
-                if r.status is ResultStatus.RUNNING:
-                    self.attempts[r.request_id] = self.attempts.get(r.request_id, 0) + 1
-            verdicts.append(self.attempts.get(r.request_id, 1) if ok else 0)
-        return verdicts
-
-
 def make_engine(runner=None, policy=None):
-    runner, store = runner or FakeRunner(), MemoryStore()
+    runner, store = runner or FakeRunner(), FakeStore()
     return Engine(runner, store, policy or BatchPolicy(64, 10_000, 10_000)), runner, store
 
 
@@ -190,7 +166,7 @@ def test_priority_and_tenant_reach_the_batcher():
 
 
 def test_a_request_started_more_than_max_attempts_is_failed_as_poison_not_run():
-    runner, store = FakeRunner(), MemoryStore()
+    runner, store = FakeRunner(), FakeStore()
     outlet = Refused()
     engine = Engine(runner, store, BatchPolicy(64, 10_000, 10_000), max_attempts=2, outlet=outlet)
     poisoned = outlet.jobs
@@ -211,7 +187,7 @@ def test_a_request_started_more_than_max_attempts_is_failed_as_poison_not_run():
 def test_a_store_outage_hands_the_batch_back_instead_of_failing_it():
     import redis
 
-    class DownStore(MemoryStore):
+    class DownStore(FakeStore):
         def start(self, results):
             raise redis.ConnectionError("gone")
 
@@ -225,7 +201,7 @@ def test_a_store_outage_hands_the_batch_back_instead_of_failing_it():
 def test_first_deliveries_are_marked_running_while_their_forward_pass_runs():
     import threading
 
-    class SlowStore(MemoryStore):
+    class SlowStore(FakeStore):
         """Its ``running`` write waits for the forward pass to begin: only an overlapped mark sees it."""
 
         def __init__(self):
@@ -270,7 +246,7 @@ def test_a_first_delivery_cancelled_as_its_batch_starts_is_dropped_not_overwritt
 
 
 def test_a_batch_holding_a_redelivered_request_is_marked_before_the_model_runs():
-    runner, store = FakeRunner(), MemoryStore()
+    runner, store = FakeRunner(), FakeStore()
     engine = Engine(runner, store, BatchPolicy(64, 10_000, 10_000), max_attempts=2)
     bad, good = req("boom"), req("fine")
     store.attempts[bad.request_id] = 2  # its worker died on it twice: kombu put the message back

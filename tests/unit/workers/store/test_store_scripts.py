@@ -7,7 +7,7 @@ from pathlib import Path
 
 from workers.store import scripts
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[4]
 LUA = ROOT / "workers" / "store" / "lua"
 NAMES = ["BYTES", "ADMIT", "ADVANCE", "CANCEL", "PROGRESS", "EXPIRE_DUE", "CLAIM_STALE", "UNSEEN"]
 

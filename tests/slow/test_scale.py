@@ -9,7 +9,7 @@ from elasticsearch import Elasticsearch
 from ops.stack import Stack
 from schemas.messages import ResultStatus
 from schemas.naming import log_index
-from tests.integration.conftest import eventually
+from tests.stack import eventually
 
 MODELS = ("all-MiniLM-L6-v2", "minilm-intent")
 

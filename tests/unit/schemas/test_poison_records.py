@@ -52,13 +52,15 @@ POISON = {
 
 
 @pytest.mark.parametrize("name", sorted(POISON))
-def test_poison_records_are_typed_invalid_json_fast(name):
+def test_poison_records_are_typed_invalid_json_at_bounded_cost(name):
     started = time.perf_counter()
     with pytest.raises(InvalidRequest) as e:
         parse_request(POISON[name], S)
     assert e.value.code in (ErrorCode.INVALID_JSON, ErrorCode.INVALID_ENCODING), e.value.code
     assert e.value.message and e.value.hint and len(e.value.message) < 400
-    assert time.perf_counter() - started < 0.5, "decoding a poison record must stay cheap"
+    # a bound on cost, not a speed goal: a quadratic or backtracking decoder takes minutes on
+    # these, a linear one milliseconds; 5 s keeps a loaded 2-core CI machine out of it
+    assert time.perf_counter() - started < 5.0, "decoding a poison record must stay cheap"
     salvage_request_id(POISON[name])  # never raises
 
 

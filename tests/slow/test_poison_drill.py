@@ -12,7 +12,7 @@ import pytest
 from ops.drill.poison import ROUNDS, hostile_kinds, run_poison
 from schemas.settings import Settings
 
-pytestmark = [pytest.mark.integration, pytest.mark.timeout(1_200)]
+pytestmark = pytest.mark.timeout(1_200)
 
 REQUESTS = 400
 

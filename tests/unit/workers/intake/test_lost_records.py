@@ -11,25 +11,15 @@ from kafka.structs import TopicPartition
 
 from schemas.naming import ADMITTED_HEADER
 from schemas.settings import Settings
+from tests.fakes import FakeStore
 from workers.intake.lost import LostRecords
 
 S = Settings(republish_unseen_after_s=1)
 TOPIC = "inferq.requests"
 RID = "lost-record-000000001"
 WIRE = json.dumps({"request_id": RID, "task": "embed"})
+HANDOFF = ("inferq:result:" + RID, WIRE)  # what the store reports unseen
 TP = TopicPartition(TOPIC, (murmur2(RID.encode()) & 0x7FFFFFFF) % 4)
-
-
-class FakeStore:
-    def __init__(self) -> None:
-        self.found = [("inferq:result:" + RID, WIRE)]
-        self.bumped: list[str] = []
-
-    def unseen(self, older_than_s: float) -> list[tuple[str, str]]:
-        return list(self.found)
-
-    def republished(self, key: str) -> None:
-        self.bumped.append(key)
 
 
 class FakeConsumer:
@@ -69,7 +59,7 @@ def sweep(lost: LostRecords, consumer: FakeConsumer) -> int:
 
 
 def test_published_again_only_once_committed_past_the_end_seen_first():
-    store, producer, consumer = FakeStore(), FakeProducer(), FakeConsumer({TP})
+    store, producer, consumer = FakeStore([HANDOFF]), FakeProducer(), FakeConsumer({TP})
     lost = LostRecords(S, store, producer)
     assert sweep(lost, consumer) == 0  # first found: its partition's end offset (10) is noted
     consumer.end, consumer.done = 25, 7  # a backlog: the record may still be in it
@@ -82,14 +72,14 @@ def test_published_again_only_once_committed_past_the_end_seen_first():
 
 def test_another_intakes_partition_is_left_to_it():
     others = {TopicPartition(TOPIC, p) for p in range(4)} - {TP}
-    store, producer, consumer = FakeStore(), FakeProducer(), FakeConsumer(others)
+    store, producer, consumer = FakeStore([HANDOFF]), FakeProducer(), FakeConsumer(others)
     lost = LostRecords(S, store, producer)
     consumer.done = 99
     assert sweep(lost, consumer) == 0 and sweep(lost, consumer) == 0 and not producer.sent
 
 
 def test_a_copy_that_was_read_meanwhile_is_forgotten():
-    store, producer, consumer = FakeStore(), FakeProducer(), FakeConsumer({TP})
+    store, producer, consumer = FakeStore([HANDOFF]), FakeProducer(), FakeConsumer({TP})
     lost = LostRecords(S, store, producer)
     sweep(lost, consumer)
     store.found = []

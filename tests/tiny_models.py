@@ -1,0 +1,72 @@
+"""A causal LM built from a config in milliseconds, for tests of decoding logic (no model load).
+
+tiny-lm, the shipped generator, needs MiniLM's tokenizer and embeddings from their package: seconds
+and hundreds of MB, which the fast tier does without. What the decoder tests check holds for any
+model: a sequence decoded in a batch, joined and left mid-way, computes what it computes alone.
+
+The vocabulary is whole words (a word-level tokenizer: text and ids round-trip), and the only
+special token is the BOS word. The model must never produce it (decoding drops special tokens from
+the text, so text and tokens would disagree): its row of the output layer is zero, and two other rows
+are opposite, so one of those two always scores above it.
+"""
+
+from __future__ import annotations
+
+import torch
+from tokenizers import Tokenizer
+from tokenizers.models import WordLevel
+from tokenizers.pre_tokenizers import Whitespace
+from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
+
+from schemas.settings import Settings
+from workers.core.runners.causal import CausalLM
+from workers.core.runners.device import configure_threads
+
+BOS, UNK = "<bos>", "unk"
+TEXTS = (  # what the tests write: every word of them has its own id
+    "the weather in lisbon is lovely today",
+    "i want to talk to a human",
+    "reset my password",
+    "hello there hi",
+    "same weights , same words",
+    "one two three four five six seven eight nine short",
+)
+WORDS = [word for text in TEXTS for word in text.split()]
+FILLERS = [f"w{i:02d}" for i in range(64)]  # what the model mostly says: enough words for varied text
+SEED = 20_261_202
+
+
+def tiny_tokenizer() -> PreTrainedTokenizerFast:
+    vocab = {word: i for i, word in enumerate(dict.fromkeys([BOS, UNK, *WORDS, *FILLERS]))}
+    core = Tokenizer(WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = Whitespace()
+    return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, clean_up_tokenization_spaces=False)
+
+
+def tiny_causal_lm(name: str = "tiny-lm") -> CausalLM:
+    """A 2-layer Llama-style model over :func:`tiny_tokenizer`, on the CPU, the same on every call."""
+    configure_threads(Settings(torch_threads=1))
+    tokenizer = tiny_tokenizer()
+    bos = int(tokenizer.bos_token_id)
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=bos,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        a, b = [i for i in range(len(tokenizer)) if i != bos][:2]  # the first two words but BOS
+        head[b] = -head[a]
+        head[bos] = 0.0
+    return CausalLM(name, model, tokenizer, torch.device("cpu"), f"{name}@config", bos_id=bos)
