@@ -5,7 +5,7 @@ import numpy as np
 import pytest
 import torch
 from sklearn.linear_model import LogisticRegression
-from transformers import BertConfig, BertModel, BertTokenizerFast  # type: ignore[attr-defined]
+from transformers import BertConfig, BertModel, BertTokenizerFast
 
 from schemas.errors import ConfigurationError, UnknownModel
 from schemas.messages import InferenceRequest
