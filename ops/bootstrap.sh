@@ -3,7 +3,9 @@
 #   - redis-server and prometheus (Debian packages) when they are not on PATH (the local stack runs
 #     Prometheus with the project's alert rules; the tests check them with promtool);
 #   - a virtualenv in .venv with torch pinned to the CPU wheel (2.13.0), then the project with its
-#     dev extra from setup.cfg. Re-runs are quick: pip is skipped while setup.cfg is unchanged.
+#     dev extra from setup.cfg (dev = ops + the test tools; ops = worker + api + the tooling: the
+#     light core alone is `pip install inferq[client]`). Re-runs are quick: pip is skipped while
+#     setup.cfg, this script and the extras are unchanged (a stamp in .venv holds their hash).
 # Set INFERQ_BOOTSTRAP_EXTRAS=dev,gpu to add the GPU extra.
 set -euo pipefail
 cd "$(dirname "$0")/.."
@@ -33,6 +35,8 @@ if [ "$(cat "$stamp" 2>/dev/null)" != "$want" ]; then
   }
   pip_install "torch==2.13.0"   # the CPU wheel; an unpinned torch pulls gigabytes of CUDA
   pip_install -e ".[$extras]"
-  .venv/bin/python -c "import torch, transformers, celery, kafka, redis, fastapi, schemas, workers, producers, ops"
+  # one module from each extra: a dependency that moved between extras and fell out shows up here
+  .venv/bin/python -c "import torch, transformers, celery, kafka, redis, fastapi, flower, httpx, matplotlib, \
+pytest, schemas, workers, producers, ops, workers.celery_adapter, producers.api, ops.cli"
   echo "$want" > "$stamp"
 fi
