@@ -118,14 +118,7 @@ class Admissions(Refusals):
         A request for a model no live worker serves (past the grace, :mod:`workers.store.presence`) is
         answered ``model_unavailable`` and dead-lettered; one over its tenant's limits is answered
         ``quota_exceeded``. Neither is admitted, so neither holds any capacity."""
-        available = self.served.available() if accepted else frozenset()
-        for rec, req, t in [a for a in accepted if a[1].model not in available]:
-            unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
-            failed = results.result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
-            # over the API's ``queued`` record of this content too: it must not stay queued for ever
-            self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
-            self.reject(rec, unserved, t["received_ms"], answer=False)
-        accepted = [a for a in accepted if a[1].model in available]
+        accepted = self._served_only(accepted)
         if not accepted:
             return
         queued = now_ms()
@@ -155,24 +148,47 @@ class Admissions(Refusals):
                 late.append(results.result(req, ResultStatus.EXPIRED, {**t, "done_ms": queued}, error))
                 continue
             if verdict is Admission.NEW:
-                self.observer.admitted(req.model)
-                if self.s.log_inputs:  # opt-in, and masked: never the text itself
-                    log.info(
-                        "received %s",
-                        req.request_id,
-                        extra={
-                            "event.dataset": "inferq.intake",
-                            "inferq.stage": "received",
-                            "inferq.request_id": req.request_id,
-                            "inferq.input_preview": mask_text(req.texts()[0]),
-                        },
-                    )
+                self._received(req)
             if verdict in (Admission.NEW, Admission.PENDING):
                 h = handoffs[sid]
                 by_queue.setdefault((h.queue, h.priority), []).append(h.item)
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
         self.store.advance(late)
+        self._send(by_queue)
+
+    def _served_only(
+        self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]
+    ) -> list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]:
+        """The requests for models a live worker serves; the others are answered
+        ``model_unavailable`` and dead-lettered, never admitted."""
+        available = self.served.available() if accepted else frozenset()
+        for rec, req, t in [a for a in accepted if a[1].model not in available]:
+            unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
+            failed = results.result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
+            # over the API's ``queued`` record of this content too: it must not stay queued for ever
+            self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
+            self.reject(rec, unserved, t["received_ms"], answer=False)
+        return [a for a in accepted if a[1].model in available]
+
+    def _received(self, req: InferenceRequest) -> None:
+        """A new request admitted: counted, and (opt-in, masked: never the text itself) logged."""
+        self.observer.admitted(req.model)
+        if self.s.log_inputs:
+            log.info(
+                "received %s",
+                req.request_id,
+                extra={
+                    "event.dataset": "inferq.intake",
+                    "inferq.stage": "received",
+                    "inferq.request_id": req.request_id,
+                    "inferq.input_preview": mask_text(req.texts()[0]),
+                },
+            )
+
+    def _send(self, by_queue: dict[tuple[str, int], list[dict[str, Any]]]) -> None:
+        """Send the admitted items to Celery, high priority first, at most
+        ``INFERQ_TRANSPORT_BATCH_SIZE`` requests per message."""
         n = self.s.transport_batch_size
         for (queue, priority), items in sorted(by_queue.items(), key=lambda kv: kv[0][1]):
             for i in range(0, len(items), n):
