@@ -54,16 +54,26 @@ def stack(settings: Settings) -> Iterator[Stack]:
 
 
 @contextlib.contextmanager
-def intake_only(base: Settings, state_dir: Path) -> Iterator[Settings]:
-    """A stack of broker, Redis and intake and no worker (what is admitted stays ``queued``), on
-    free ports under ``state_dir``: for tests that watch the intake alone."""
+def only(services: list[str], base: Settings, state_dir: Path) -> Iterator[Settings]:
+    """A stack of just ``services`` on free ports under ``state_dir``, stopped afterwards."""
     settings = on_free_ports(base, state_dir)
     st = Stack(settings)
     try:
-        st.up(only=["broker", "redis", "intake"])
+        st.up(only=services)
         yield settings
     finally:
         st.down()
+
+
+def intake_only(base: Settings, state_dir: Path) -> contextlib.AbstractContextManager[Settings]:
+    """Broker, Redis and intake and no worker (what is admitted stays ``queued``): for tests that
+    watch the intake alone."""
+    return only(["broker", "redis", "intake"], base, state_dir)
+
+
+def redis_only(base: Settings, state_dir: Path) -> contextlib.AbstractContextManager[Settings]:
+    """A redis-server of its own: for tests of the store's scripts or kombu's Redis transport."""
+    return only(["redis"], base, state_dir)
 
 
 @pytest.fixture

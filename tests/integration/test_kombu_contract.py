@@ -15,9 +15,9 @@ import redis
 from celery import Celery
 from kombu import Connection, Exchange, Producer
 
-from ops.stack import Stack, on_free_ports
 from schemas.connections import redis_client
 from schemas.settings import Settings
+from tests.stack import redis_only
 from workers.transport import kombu
 from workers.transport.app import make_app
 
@@ -25,13 +25,8 @@ from workers.transport.app import make_app
 @pytest.fixture(scope="module")
 def broker(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Settings]:
     """A redis-server of its own (the broker, on a free port)."""
-    settings = on_free_ports(Settings(), tmp_path_factory.mktemp("kombu-contract"))
-    st = Stack(settings)
-    try:
-        st.up(only=["redis"])
+    with redis_only(Settings(), tmp_path_factory.mktemp("kombu-contract")) as settings:
         yield settings
-    finally:
-        st.down()
 
 
 @pytest.fixture

@@ -8,13 +8,13 @@ from datetime import datetime, timedelta, timezone
 
 import pytest
 
-from ops.stack import Stack, on_free_ports
 from schemas.errors import InvalidRequest
 from schemas.messages import InferenceRequest, ResultStatus, now_ms
 from schemas.naming import scoped_id
 from schemas.results import queued_result
 from schemas.results import result as request_result
 from schemas.settings import Settings
+from tests import stack
 from tests.stack import eventually
 from workers.store.store import (
     Admission,
@@ -26,13 +26,8 @@ from workers.store.store import (
 
 @pytest.fixture(scope="module")
 def redis_only(tmp_path_factory) -> Iterator[Settings]:
-    settings = on_free_ports(Settings(log_ship=False), tmp_path_factory.mktemp("tenancy"))
-    st = Stack(settings)
-    try:
-        st.up(only=["redis"])
+    with stack.redis_only(Settings(log_ship=False), tmp_path_factory.mktemp("tenancy")) as settings:
         yield settings
-    finally:
-        st.down()
 
 
 def store_with(settings: Settings, **limits) -> ResultStore:
