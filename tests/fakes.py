@@ -113,3 +113,40 @@ class FakeStore:
 if TYPE_CHECKING:  # the surface is the real store's, and the fake has it (checked by mypy only)
     _real: type[StoreSurface] = ResultStore
     _fake: type[StoreSurface] = FakeStore
+
+
+class FakeFuture:
+    """What ``KafkaProducer.send`` returns: ``get`` raises the refusal, if any."""
+
+    def __init__(self, error: Exception | None = None) -> None:
+        self.error = error
+
+    def get(self, timeout: float | None = None) -> None:
+        if self.error:
+            raise self.error
+
+
+class FakeProducer:
+    """A Kafka producer that records every send as (topic, key, value, headers) and refuses the
+    first sends with ``errors`` (None = accepted), raised at ``send`` or at the future's ``get``."""
+
+    def __init__(self, errors: Iterable[Exception | None] = (), at_send: bool = False) -> None:
+        self.errors, self.at_send = list(errors), at_send
+        self.sent: list[tuple[str, bytes | None, bytes | None, list[tuple[str, bytes]] | None]] = []
+
+    def send(
+        self,
+        topic: str,
+        key: bytes | None = None,
+        value: bytes | None = None,
+        headers: list[tuple[str, bytes]] | None = None,
+    ) -> FakeFuture:
+        error = self.errors.pop(0) if self.errors else None
+        self.sent.append((topic, key, value, headers))
+        if error and self.at_send:
+            raise error
+        return FakeFuture(error)
+
+    @property
+    def values(self) -> list[bytes | None]:
+        return [value for _, _, value, _ in self.sent]

@@ -11,7 +11,7 @@ from kafka.structs import TopicPartition
 
 from schemas.naming import ADMITTED_HEADER
 from schemas.settings import Settings
-from tests.fakes import FakeStore
+from tests.fakes import FakeProducer, FakeStore
 from workers.intake.lost import LostRecords
 
 S = Settings(republish_unseen_after_s=1)
@@ -37,20 +37,6 @@ class FakeConsumer:
 
     def committed(self, tp, timeout_ms=None):
         return self.done
-
-
-class Sent:
-    def get(self, timeout=None):
-        return None
-
-
-class FakeProducer:
-    def __init__(self) -> None:
-        self.sent: list[tuple] = []
-
-    def send(self, topic, key=None, value=None, headers=None):
-        self.sent.append((topic, key, value, headers))
-        return Sent()
 
 
 def sweep(lost: LostRecords, consumer: FakeConsumer) -> int:
