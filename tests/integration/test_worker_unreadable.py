@@ -82,3 +82,23 @@ def test_an_item_with_an_unreadable_source_or_empty_timings_is_served_as_workers
     assert error.detail == {"exception": "TypeError"}
     letter = dead_letters(settings, {odd.request_id})[odd.request_id]
     assert letter.error.code is ErrorCode.INTERNAL_ERROR
+
+
+def test_an_unreadable_item_whose_tenant_is_not_a_string_does_not_fail_the_items_beside_it(
+    stack, settings: Settings
+) -> None:
+    """Answering it built a result with the raw tenant, which raised: the task failed and the good
+    item of the same message stayed ``queued`` for ever."""
+    good = InferenceRequest(task="embed", model=MODEL, inputs="served beside a tenant that is a number")
+    odd = InferenceRequest(task="embed", model=MODEL, inputs="x")
+    with InferqClient(settings) as client:
+        client.store.admit([(request_digest(good), queued_result(good, {}))])
+        items = [
+            {"request": good.wire_dict(), "timings": {}},
+            {"request": {**odd.wire_dict(), "tenant": 123, "task": ["embed"]}, "timings": {}},
+        ]
+        make_app(settings).send_task(TASK_INFER, args=[items], queue=model_queue(settings, MODEL), priority=5)
+        assert client.wait(good.request_id, timeout_s=60).status is ResultStatus.DONE
+        failed = client.wait(odd.request_id, timeout_s=30)
+    assert failed.status is ResultStatus.FAILED and failed.tenant is None and failed.task is None
+    assert failed.error is not None and failed.error.code is ErrorCode.VALIDATION_ERROR
