@@ -54,13 +54,12 @@ class WorkItem(BaseModel):
             raise TypeError(f"a work item is a JSON object, not a {type(raw).__name__}")
         if "request" not in raw:
             raise KeyError("request")
-        # read as "none known", as workers always have: empty timings (None, {}, [], "", 0), and a
-        # source that does not validate (it only places dead letters; the request is still served)
-        unknown = {"timings"} if not raw.get("timings", True) else set()
+        # read as "none known", as workers always have: empty timings (None, {}, [], "", 0), and the
+        # fields of a source that do not validate (it only places dead letters; the request is served)
+        if not raw.get("timings", True):
+            raw = {k: v for k, v in raw.items() if k != "timings"}
         if raw.get("source") is not None and not _readable(Source, raw["source"]):
-            unknown.add("source")
-        if unknown:
-            raw = {k: v for k, v in raw.items() if k not in unknown}
+            raw = {**raw, "source": _readable_fields(Source, raw["source"])}
         try:
             return cls.model_validate(raw)
         except ValidationError as e:
@@ -83,6 +82,13 @@ def _readable(model: type[BaseModel], value: object) -> bool:
     except ValidationError:
         return False
     return True
+
+
+def _readable_fields(model: type[BaseModel], value: object) -> dict[str, Any] | None:
+    """The fields of ``value`` that ``model`` reads each on its own; None if it is not an object."""
+    if not isinstance(value, dict):
+        return None
+    return {k: v for k, v in value.items() if k in model.model_fields and _readable(model, {k: v})}
 
 
 class Handoff(BaseModel):

@@ -66,7 +66,14 @@ def test_a_source_that_cannot_be_read_is_unknown_and_the_request_is_still_served
     """The source only places a dead letter: workers before the typed item served such a request
     (and gave its letter no coordinates); failing it would answer a good request ``failed``."""
     item = WorkItem.parse({"request": REQ.wire_dict(), "timings": dict(TIMINGS), "source": source})
-    assert item.request == REQ and item.source is None and item.timings == Timings(**TIMINGS)
+    assert item.request == REQ and item.timings == Timings(**TIMINGS)
+    assert item.source is None if not isinstance(source, dict) else item.source == Source()
+
+
+def test_the_readable_fields_of_a_source_are_kept() -> None:
+    raw = {"topic": "inferq.requests", "partition": "x", "offset": 41, "key": 7}
+    item = WorkItem.parse({"request": REQ.wire_dict(), "source": raw})
+    assert item.source == Source(topic="inferq.requests", offset=41)
 
 
 def test_a_handoff_keeps_its_layout_and_names_its_model_even_when_unreadable() -> None:
