@@ -65,18 +65,19 @@ def salvaged_result(
     error: ErrorInfo,
     timings: Timings,
     *,
-    tenant: str | None = None,
+    tenant: Any = None,
     task: Any = None,
     model: Any = None,
 ) -> InferenceResult:
     """The failed answer to a request that could not be read whole: only what was salvaged from it
-    (its id, tenant and, when well-formed, task and model) goes with the error."""
+    (its id and, when well-formed, tenant, task and model) goes with the error. Never raises over
+    what was salvaged: they are the raw fields of a request that did not validate."""
     return InferenceResult(
         request_id=request_id,
         status=ResultStatus.FAILED,
-        task=task if task in {t.value for t in Task} else None,
+        task=task if isinstance(task, str) and task in {t.value for t in Task} else None,
         model=model if isinstance(model, str) else None,
-        tenant=tenant,
+        tenant=tenant if isinstance(tenant, str) else None,
         error=error,
         timings=timings,
     )

@@ -16,7 +16,7 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 
 from schemas.messages import InferenceRequest, Timings
 
@@ -45,22 +45,50 @@ class WorkItem(BaseModel):
     def parse(cls, raw: object) -> WorkItem:
         """Read one item of a Celery message.
 
-        Raises ``TypeError`` (not a JSON object) or ``KeyError`` (no request): a malformed message,
-        answered ``internal_error``; or pydantic's ``ValidationError`` (the request, or its timings,
-        does not validate: typically a newer intake), answered ``validation_error``.
+        Raises ``TypeError`` (not a JSON object, or timings that are not one) or ``KeyError`` (no
+        request): a malformed message, answered ``internal_error``; or pydantic's ``ValidationError``
+        (the request, or a field of its timings, does not validate: typically a newer intake),
+        answered ``validation_error``.
         """
         if not isinstance(raw, dict):
             raise TypeError(f"a work item is a JSON object, not a {type(raw).__name__}")
         if "request" not in raw:
             raise KeyError("request")
-        if "timings" in raw and raw["timings"] is None:  # read as "none known yet", as workers always have
+        # read as "none known", as workers always have: empty timings (None, {}, [], "", 0), and the
+        # fields of a source that do not validate (it only places dead letters; the request is served)
+        if not raw.get("timings", True):
             raw = {k: v for k, v in raw.items() if k != "timings"}
-        return cls.model_validate(raw)
+        if raw.get("source") is not None and not _readable(Source, raw["source"]):
+            raw = {**raw, "source": _readable_fields(Source, raw["source"])}
+        try:
+            return cls.model_validate(raw)
+        except ValidationError as e:
+            timings = raw.get("timings")
+            if not isinstance(timings, dict) and all(err["loc"][:1] == ("timings",) for err in e.errors()):
+                # the item itself is malformed (answered internal_error), not a request this worker
+                # cannot read; as workers always have: a request that does not validate comes first
+                raise TypeError(f"timings is a {type(timings).__name__}") from e
+            raise
 
     def wire(self) -> dict[str, Any]:
         """The JSON-ready form a Celery message carries (unset fields left out, as the request's own
         wire form does)."""
         return self.model_dump(mode="json", exclude_none=True)
+
+
+def _readable(model: type[BaseModel], value: object) -> bool:
+    try:
+        model.model_validate(value)
+    except ValidationError:
+        return False
+    return True
+
+
+def _readable_fields(model: type[BaseModel], value: object) -> dict[str, Any] | None:
+    """The fields of ``value`` that ``model`` reads each on its own; None if it is not an object."""
+    if not isinstance(value, dict):
+        return None
+    return {k: v for k, v in value.items() if k in model.model_fields and _readable(model, {k: v})}
 
 
 class Handoff(BaseModel):

@@ -45,8 +45,35 @@ def test_what_cannot_be_read_raises_by_kind() -> None:
         WorkItem.parse({"no_request": True})
     with pytest.raises(ValidationError):  # a request from a newer producer
         WorkItem.parse({"request": {**REQ.wire_dict(), "a_field_from_the_future": 1}})
-    with pytest.raises(ValidationError):
+    with pytest.raises(TypeError):  # a malformed item (internal_error), as workers always answered it
         WorkItem.parse({"request": REQ.wire_dict(), "timings": "not a dict"})
+    with pytest.raises(ValidationError):  # the request first: a newer intake (validation_error)
+        WorkItem.parse({"request": {**REQ.wire_dict(), "from_the_future": 1}, "timings": "not a dict"})
+    with pytest.raises(ValidationError):  # a timing this worker does not know
+        WorkItem.parse({"request": REQ.wire_dict(), "timings": {"from_the_future_ms": 1}})
+
+
+@pytest.mark.parametrize("timings", [None, {}, [], "", 0])
+def test_empty_timings_are_none_known_as_workers_always_read_them(timings: object) -> None:
+    assert WorkItem.parse({"request": REQ.wire_dict(), "timings": timings}).timings == Timings()
+
+
+@pytest.mark.parametrize(
+    "source",
+    ["not an object", [1, 2], {"topic": 5, "partition": "x", "offset": [], "key": 7}, {"partition": None}],
+)
+def test_a_source_that_cannot_be_read_is_unknown_and_the_request_is_still_served(source: object) -> None:
+    """The source only places a dead letter: workers before the typed item served such a request
+    (and gave its letter no coordinates); failing it would answer a good request ``failed``."""
+    item = WorkItem.parse({"request": REQ.wire_dict(), "timings": dict(TIMINGS), "source": source})
+    assert item.request == REQ and item.timings == Timings(**TIMINGS)
+    assert item.source is None if not isinstance(source, dict) else item.source == Source()
+
+
+def test_the_readable_fields_of_a_source_are_kept() -> None:
+    raw = {"topic": "inferq.requests", "partition": "x", "offset": 41, "key": 7}
+    item = WorkItem.parse({"request": REQ.wire_dict(), "source": raw})
+    assert item.source == Source(topic="inferq.requests", offset=41)
 
 
 def test_a_handoff_keeps_its_layout_and_names_its_model_even_when_unreadable() -> None:

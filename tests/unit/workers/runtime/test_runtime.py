@@ -142,6 +142,19 @@ def test_an_unreadable_item_is_answered_under_its_id_and_dead_lettered() -> None
     assert [rid for _, rid, _ in letters] == [good["request_id"], None]
 
 
+@pytest.mark.parametrize("field", ["tenant", "task", "model"])
+@pytest.mark.parametrize("value", [123, ["a"], {"x": 1}])
+def test_an_unreadable_item_with_odd_fields_beside_its_id_is_answered(field: str, value: object) -> None:
+    """Its tenant, task and model are whatever the item held: one that is not a string must not make
+    ``unreadable`` raise (the whole message would fail, and the good items beside it stay queued)."""
+    rt, store = runtime({})
+    good = item("a").wire()["request"]
+    assert rt.unreadable({"request": {**good, field: value}, "timings": {}}, ValueError()) == 1
+    (failed,) = store.written
+    assert failed.request_id == good["request_id"] and failed.status is ResultStatus.FAILED
+    assert getattr(failed, field) is None
+
+
 def test_unreadable_items_are_answered_by_kind() -> None:
     with pytest.raises(ValidationError) as invalid:
         WorkItem.parse({"request": {"task": "embed", "model": "a", "inputs": "x", "newer": 1}})
