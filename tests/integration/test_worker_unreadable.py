@@ -4,6 +4,8 @@ served. Before: an item that was not a dict, or had no ``request``, failed the w
 
 from __future__ import annotations
 
+from typing import Any
+
 from producers.client import InferqClient
 from schemas.errors import ErrorCode
 from schemas.messages import InferenceRequest, ResultStatus
@@ -55,7 +57,7 @@ def test_an_item_with_an_unreadable_source_or_empty_timings_is_served_as_workers
     """The source only places a dead letter and empty timings mean "none known": a worker before the
     typed work item served such requests, so the typed one must too (it failed them
     ``validation_error``). Timings that are not an object stay a malformed item: ``internal_error``."""
-    served = {
+    served: dict[str, dict[str, Any]] = {
         "source not an object": {"source": "nope"},
         "source of wrong types": {"source": {"topic": 5, "partition": "x", "offset": [], "key": 7}},
         "timings an empty list": {"timings": []},
@@ -66,7 +68,9 @@ def test_an_item_with_an_unreadable_source_or_empty_timings_is_served_as_workers
     with InferqClient(settings) as client:
         for r in (*reqs.values(), odd):
             client.store.admit([(request_digest(r), queued_result(r, {}))])
-        items = [{"request": reqs[n].wire_dict(), "timings": {}, **over} for n, over in served.items()]
+        items: list[dict[str, Any]] = [
+            {"request": reqs[n].wire_dict(), "timings": {}, **over} for n, over in served.items()
+        ]
         items.append({"request": odd.wire_dict(), "timings": "not a dict"})
         make_app(settings).send_task(TASK_INFER, args=[items], queue=model_queue(settings, MODEL), priority=5)
         results = client.wait_all([*(r.request_id for r in reqs.values()), odd.request_id], timeout_s=60)
