@@ -134,32 +134,49 @@ def test_the_stack_api_stays_flat_under_a_30_mib_chunked_upload(stack, settings)
 
 
 # -- 8: long polls hold no thread -------------------------------------------------------------------------
-def test_sixty_long_polls_leave_healthz_and_other_tenants_alone(server, client: InferqClient):
+LONG_POLLS = WAITS_PER_TENANT  # every one of a tenant's long-poll slots
+
+
+def queued(client: InferqClient, inputs: str) -> list[InferenceRequest]:
+    """Tenant A's requests, admitted ``queued`` and never published: they stay queued."""
     requests = [
-        InferenceRequest(task="embed", model=MODEL, inputs="wait", tenant="tenant-a") for _ in range(60)
+        InferenceRequest(task="embed", model=MODEL, inputs=inputs, tenant="tenant-a")
+        for _ in range(LONG_POLLS)
     ]
     for req in requests:
-        assert client.admit(req) is Admission.NEW  # queued, never published: stays queued
+        assert client.admit(req) is Admission.NEW
+    return requests
+
+
+async def hold_every_slot(c: httpx.AsyncClient, requests: list[InferenceRequest]) -> list[asyncio.Task]:
+    """A long poll (25 s) on each of ``requests``, returned once every one of A's slots is taken on
+    the server: a probe of A's is then refused 429 ``quota_exceeded``."""
+    polls = [
+        asyncio.create_task(c.get(f"/v1/results/{r.request_id}", params={"wait_ms": 25_000}, headers=A))
+        for r in requests
+    ]
+    probe_id, give_up = new_request_id(), time.monotonic() + 60
+    while True:
+        probe = await c.get(f"/v1/results/{probe_id}", params={"wait_ms": 1}, headers=A)
+        if probe.status_code == 429:
+            assert probe.json()["error"]["code"] == "quota_exceeded"
+            return polls
+        assert probe.status_code == 404, probe.text
+        assert time.monotonic() < give_up, "the long polls never all opened"
+        await asyncio.sleep(0.05)
+
+
+def polling_client(server: str) -> httpx.AsyncClient:
+    limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
+    return httpx.AsyncClient(base_url=server, timeout=40, limits=limits)
+
+
+def test_sixty_long_polls_leave_healthz_and_other_tenants_alone(server, client: InferqClient):
+    requests = queued(client, "wait")
 
     async def scenario() -> dict[str, Any]:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=server, timeout=40, limits=limits) as c:
-            polls = [
-                asyncio.create_task(
-                    c.get(f"/v1/results/{r.request_id}", params={"wait_ms": 25_000}, headers=A)
-                )
-                for r in requests
-            ]
-            probe_id = new_request_id()
-            give_up = time.monotonic() + 60
-            while True:  # every one of A's slots taken: all 60 polls are open on the server
-                probe = await c.get(f"/v1/results/{probe_id}", params={"wait_ms": 1}, headers=A)
-                if probe.status_code == 429:
-                    break
-                assert probe.status_code == 404, probe.text
-                assert time.monotonic() < give_up, "the 60 long polls never all opened"
-                await asyncio.sleep(0.05)
-            assert probe.json()["error"]["code"] == "quota_exceeded"
+        async with polling_client(server) as c:
+            polls = await hold_every_slot(c, requests)
             assert not any(p.done() for p in polls)
             t0 = time.monotonic()
             health = await c.get("/healthz")
@@ -193,36 +210,24 @@ def test_sixty_long_polls_leave_healthz_and_other_tenants_alone(server, client: 
     assert out["health"][:2] == (200, {"ok": True}) and out["health"][2] < 5.0, out
     assert out["other"][0] == 404 and out["other"][1] < 5.0, out  # another tenant is not held up
     assert out["other_wait"][0] == 404 and out["other_wait"][1] < 5.0, out  # nor capped by A's polls
-    assert out["cancels"] == [200] * 60, out
-    assert out["answers"] == ["cancelled"] * 60, out  # woken by the done channel, not by their timeout
+    assert out["cancels"] == [200] * LONG_POLLS, out
+    assert out["answers"] == ["cancelled"] * LONG_POLLS, (
+        out
+    )  # woken by the done channel, not by their timeout
     assert out["woken_s"] < 15.0, out  # well before the polls' own 25 s
 
 
 def test_a_long_poll_whose_client_hung_up_frees_its_slot_at_once(server, client: InferqClient):
-    requests = [
-        InferenceRequest(task="embed", model=MODEL, inputs="hang up", tenant="tenant-a") for _ in range(60)
-    ]
-    for req in requests:
-        assert client.admit(req) is Admission.NEW
+    requests = queued(client, "hang up")
 
     async def scenario() -> float:
-        limits = httpx.Limits(max_connections=200, max_keepalive_connections=200)
-        async with httpx.AsyncClient(base_url=server, timeout=40, limits=limits) as c:
-            polls = [
-                asyncio.create_task(
-                    c.get(f"/v1/results/{r.request_id}", params={"wait_ms": 25_000}, headers=A)
-                )
-                for r in requests
-            ]
+        async with polling_client(server) as c:
+            polls = await hold_every_slot(c, requests)
             probe_id = new_request_id()
 
             async def probe() -> int:
                 return (await c.get(f"/v1/results/{probe_id}", params={"wait_ms": 1}, headers=A)).status_code
 
-            give_up = time.monotonic() + 20
-            while await probe() != 429:  # all 60 of A's slots are held
-                assert time.monotonic() < give_up, "the 60 long polls never all opened"
-                await asyncio.sleep(0.05)
             for p in polls:
                 p.cancel()  # the client gives up: its connections close
             await asyncio.gather(*polls, return_exceptions=True)
