@@ -1,7 +1,8 @@
 """Every kombu internal inferq relies on, behind a small named API (kombu's Redis transport, 5.7.x).
 
 Recovery needs what kombu does not expose: which messages a worker holds unacked, putting one back
-at the head of its queue, and surviving a broker reconnect. Each function below names the kombu
+on its queue (behind what already waits: kombu pushes left and pops right), and surviving a broker
+reconnect. Each function below names the kombu
 internals it touches; tests/integration/test_kombu_contract.py checks each against a real Redis,
 and importing this module refuses any kombu but the pinned minor version (``kombu>=5.7,<5.8``),
 so an upgrade is a deliberate step: run the contract tests, then move :data:`PINNED`.
