@@ -99,7 +99,14 @@ class TruncationWatch:
             return {}  # with the marks kept; dropping them would hide a cut made meanwhile
         for tp in [tp for tp in {*self._anchor, *self._since} if tp not in assigned]:
             self._anchor.pop(tp, None)  # another replica reads it now
-            self._since.pop(tp, None)
+            dropped = self._since.pop(tp, None)
+            if dropped:  # a cut among them would go unnoticed here: say so (rare: a rebalance)
+                log.info(
+                    "truncation watch: %d unchecked marks of %s[%d] dropped (no longer assigned)",
+                    len(dropped),
+                    tp.topic,
+                    tp.partition,
+                )
         rewound: dict[TopicPartition, int] = {}
         try:
             for tp in list(self._since):
@@ -144,6 +151,14 @@ class TruncationWatch:
         start, end = reader.beginning_offsets([tp])[tp], reader.end_offsets([tp])[tp]
         want = {m.offset: i for i, m in enumerate(marks) if m.offset >= start}  # below start: trimmed
         if not want:
+            log.info(
+                "truncation watch: %s[%d] starts at %d, past all %d marks (to %d): judged in place",
+                tp.topic,
+                tp.partition,
+                start,
+                len(marks),
+                marks[-1].offset,
+            )
             return len(marks)
         first, last = min(want), max(want)
         if end <= last:  # cut below the newest: everything from the first mark at or past the end
