@@ -58,17 +58,22 @@ class WorkItem(BaseModel):
         # fields of a source that do not validate (it only places dead letters; the request is served)
         if not raw.get("timings", True):
             raw = {k: v for k, v in raw.items() if k != "timings"}
-        if raw.get("source") is not None and not _readable(Source, raw["source"]):
-            raw = {**raw, "source": _readable_fields(Source, raw["source"])}
         try:
-            return cls.model_validate(raw)
-        except ValidationError as e:
-            timings = raw.get("timings")
-            if not isinstance(timings, dict) and all(err["loc"][:1] == ("timings",) for err in e.errors()):
-                # the item itself is malformed (answered internal_error), not a request this worker
-                # cannot read; as workers always have: a request that does not validate comes first
-                raise TypeError(f"timings is a {type(timings).__name__}") from e
-            raise
+            return cls.model_validate(raw)  # one validation for every well-formed item
+        except ValidationError as first:
+            error = first
+            if raw.get("source") is not None and any(err["loc"][:1] == ("source",) for err in first.errors()):
+                raw = {**raw, "source": _readable_fields(Source, raw["source"])}
+                try:
+                    return cls.model_validate(raw)
+                except ValidationError as again:
+                    error = again
+        timings = raw.get("timings")
+        if not isinstance(timings, dict) and all(err["loc"][:1] == ("timings",) for err in error.errors()):
+            # the item itself is malformed (answered internal_error), not a request this worker
+            # cannot read; as workers always have: a request that does not validate comes first
+            raise TypeError(f"timings is a {type(timings).__name__}") from error
+        raise error
 
     def wire(self) -> dict[str, Any]:
         """The JSON-ready form a Celery message carries (unset fields left out, as the request's own
