@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import functools
 import re
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -51,8 +52,9 @@ class ApiContext:
         result: InferenceResult | None = await run_in_threadpool(self.store.get, request_id, tenant)
         return result
 
+    @functools.cached_property
     def caller(self) -> Callable[..., str | None]:
-        """The dependency that settles the caller's tenant (see :func:`caller_of`)."""
+        """The one dependency every route uses to settle the caller's tenant (:func:`caller_of`)."""
         return caller_of(self.ring)
 
 

@@ -21,7 +21,7 @@ class ModelEntry(BaseModel):
 
 def meta_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter()
-    caller = ctx.caller()
+    caller = ctx.caller
 
     @router.get("/v1/models", response_model=list[ModelEntry], responses=documented(401, 403))
     async def models(tenant: str | None = Depends(caller)) -> list[ModelEntry]:

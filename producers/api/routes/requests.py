@@ -81,7 +81,7 @@ def admit_and_publish(ctx: ApiContext, request: InferenceRequest) -> None:
 
 def requests_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter()
-    caller = ctx.caller()
+    caller = ctx.caller
 
     @router.post(
         "/v1/requests",

@@ -26,7 +26,7 @@ async def disconnected(request: Request) -> None:
 
 def results_router(ctx: ApiContext) -> APIRouter:
     router = APIRouter()
-    caller = ctx.caller()
+    caller = ctx.caller
 
     @router.get(
         "/v1/results/{request_id}",
