@@ -47,6 +47,12 @@ CATALOG: dict[str, ModelInfo] = {
             "any causal LM in the hub-style folder named by INFERQ_GENERATE_MODEL_DIR (GPT-2, Llama, "
             "Qwen2, …); a worker serves it when the folder is set and the model is in INFERQ_WORKER_MODELS",
         ),
+        ModelInfo(
+            "echo-384",
+            Task.EMBED,
+            "an instant model shaped like all-MiniLM-L6-v2 (384-d unit vectors, one per length in words, "
+            "no compute): measures the pipeline's own cost, for load tests and capacity planning",
+        ),
     )
 }
 
