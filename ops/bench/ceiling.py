@@ -18,6 +18,7 @@ Each layout's burst is sized from a short warm-up burst's rate, to last about ``
 
 from __future__ import annotations
 
+import contextlib
 import shutil
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
@@ -30,15 +31,17 @@ from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 from ops.bench.ceiling_report import print_ceiling
 from ops.bench.corpus import bench_texts
 from ops.bench.cputrace import CpuTrace, Window, per_request, steady_window
-from ops.bench.loadgen import Collected, LoadProcesses, Published
+from ops.bench.loadgen import Collected, LoadPool, Published
 from ops.bench.pyspy import record_all, top_of_file
 from ops.bench.report import write_json
 from ops.stack import Stack, on_free_ports
+from schemas.errors import StackError
 from schemas.settings import Settings
 
 MODEL = "echo-384"
 SKIPPED = {"api", "flower", "exporter", "prometheus"}  # off the path Kafka → Redis (as in run.py)
 GROUPS = ("client", "broker", "intake", "redis", "worker")
+PROFILE_S = 10.0  # the profiled burst's length at the warm-up's rate
 Step = Callable[[str], None]
 
 
@@ -116,14 +119,14 @@ def run_ceiling(
     (``INFERQ_INTAKE_REPLICAS`` × ``INFERQ_WORKER_PROCESSES``), measured with the longer burst."""
     step = step or (lambda _msg: None)
     headline = (settings.intake_replicas, settings.worker_processes)
-    texts = bench_texts(512)
-    step(f"ceiling: {headline[0]} intake × {headline[1]} worker, {plan.burst_s:.0f} s burst")
-    main = measure_layout(settings, headline, plan.burst_s, plan, texts, out_dir if plan.profile else None)
-    runs = [main]
-    for layout in plan.layouts:
-        if layout != headline:
-            step(f"ceiling: {layout[0]} intake × {layout[1]} worker, {plan.scaling_burst_s:.0f} s burst")
-            runs.append(measure_layout(settings, layout, plan.scaling_burst_s, plan, texts, None))
+    runs: list[LayoutRun] = []
+    with LoadPool(bench_texts(512), plan.generators) as pool:
+        for layout in [headline, *(lay for lay in plan.layouts if lay != headline)]:
+            burst_s = plan.burst_s if layout == headline else plan.scaling_burst_s
+            step(f"ceiling: {layout[0]} intake × {layout[1]} worker, {burst_s:.0f} s burst")
+            profile_dir = out_dir if plan.profile and layout == headline else None
+            runs.append(measure_layout(settings, layout, burst_s, plan, pool, profile_dir))
+    main = runs[0]
     runs.sort(key=lambda r: (r.intake_replicas, r.worker_processes))
     return {
         "ceiling_req_per_s": main.req_per_s,
@@ -146,7 +149,7 @@ def measure_layout(
     layout: tuple[int, int],
     burst_s: float,
     plan: CeilingPlan,
-    texts: Sequence[str],
+    pool: LoadPool,
     profile_dir: Path | None,
 ) -> LayoutRun:
     """A fresh stack of ``layout``: a warm-up burst (sizes the real one), then the measured burst."""
@@ -162,18 +165,28 @@ def measure_layout(
     stack = Stack(bs)
     if not any(svc["running"] for svc in stack.status().values()):
         shutil.rmtree(stack.data_dir, ignore_errors=True)  # an empty broker log and store each time
-    stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
     try:
-        warm = _burst(
-            bs, stack, plan.warm_requests, plan.generators, texts, None, 60.0 + plan.warm_requests / 20
-        )
+        stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
+        warm = _burst(bs, stack, pool, plan.warm_requests, None, 60.0 + plan.warm_requests / 20)
         rate = max(warm.req_per_s, 50.0)
         n = int(min(max(rate * burst_s, plan.min_requests), plan.max_requests))
-        run = _burst(bs, stack, n, plan.generators, texts, profile_dir, 60.0 + 5 * n / rate)
+        run = _burst(bs, stack, pool, n, None, 60.0 + 5 * n / rate)
+        if profile_dir is not None:  # a burst of its own: py-spy's CPU would lower the figures above
+            m = int(min(max(rate * PROFILE_S, plan.min_requests), plan.max_requests))
+            run.profile = _burst(bs, stack, pool, m, profile_dir, 60.0 + 5 * m / rate).profile
     finally:
-        stack.down()
+        _discard(stack)
     run.intake_replicas, run.worker_processes = intakes, workers
     return run
+
+
+def _discard(stack: Stack) -> None:
+    """Stop the stack at once (SIGKILL): its data is thrown away, so no graceful stop is owed."""
+    for name, st in stack.status().items():
+        if st["running"]:
+            with contextlib.suppress(StackError, ProcessLookupError):
+                stack.kill(name)
+    stack.down(timeout_s=5.0)
 
 
 def _groups(stack: Stack, clients: list[int]) -> dict[str, list[int]]:
@@ -190,32 +203,28 @@ def _groups(stack: Stack, clients: list[int]) -> dict[str, list[int]]:
 def _burst(
     settings: Settings,
     stack: Stack,
+    pool: LoadPool,
     n: int,
-    generators: int,
-    texts: Sequence[str],
     profile_dir: Path | None,
     timeout_s: float,
 ) -> LayoutRun:
-    load = LoadProcesses(settings, MODEL, texts, n, generators, timeout_s)
-    load.start()
+    pool.prepare(settings, MODEL, n, timeout_s)
+    trace = CpuTrace(_groups(stack, pool.pids))
+    trace.start()
+    profiled = {
+        name: pid
+        for name in stack.status()
+        if name.startswith(("intake", "worker"))
+        for pid in [stack.pid(name)]
+        if pid is not None
+    }
+    recordings = record_all(profiled, profile_dir / "ceiling-profile") if profile_dir else []
     try:
-        groups = _groups(stack, load.pids)
-        trace = CpuTrace(groups)
-        trace.start()
-        profiled = {
-            name: pid
-            for name in stack.status()
-            if name.startswith(("intake", "worker"))
-            for pid in [stack.pid(name)]
-            if pid is not None
-        }
-        recordings = record_all(profiled, profile_dir / "ceiling-profile") if profile_dir else []
-        t0 = load.go()
-        published, collected = load.wait()
+        t0 = pool.go()
+        published, collected = pool.wait()
+    finally:
         trace.stop()
         files = {r.name: r.stop() for r in recordings}
-    finally:
-        load.close()
     return _summarise(n, t0, trace, published, collected, files)
 
 

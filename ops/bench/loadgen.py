@@ -21,7 +21,8 @@ import time
 from collections import Counter
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from multiprocessing.synchronize import Event
+from multiprocessing.process import BaseProcess
+from typing import Any
 
 from producers.client import InferqClient
 from schemas.messages import InferenceRequest
@@ -32,6 +33,7 @@ from workers.store.store import DoneWatcher, ResultStore
 READ_CHUNK = 2_000  # results read per Redis round trip (bounded: a pipeline's replies sit in memory)
 STATUS = re.compile(rb'"status"\s*:\s*"([a-z_]+)"')
 UNREADABLE = "unreadable"
+DUPLICATE_WAIT_S = 0.3  # after the last id came in, how long to watch for a second announcement
 
 
 def burst_ids(tag: str, generators: int, n: int) -> list[list[str]]:
@@ -72,31 +74,36 @@ def _read_statuses(store: ResultStore, settings: Settings, ids: Sequence[str]) -
     return out
 
 
-def collect(
-    settings: Settings,
-    tag: str,
-    generators: int,
-    n: int,
-    timeout_s: float,
-    events: tuple[Event, Event],
-    report: mp.Queue,
-) -> None:
-    """The collector process: subscribe, say ready, then follow the ``done`` channel until every id
-    of the burst was announced (or ``timeout_s``); a final read catches missed announcements. It
-    stays alive until ``quit`` (the second event), so its CPU is still readable at the end."""
-    ready, quit_ = events
-    expected = {rid for part in burst_ids(tag, generators, n) for rid in part}
+@dataclass(frozen=True)
+class Burst:
+    """One burst's orders to the load processes."""
+
+    settings: Settings
+    model: str
+    tag: str  # the ids' prefix: unique per burst
+    n: int
+    generators: int
+    timeout_s: float
+
+
+def _collect(order: Burst, report: mp.Queue) -> Collected:
+    """Subscribe, say ready, then follow the ``done`` channel until every id of the burst was
+    announced (or ``timeout_s``); a final read catches missed announcements."""
+    settings = order.settings
+    expected = {rid for part in burst_ids(order.tag, order.generators, order.n) for rid in part}
     store = ResultStore.from_settings(settings)
     watcher = DoneWatcher(store)
-    ready.set()
+    report.put(("ready", order.tag, os.getpid()))
     seen: Counter[str] = Counter()
     statuses: Counter[str] = Counter()
-    out = Collected(n)
-    give_up = time.monotonic() + timeout_s
+    out = Collected(order.n)
+    give_up = time.monotonic() + order.timeout_s
     try:
-        while len(seen) < n and time.monotonic() < give_up:
+        while time.monotonic() < give_up:
+            if len(seen) == order.n:  # a last short wait: a duplicate announcement comes soon after
+                give_up = min(give_up, time.monotonic() + DUPLICATE_WAIT_S)
             fresh = []
-            for rid in watcher.finished(0.5):
+            for rid in watcher.finished(0.2):
                 if rid not in expected:
                     out.strays += 1
                     continue
@@ -110,39 +117,46 @@ def collect(
         late = _read_statuses(store, settings, unseen)  # terminal, but the wake-up was missed
         statuses.update(s for s in late if s is not None and s not in ("queued", "running"))
         out.lost = sum(1 for s in late if s is None or s in ("queued", "running"))
-        out.timed_out = len(seen) < n
+        out.timed_out = len(seen) < order.n
     finally:
         watcher.close()
+        store.client.close()
     out.duplicated = sum(1 for c in seen.values() if c > 1)
     out.by_status = dict(statuses)
-    report.put(("collected", os.getpid(), out))
-    quit_.wait()
+    return out
 
 
-def generate(
-    settings: Settings,
-    model: str,
-    ids: Sequence[str],
-    texts: Sequence[str],
-    events: tuple[Event, Event, Event],
-    report: mp.Queue,
-) -> None:
-    """A generator process: connect, say ready, wait for ``go``, publish ``ids`` (texts in turn);
-    then wait for ``quit``, so its CPU is still readable when the burst ends."""
-    ready, go, quit_ = events
-    client = InferqClient(settings)
-    client.producer  # noqa: B018  (connect now, not inside the measured burst)
-    ready.set()
-    go.wait()
-    t0 = time.monotonic()
-    for i, rid in enumerate(ids):
-        client.publish(
-            InferenceRequest(task="embed", model=model, inputs=texts[i % len(texts)], request_id=rid)
-        )
-    client.flush()
-    report.put(("published", os.getpid(), (len(ids), t0, time.monotonic())))
-    quit_.wait()
-    client.close()
+def _collector_main(commands: mp.Queue, report: mp.Queue) -> None:
+    """The collector process: one :class:`Burst` after another, until None."""
+    while (order := commands.get()) is not None:
+        report.put(("collected", order.tag, _collect(order, report)))
+
+
+def _generator_main(index: int, texts: Sequence[str], commands: mp.Queue, report: mp.Queue) -> None:
+    """A generator process: on a :class:`Burst`, connect and say ready; on ``go``, publish its share
+    of the burst's ids (texts in turn) and report; until None."""
+    client: InferqClient | None = None
+    order: Burst | None = None
+    ids: list[str] = []
+    while (cmd := commands.get()) is not None:
+        if isinstance(cmd, Burst):
+            if client is not None:
+                client.close()
+            order, ids = cmd, burst_ids(cmd.tag, cmd.generators, cmd.n)[index]
+            client = InferqClient(cmd.settings)
+            client.producer  # noqa: B018  (connect now, not inside the measured burst)
+            report.put(("ready", cmd.tag, os.getpid()))
+        elif cmd == "go" and client is not None and order is not None:
+            t0 = time.monotonic()
+            for i, rid in enumerate(ids):
+                request = InferenceRequest(
+                    task="embed", model=order.model, inputs=texts[i % len(texts)], request_id=rid
+                )
+                client.publish(request)
+            client.flush()
+            report.put(("published", order.tag, Published(len(ids), t0, time.monotonic())))
+    if client is not None:
+        client.close()
 
 
 @dataclass
@@ -156,90 +170,101 @@ class Published:
         return self.requests / (self.t1 - self.t0) if self.t1 > self.t0 else float("nan")
 
 
-class LoadProcesses:
-    """The generators and the collector of one burst, started (and connected) before it.
+class LoadPool:
+    """The generator processes and the collector process, kept for burst after burst.
 
-    ``pids`` are known once :meth:`start` returns, so the bench can read their CPU; they stay
-    alive until :meth:`close`, after the bench's last CPU sample."""
+    They stay alive between bursts, so their CPU is readable from /proc throughout (``pids``) and
+    no burst pays their start-up (imports, ~seconds each)."""
 
-    def __init__(
-        self, settings: Settings, model: str, texts: Sequence[str], n: int, generators: int, timeout_s: float
-    ) -> None:
-        self._ctx = mp.get_context("spawn")  # no fork of a parent holding threads and sockets
-        self.n, self.generators, self.timeout_s = n, generators, timeout_s
-        tag = f"ceil{os.getpid()}x{time.monotonic_ns() % 10**9}"
-        self._report: mp.Queue = self._ctx.Queue()
-        self._go, self._quit = self._ctx.Event(), self._ctx.Event()
-        self._readies: list[Event] = []
-        self._procs: list[mp.process.BaseProcess] = []
-        ready = self._ctx.Event()
-        self._readies.append(ready)
-        self._procs.append(
-            self._ctx.Process(
-                target=collect,
-                args=(settings, tag, generators, n, timeout_s, (ready, self._quit), self._report),
+    def __init__(self, texts: Sequence[str], generators: int = 1) -> None:
+        ctx = mp.get_context("spawn")  # no fork of a parent holding threads and sockets
+        self.generators = generators
+        self._report: mp.Queue = ctx.Queue()
+        self._commands: list[mp.Queue] = [ctx.Queue() for _ in range(generators + 1)]
+        self._procs: list[BaseProcess] = [
+            ctx.Process(
+                target=_collector_main,
+                args=(self._commands[0], self._report),
                 name="ceiling-collector",
                 daemon=True,
-            )
-        )
-        for g, part in enumerate(burst_ids(tag, generators, n)):
-            ready = self._ctx.Event()
-            self._readies.append(ready)
-            self._procs.append(
-                self._ctx.Process(
-                    target=generate,
-                    args=(settings, model, part, list(texts), (ready, self._go, self._quit), self._report),
+            ),
+            *(
+                ctx.Process(
+                    target=_generator_main,
+                    args=(g, list(texts), self._commands[g + 1], self._report),
                     name=f"ceiling-generator-{g}",
                     daemon=True,
                 )
-            )
-        self._collected: Collected | None = None
-        self._published: list[Published] = []
+                for g in range(generators)
+            ),
+        ]
+        for p in self._procs:
+            p.start()
+        self._order: Burst | None = None
 
     @property
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p.pid is not None]
 
-    def start(self, timeout_s: float = 120.0) -> None:
-        """Start every process and wait until each is connected (and the collector subscribed)."""
-        for p in self._procs:
-            p.start()
-        give_up = time.monotonic() + timeout_s
-        for ready, p in zip(self._readies, self._procs, strict=True):
-            while not ready.wait(0.2):
-                if not p.is_alive() or time.monotonic() > give_up:
-                    self.close()
-                    raise RuntimeError(f"{p.name} did not get ready (exit code {p.exitcode})")
+    def prepare(
+        self, settings: Settings, model: str, n: int, timeout_s: float, ready_s: float = 120.0
+    ) -> None:
+        """Give every process the next burst and wait until each is connected (the collector
+        subscribed to the ``done`` channel before anything is published)."""
+        tag = f"ceil{os.getpid()}x{time.monotonic_ns() % 10**12}"
+        self._order = Burst(settings, model, tag, n, self.generators, timeout_s)
+        for q in self._commands:
+            q.put(self._order)
+        self._expect("ready", len(self._procs), ready_s)
 
     def go(self) -> float:
         """Release the generators; returns when (``time.monotonic``)."""
         t = time.monotonic()
-        self._go.set()
+        for q in self._commands[1:]:
+            q.put("go")
         return t
 
     def wait(self) -> tuple[list[Published], Collected]:
         """Block until every generator published and the collector is done (or gave up)."""
-        give_up = time.monotonic() + self.timeout_s + 60.0
-        while self._collected is None or len(self._published) < self.generators:
+        assert self._order is not None, "prepare() first"
+        got = self._expect("", len(self._procs), self._order.timeout_s + 60.0)
+        published = [p for kind, p in got if kind == "published"]
+        collected = [c for kind, c in got if kind == "collected"]
+        return published, collected[0]
+
+    def _expect(self, kind: str, count: int, timeout_s: float) -> list[tuple[str, Any]]:
+        """``count`` reports of this burst (of ``kind``, or any kind when empty); RuntimeError
+        when a process died or they do not come within ``timeout_s``."""
+        assert self._order is not None
+        got: list[tuple[str, Any]] = []
+        give_up = time.monotonic() + timeout_s
+        while len(got) < count:
             try:
-                kind, _pid, payload = self._report.get(timeout=1.0)
+                what, tag, payload = self._report.get(timeout=0.5)
             except queue.Empty:
-                dead = [p.name for p in self._procs if p.exitcode not in (None, 0)]
+                dead = [p.name for p in self._procs if not p.is_alive()]
                 if dead or time.monotonic() > give_up:
-                    raise RuntimeError(f"load processes failed or hung: {dead or 'timeout'}") from None
+                    raise RuntimeError(
+                        f"load processes {'died: ' + ', '.join(dead) if dead else 'hung'} "
+                        f"(waiting for {kind or 'results'} of a burst of {self._order.n})"
+                    ) from None
                 continue
-            if kind == "collected":
-                self._collected = payload
-            else:
-                self._published.append(Published(*payload))
-        return self._published, self._collected
+            if tag == self._order.tag and (not kind or what == kind):
+                got.append((what, payload))
+        return got
 
     def close(self) -> None:
-        """Let every process exit (after the last CPU sample), then reap it."""
-        self._quit.set()
+        """Let every process exit, then reap it."""
+        for q in self._commands:
+            q.put(None)
         for p in self._procs:
-            if p.is_alive():
-                p.join(timeout=10.0)
+            p.join(timeout=10.0)
             if p.is_alive():
                 p.terminate()
                 p.join(timeout=5.0)
+
+    def __enter__(self) -> LoadPool:
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        self.close()

@@ -4,8 +4,10 @@
 outermost first): flamegraph.pl, inferno and speedscope.app all open them. ``py-spy top`` is
 interactive only, so the top list here is aggregated from those stacks: a function's *self* samples
 are those where it is the innermost frame, its *total* those where it is anywhere on the stack.
-py-spy attaches with ptrace (root, or CAP_SYS_PTRACE); ``--nonblocking`` reads the target without
-pausing it, so the profile costs the target little (py-spy's own CPU still takes a share of the box).
+Samples are of the thread holding the GIL (``--gil``): Python's CPU time, not threads waiting on a
+socket or a lock (work in C that releases the GIL is not seen). py-spy attaches with ptrace (root,
+or CAP_SYS_PTRACE); ``--nonblocking`` reads the target without pausing it, so the profile costs the
+target little (py-spy's own CPU still takes a share of the box).
 """
 
 from __future__ import annotations
@@ -50,6 +52,7 @@ class Recording:
                     str(pid),
                     "--subprocesses",
                     "--nonblocking",
+                    "--gil",
                     "--rate",
                     str(RATE_HZ),
                     "--format",
