@@ -207,6 +207,7 @@ def cmd_bench(run: Run) -> int:
         plan,
         embed=args.generate != "only",
         generate=None if args.generate == "no" else plan.generate,
+        ceiling=None if args.generate == "only" else plan.ceiling,
     )
     run_bench(run.settings, plan, args.out, run.console)
     return 0

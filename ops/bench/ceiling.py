@@ -41,7 +41,6 @@ from schemas.settings import Settings
 MODEL = "echo-384"
 SKIPPED = {"api", "flower", "exporter", "prometheus"}  # off the path Kafka → Redis (as in run.py)
 GROUPS = ("client", "broker", "intake", "redis", "worker")
-PROFILE_S = 10.0  # the profiled burst's length at the warm-up's rate
 Step = Callable[[str], None]
 
 
@@ -172,7 +171,7 @@ def measure_layout(
         n = int(min(max(rate * burst_s, plan.min_requests), plan.max_requests))
         run = _burst(bs, stack, pool, n, None, 60.0 + 5 * n / rate)
         if profile_dir is not None:  # a burst of its own: py-spy's CPU would lower the figures above
-            m = int(min(max(rate * PROFILE_S, plan.min_requests), plan.max_requests))
+            m = max(n // 2, plan.min_requests)
             run.profile = _burst(bs, stack, pool, m, profile_dir, 60.0 + 5 * m / rate).profile
     finally:
         _discard(stack)
