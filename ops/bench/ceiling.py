@@ -29,7 +29,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ops.bench.ceiling_report import print_ceiling
+from ops.bench.ceiling_report import capacity, print_ceiling
 from ops.bench.corpus import bench_texts
 from ops.bench.cputrace import CpuTrace, Window, per_request, steady_window
 from ops.bench.loadgen import Collected, LoadPool, Published
@@ -135,6 +135,7 @@ def run_ceiling(
         "ceiling_lost": sum(r.lost for r in runs),
         "ceiling_duplicated": sum(r.duplicated for r in runs),
         "ceiling_scaling": [r.scaling_row() for r in runs],
+        "ceiling_capacity_req_per_s": capacity(main.cpu_ms_per_request),
         "ceiling": {
             "model": MODEL,
             "cpu_window": "whole burst: first publish to last completion (steady_* : 10th-90th pct)",

@@ -10,6 +10,25 @@ from rich.table import Table
 from ops.bench.cputrace import TOTAL
 
 GROUPS = ("client", "broker", "intake", "redis", "worker", TOTAL)
+SERVICES = ("intake", "worker", "redis", "broker")  # what a deployment sizes (the client is the user's)
+GPU_SEQ_PER_S = (1_000, 5_000, 10_000, 14_000)  # 14k: MiniLM on one V100 (sentence-transformers)
+
+
+def capacity(cpu_ms_per_request: dict[str, float]) -> dict[str, float]:
+    """Requests/s one process of each service carries with a core to itself: 1000 ÷ its CPU ms per
+    request (each is one Python process or single-threaded Redis: one core at most)."""
+    return {
+        g: 1000.0 / ms if ms > 0 else float("inf") for g, ms in cpu_ms_per_request.items() if g in SERVICES
+    }
+
+
+def needs(cpu_ms_per_request: dict[str, float], gpu_seq_per_s: float) -> dict[str, float]:
+    """What a GPU computing ``gpu_seq_per_s`` one-text requests a second needs to stay busy, at
+    these per-request costs: processes of each service (a fraction: the share of one it uses) and
+    the cores of the whole pipeline, the client's included."""
+    out = {g: gpu_seq_per_s / cap for g, cap in capacity(cpu_ms_per_request).items()}
+    out["cores"] = gpu_seq_per_s * cpu_ms_per_request[TOTAL] / 1000.0
+    return out
 
 
 def print_ceiling(console: Console, data: dict[str, Any]) -> None:
@@ -41,6 +60,7 @@ def print_ceiling(console: Console, data: dict[str, Any]) -> None:
         cpu.add_row(g, f"{whole:.3f}", f"{steady:.3f}", f"{100 * whole / total:.0f} %")
     console.print(cpu)
     print_scaling(console, data["ceiling_scaling"])
+    print_needs(console, head["cpu_ms_per_request"])
     for name, prof in head.get("profile", {}).items():
         print_profile(console, name, prof)
 
@@ -59,6 +79,20 @@ def print_scaling(console: Console, rows: list[dict[str, Any]]) -> None:
             str(r["lost"]),
             str(r["duplicated"]),
         )
+    console.print(t)
+
+
+def print_needs(console: Console, cpu_ms_per_request: dict[str, float]) -> None:
+    cap = capacity(cpu_ms_per_request)
+    t = Table(
+        title="what a GPU needs at these costs: processes (a core each) to keep it busy; "
+        + ", ".join(f"one {g} carries {cap[g]:.0f} req/s" for g in SERVICES)
+    )
+    for col in ("GPU seq/s", *SERVICES, "cores in all"):
+        t.add_column(col, justify="right")
+    for rate in GPU_SEQ_PER_S:
+        n = needs(cpu_ms_per_request, rate)
+        t.add_row(f"{rate:,}", *(f"{n[g]:.1f}" for g in SERVICES), f"{n['cores']:.1f}")
     console.print(t)
 
 

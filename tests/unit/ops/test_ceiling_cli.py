@@ -5,7 +5,7 @@ import argparse
 import pytest
 from rich.console import Console
 
-from ops.bench.ceiling_report import print_ceiling
+from ops.bench.ceiling_report import capacity, needs, print_ceiling
 from ops.cli import _layouts, parser
 
 
@@ -55,5 +55,25 @@ def test_tables_print_every_group_and_layout():
     console = Console(record=True, width=160)
     print_ceiling(console, data)
     text = console.export_text()
-    for needle in ("700", "900", "client", "redis", "worker", "failed 1", "infer (tasks.py)", "60.0"):
+    needles = (
+        "700",
+        "900",
+        "client",
+        "redis",
+        "failed 1",
+        "infer (tasks.py)",
+        "60.0",
+        "14,000",
+        "1000 req/s",
+    )
+    for needle in needles:
         assert needle in text, needle
+
+
+def test_capacity_and_what_a_gpu_needs():
+    ms = cpu(2.0)  # intake 0.5 ms, worker 1.0 ms, redis 0.25 ms, broker 0.05 ms, client 0.2 ms
+    assert capacity(ms) == pytest.approx(
+        {"intake": 2000.0, "worker": 1000.0, "redis": 4000.0, "broker": 20000.0}
+    )
+    n = needs(ms, 10_000)
+    assert n == pytest.approx({"intake": 5.0, "worker": 10.0, "redis": 2.5, "broker": 0.5, "cores": 20.0})
