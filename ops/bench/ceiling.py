@@ -19,6 +19,7 @@ Each layout's burst is sized from a short warm-up burst's rate, to last about ``
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -83,6 +84,8 @@ class LayoutRun:
     cpu_ms_per_request: dict[str, float]
     steady_cpu_ms_per_request: dict[str, float]
     cpu_busy_cores: float  # all groups' CPU over the burst ÷ its wall time
+    busy_cores_by_process: dict[str, float]  # each group's: near 1.0 per process = that one is the limit
+    load_avg_1m: float  # the machine's load average as the burst ended: others' work shares the cores
     lost: int
     duplicated: int
     by_status: dict[str, int]
@@ -265,6 +268,8 @@ def _summarise(
         cpu_ms_per_request=per_request(whole, n),
         steady_cpu_ms_per_request=per_request(trace.between(window.t0, window.t1), window.completions),
         cpu_busy_cores=sum(whole.values()) / 1000.0 / (end - t0),
+        busy_cores_by_process={g: ms / 1000.0 / (end - t0) for g, ms in whole.items()},
+        load_avg_1m=os.getloadavg()[0],
         lost=collected.lost,
         duplicated=collected.duplicated,
         by_status=collected.by_status,

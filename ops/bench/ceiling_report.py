@@ -43,6 +43,7 @@ def print_ceiling(console: Console, data: dict[str, Any]) -> None:
     t.add_row("whole burst req/s", f"{head['whole_burst_req_per_s']:.0f}")
     t.add_row("client publish req/s", f"{head['publish_req_per_s']:.0f}")
     t.add_row("CPU busy (cores, all processes)", f"{head['cpu_busy_cores']:.2f}")
+    t.add_row("machine load average (1 min, at the end)", f"{head['load_avg_1m']:.1f}")
     t.add_row("lost / duplicated (all layouts)", f"{data['ceiling_lost']} / {data['ceiling_duplicated']}")
     odd = {k: v for k, v in head["by_status"].items() if k != "done"}
     if odd:
@@ -54,10 +55,12 @@ def print_ceiling(console: Console, data: dict[str, Any]) -> None:
     cpu.add_column("ms/request", justify="right")
     cpu.add_column("steady ms/request", justify="right")
     cpu.add_column("share", justify="right")
+    cpu.add_column("cores busy", justify="right")
     total = head["cpu_ms_per_request"][TOTAL] or float("nan")
     for g in GROUPS:
         whole, steady = head["cpu_ms_per_request"][g], head["steady_cpu_ms_per_request"][g]
-        cpu.add_row(g, f"{whole:.3f}", f"{steady:.3f}", f"{100 * whole / total:.0f} %")
+        busy = head["busy_cores_by_process"].get(g, head["cpu_busy_cores"])
+        cpu.add_row(g, f"{whole:.3f}", f"{steady:.3f}", f"{100 * whole / total:.0f} %", f"{busy:.2f}")
     console.print(cpu)
     print_scaling(console, data["ceiling_scaling"])
     print_needs(console, head["cpu_ms_per_request"])
