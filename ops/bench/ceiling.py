@@ -86,6 +86,7 @@ class LayoutRun:
     cpu_busy_cores: float  # all groups' CPU over the burst ÷ its wall time
     busy_cores_by_process: dict[str, float]  # each group's: near 1.0 per process = that one is the limit
     load_avg_1m: float  # the machine's load average as the burst ended: others' work shares the cores
+    cpu_bound_req_per_s: float  # what the CPU per request allows on this machine's cores, all free
     lost: int
     duplicated: int
     by_status: dict[str, int]
@@ -139,6 +140,7 @@ def run_ceiling(
         "ceiling_duplicated": sum(r.duplicated for r in runs),
         "ceiling_scaling": [r.scaling_row() for r in runs],
         "ceiling_capacity_req_per_s": capacity(main.cpu_ms_per_request),
+        "ceiling_cpu_bound_req_per_s": main.cpu_bound_req_per_s,
         "ceiling": {
             "model": MODEL,
             "cpu_window": "whole burst: first publish to last completion (steady_* : 10th-90th pct)",
@@ -225,6 +227,7 @@ def _burst(
         for pid in [stack.pid(name)]
         if pid is not None
     }
+    profiled.update(pool.named_pids())  # the client's processes too (its publishing costs count)
     recordings = record_all(profiled, profile_dir / "ceiling-profile") if profile_dir else []
     try:
         t0 = pool.go()
@@ -270,6 +273,7 @@ def _summarise(
         cpu_busy_cores=sum(whole.values()) / 1000.0 / (end - t0),
         busy_cores_by_process={g: ms / 1000.0 / (end - t0) for g, ms in whole.items()},
         load_avg_1m=os.getloadavg()[0],
+        cpu_bound_req_per_s=(os.cpu_count() or 1) * 1000.0 / (sum(whole.values()) / n),
         lost=collected.lost,
         duplicated=collected.duplicated,
         by_status=collected.by_status,

@@ -43,6 +43,7 @@ def print_ceiling(console: Console, data: dict[str, Any]) -> None:
     t.add_row("whole burst req/s", f"{head['whole_burst_req_per_s']:.0f}")
     t.add_row("client publish req/s", f"{head['publish_req_per_s']:.0f}")
     t.add_row("CPU busy (cores, all processes)", f"{head['cpu_busy_cores']:.2f}")
+    t.add_row("req/s the CPU per request allows on all cores, free", f"{head['cpu_bound_req_per_s']:.0f}")
     t.add_row("machine load average (1 min, at the end)", f"{head['load_avg_1m']:.1f}")
     t.add_row("lost / duplicated (all layouts)", f"{data['ceiling_lost']} / {data['ceiling_duplicated']}")
     odd = {k: v for k, v in head["by_status"].items() if k != "done"}

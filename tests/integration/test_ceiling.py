@@ -40,7 +40,11 @@ def test_ceiling_runs_end_to_end_with_a_tiny_burst(fresh_settings, tmp_path: Pat
     head = data["ceiling"]["headline"]
     assert head["by_status"] == {"done": head["requests"]}  # every request, exactly once, done
 
-    for name in ("intake", "worker"):  # the profile: collapsed stacks and a top list per process
+    for name in (
+        "intake",
+        "worker",
+        "client-generator-0",
+    ):  # the profile: collapsed stacks and a top list per process
         prof = head["profile"][name]
         assert prof["samples"] > 0 and prof["top"], prof
         assert Path(prof["file"]).is_file()

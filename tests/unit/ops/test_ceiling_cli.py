@@ -35,6 +35,7 @@ def test_tables_print_every_group_and_layout():
         "cpu_busy_cores": 1.4,
         "busy_cores_by_process": {"client": 0.1, "broker": 0.05, "intake": 0.35, "redis": 0.2, "worker": 0.7},
         "load_avg_1m": 3.5,
+        "cpu_bound_req_per_s": 1000.0,
         "steady_cpu_ms_per_request": cpu(1.9),
         "by_status": {"done": 13999, "failed": 1},
         "profile": {
