@@ -100,7 +100,7 @@ def _bench_args(b: argparse.ArgumentParser) -> None:
     )
     b.add_argument(
         "--burst-s",
-        type=float,
+        type=_burst_s,
         default=None,
         help="with --ceiling: seconds the headline burst should last at the warm-up's rate (default 20)",
     )
@@ -225,6 +225,17 @@ def _bench_ceiling(run: Run) -> int:
         )
     data = bench_ceiling(run.settings, plan, args.out, run.console)
     return 0 if data["ceiling_lost"] == data["ceiling_duplicated"] == 0 else 1
+
+
+def _burst_s(value: str) -> float:
+    """Seconds, 0 < s ≤ 600 (the burst's results stay in Redis until the stack is discarded)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 600:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{value!r}: want seconds, more than 0 and at most 600")
+    return seconds
 
 
 def _layouts(value: str) -> tuple[tuple[int, int], ...]:

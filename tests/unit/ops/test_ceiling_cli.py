@@ -6,7 +6,7 @@ import pytest
 from rich.console import Console
 
 from ops.bench.ceiling_report import capacity, needs, print_ceiling
-from ops.cli import _layouts, parser
+from ops.cli import _burst_s, _layouts, parser
 
 
 def test_layouts_parse_and_refuse():
@@ -14,6 +14,9 @@ def test_layouts_parse_and_refuse():
     for bad in ("1", "0x1", "1x17", "ax1", "1*2"):
         with pytest.raises(argparse.ArgumentTypeError, match="INTAKESxWORKERS"):
             _layouts(bad)
+    for bad in ("0", "-1", "nan", "601", "x"):
+        with pytest.raises(argparse.ArgumentTypeError, match="seconds"):
+            _burst_s(bad)
     args = parser().parse_args(
         ["bench", "--ceiling", "--ceiling-layouts", "2x2", "--burst-s", "5", "--profile"]
     )
