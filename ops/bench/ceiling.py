@@ -170,8 +170,8 @@ def measure_layout(
         }
     )
     stack = Stack(bs)
-    if not any(svc["running"] for svc in stack.status().values()):
-        shutil.rmtree(stack.data_dir, ignore_errors=True)  # an empty broker log and store each time
+    _discard(stack)  # what a run that crashed left in this folder (pids checked by start time)
+    shutil.rmtree(stack.data_dir, ignore_errors=True)  # an empty broker log and store each time
     try:
         t_up = time.monotonic()
         stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
