@@ -99,6 +99,15 @@ def _bench_args(b: argparse.ArgumentParser) -> None:
         "(default 1x1,2x1,1x2,2x2; the settings' own layout is always measured)",
     )
     b.add_argument(
+        "--generators",
+        type=int,
+        choices=range(1, 17),
+        default=None,
+        metavar="N",
+        help="with --ceiling: load-generator processes publishing the burst (default 1; more when one "
+        "client publishes slower than the pipeline takes)",
+    )
+    b.add_argument(
         "--burst-s",
         type=_burst_s,
         default=None,
@@ -219,6 +228,8 @@ def _bench_ceiling(run: Run) -> int:
     plan = dataclasses.replace(plan, profile=args.profile)
     if args.ceiling_layouts is not None:
         plan = dataclasses.replace(plan, layouts=args.ceiling_layouts)
+    if args.generators is not None:
+        plan = dataclasses.replace(plan, generators=args.generators)
     if args.burst_s is not None:
         plan = dataclasses.replace(
             plan, burst_s=args.burst_s, scaling_burst_s=min(plan.scaling_burst_s, args.burst_s)

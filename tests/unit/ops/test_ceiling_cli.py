@@ -18,9 +18,10 @@ def test_layouts_parse_and_refuse():
         with pytest.raises(argparse.ArgumentTypeError, match="seconds"):
             _burst_s(bad)
     args = parser().parse_args(
-        ["bench", "--ceiling", "--ceiling-layouts", "2x2", "--burst-s", "5", "--profile"]
+        ["bench", "--ceiling", "--ceiling-layouts", "2x2", "--burst-s", "5", "--profile", "--generators", "2"]
     )
     assert args.ceiling and args.profile and args.ceiling_layouts == ((2, 2),) and args.burst_s == 5.0
+    assert args.generators == 2
 
 
 def cpu(total):
