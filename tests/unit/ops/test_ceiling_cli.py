@@ -1,11 +1,14 @@
 """``bench --ceiling``'s arguments and its tables (from a bench.json-shaped dict, no stack)."""
 
 import argparse
+import json
 
 import pytest
 from rich.console import Console
 
+from ops.bench.ceiling import CeilingPlan
 from ops.bench.ceiling_report import capacity, needs, print_ceiling
+from ops.bench.run import BenchPlan, _plain
 from ops.cli import _burst_s, _layouts, parser
 
 
@@ -84,3 +87,10 @@ def test_capacity_and_what_a_gpu_needs():
     )
     n = needs(ms, 10_000)
     assert n == pytest.approx({"intake": 5.0, "worker": 10.0, "redis": 2.5, "broker": 0.5, "cores": 20.0})
+
+
+def test_the_full_bench_plans_the_ceiling_and_writes_its_plan():
+    for plan in (BenchPlan(), BenchPlan.quick([])):
+        assert isinstance(plan.ceiling, CeilingPlan)
+        json.dumps({k: _plain(v) for k, v in plan.__dict__.items()})  # bench.json's "plan"
+    assert CeilingPlan().steps((1, 1)) == 4 and CeilingPlan().steps((3, 3)) == 5
