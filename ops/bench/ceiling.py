@@ -59,7 +59,8 @@ class CeilingPlan:
 
     @classmethod
     def quick(cls) -> CeilingPlan:
-        return cls(burst_s=6.0, scaling_burst_s=3.0, warm_requests=300, min_requests=500)
+        """Shorter bursts and two layouts (a smoke run; the full bench's ``--quick``)."""
+        return cls(6.0, 3.0, 300, 500, layouts=((1, 1), (2, 2)))
 
     @classmethod
     def tiny(cls, profile: bool = False) -> CeilingPlan:
