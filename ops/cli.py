@@ -3,7 +3,8 @@
 inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
 inferq-ops status    # exits 1 unless every service runs and is ready; shows Flower's login
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
-inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation
+inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation; the ceiling
+inferq-ops bench --ceiling [--profile]   # the pipeline's own top req/s and CPU per request by process
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
 inferq-ops kibana --url http://localhost:5601 --user elastic --password-stdin   # dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
