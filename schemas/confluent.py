@@ -1,0 +1,455 @@
+"""kafka-python's interface over confluent-kafka (librdkafka): the producer and consumer that
+``INFERQ_KAFKA_CLIENT=confluent`` selects (:func:`schemas.connections.kafka_producer`,
+:func:`workers.intake.consumer.new_consumer`).
+
+The rest of the project speaks kafka-python's API (``send(...).get()``, ``poll() -> {partition:
+[records]}``, ``seek``, ``pause``, ``commit``, ``position``, kafka-python's error classes), so these
+two classes offer exactly the part of it that inferq uses, and nothing that calls them changes with
+the client. What librdkafka does differently, and how it is bridged:
+
+- It sends and fetches from its own threads. A delivery is reported only while someone serves the
+  producer's events: a daemon thread does (:class:`ConfluentProducer`), so futures resolve and
+  callbacks (the doorbell) run without the caller polling.
+- A consumer fetches in the background all the time, and a broker that answers an empty fetch at
+  once (the local noida-db does) makes it spin a core while idle. :meth:`ConfluentConsumer.idle`
+  pauses fetching while the intake waits for work and :meth:`~ConfluentConsumer.wake` resumes it at
+  the positions the intake holds; a consumer without a group (a reader) fetches only inside
+  :meth:`~ConfluentConsumer.poll`.
+- Positions are the ones this process consumed or sought (``enable.auto.offset.store`` off), so
+  ``commit()`` commits exactly what was handed off, as kafka-python's does.
+- A record whose header names cannot be decoded is raised as kafka-python's
+  ``CorruptRecordError`` at the partition's position (the records before it in the same poll are
+  returned first), so the intake's search for unreadable records finds and skips it as before.
+
+confluent-kafka is an optional dependency (``inferq[fast]``); it is imported only when one of these
+is made.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+from collections.abc import Callable, Iterable, Mapping
+from typing import Any, NamedTuple
+
+from kafka import errors as kerr
+from kafka.structs import OffsetAndMetadata, TopicPartition
+
+log = logging.getLogger(__name__)
+
+EVENT_WAIT_S = 0.05  # the producer's event thread waits this long per round for deliveries
+QUEUE_FULL_WAIT_S = 0.01  # a full send queue: events are served this long before the send is tried again
+METADATA_TIMEOUT_S = 5.0
+
+# librdkafka's error codes (confluent_kafka.KafkaError) and kafka-python's class for each
+_REBALANCING = {27: kerr.RebalanceInProgressError}  # REBALANCE_IN_PROGRESS
+_COMMIT_REFUSED = {
+    22,
+    25,
+    82,
+    -142,
+}  # ILLEGAL_GENERATION, UNKNOWN_MEMBER_ID, FENCED_INSTANCE_ID, _ASSIGNMENT_LOST
+_PERMANENT = {
+    10: kerr.MessageSizeTooLargeError,  # MSG_SIZE_TOO_LARGE (local and broker)
+    18: kerr.RecordListTooLargeError,  # RECORD_LIST_TOO_LARGE
+    87: kerr.InvalidRecordError,  # INVALID_RECORD
+    17: kerr.InvalidTopicError,  # INVALID_TOPIC_EXCEPTION
+}
+_TIMED_OUT = {-192, -185, 7}  # _MSG_TIMED_OUT, _TIMED_OUT, REQUEST_TIMED_OUT
+_NO_OFFSET = -168  # _NO_OFFSET: a commit with nothing to commit
+
+
+def as_kafka_error(err: Any) -> Exception:
+    """kafka-python's exception for a confluent-kafka ``KafkaError`` (the project catches those)."""
+    code, text = err.code(), f"{err.name()}: {err.str()}"
+    if code in _REBALANCING:
+        return _REBALANCING[code](text)
+    if code in _COMMIT_REFUSED:
+        return kerr.CommitFailedError(text)
+    if code in _PERMANENT:
+        return _PERMANENT[code](text)
+    if code in _TIMED_OUT:
+        return kerr.KafkaTimeoutError(text)
+    return kerr.KafkaError(text)
+
+
+# -- producing ------------------------------------------------------------------------------------
+class RecordMetadata(NamedTuple):
+    """Where the broker put a record (the fields of kafka-python's that inferq reads)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+
+
+class SentRecord:
+    """kafka-python's ``FutureRecordMetadata`` for one record: ``get``, ``add_callback``."""
+
+    __slots__ = ("_callbacks", "_done", "_error", "_metadata", "_producer")
+
+    def __init__(self, producer: ConfluentProducer) -> None:
+        self._producer = producer
+        self._done = False
+        self._error: Exception | None = None
+        self._metadata: RecordMetadata | None = None
+        self._callbacks: list[Callable[[RecordMetadata], Any]] = []
+
+    def _delivered(self, err: Any, msg: Any) -> None:
+        """librdkafka's delivery report (on the thread serving the producer's events)."""
+        if err is not None:
+            self._error = as_kafka_error(err)
+        else:
+            self._metadata = RecordMetadata(msg.topic(), msg.partition(), msg.offset(), msg.timestamp()[1])
+        with self._producer.delivered:
+            self._done = True
+            callbacks, self._callbacks = self._callbacks, []
+            self._producer.delivered.notify_all()
+        if self._metadata is not None:
+            for callback in callbacks:
+                _call(callback, self._metadata)
+
+    def add_callback(self, callback: Callable[[RecordMetadata], Any]) -> SentRecord:
+        """Call ``callback(metadata)`` once the broker has the record (at once if it has)."""
+        with self._producer.delivered:
+            if not self._done:
+                self._callbacks.append(callback)
+                return self
+        if self._metadata is not None:
+            _call(callback, self._metadata)
+        return self
+
+    def is_done(self) -> bool:
+        return self._done
+
+    def get(self, timeout: float | None = None) -> RecordMetadata:
+        """The record's metadata once the broker has it; raises what refused it (kafka-python's
+        classes), or ``KafkaTimeoutError`` after ``timeout`` seconds."""
+        with self._producer.delivered:
+            if not self._producer.delivered.wait_for(lambda: self._done, timeout):
+                raise kerr.KafkaTimeoutError(f"the broker did not confirm the record within {timeout} s")
+        if self._error is not None:
+            raise self._error
+        assert self._metadata is not None
+        return self._metadata
+
+
+def _call(callback: Callable[[RecordMetadata], Any], metadata: RecordMetadata) -> None:
+    try:
+        callback(metadata)
+    except Exception:  # a callback's failure is its own (kafka-python logs and goes on, too)
+        log.exception("a delivery callback failed")
+
+
+class ConfluentProducer:
+    """kafka-python's ``KafkaProducer`` (``send``, ``flush``, ``close``) over librdkafka."""
+
+    def __init__(self, config: Mapping[str, Any]) -> None:
+        from confluent_kafka import Producer
+
+        self._p = Producer(dict(config))
+        self.delivered = threading.Condition()
+        # called after each round that delivered records, once their callbacks ran (the client
+        # rings the doorbells of a round's partitions there: one ring per partition, not per record)
+        self.after_deliveries: Callable[[], None] | None = None
+        self._closed = threading.Event()
+        self._events = threading.Thread(target=self._serve, name="kafka-producer-events", daemon=True)
+        self._events.start()
+
+    def _serve(self) -> None:
+        while not self._closed.is_set():
+            if self._p.poll(EVENT_WAIT_S):
+                self._after_deliveries()
+
+    def _after_deliveries(self) -> None:
+        if self.after_deliveries is not None:
+            try:
+                self.after_deliveries()
+            except Exception:  # the hook's failure is its own; deliveries go on
+                log.exception("the after-deliveries hook failed")
+
+    def send(
+        self,
+        topic: str,
+        value: bytes | None = None,
+        key: bytes | None = None,
+        headers: Iterable[tuple[str, bytes]] | None = None,
+        partition: int | None = None,
+    ) -> SentRecord:
+        """Queue one record; a refusal made before sending (its size) is raised here, as kafka-python does."""
+        from confluent_kafka import KafkaException
+
+        sent = SentRecord(self)
+        opts: dict[str, Any] = {"on_delivery": sent._delivered}
+        if headers:
+            opts["headers"] = list(headers)
+        if partition is not None:
+            opts["partition"] = partition
+        while True:
+            try:
+                self._p.produce(topic, value=value, key=key, **opts)
+                return sent
+            except BufferError:  # the send queue is full: let the broker take some first
+                self._p.poll(QUEUE_FULL_WAIT_S)
+            except KafkaException as e:
+                raise as_kafka_error(e.args[0]) from None
+
+    def flush(self, timeout: float | None = None) -> None:
+        """Wait until every queued record is delivered (or ``timeout`` seconds)."""
+        left = self._p.flush(-1 if timeout is None else timeout)
+        self._after_deliveries()  # flush serves delivery reports on this thread too
+        if left and timeout is not None:
+            raise kerr.KafkaTimeoutError(f"{left} records not delivered after {timeout} s")
+
+    def close(self, timeout: float | None = None) -> None:
+        try:
+            self._p.flush(30.0 if timeout is None else timeout)
+        finally:
+            self._closed.set()
+            self._events.join(timeout=1.0)
+
+
+# -- consuming ------------------------------------------------------------------------------------
+class Record(NamedTuple):
+    """A consumed record (the fields of kafka-python's ``ConsumerRecord`` that inferq reads)."""
+
+    topic: str
+    partition: int
+    offset: int
+    timestamp: int
+    key: bytes | None
+    value: bytes | None
+    headers: list[tuple[str, bytes]]
+
+
+class ConfluentConsumer:
+    """kafka-python's ``KafkaConsumer`` (the part inferq uses) over librdkafka.
+
+    With ``topics`` it subscribes as a member of ``group.id`` (the intake); without, it is a reader
+    that is assigned partitions (:meth:`assign`) and fetches only inside :meth:`poll`.
+    """
+
+    def __init__(self, config: Mapping[str, Any], topics: list[str] | None = None) -> None:
+        from confluent_kafka import Consumer
+
+        self._c = Consumer({**config, "enable.auto.commit": False, "enable.auto.offset.store": False})
+        self._reader = not topics
+        self._positions: dict[TopicPartition, int] = {}  # next record to hand out, per partition
+        self._paused: set[TopicPartition] = set()  # paused by the caller (backpressure)
+        self._idle: set[TopicPartition] = set()  # paused by idle()
+        self._corrupt: Exception | None = None  # raised by the next poll
+        if topics:
+            self._c.subscribe(
+                topics, on_assign=self._assigned, on_revoke=self._revoked, on_lost=self._revoked
+            )
+
+    # librdkafka's rebalance callbacks (inside poll): positions of partitions gone are forgotten
+    def _assigned(self, _consumer: Any, partitions: list[Any]) -> None:
+        mine = {TopicPartition(p.topic, p.partition) for p in partitions}
+        self._positions = {tp: o for tp, o in self._positions.items() if tp in mine}
+        self._paused &= mine
+        self._idle.clear()
+
+    def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:
+        for p in partitions:
+            tp = TopicPartition(p.topic, p.partition)
+            self._positions.pop(tp, None)
+            self._paused.discard(tp)
+            self._idle.discard(tp)
+
+    @staticmethod
+    def _tp(tp: TopicPartition, offset: int | None = None) -> Any:
+        from confluent_kafka import TopicPartition as CTP
+
+        return CTP(tp.topic, tp.partition) if offset is None else CTP(tp.topic, tp.partition, offset)
+
+    def assignment(self) -> set[TopicPartition]:
+        return {TopicPartition(p.topic, p.partition) for p in self._c.assignment()}
+
+    def assign(self, partitions: Iterable[TopicPartition]) -> None:
+        """A reader's partitions (kept paused between polls: see the module docstring)."""
+        parts = list(partitions)
+        self._positions = {tp: o for tp, o in self._positions.items() if tp in parts}
+        self._c.assign([self._tp(tp) for tp in parts])
+        self._c.pause([self._tp(tp) for tp in parts])
+
+    # -- reading ----------------------------------------------------------------------------------
+    def poll(self, timeout_ms: int = 0, max_records: int | None = None) -> dict[TopicPartition, list[Record]]:
+        """Records by partition, as soon as one is there (then what else is queued), or {} after
+        ``timeout_ms``."""
+        if self._corrupt is not None:
+            corrupt, self._corrupt = self._corrupt, None
+            raise corrupt
+        if self._reader:
+            return self._read(timeout_ms, max_records)
+        return self._take(timeout_ms / 1000.0, max_records or 500)
+
+    def _read(self, timeout_ms: int, max_records: int | None) -> dict[TopicPartition, list[Record]]:
+        parts = [tp for tp in self.assignment() if tp not in self._paused]
+        self._restart(parts)  # from where this reader stands, whatever librdkafka had fetched before
+        try:
+            return self._take(timeout_ms / 1000.0, max_records or 500)
+        finally:
+            self._c.pause([self._tp(tp) for tp in parts])
+
+    def _take(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Record]]:
+        first = self._c.poll(timeout_s)
+        if first is None:
+            return self._raise_corrupt({})
+        messages: list[Any] = [first, *self._c.consume(max_records - 1, 0)] if max_records > 1 else [first]
+        out: dict[TopicPartition, list[Record]] = {}
+        stopped: set[TopicPartition] = set()  # a corrupt record, or paused meanwhile: nothing after it
+        for m in messages:
+            err = m.error()
+            if err is not None:
+                if err.fatal():
+                    raise as_kafka_error(err)
+                log.info("Kafka client: %s", err.str())  # librdkafka retries on its own
+                continue
+            tp = TopicPartition(m.topic(), m.partition())
+            if tp in stopped:
+                continue
+            if tp in self._paused or tp in self._idle:  # fetched before the pause: read again later
+                self.seek(tp, m.offset())
+                stopped.add(tp)
+                continue
+            try:
+                headers = m.headers() or []
+            except Exception as e:  # a header name that is not UTF-8
+                self.seek(tp, m.offset())
+                stopped.add(tp)
+                self._corrupt = kerr.CorruptRecordError(
+                    f"record {tp.topic}[{tp.partition}]@{m.offset()}: {e!r}"
+                )
+                continue
+            out.setdefault(tp, []).append(
+                Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), headers)
+            )
+        for tp, records in out.items():
+            if tp not in stopped:
+                self._positions[tp] = records[-1].offset + 1
+        return self._raise_corrupt(out)
+
+    def _raise_corrupt(self, out: dict[TopicPartition, list[Record]]) -> dict[TopicPartition, list[Record]]:
+        if not out and self._corrupt is not None:
+            corrupt, self._corrupt = self._corrupt, None
+            raise corrupt
+        return out
+
+    def seek(self, tp: TopicPartition, offset: int) -> None:
+        from confluent_kafka import KafkaException
+
+        self._positions[tp] = offset
+        try:
+            self._c.seek(self._tp(tp, offset))
+        except KafkaException as e:  # not fetching yet (just assigned): start it there instead
+            if self._reader:
+                self._c.assign([self._tp(p, self._positions.get(p)) for p in self.assignment()])
+                self._c.pause([self._tp(p) for p in self.assignment()])
+                return
+            raise as_kafka_error(e.args[0]) from None
+
+    def position(self, tp: TopicPartition) -> int:
+        """The next offset this consumer hands out: consumed or sought here, else the committed
+        offset, else the start of the log (``auto.offset.reset=earliest``)."""
+        if tp not in self._positions:
+            committed = self.committed(tp) if not self._reader else None
+            self._positions[tp] = committed if committed is not None else self.beginning_offsets([tp])[tp]
+        return self._positions[tp]
+
+    def pause(self, *partitions: TopicPartition) -> None:
+        self._paused.update(partitions)
+        if partitions:
+            self._c.pause([self._tp(tp) for tp in partitions])
+
+    def resume(self, *partitions: TopicPartition) -> None:
+        self._paused.difference_update(partitions)
+        self._restart([tp for tp in partitions if tp not in self._idle])
+
+    def idle(self) -> None:
+        """The caller waits for work: stop fetching (see the module docstring)."""
+        if self._reader or self._idle:
+            return
+        self._idle = self.assignment() - self._paused
+        if self._idle:
+            self._c.pause([self._tp(tp) for tp in self._idle])
+
+    def wake(self) -> None:
+        """Fetch again, from the positions held here, before the next poll."""
+        idle, self._idle = self._idle, set()
+        self._restart([tp for tp in idle if tp not in self._paused])
+
+    def _restart(self, partitions: list[TopicPartition]) -> None:
+        """Resume fetching ``partitions`` at once, from this consumer's positions: librdkafka starts
+        a resumed partition's next fetch only after a while (0.4-0.7 s measured) unless it is sought
+        after the resume."""
+        if not partitions:
+            return
+        self._c.resume([self._tp(tp) for tp in partitions])
+        for tp in partitions:
+            self._c.seek(self._tp(tp, self.position(tp)))
+
+    # -- offsets ----------------------------------------------------------------------------------
+    def commit(self, offsets: Mapping[TopicPartition, OffsetAndMetadata] | None = None) -> None:
+        """Commit ``offsets``, or else the positions of the assigned partitions; synchronous."""
+        from confluent_kafka import KafkaException
+
+        if offsets is None:
+            mine = self.assignment()
+            todo = {tp: o for tp, o in self._positions.items() if tp in mine}
+        else:
+            todo = {tp: om.offset for tp, om in offsets.items()}
+        if not todo:
+            return
+        try:
+            self._c.commit(offsets=[self._tp(tp, o) for tp, o in todo.items()], asynchronous=False)
+        except KafkaException as e:
+            if e.args[0].code() != _NO_OFFSET:
+                raise as_kafka_error(e.args[0]) from None
+
+    def committed(self, tp: TopicPartition, timeout_ms: int | None = None) -> int | None:
+        from confluent_kafka import KafkaException
+
+        timeout = METADATA_TIMEOUT_S if timeout_ms is None else timeout_ms / 1000.0
+        try:
+            (got,) = self._c.committed([self._tp(tp)], timeout=timeout)
+        except KafkaException as e:
+            raise as_kafka_error(e.args[0]) from None
+        return got.offset if got.offset >= 0 else None
+
+    def _watermarks(
+        self, partitions: Iterable[TopicPartition], timeout_ms: int | None
+    ) -> dict[TopicPartition, tuple[int, int]]:
+        from confluent_kafka import KafkaException
+
+        timeout = METADATA_TIMEOUT_S if timeout_ms is None else timeout_ms / 1000.0
+        try:
+            return {
+                tp: self._c.get_watermark_offsets(self._tp(tp), timeout=timeout, cached=False)
+                for tp in partitions
+            }
+        except KafkaException as e:
+            raise as_kafka_error(e.args[0]) from None
+
+    def end_offsets(
+        self, partitions: Iterable[TopicPartition], timeout_ms: int | None = None
+    ) -> dict[TopicPartition, int]:
+        return {tp: high for tp, (_, high) in self._watermarks(partitions, timeout_ms).items()}
+
+    def beginning_offsets(
+        self, partitions: Iterable[TopicPartition], timeout_ms: int | None = None
+    ) -> dict[TopicPartition, int]:
+        return {tp: low for tp, (low, _) in self._watermarks(partitions, timeout_ms).items()}
+
+    def partitions_for_topic(self, topic: str) -> set[int] | None:
+        from confluent_kafka import KafkaException
+
+        try:
+            meta = self._c.list_topics(topic, timeout=METADATA_TIMEOUT_S).topics.get(topic)
+        except KafkaException as e:
+            raise as_kafka_error(e.args[0]) from None
+        return set(meta.partitions) if meta is not None and meta.error is None else None
+
+    def close(self, autocommit: bool = False) -> None:
+        """Leave (a static member does not: :func:`workers.intake.consumer.leave_group`); never commits."""
+        self._c.close()
