@@ -247,7 +247,7 @@ class ConfluentConsumer:
     def _assigned(self, _consumer: Any, partitions: list[Any]) -> None:
         mine = {TopicPartition(p.topic, p.partition) for p in partitions}
         self._positions = {tp: o for tp, o in self._positions.items() if tp in mine}
-        self._paused &= mine
+        self._paused.clear()  # a new assignment fetches every partition (kafka-python's does too)
         self._idle.clear()
 
     def _revoked(self, _consumer: Any, partitions: list[Any]) -> None:

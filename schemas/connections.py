@@ -113,6 +113,8 @@ def kafka_producer(settings: Settings, *, linger_ms: int, retries: int, max_requ
                 "retries": retries,
                 "message.max.bytes": max_request_size,
                 "enable.idempotence": False,  # as kafka-python's: retries may reorder, never needed here
+                # a key's partition as kafka-python and Java pick it (workers/intake/lost.py relies on it)
+                "partitioner": "murmur2_random",
             }
         )
     from kafka import KafkaProducer
