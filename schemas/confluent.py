@@ -293,10 +293,22 @@ class ConfluentConsumer:
             self._c.pause([self._tp(tp) for tp in parts])
 
     def _take(self, timeout_s: float, max_records: int) -> dict[TopicPartition, list[Record]]:
-        first = self._c.poll(timeout_s)
-        if first is None:
-            return self._raise_corrupt({})
-        messages: list[Any] = [first, *self._c.consume(max_records - 1, 0)] if max_records > 1 else [first]
+        from confluent_kafka import KafkaException
+
+        try:
+            first = self._c.poll(timeout_s)
+            if first is None:
+                return self._raise_corrupt({})
+            messages: list[Any] = (
+                [first, *self._c.consume(max_records - 1, 0)] if max_records > 1 else [first]
+            )
+        except KafkaException as e:
+            raise as_kafka_error(e.args[0]) from None
+        except Exception as e:  # a fetched record librdkafka's binding cannot make (a header name not UTF-8)
+            # the whole batch is lost with it: every partition goes back to what was handed out
+            for tp in self.assignment() - self._paused - self._idle:
+                self._c.seek(self._tp(tp, self.position(tp)))
+            raise kerr.CorruptRecordError(f"a fetched record cannot be read: {e!r}") from None
         out: dict[TopicPartition, list[Record]] = {}
         stopped: set[TopicPartition] = set()  # a corrupt record, or paused meanwhile: nothing after it
         for m in messages:
@@ -313,18 +325,17 @@ class ConfluentConsumer:
                 self.seek(tp, m.offset())
                 stopped.add(tp)
                 continue
-            try:
+            offset = m.offset()
+            try:  # a header name that is not UTF-8: the binding returns its headers with an error
+                # pending, raised (SystemError) by whichever call comes next: this block
                 headers = m.headers() or []
-            except Exception as e:  # a header name that is not UTF-8
-                self.seek(tp, m.offset())
+                record = Record(tp.topic, tp.partition, offset, m.timestamp()[1], m.key(), m.value(), headers)
+            except Exception as e:
+                self.seek(tp, offset)
                 stopped.add(tp)
-                self._corrupt = kerr.CorruptRecordError(
-                    f"record {tp.topic}[{tp.partition}]@{m.offset()}: {e!r}"
-                )
+                self._corrupt = kerr.CorruptRecordError(f"record {tp.topic}[{tp.partition}]@{offset}: {e!r}")
                 continue
-            out.setdefault(tp, []).append(
-                Record(m.topic(), m.partition(), m.offset(), m.timestamp()[1], m.key(), m.value(), headers)
-            )
+            out.setdefault(tp, []).append(record)
         for tp, records in out.items():
             if tp not in stopped:
                 self._positions[tp] = records[-1].offset + 1

@@ -70,9 +70,9 @@ def test_the_client_publishes_and_the_intake_admits_and_answers_through_librdkaf
         statuses = {r.status for r in client.store.get_many([r.request_id for r in reqs]).values() if r}
         assert statuses == {ResultStatus.QUEUED}  # no worker: admitted and waiting
         failed = eventually(lambda: client.result(bad_id), what="the invalid request answered")
-        assert failed.status is ResultStatus.FAILED and failed.error.code is ErrorCode.INVALID_REQUEST
+        assert failed.status is ResultStatus.FAILED and failed.error.code is ErrorCode.VALIDATION_ERROR
     letter = dead_letters(intake, {bad_id})[bad_id]
-    assert letter.error.code is ErrorCode.INVALID_REQUEST
+    assert letter.error.code is ErrorCode.VALIDATION_ERROR
 
 
 def test_a_lone_request_is_picked_up_at_once_by_its_doorbell(intake):
