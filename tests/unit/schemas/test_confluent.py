@@ -49,7 +49,7 @@ def _message(partition: int = 3, offset: int = 42) -> SimpleNamespace:
 
 
 def test_a_delivered_record_resolves_its_future_and_calls_back_before_and_after():
-    sent = SentRecord(_producer())  # type: ignore[arg-type]
+    sent = SentRecord(_producer())
     seen: list[RecordMetadata] = []
     sent.add_callback(seen.append)
     assert not sent.is_done()
@@ -60,7 +60,7 @@ def test_a_delivered_record_resolves_its_future_and_calls_back_before_and_after(
 
 
 def test_a_refused_record_raises_its_error_and_calls_nobody_back():
-    sent = SentRecord(_producer())  # type: ignore[arg-type]
+    sent = SentRecord(_producer())
     seen: list[RecordMetadata] = []
     sent.add_callback(seen.append)
     sent._delivered(KafkaError(KafkaError.MSG_SIZE_TOO_LARGE), None)
@@ -70,12 +70,12 @@ def test_a_refused_record_raises_its_error_and_calls_nobody_back():
 
 
 def test_an_unconfirmed_record_times_out_as_kafka_python_does():
-    sent = SentRecord(_producer())  # type: ignore[arg-type]
+    sent = SentRecord(_producer())
     with pytest.raises(kerr.KafkaTimeoutError):
         sent.get(timeout=0.01)
 
 
 def test_a_delivery_on_another_thread_wakes_the_waiter():
-    sent = SentRecord(_producer())  # type: ignore[arg-type]
+    sent = SentRecord(_producer())
     threading.Timer(0.02, sent._delivered, (None, _message(offset=9))).start()
     assert sent.get(timeout=5).offset == 9
