@@ -52,8 +52,8 @@ drain_failed_batches()
 
 class PlainConsumer(KafkaConsumer):
     """kafka-python's consumer, with the two calls the intake makes around its idle waits
-    (:class:`schemas.confluent.ConfluentConsumer` stops fetching there; kafka-python fetches only
-    inside ``poll``, so for it they are nothing)."""
+    (:class:`~workers.intake.confluent_consumer.ConfluentConsumer` stops fetching there;
+    kafka-python fetches only inside ``poll``, so for it they are nothing)."""
 
     def idle(self) -> None:
         """The intake is about to wait for work."""
@@ -67,7 +67,7 @@ def new_consumer(settings: Settings) -> Any:
     client ``INFERQ_KAFKA_CLIENT`` names; kafka-python's interface either way."""
     fetch_bytes = max(1_048_576, settings.kafka_max_message_bytes * 2)
     if settings.kafka_client == "confluent":
-        from schemas.confluent import ConfluentConsumer
+        from workers.intake.confluent_consumer import ConfluentConsumer
 
         config: dict[str, Any] = {
             **confluent_options(settings),
@@ -102,7 +102,7 @@ def new_reader(settings: Settings) -> Any:
     the search for unreadable records), from the client ``INFERQ_KAFKA_CLIENT`` names."""
     fetch_bytes = max(1_048_576, settings.kafka_max_message_bytes * 2)
     if settings.kafka_client == "confluent":
-        from schemas.confluent import ConfluentConsumer
+        from workers.intake.confluent_consumer import ConfluentConsumer
 
         return ConfluentConsumer(
             {
