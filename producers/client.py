@@ -16,16 +16,14 @@ published the id with (when it did).
 
 from __future__ import annotations
 
+import threading
 import time
 from collections import OrderedDict
 from collections.abc import Iterable, Sequence
 from datetime import datetime
-from typing import Any
+from typing import Any, NamedTuple
 
-from kafka import KafkaProducer
-from kafka.producer.future import FutureRecordMetadata
-
-from schemas.connections import kafka_client_options
+from schemas.connections import kafka_producer
 from schemas.messages import (
     GenerationParams,
     InferenceRequest,
@@ -44,6 +42,12 @@ from workers.store.store import Admission, DoneWatcher, ResultStore, request_dig
 
 SWEEP_S = 0.5  # re-read everything pending this often, in case a pub/sub message was missed
 REMEMBERED_TENANTS = 100_000  # the tenants of this many recent publications are remembered
+
+
+class _Delivered(NamedTuple):
+    """What :meth:`Doorbell.ring <workers.store.doorbell.Doorbell.ring>` reads of a delivered record."""
+
+    partition: int
 
 
 class InferqClient:
@@ -68,7 +72,9 @@ class InferqClient:
         if self._tenant_key is not None and not tenant:
             raise ValueError("a tenant_key signs as one tenant: give its tenant too")
         self._keys: dict[str, bytes] | None = None  # INFERQ_KAFKA_TENANT_KEYS, parsed when first needed
-        self._producer: KafkaProducer | None = None
+        self._producer: Any = None
+        self._ring_lock = threading.Lock()
+        self._ring_partitions: set[int] = set()  # doorbells to ring after a round of deliveries
         self._store: ResultStore | None = None
         self._doorbell: Doorbell | None = None
         # scoped ids admitted here and not yet published (a header marks them)
@@ -82,15 +88,18 @@ class InferqClient:
 
     # -- publishing ---------------------------------------------------------------------------
     @property
-    def producer(self) -> KafkaProducer:
+    def producer(self) -> Any:
+        """kafka-python's ``KafkaProducer``, or its interface over librdkafka
+        (``INFERQ_KAFKA_CLIENT=confluent``, :mod:`schemas.confluent`)."""
         if self._producer is None:
-            self._producer = KafkaProducer(
-                **kafka_client_options(self.settings),
-                acks="all",
+            self._producer = kafka_producer(
+                self.settings,
                 linger_ms=self._linger_ms,
                 retries=5,
                 max_request_size=self.settings.kafka_max_message_bytes,
             )
+            if hasattr(self._producer, "after_deliveries"):  # rings once per partition per round
+                self._producer.after_deliveries = self._ring_due
         return self._producer
 
     def submit(
@@ -127,7 +136,7 @@ class InferqClient:
         self.publish(request)
         return request.request_id
 
-    def publish(self, request: InferenceRequest) -> FutureRecordMetadata:
+    def publish(self, request: InferenceRequest) -> Any:
         """Publish an already built request; the future resolves when the broker has it."""
         if request.tenant is not None:
             self._tenants[request.request_id] = request.tenant
@@ -167,7 +176,7 @@ class InferqClient:
         *,
         tenant: str | None = None,
         headers: list[tuple[str, bytes]] | None = None,
-    ) -> FutureRecordMetadata:
+    ) -> Any:
         """Publish bytes as they are (for tools and tests that send what they like).
 
         With a key for ``tenant`` (default: this client's tenant) the record is signed as it.
@@ -184,8 +193,25 @@ class InferqClient:
         if self.settings.intake_doorbell:
             if self._doorbell is None:
                 self._doorbell = Doorbell(self.settings)
-            future.add_callback(self._doorbell.ring)
+            if hasattr(self.producer, "after_deliveries"):
+                future.add_callback(self._ring_later)  # rung by _ring_due, after the round's deliveries
+            else:
+                future.add_callback(self._doorbell.ring)
         return future
+
+    def _ring_later(self, metadata: Any) -> None:
+        """A record is in the broker: its partition's doorbell is rung after this round of deliveries."""
+        with self._ring_lock:
+            self._ring_partitions.add(metadata.partition)
+
+    def _ring_due(self) -> None:
+        """Ring each partition that got records in the round of deliveries just served: once, after
+        all of them (so a ring still follows every record it announces)."""
+        with self._ring_lock:
+            due, self._ring_partitions = self._ring_partitions, set()
+        if self._doorbell is not None:
+            for partition in sorted(due):
+                self._doorbell.ring(_Delivered(partition))
 
     def admit(self, request: InferenceRequest) -> Admission:
         """Record ``request`` as ``queued`` before publishing, so its result is readable at once.

@@ -56,6 +56,10 @@ def _parse_constant(name: str) -> Any:
     raise _refuse(f"{name} is not a JSON value")
 
 
+# one decoder for every record: ``json.loads`` with hooks builds a new decoder (and its scanner) per call
+_DECODER = json.JSONDecoder(parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant)
+
+
 def decode_json(raw: bytes) -> Any:
     """Strict, bounded JSON decoding of UTF-8 bytes; raises :class:`InvalidRequest` only."""
     try:
@@ -67,9 +71,9 @@ def decode_json(raw: bytes) -> Any:
             hint="encode the JSON message as UTF-8",
         ) from e
     try:
-        data = json.loads(
-            text, parse_int=_parse_int, parse_float=_parse_float, parse_constant=_parse_constant
-        )
+        if text.startswith("\ufeff"):  # what json.loads refuses before decoding, word for word
+            raise json.JSONDecodeError("Unexpected UTF-8 BOM (decode using utf-8-sig)", text, 0)
+        data = _DECODER.decode(text)
     except (ValueError, RecursionError) as e:  # JSONDecodeError is a ValueError
         raise _refuse(str(e)[:200] or type(e).__name__) from None
     if _SURROGATE_ESCAPE.search(text):

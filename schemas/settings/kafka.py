@@ -13,6 +13,14 @@ class KafkaSettings(BaseModel):
 
     # --- Kafka -------------------------------------------------------------------------------
     kafka_bootstrap_servers: str = Field("127.0.0.1:19092", description="Kafka bootstrap `host:port` list")
+    kafka_client: Literal["kafka-python", "confluent"] = Field(
+        "kafka-python",
+        description=(
+            "The Kafka client library of the intake (its consumer, its dead-letter producer and its "
+            "read-backs) and of `InferqClient`'s producer: `kafka-python` (pure Python, always "
+            "installed) or `confluent` (librdkafka, `pip install inferq[fast]`: far less CPU per record)"
+        ),
+    )
     topic_prefix: str = Field(
         "inferq", description="Topics are `<prefix>.requests` and `<prefix>.deadletter`"
     )

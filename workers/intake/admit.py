@@ -192,7 +192,17 @@ class Admissions(Refusals):
         n = self.s.transport_batch_size
         for (queue, priority), items in sorted(by_queue.items(), key=lambda kv: kv[0][1]):
             for i in range(0, len(items), n):
-                self.celery.send_task(TASK_INFER, args=[items[i : i + n]], queue=queue, priority=priority)
+                chunk = items[i : i + n]
+                # the message's shown arguments (Flower, worker logs): a count, not a repr of every
+                # item, which cost as much as sending it and would show the inputs themselves
+                self.celery.send_task(
+                    TASK_INFER,
+                    args=[chunk],
+                    queue=queue,
+                    priority=priority,
+                    argsrepr=f"[<{len(chunk)} requests>]",
+                    kwargsrepr="{}",
+                )
 
     def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> Handoff:
         """Where a request goes in Celery and the item its message carries (kept by the store

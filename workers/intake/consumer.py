@@ -13,7 +13,7 @@ from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.admin import MemberToRemove
 from kafka.consumer.fetcher import Fetcher
 
-from schemas.connections import kafka_client_options, kafka_options
+from schemas.connections import confluent_options, kafka_client_options, kafka_options
 from schemas.naming import requests_topic
 from schemas.settings import Settings
 
@@ -50,9 +50,39 @@ def drain_failed_batches() -> None:
 drain_failed_batches()
 
 
-def new_consumer(settings: Settings) -> KafkaConsumer:
-    """The intake's consumer: a (static, when configured) member of the intake group."""
-    return KafkaConsumer(
+class PlainConsumer(KafkaConsumer):
+    """kafka-python's consumer, with the two calls the intake makes around its idle waits
+    (:class:`~workers.intake.confluent_consumer.ConfluentConsumer` stops fetching there;
+    kafka-python fetches only inside ``poll``, so for it they are nothing)."""
+
+    def idle(self) -> None:
+        """The intake is about to wait for work."""
+
+    def wake(self) -> None:
+        """The intake is about to poll again."""
+
+
+def new_consumer(settings: Settings) -> Any:
+    """The intake's consumer: a (static, when configured) member of the intake group, from the
+    client ``INFERQ_KAFKA_CLIENT`` names; kafka-python's interface either way."""
+    fetch_bytes = max(1_048_576, settings.kafka_max_message_bytes * 2)
+    if settings.kafka_client == "confluent":
+        from workers.intake.confluent_consumer import ConfluentConsumer
+
+        config: dict[str, Any] = {
+            **confluent_options(settings),
+            "group.id": settings.kafka_group_id,
+            "auto.offset.reset": "earliest",
+            "session.timeout.ms": settings.kafka_session_timeout_ms,
+            "heartbeat.interval.ms": settings.kafka_heartbeat_interval_ms,
+            "fetch.wait.max.ms": settings.kafka_poll_timeout_ms,
+            "max.partition.fetch.bytes": fetch_bytes,
+            "fetch.max.bytes": max(fetch_bytes, 52_428_800),
+        }
+        if settings.kafka_group_instance_id:
+            config["group.instance.id"] = settings.kafka_group_instance_id
+        return ConfluentConsumer(config, [requests_topic(settings)])
+    return PlainConsumer(
         requests_topic(settings),
         **kafka_client_options(settings),
         group_id=settings.kafka_group_id,
@@ -63,7 +93,27 @@ def new_consumer(settings: Settings) -> KafkaConsumer:
         session_timeout_ms=settings.kafka_session_timeout_ms,
         heartbeat_interval_ms=settings.kafka_heartbeat_interval_ms,
         fetch_max_wait_ms=settings.kafka_poll_timeout_ms,
-        max_partition_fetch_bytes=max(1_048_576, settings.kafka_max_message_bytes * 2),
+        max_partition_fetch_bytes=fetch_bytes,
+    )
+
+
+def new_reader(settings: Settings) -> Any:
+    """A consumer without a group, assigned partitions by hand (read-backs of the truncation watch,
+    the search for unreadable records), from the client ``INFERQ_KAFKA_CLIENT`` names."""
+    fetch_bytes = max(1_048_576, settings.kafka_max_message_bytes * 2)
+    if settings.kafka_client == "confluent":
+        from workers.intake.confluent_consumer import ConfluentConsumer
+
+        return ConfluentConsumer(
+            {
+                **confluent_options(settings),
+                "group.id": f"{settings.kafka_group_id}.reader",  # never joined: assign() only
+                "max.partition.fetch.bytes": fetch_bytes,
+                "auto.offset.reset": "earliest",
+            }
+        )
+    return KafkaConsumer(
+        **kafka_client_options(settings), enable_auto_commit=False, max_partition_fetch_bytes=fetch_bytes
     )
 
 

@@ -19,21 +19,22 @@ import logging
 import threading
 import time
 from collections.abc import Callable
+from typing import Any
 
 from celery import Celery
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient
 from kafka.errors import CommitFailedError, RebalanceInProgressError
 
 from schemas import results
 from schemas.catalog import CATALOG
-from schemas.connections import kafka_client_options, kafka_options
+from schemas.connections import kafka_options, kafka_producer
 from schemas.observer import Observer
 from schemas.settings import Settings
 from schemas.tenancy import TenantAuth
 from workers.intake import unreadable
 from workers.intake.admit import Admissions
 from workers.intake.backpressure import Backpressure, PartitionHold
-from workers.intake.consumer import leave_group, new_consumer
+from workers.intake.consumer import leave_group, new_consumer, new_reader
 from workers.intake.lost import LostRecords
 from workers.intake.refuse import RETRYABLE, RecordFailed, Where
 from workers.intake.stall import StallWatch
@@ -61,8 +62,8 @@ class Intake(Admissions):
     def __init__(
         self,
         settings: Settings,
-        new_consumer: Callable[[], KafkaConsumer],
-        producer: KafkaProducer,
+        new_consumer: Callable[[], Any],
+        producer: Any,
         store: ResultStore,
         celery: Celery,
         observer: Observer | None = None,
@@ -88,9 +89,7 @@ class Intake(Admissions):
         self.strikes: dict[Where, int] = {}
         self._letters: list[results.Letter] = []
         self.lost = LostRecords(settings, store, producer, self.observer)
-        self.truncation = TruncationWatch(
-            lambda: KafkaConsumer(**kafka_client_options(settings)), settings.kafka_truncation_check_s
-        )
+        self.truncation = TruncationWatch(lambda: new_reader(settings), settings.kafka_truncation_check_s)
         self.tenancy = TenantAuth.from_settings(settings)  # INFERQ_KAFKA_TENANT_AUTH (schemas.tenancy)
         self._rung_polls = 0  # polls still owed to the last ring
         self.trim = CommittedTrim(
@@ -100,12 +99,8 @@ class Intake(Admissions):
 
     @classmethod
     def from_settings(cls, settings: Settings) -> Intake:
-        producer = KafkaProducer(
-            **kafka_client_options(settings),
-            acks="all",
-            linger_ms=2,
-            retries=10,
-            max_request_size=settings.kafka_max_request_bytes,
+        producer = kafka_producer(
+            settings, linger_ms=2, retries=10, max_request_size=settings.kafka_max_request_bytes
         )
         telemetry = Telemetry(settings)
         store = ResultStore.from_settings(settings, telemetry)
@@ -185,13 +180,21 @@ class Intake(Admissions):
                 self._rung_polls -= 1  # the record arrived (kafka-python keeps one in flight)
                 return pause_s
             mine = [tp.partition for tp in self.consumer.assignment()]
-            if self.doorbell.wait(mine, s.kafka_quiet_poll_ms / 1000.0, stop):
-                self._rung_polls = RUNG_POLLS
+            self.consumer.idle()  # no fetching while it waits (librdkafka would fetch on and on)
+            try:
+                if self.doorbell.wait(mine, s.kafka_quiet_poll_ms / 1000.0, stop):
+                    self._rung_polls = RUNG_POLLS
+            finally:
+                self.consumer.wake()
             return pause_s
         quiet = (time.monotonic() - quiet_since) * 1000.0 >= s.kafka_quiet_after_ms
         cap_ms = s.kafka_quiet_poll_ms if quiet else s.kafka_idle_poll_max_ms
         pause_s = min(cap_ms / 1000.0, max(0.001, pause_s * 2))
-        stop.wait(pause_s)
+        self.consumer.idle()
+        try:
+            stop.wait(pause_s)
+        finally:
+            self.consumer.wake()
         return pause_s
 
     def step(self) -> int:

@@ -22,7 +22,6 @@ from kafka.structs import OffsetAndMetadata
 from kombu.exceptions import OperationalError
 
 from schemas import results
-from schemas.connections import kafka_client_options
 from schemas.errors import ErrorCode, InferqError, InvalidRequest
 from schemas.messages import Timings, now_ms
 from schemas.observer import Observer
@@ -31,6 +30,7 @@ from schemas.tenancy import TenantAuth
 from schemas.validation import parse_request, salvage
 from workers.intake import unreadable
 from workers.intake.backpressure import PartitionHold
+from workers.intake.consumer import new_reader
 from workers.store.presence import ServedModels
 from workers.store.store import TRANSIENT_ERRORS, ResultStore, bytes_digest, request_digest
 from workers.transport import letters
@@ -142,11 +142,7 @@ class Refusals:
         on. Returns how many were skipped."""
         found = unreadable.find(
             self.consumer,
-            lambda: KafkaConsumer(
-                **kafka_client_options(self.s),
-                enable_auto_commit=False,
-                max_partition_fetch_bytes=max(1_048_576, self.s.kafka_max_message_bytes * 2),
-            ),
+            lambda: new_reader(self.s),
         )
         if found is None:  # not found (the broker is away?): a new consumer at least drops the dead batch
             self._replace_consumer()

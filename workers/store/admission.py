@@ -18,6 +18,10 @@ from schemas.settings import Settings
 from schemas.work import Handoff
 from workers.store.base import StoreBase, as_text
 
+# requests per ADMIT call (the script admits many; bounded so one call never holds Redis for long),
+# and the KEYS and ARGV each one takes (workers/store/lua/admit.lua)
+ADMIT_CHUNK, ADMIT_KEYS, ADMIT_ARGS = 256, 8, 9
+
 
 class Admission(str, Enum):
     """What the store says about a request the intake just read."""
@@ -62,29 +66,37 @@ class Admissions(StoreBase):
         queued, so :meth:`claim_stale` can send a lost one again. A new request over its tenant's
         limits is not recorded (``QUOTA_*``: answer it with :func:`quota_error`).
         """
-        pipe = self.client.pipeline(transaction=False)
         now = repr(now_ms())
+        keys: list[str] = []
+        args: list[str | int | float] = []
         for digest, queued in items:
             sid = scoped_id(queued.tenant, queued.request_id)
             deadline = deadlines.get(sid) if deadlines else None
             handoff = handoffs.get(sid) if handoffs else None
             max_inflight, max_bytes = self._s.tenant_quota(queued.tenant)
+            keys += self._keys(sid, queued.model, queued.tenant)
+            args += [
+                digest,
+                queued.model_dump_json(),
+                self._s.result_ttl_s,
+                "" if deadline is None else repr(deadline),
+                sid,
+                "" if handoff is None else handoff.model_dump_json(),
+                now,
+                max_inflight,
+                max_bytes,
+            ]
+        if not items:
+            return []
+        # one script call per ADMIT_CHUNK requests (the script loops over them), all in one round trip
+        pipe = self.client.pipeline(transaction=False)
+        for i in range(0, len(items), ADMIT_CHUNK):
             self._admit(
-                keys=self._keys(sid, queued.model, queued.tenant),
-                args=[
-                    digest,
-                    queued.model_dump_json(),
-                    self._s.result_ttl_s,
-                    "" if deadline is None else repr(deadline),
-                    sid,
-                    "" if handoff is None else handoff.model_dump_json(),
-                    now,
-                    max_inflight,
-                    max_bytes,
-                ],
+                keys=keys[i * ADMIT_KEYS : (i + ADMIT_CHUNK) * ADMIT_KEYS],
+                args=args[i * ADMIT_ARGS : (i + ADMIT_CHUNK) * ADMIT_ARGS],
                 client=pipe,
             )
-        return [Admission(as_text(v)) for v in pipe.execute()]
+        return [Admission(as_text(v)) for chunk in pipe.execute() for v in chunk]
 
     def in_flight(self) -> int:
         """Requests admitted and not yet terminal (and not expired), across every process."""

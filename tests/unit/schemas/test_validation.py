@@ -4,7 +4,7 @@ import pytest
 
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.settings import Settings
-from schemas.validation import parse_request, salvage_request_id
+from schemas.validation import decode_json, parse_request, salvage_request_id
 
 S = Settings(max_inputs_per_request=3, max_text_chars=50, kafka_max_message_bytes=2_000)
 OK = {"schema_version": 1, "task": "embed", "model": "all-MiniLM-L6-v2", "inputs": "hello"}
@@ -67,3 +67,16 @@ def test_request_id_is_salvaged_only_when_well_formed():
     assert salvage_request_id(raw(request_id="short")) is None
     assert salvage_request_id(b"\xff") is None
     assert salvage_request_id(b"[]") is None
+
+
+def test_the_shared_decoder_answers_as_json_loads_did():
+    """One decoder serves every record (json.loads with hooks built one per call): the messages of
+    what it refuses stay json.loads's, the byte-order mark included."""
+    for raw in ("\ufeff{}", '{"a": }', "[1, 2", '{"a": 1} x'):
+        with pytest.raises(json.JSONDecodeError) as expected:
+            json.loads(raw)
+        with pytest.raises(InvalidRequest) as got:
+            decode_json(raw.encode())
+        assert got.value.code == ErrorCode.INVALID_JSON
+        assert str(expected.value) in got.value.message
+    assert decode_json(b'{"a": [1, 2.5, "x", null, true]}') == {"a": [1, 2.5, "x", None, True]}
