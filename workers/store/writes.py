@@ -57,7 +57,7 @@ class Writes(Reads):
             return []
         now = repr(now_ms())
         shared = [self.inflight_key, deadlines_key(self._s), pending_key(self._s)]
-        head = [self._s.result_ttl_s, int(only_if_absent), self.channel, now]
+        head: list[str | int] = [self._s.result_ttl_s, int(only_if_absent), self.channel, now]
         verdicts: list[int] = []
         for at in range(0, len(sent), ADVANCE_CHUNK):
             keys, args = list(shared), list(head)
@@ -75,13 +75,15 @@ class Writes(Reads):
                     int(self._s.tenant_quota(result.tenant)[1] > 0),
                 ]
             verdicts += [int(v) for v in self._advance(keys=keys, args=args)]
+        written = []
         for r, n in zip(sent, verdicts, strict=True):
             if not r.status.terminal:
                 continue
             if n:
-                self.observer.result_written(r)
+                written.append(r)
             elif not only_if_absent:
                 self.observer.result_refused(r)
+        self.observer.results_written(written)
         return verdicts
 
     def fail_owned(self, items: Sequence[tuple[Sequence[str], InferenceResult]]) -> list[bool]:
@@ -141,8 +143,7 @@ class Writes(Reads):
             ],
         )
         results = [InferenceResult.model_validate_json(b) for b in bodies]
-        for r in results:
-            self.observer.result_written(r)
+        self.observer.results_written(results)
         return results
 
     def cancel(self, request_id: str, tenant: str | None = None) -> Cancellation:

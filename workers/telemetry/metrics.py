@@ -9,6 +9,9 @@ Seconds and ratios are the units, as Prometheus expects.
 
 from __future__ import annotations
 
+from collections import Counter as Tally
+from collections.abc import Sequence
+
 from prometheus_client import Counter, Gauge, Histogram
 
 from schemas.messages import InferenceResult
@@ -74,9 +77,21 @@ FIRST_TOKEN = Histogram(
 )
 
 
+def record_results(results: Sequence[InferenceResult]) -> None:
+    """The results one store call wrote: one counter step per (model, status), the latencies each."""
+    for (model, status), n in Tally((r.model or "unknown", r.status.value) for r in results).items():
+        RESULTS.labels(model, status).inc(n)
+    for result in results:
+        _observe_latencies(result)
+
+
 def record_result(result: InferenceResult) -> None:
+    RESULTS.labels(result.model or "unknown", result.status.value).inc()
+    _observe_latencies(result)
+
+
+def _observe_latencies(result: InferenceResult) -> None:
     model = result.model or "unknown"
-    RESULTS.labels(model, result.status.value).inc()
     t = result.timings
     if t.done_ms is not None and t.published_ms is not None:
         LATENCY.labels(model, result.status.value).observe(max(0.0, t.done_ms - t.published_ms) / 1000.0)
