@@ -25,6 +25,7 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ops.bench.ceiling import CeilingPlan, bench_ceiling
 from ops.bench.peers import PEERS
 from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
@@ -76,6 +77,32 @@ def _bench_args(b: argparse.ArgumentParser) -> None:
         choices=["also", "only", "no"],
         default="also",
         help="generation, continuous vs static batching: with the rest (also), alone (only) or not (no)",
+    )
+    b.add_argument(
+        "--ceiling",
+        action="store_true",
+        help="only the ceiling: the pipeline's top req/s with the instant model echo-384, CPU per request "
+        "by process, and its scaling with intake replicas and worker processes",
+    )
+    b.add_argument(
+        "--profile",
+        action="store_true",
+        help="with --ceiling: py-spy the intake(s) and worker(s) during the burst (collapsed stacks "
+        "in OUT/ceiling-profile/, top self-time functions printed)",
+    )
+    b.add_argument(
+        "--ceiling-layouts",
+        type=_layouts,
+        default=None,
+        metavar="IxW,...",
+        help="with --ceiling: the layouts to scale over, intake replicas x worker processes "
+        "(default 1x1,2x1,1x2,2x2; the settings' own layout is always measured)",
+    )
+    b.add_argument(
+        "--burst-s",
+        type=float,
+        default=None,
+        help="with --ceiling: seconds the headline burst should last at the warm-up's rate (default 20)",
     )
 
 
@@ -170,15 +197,46 @@ def cmd_bench(run: Run) -> int:
     unknown = sorted(set(peers) - set(PEERS))
     if unknown:
         run.parser.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
+    args.out.mkdir(parents=True, exist_ok=True)
+    if args.profile and not args.ceiling:
+        run.parser.error("--profile goes with --ceiling")
+    if args.ceiling:
+        return _bench_ceiling(run)
     plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
     plan = dataclasses.replace(
         plan,
         embed=args.generate != "only",
         generate=None if args.generate == "no" else plan.generate,
     )
-    args.out.mkdir(parents=True, exist_ok=True)
     run_bench(run.settings, plan, args.out, run.console)
     return 0
+
+
+def _bench_ceiling(run: Run) -> int:
+    args = run.args
+    plan = CeilingPlan.quick() if args.quick else CeilingPlan()
+    plan = dataclasses.replace(plan, profile=args.profile)
+    if args.ceiling_layouts is not None:
+        plan = dataclasses.replace(plan, layouts=args.ceiling_layouts)
+    if args.burst_s is not None:
+        plan = dataclasses.replace(
+            plan, burst_s=args.burst_s, scaling_burst_s=min(plan.scaling_burst_s, args.burst_s)
+        )
+    data = bench_ceiling(run.settings, plan, args.out, run.console)
+    return 0 if data["ceiling_lost"] == data["ceiling_duplicated"] == 0 else 1
+
+
+def _layouts(value: str) -> tuple[tuple[int, int], ...]:
+    """``1x1,2x2`` → ((1, 1), (2, 2)): intake replicas x worker processes, each 1..16."""
+    out = []
+    for part in _names(value):
+        intakes, sep, workers = part.partition("x")
+        if not (
+            sep and intakes.isdigit() and workers.isdigit() and 1 <= int(intakes) <= 16 >= int(workers) >= 1
+        ):
+            raise argparse.ArgumentTypeError(f"{part!r}: want INTAKESxWORKERS, e.g. 2x1 (each 1..16)")
+        out.append((int(intakes), int(workers)))
+    return tuple(out)
 
 
 def cmd_drill(run: Run) -> int:

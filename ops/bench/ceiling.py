@@ -1,0 +1,268 @@
+"""The ceiling bench: the pipeline's own top speed, with a model that costs nothing.
+
+A fresh stack serves only ``echo-384`` (no compute, MiniLM-shaped outputs), so what limits it is the
+pipeline: the client publishing to Kafka, the broker, the intake(s), Redis and the worker(s). A
+burst goes in through Kafka and out through Redis (:mod:`ops.bench.loadgen`: the load generator and
+the result collector are processes of their own); meanwhile every process's CPU is sampled from /proc
+(:mod:`ops.bench.cputrace`). Reported per layout (intake replicas × worker processes, a fresh stack
+each):
+
+* steady requests/s: completions between the 10th and 90th percentile of completion times;
+* CPU milliseconds per request by process group — over the *whole burst* (the first publish to the
+  last completion, divided by the burst's requests: the client publishes ahead of the pipeline, so
+  only the whole burst holds all of its work) and, beside it, over the steady window;
+* lost (never terminal) and duplicated (announced twice) requests: both must be 0.
+
+Each layout's burst is sized from a short warm-up burst's rate, to last about ``burst_s``.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import shutil
+from collections.abc import Callable, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+from rich.console import Console
+from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
+
+from ops.bench.ceiling_report import print_ceiling
+from ops.bench.corpus import bench_texts
+from ops.bench.cputrace import CpuTrace, Window, per_request, steady_window
+from ops.bench.loadgen import Collected, LoadPool, Published
+from ops.bench.pyspy import record_all, top_of_file
+from ops.bench.report import write_json
+from ops.stack import Stack, on_free_ports
+from schemas.errors import StackError
+from schemas.settings import Settings
+
+MODEL = "echo-384"
+SKIPPED = {"api", "flower", "exporter", "prometheus"}  # off the path Kafka → Redis (as in run.py)
+GROUPS = ("client", "broker", "intake", "redis", "worker")
+PROFILE_S = 10.0  # the profiled burst's length at the warm-up's rate
+Step = Callable[[str], None]
+
+
+@dataclass(frozen=True)
+class CeilingPlan:
+    burst_s: float = 20.0  # the headline layout's burst, at the rate its warm-up reached
+    scaling_burst_s: float = 8.0  # each other layout's
+    warm_requests: int = 1_000
+    min_requests: int = 2_000
+    max_requests: int = 60_000  # results stay in Redis (~8 kB each in JSON): a bound on its memory
+    generators: int = 1  # load-generator processes
+    layouts: Sequence[tuple[int, int]] = ((1, 1), (2, 1), (1, 2), (2, 2))  # (intakes, worker processes)
+    profile: bool = False  # py-spy on the intake(s) and worker(s) during the headline burst
+
+    @classmethod
+    def quick(cls) -> CeilingPlan:
+        return cls(burst_s=6.0, scaling_burst_s=3.0, warm_requests=300, min_requests=500)
+
+    @classmethod
+    def tiny(cls, profile: bool = False) -> CeilingPlan:
+        """A smoke run: one layout, a few hundred requests (tests)."""
+        return cls(1.0, 1.0, 100, 300, 600, 1, ((1, 1),), profile)
+
+    def steps(self, headline: tuple[int, int]) -> int:
+        return 1 + sum(1 for lay in self.layouts if lay != headline)
+
+
+@dataclass
+class LayoutRun:
+    """One layout's burst: throughput, CPU by group, and what arrived."""
+
+    intake_replicas: int
+    worker_processes: int
+    requests: int
+    req_per_s: float
+    whole_burst_req_per_s: float
+    publish_req_per_s: float
+    burst_s: float
+    cpu_ms_per_request: dict[str, float]
+    steady_cpu_ms_per_request: dict[str, float]
+    cpu_busy_cores: float  # all groups' CPU over the burst ÷ its wall time
+    lost: int
+    duplicated: int
+    by_status: dict[str, int]
+    profile: dict[str, Any] = field(default_factory=dict)
+
+    def scaling_row(self) -> dict[str, Any]:
+        return {
+            "intake_replicas": self.intake_replicas,
+            "worker_processes": self.worker_processes,
+            "req_per_s": self.req_per_s,
+            "cpu_ms_per_request": self.cpu_ms_per_request,
+            "requests": self.requests,
+            "lost": self.lost,
+            "duplicated": self.duplicated,
+        }
+
+
+def bench_ceiling(settings: Settings, plan: CeilingPlan, out_dir: Path, console: Console) -> dict[str, Any]:
+    """``inferq-ops bench --ceiling``: the ceiling alone, its tables, and ``bench.json``."""
+    columns = (SpinnerColumn(), TextColumn("{task.description}"), TimeElapsedColumn())
+    with Progress(*columns, console=console) as progress:
+        task = progress.add_task("ceiling", total=None)
+        data = run_ceiling(settings, plan, out_dir, lambda m: progress.update(task, description=m))
+    write_json(out_dir / "bench.json", data)
+    print_ceiling(console, data)
+    console.print(f"wrote {out_dir / 'bench.json'}")
+    return data
+
+
+def run_ceiling(
+    settings: Settings, plan: CeilingPlan, out_dir: Path, step: Step | None = None
+) -> dict[str, Any]:
+    """Every layout of ``plan`` on a fresh stack; the headline is the settings' own layout
+    (``INFERQ_INTAKE_REPLICAS`` × ``INFERQ_WORKER_PROCESSES``), measured with the longer burst."""
+    step = step or (lambda _msg: None)
+    headline = (settings.intake_replicas, settings.worker_processes)
+    runs: list[LayoutRun] = []
+    with LoadPool(bench_texts(512), plan.generators) as pool:
+        for layout in [headline, *(lay for lay in plan.layouts if lay != headline)]:
+            burst_s = plan.burst_s if layout == headline else plan.scaling_burst_s
+            step(f"ceiling: {layout[0]} intake × {layout[1]} worker, {burst_s:.0f} s burst")
+            profile_dir = out_dir if plan.profile and layout == headline else None
+            runs.append(measure_layout(settings, layout, burst_s, plan, pool, profile_dir))
+    main = runs[0]
+    runs.sort(key=lambda r: (r.intake_replicas, r.worker_processes))
+    return {
+        "ceiling_req_per_s": main.req_per_s,
+        "ceiling_cpu_ms_per_request": main.cpu_ms_per_request,
+        "ceiling_lost": sum(r.lost for r in runs),
+        "ceiling_duplicated": sum(r.duplicated for r in runs),
+        "ceiling_scaling": [r.scaling_row() for r in runs],
+        "ceiling": {
+            "model": MODEL,
+            "cpu_window": "whole burst: first publish to last completion (steady_* : 10th-90th pct)",
+            "plan": {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(plan).items()},
+            "headline": asdict(main),
+            "layouts": [asdict(r) for r in runs],
+        },
+    }
+
+
+def measure_layout(
+    settings: Settings,
+    layout: tuple[int, int],
+    burst_s: float,
+    plan: CeilingPlan,
+    pool: LoadPool,
+    profile_dir: Path | None,
+) -> LayoutRun:
+    """A fresh stack of ``layout``: a warm-up burst (sizes the real one), then the measured burst."""
+    intakes, workers = layout
+    bs = on_free_ports(settings, (settings.state_dir / "ceiling").resolve()).model_copy(
+        update={
+            "worker_models": MODEL,
+            "log_ship": False,
+            "intake_replicas": intakes,
+            "worker_processes": workers,
+        }
+    )
+    stack = Stack(bs)
+    if not any(svc["running"] for svc in stack.status().values()):
+        shutil.rmtree(stack.data_dir, ignore_errors=True)  # an empty broker log and store each time
+    try:
+        stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
+        warm = _burst(bs, stack, pool, plan.warm_requests, None, 60.0 + plan.warm_requests / 20)
+        rate = max(warm.req_per_s, 50.0)
+        n = int(min(max(rate * burst_s, plan.min_requests), plan.max_requests))
+        run = _burst(bs, stack, pool, n, None, 60.0 + 5 * n / rate)
+        if profile_dir is not None:  # a burst of its own: py-spy's CPU would lower the figures above
+            m = int(min(max(rate * PROFILE_S, plan.min_requests), plan.max_requests))
+            run.profile = _burst(bs, stack, pool, m, profile_dir, 60.0 + 5 * m / rate).profile
+    finally:
+        _discard(stack)
+    run.intake_replicas, run.worker_processes = intakes, workers
+    return run
+
+
+def _discard(stack: Stack) -> None:
+    """Stop the stack at once (SIGKILL): its data is thrown away, so no graceful stop is owed."""
+    for name, st in stack.status().items():
+        if st["running"]:
+            with contextlib.suppress(StackError, ProcessLookupError):
+                stack.kill(name)
+    stack.down(timeout_s=5.0)
+
+
+def _groups(stack: Stack, clients: list[int]) -> dict[str, list[int]]:
+    out: dict[str, list[int]] = {g: [] for g in GROUPS}
+    out["client"] = clients
+    for name in stack.status():
+        pid = stack.pid(name)
+        kind = name.split("-")[0]
+        if pid is not None and kind in out:
+            out[kind].append(pid)
+    return out
+
+
+def _burst(
+    settings: Settings,
+    stack: Stack,
+    pool: LoadPool,
+    n: int,
+    profile_dir: Path | None,
+    timeout_s: float,
+) -> LayoutRun:
+    pool.prepare(settings, MODEL, n, timeout_s)
+    trace = CpuTrace(_groups(stack, pool.pids))
+    trace.start()
+    profiled = {
+        name: pid
+        for name in stack.status()
+        if name.startswith(("intake", "worker"))
+        for pid in [stack.pid(name)]
+        if pid is not None
+    }
+    recordings = record_all(profiled, profile_dir / "ceiling-profile") if profile_dir else []
+    try:
+        t0 = pool.go()
+        published, collected = pool.wait()
+    finally:
+        trace.stop()
+        files = {r.name: r.stop() for r in recordings}
+    return _summarise(n, t0, trace, published, collected, files)
+
+
+def _summarise(
+    n: int,
+    t0: float,
+    trace: CpuTrace,
+    published: list[Published],
+    collected: Collected,
+    profiles: dict[str, Path | None],
+) -> LayoutRun:
+    if not collected.done_at:
+        raise RuntimeError(f"no result of the {n} published requests came back")
+    end = max(collected.done_at)
+    window: Window = steady_window(collected.done_at)
+    whole = trace.between(t0, end)
+    pub_s = max(p.t1 for p in published) - min(p.t0 for p in published)
+    profile: dict[str, Any] = {}
+    for name, path in profiles.items():
+        samples, top = top_of_file(path) if path else (0, [])
+        profile[name] = {
+            "file": str(path) if path else None,
+            "samples": samples,
+            "top": [asdict(f) for f in top],
+        }
+    return LayoutRun(
+        intake_replicas=0,
+        worker_processes=0,
+        requests=n,
+        req_per_s=window.rate_per_s,
+        whole_burst_req_per_s=len(collected.done_at) / (end - t0),
+        publish_req_per_s=sum(p.requests for p in published) / pub_s if pub_s > 0 else float("nan"),
+        burst_s=end - t0,
+        cpu_ms_per_request=per_request(whole, n),
+        steady_cpu_ms_per_request=per_request(trace.between(window.t0, window.t1), window.completions),
+        cpu_busy_cores=sum(whole.values()) / 1000.0 / (end - t0),
+        lost=collected.lost,
+        duplicated=collected.duplicated,
+        by_status=collected.by_status,
+        profile=profile,
+    )

@@ -1,0 +1,72 @@
+"""The ceiling bench's tables: the headline, CPU per request by process, the scaling, profiles."""
+
+from __future__ import annotations
+
+from typing import Any
+
+from rich.console import Console
+from rich.table import Table
+
+from ops.bench.cputrace import TOTAL
+
+GROUPS = ("client", "broker", "intake", "redis", "worker", TOTAL)
+
+
+def print_ceiling(console: Console, data: dict[str, Any]) -> None:
+    head = data["ceiling"]["headline"]
+    t = Table(
+        title=f"ceiling — {data['ceiling']['model']} (no compute), {head['intake_replicas']} intake × "
+        f"{head['worker_processes']} worker process, {head['requests']} requests"
+    )
+    t.add_column("measure")
+    t.add_column("value", justify="right")
+    t.add_row("steady req/s (10th–90th pct of completions)", f"{head['req_per_s']:.0f}")
+    t.add_row("whole burst req/s", f"{head['whole_burst_req_per_s']:.0f}")
+    t.add_row("client publish req/s", f"{head['publish_req_per_s']:.0f}")
+    t.add_row("CPU busy (cores, all processes)", f"{head['cpu_busy_cores']:.2f}")
+    t.add_row("lost / duplicated (all layouts)", f"{data['ceiling_lost']} / {data['ceiling_duplicated']}")
+    odd = {k: v for k, v in head["by_status"].items() if k != "done"}
+    if odd:
+        t.add_row("[red]not done[/red]", ", ".join(f"{k} {v}" for k, v in odd.items()))
+    console.print(t)
+
+    cpu = Table(title="CPU ms per request by process (whole burst; steady window beside it)")
+    cpu.add_column("process")
+    cpu.add_column("ms/request", justify="right")
+    cpu.add_column("steady ms/request", justify="right")
+    cpu.add_column("share", justify="right")
+    total = head["cpu_ms_per_request"][TOTAL] or float("nan")
+    for g in GROUPS:
+        whole, steady = head["cpu_ms_per_request"][g], head["steady_cpu_ms_per_request"][g]
+        cpu.add_row(g, f"{whole:.3f}", f"{steady:.3f}", f"{100 * whole / total:.0f} %")
+    console.print(cpu)
+    print_scaling(console, data["ceiling_scaling"])
+    for name, prof in head.get("profile", {}).items():
+        print_profile(console, name, prof)
+
+
+def print_scaling(console: Console, rows: list[dict[str, Any]]) -> None:
+    t = Table(title="scaling: a fresh stack per layout (CPU ms per request, whole burst)")
+    for col in ("intakes", "worker procs", "req/s", *GROUPS, "lost", "dup"):
+        t.add_column(col, justify="right")
+    for r in rows:
+        ms = r["cpu_ms_per_request"]
+        t.add_row(
+            str(r["intake_replicas"]),
+            str(r["worker_processes"]),
+            f"{r['req_per_s']:.0f}",
+            *(f"{ms[g]:.3f}" for g in GROUPS),
+            str(r["lost"]),
+            str(r["duplicated"]),
+        )
+    console.print(t)
+
+
+def print_profile(console: Console, name: str, prof: dict[str, Any]) -> None:
+    t = Table(title=f"py-spy {name}: top self time ({prof['samples']} samples; {prof['file'] or 'no file'})")
+    t.add_column("self %", justify="right")
+    t.add_column("total %", justify="right")
+    t.add_column("function (file)")
+    for f in prof["top"]:
+        t.add_row(f"{f['self_pct']:.1f}", f"{f['total_pct']:.1f}", f["function"])
+    console.print(t)
