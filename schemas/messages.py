@@ -8,8 +8,11 @@ messages produce a :class:`DeadLetter` on ``<prefix>.deadletter``. The JSON Sche
 
 from __future__ import annotations
 
+import base64
+import binascii
 import json
 import secrets
+import struct
 import time
 from datetime import datetime
 from enum import Enum
@@ -227,6 +230,24 @@ class EmbeddingOutput(_Model):
     @field_serializer("embedding")
     def _unpacked(self, v: list[float] | str) -> list[float] | str:
         return v.floats() if isinstance(v, PackedFloats) else v
+
+    def floats(self) -> list[float]:
+        """The vector as floats, whatever its encoding (base64 decoded here; with numpy,
+        ``np.frombuffer(base64.b64decode(out.embedding), "<f4")`` (``"<f2"`` for base64-f16) is
+        faster). Raises ``ValueError`` when the text is not the encoding's bytes."""
+        v = self.embedding
+        if isinstance(v, PackedFloats):
+            return v.floats()
+        if isinstance(v, list):
+            return v
+        width, code = (2, "e") if self.encoding is EmbeddingEncoding.BASE64_F16 else (4, "f")
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except binascii.Error as e:
+            raise ValueError(f"embedding is not base64: {e}") from e
+        if len(raw) % width:
+            raise ValueError(f"embedding holds {len(raw)} bytes, not a whole number of {width}-byte floats")
+        return list(struct.unpack(f"<{len(raw) // width}{code}", raw))
 
 
 class LabelScore(_Model):

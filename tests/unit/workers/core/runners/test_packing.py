@@ -107,3 +107,45 @@ def test_base64_encodings_hold_the_little_endian_bytes(encoding: EmbeddingEncodi
 
 def test_packed_floats_read_back_as_floats() -> None:
     assert PackedFloats("[0.1,-0.0,1e-7]").floats() == [0.1, -0.0, 1e-7]
+
+
+@pytest.mark.parametrize("encoding", [None, EmbeddingEncoding.BASE64, EmbeddingEncoding.BASE64_F16])
+def test_every_encoding_reads_back_as_the_floats_after_a_trip_through_json(encoding) -> None:
+    row = np.random.default_rng(5).standard_normal(384).astype(np.float32)
+    stored = results.result_json(result_of([embedding_output(row, encoding)]))
+    (out,) = InferenceResult.model_validate_json(stored).outputs
+    dtype = "<f2" if encoding is EmbeddingEncoding.BASE64_F16 else "<f4"
+    assert out.floats() == [float(x) for x in row.astype(dtype)]
+
+
+@pytest.mark.parametrize(
+    ("fields", "why"),
+    [
+        ({"task": "embed", "encoding": "base85"}, "encoding"),
+        ({"task": "embed", "encoding": ["base64"]}, "encoding"),
+        (
+            {"task": "classify", "model": "minilm-intent", "encoding": "base64"},
+            "encoding is for task 'embed'",
+        ),
+    ],
+)
+def test_an_unknown_or_misplaced_encoding_is_a_validation_error(fields, why) -> None:
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=why):
+        InferenceRequest.model_validate({"model": "echo-384", "inputs": "x", **fields})
+
+
+@pytest.mark.parametrize("text", ["not base64!", "AAA", "AAAAAAA="])
+def test_a_damaged_base64_embedding_is_a_value_error(text: str) -> None:
+    out = EmbeddingOutput(embedding=text, encoding=EmbeddingEncoding.BASE64)
+    with pytest.raises(ValueError, match=r"base64|bytes"):
+        out.floats()
+
+
+def test_the_default_request_wire_form_is_unchanged() -> None:
+    request = InferenceRequest(request_id="fixed-request-id-0001", task="embed", model="echo-384", inputs="x")
+    assert "encoding" not in request.wire_json()
+    assert (
+        '"encoding":"base64"' in request.model_copy(update={"encoding": EmbeddingEncoding.BASE64}).wire_json()
+    )
