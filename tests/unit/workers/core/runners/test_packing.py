@@ -113,7 +113,8 @@ def test_packed_floats_read_back_as_floats() -> None:
 def test_every_encoding_reads_back_as_the_floats_after_a_trip_through_json(encoding) -> None:
     row = np.random.default_rng(5).standard_normal(384).astype(np.float32)
     stored = results.result_json(result_of([embedding_output(row, encoding)]))
-    (out,) = InferenceResult.model_validate_json(stored).outputs
+    (out,) = InferenceResult.model_validate_json(stored).outputs or []
+    assert isinstance(out, EmbeddingOutput)
     dtype = "<f2" if encoding is EmbeddingEncoding.BASE64_F16 else "<f4"
     assert out.floats() == [float(x) for x in row.astype(dtype)]
 
