@@ -20,7 +20,7 @@ local function advance(key, model_inflight, tenant_inflight, bytes_z, bytes_h, s
   end
   redis.call('HSET', key, 'status', status, 'body', body)
   redis.call('EXPIRE', key, ttl)
-  if status ~= 'queued' then
+  if status ~= 'queued' and st ~= 'running' then  -- a running record left both when it started
     redis.call('ZREM', KEYS[3], sid)
     redis.call('HDEL', key, 'handoff')
   end

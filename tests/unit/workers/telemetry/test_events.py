@@ -55,3 +55,28 @@ def test_skip_dataset_keeps_other_records() -> None:
     mine = logging.makeLogRecord({"event.dataset": REQUEST_DATASET})
     other = logging.makeLogRecord({"event.dataset": RESULTS_DATASET})
     assert not skip.filter(mine) and skip.filter(other) and skip.filter(logging.makeLogRecord({}))
+
+
+def test_observe_many_writes_what_observe_one_by_one_writes() -> None:
+    from prometheus_client import CollectorRegistry, Histogram
+
+    from workers.telemetry.metrics import observe_many
+
+    amounts = [0.0, 0.005, 0.0051, 0.3, 2.5, 7.0, 100.0, 0.005, 1e-9]
+    one, many = CollectorRegistry(), CollectorRegistry()
+    a = Histogram("h", "h", ["m"], buckets=(0.005, 0.01, 0.5, 2.5, 60), registry=one).labels("x")
+    for v in amounts:
+        a.observe(v)
+    observe_many(
+        Histogram("h", "h", ["m"], buckets=(0.005, 0.01, 0.5, 2.5, 60), registry=many).labels("x"), amounts
+    )
+
+    def samples(registry: CollectorRegistry) -> list[tuple[str, dict, float]]:
+        return [
+            (s.name, s.labels, s.value)
+            for m in registry.collect()
+            for s in m.samples
+            if "created" not in s.name
+        ]
+
+    assert samples(one) == samples(many)
