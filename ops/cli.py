@@ -3,7 +3,8 @@
 inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
 inferq-ops status    # exits 1 unless every service runs and is ready; shows Flower's login
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
-inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation
+inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation; the ceiling
+inferq-ops bench --ceiling [--profile]   # the pipeline's own top req/s and CPU per request by process
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
 inferq-ops kibana --url http://localhost:5601 --user elastic --password-stdin   # dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
@@ -99,8 +100,17 @@ def _bench_args(b: argparse.ArgumentParser) -> None:
         "(default 1x1,2x1,1x2,2x2; the settings' own layout is always measured)",
     )
     b.add_argument(
+        "--generators",
+        type=int,
+        choices=range(1, 17),
+        default=None,
+        metavar="N",
+        help="with --ceiling: load-generator processes publishing the burst (default 1; more when one "
+        "client publishes slower than the pipeline takes)",
+    )
+    b.add_argument(
         "--burst-s",
-        type=float,
+        type=_burst_s,
         default=None,
         help="with --ceiling: seconds the headline burst should last at the warm-up's rate (default 20)",
     )
@@ -207,6 +217,7 @@ def cmd_bench(run: Run) -> int:
         plan,
         embed=args.generate != "only",
         generate=None if args.generate == "no" else plan.generate,
+        ceiling=None if args.generate == "only" else plan.ceiling,
     )
     run_bench(run.settings, plan, args.out, run.console)
     return 0
@@ -218,12 +229,25 @@ def _bench_ceiling(run: Run) -> int:
     plan = dataclasses.replace(plan, profile=args.profile)
     if args.ceiling_layouts is not None:
         plan = dataclasses.replace(plan, layouts=args.ceiling_layouts)
+    if args.generators is not None:
+        plan = dataclasses.replace(plan, generators=args.generators)
     if args.burst_s is not None:
         plan = dataclasses.replace(
             plan, burst_s=args.burst_s, scaling_burst_s=min(plan.scaling_burst_s, args.burst_s)
         )
     data = bench_ceiling(run.settings, plan, args.out, run.console)
     return 0 if data["ceiling_lost"] == data["ceiling_duplicated"] == 0 else 1
+
+
+def _burst_s(value: str) -> float:
+    """Seconds, 0 < s ≤ 600 (the burst's results stay in Redis until the stack is discarded)."""
+    try:
+        seconds = float(value)
+    except ValueError:
+        seconds = float("nan")
+    if not 0 < seconds <= 600:  # NaN fails too
+        raise argparse.ArgumentTypeError(f"{value!r}: want seconds, more than 0 and at most 600")
+    return seconds
 
 
 def _layouts(value: str) -> tuple[tuple[int, int], ...]:

@@ -19,7 +19,9 @@ Each layout's burst is sized from a short warm-up burst's rate, to last about ``
 from __future__ import annotations
 
 import contextlib
+import os
 import shutil
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -28,7 +30,7 @@ from typing import Any
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
-from ops.bench.ceiling_report import print_ceiling
+from ops.bench.ceiling_report import capacity, print_ceiling
 from ops.bench.corpus import bench_texts
 from ops.bench.cputrace import CpuTrace, Window, per_request, steady_window
 from ops.bench.loadgen import Collected, LoadPool, Published
@@ -41,14 +43,13 @@ from schemas.settings import Settings
 MODEL = "echo-384"
 SKIPPED = {"api", "flower", "exporter", "prometheus"}  # off the path Kafka → Redis (as in run.py)
 GROUPS = ("client", "broker", "intake", "redis", "worker")
-PROFILE_S = 10.0  # the profiled burst's length at the warm-up's rate
 Step = Callable[[str], None]
 
 
 @dataclass(frozen=True)
 class CeilingPlan:
     burst_s: float = 20.0  # the headline layout's burst, at the rate its warm-up reached
-    scaling_burst_s: float = 8.0  # each other layout's
+    scaling_burst_s: float = 6.0  # each other layout's
     warm_requests: int = 1_000
     min_requests: int = 2_000
     max_requests: int = 60_000  # results stay in Redis (~8 kB each in JSON): a bound on its memory
@@ -58,7 +59,8 @@ class CeilingPlan:
 
     @classmethod
     def quick(cls) -> CeilingPlan:
-        return cls(burst_s=6.0, scaling_burst_s=3.0, warm_requests=300, min_requests=500)
+        """Shorter bursts and two layouts (a smoke run; the full bench's ``--quick``)."""
+        return cls(6.0, 3.0, 300, 500, layouts=((1, 1), (2, 2)))
 
     @classmethod
     def tiny(cls, profile: bool = False) -> CeilingPlan:
@@ -83,10 +85,14 @@ class LayoutRun:
     cpu_ms_per_request: dict[str, float]
     steady_cpu_ms_per_request: dict[str, float]
     cpu_busy_cores: float  # all groups' CPU over the burst ÷ its wall time
+    busy_cores_by_process: dict[str, float]  # each group's: near 1.0 per process = that one is the limit
+    load_avg_1m: float  # the machine's load average as the burst ended: others' work shares the cores
+    cpu_bound_req_per_s: float  # what the CPU per request allows on this machine's cores, all free
     lost: int
     duplicated: int
     by_status: dict[str, int]
     profile: dict[str, Any] = field(default_factory=dict)
+    stack_up_s: float = 0.0  # starting this layout's stack (not part of any figure)
 
     def scaling_row(self) -> dict[str, Any]:
         return {
@@ -134,6 +140,8 @@ def run_ceiling(
         "ceiling_lost": sum(r.lost for r in runs),
         "ceiling_duplicated": sum(r.duplicated for r in runs),
         "ceiling_scaling": [r.scaling_row() for r in runs],
+        "ceiling_capacity_req_per_s": capacity(main.cpu_ms_per_request),
+        "ceiling_cpu_bound_req_per_s": main.cpu_bound_req_per_s,
         "ceiling": {
             "model": MODEL,
             "cpu_window": "whole burst: first publish to last completion (steady_* : 10th-90th pct)",
@@ -163,20 +171,22 @@ def measure_layout(
         }
     )
     stack = Stack(bs)
-    if not any(svc["running"] for svc in stack.status().values()):
-        shutil.rmtree(stack.data_dir, ignore_errors=True)  # an empty broker log and store each time
+    _discard(stack)  # what a run that crashed left in this folder (pids checked by start time)
+    shutil.rmtree(stack.data_dir, ignore_errors=True)  # an empty broker log and store each time
     try:
+        t_up = time.monotonic()
         stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
+        t_up = time.monotonic() - t_up
         warm = _burst(bs, stack, pool, plan.warm_requests, None, 60.0 + plan.warm_requests / 20)
         rate = max(warm.req_per_s, 50.0)
         n = int(min(max(rate * burst_s, plan.min_requests), plan.max_requests))
         run = _burst(bs, stack, pool, n, None, 60.0 + 5 * n / rate)
         if profile_dir is not None:  # a burst of its own: py-spy's CPU would lower the figures above
-            m = int(min(max(rate * PROFILE_S, plan.min_requests), plan.max_requests))
+            m = max(n // 2, plan.min_requests)
             run.profile = _burst(bs, stack, pool, m, profile_dir, 60.0 + 5 * m / rate).profile
     finally:
         _discard(stack)
-    run.intake_replicas, run.worker_processes = intakes, workers
+    run.intake_replicas, run.worker_processes, run.stack_up_s = intakes, workers, t_up
     return run
 
 
@@ -218,6 +228,7 @@ def _burst(
         for pid in [stack.pid(name)]
         if pid is not None
     }
+    profiled.update(pool.named_pids())  # the client's processes too (its publishing costs count)
     recordings = record_all(profiled, profile_dir / "ceiling-profile") if profile_dir else []
     try:
         t0 = pool.go()
@@ -261,6 +272,9 @@ def _summarise(
         cpu_ms_per_request=per_request(whole, n),
         steady_cpu_ms_per_request=per_request(trace.between(window.t0, window.t1), window.completions),
         cpu_busy_cores=sum(whole.values()) / 1000.0 / (end - t0),
+        busy_cores_by_process={g: ms / 1000.0 / (end - t0) for g, ms in whole.items()},
+        load_avg_1m=os.getloadavg()[0],
+        cpu_bound_req_per_s=(os.cpu_count() or 1) * 1000.0 / (sum(whole.values()) / n),
         lost=collected.lost,
         duplicated=collected.duplicated,
         by_status=collected.by_status,

@@ -10,6 +10,25 @@ from rich.table import Table
 from ops.bench.cputrace import TOTAL
 
 GROUPS = ("client", "broker", "intake", "redis", "worker", TOTAL)
+SERVICES = ("intake", "worker", "redis", "broker")  # what a deployment sizes (the client is the user's)
+GPU_SEQ_PER_S = (1_000, 5_000, 10_000, 14_000)  # 14k: MiniLM on one V100 (sentence-transformers)
+
+
+def capacity(cpu_ms_per_request: dict[str, float]) -> dict[str, float]:
+    """Requests/s one process of each service carries with a core to itself: 1000 ÷ its CPU ms per
+    request (each is one Python process or single-threaded Redis: one core at most)."""
+    return {
+        g: 1000.0 / ms if ms > 0 else float("inf") for g, ms in cpu_ms_per_request.items() if g in SERVICES
+    }
+
+
+def needs(cpu_ms_per_request: dict[str, float], gpu_seq_per_s: float) -> dict[str, float]:
+    """What a GPU computing ``gpu_seq_per_s`` one-text requests a second needs to stay busy, at
+    these per-request costs: processes of each service (a fraction: the share of one it uses) and
+    the cores of the whole pipeline, the client's included."""
+    out = {g: gpu_seq_per_s / cap for g, cap in capacity(cpu_ms_per_request).items()}
+    out["cores"] = gpu_seq_per_s * cpu_ms_per_request[TOTAL] / 1000.0
+    return out
 
 
 def print_ceiling(console: Console, data: dict[str, Any]) -> None:
@@ -24,6 +43,8 @@ def print_ceiling(console: Console, data: dict[str, Any]) -> None:
     t.add_row("whole burst req/s", f"{head['whole_burst_req_per_s']:.0f}")
     t.add_row("client publish req/s", f"{head['publish_req_per_s']:.0f}")
     t.add_row("CPU busy (cores, all processes)", f"{head['cpu_busy_cores']:.2f}")
+    t.add_row("req/s the CPU per request allows on all cores, free", f"{head['cpu_bound_req_per_s']:.0f}")
+    t.add_row("machine load average (1 min, at the end)", f"{head['load_avg_1m']:.1f}")
     t.add_row("lost / duplicated (all layouts)", f"{data['ceiling_lost']} / {data['ceiling_duplicated']}")
     odd = {k: v for k, v in head["by_status"].items() if k != "done"}
     if odd:
@@ -35,12 +56,15 @@ def print_ceiling(console: Console, data: dict[str, Any]) -> None:
     cpu.add_column("ms/request", justify="right")
     cpu.add_column("steady ms/request", justify="right")
     cpu.add_column("share", justify="right")
+    cpu.add_column("cores busy", justify="right")
     total = head["cpu_ms_per_request"][TOTAL] or float("nan")
     for g in GROUPS:
         whole, steady = head["cpu_ms_per_request"][g], head["steady_cpu_ms_per_request"][g]
-        cpu.add_row(g, f"{whole:.3f}", f"{steady:.3f}", f"{100 * whole / total:.0f} %")
+        busy = head["busy_cores_by_process"].get(g, head["cpu_busy_cores"])
+        cpu.add_row(g, f"{whole:.3f}", f"{steady:.3f}", f"{100 * whole / total:.0f} %", f"{busy:.2f}")
     console.print(cpu)
     print_scaling(console, data["ceiling_scaling"])
+    print_needs(console, head["cpu_ms_per_request"])
     for name, prof in head.get("profile", {}).items():
         print_profile(console, name, prof)
 
@@ -59,6 +83,20 @@ def print_scaling(console: Console, rows: list[dict[str, Any]]) -> None:
             str(r["lost"]),
             str(r["duplicated"]),
         )
+    console.print(t)
+
+
+def print_needs(console: Console, cpu_ms_per_request: dict[str, float]) -> None:
+    cap = capacity(cpu_ms_per_request)
+    t = Table(
+        title="what a GPU needs at these costs: processes (a core each) to keep it busy; "
+        + ", ".join(f"one {g} carries {cap[g]:.0f} req/s" for g in SERVICES)
+    )
+    for col in ("GPU seq/s", *SERVICES, "cores in all"):
+        t.add_column(col, justify="right")
+    for rate in GPU_SEQ_PER_S:
+        n = needs(cpu_ms_per_request, rate)
+        t.add_row(f"{rate:,}", *(f"{n[g]:.1f}" for g in SERVICES), f"{n['cores']:.1f}")
     console.print(t)
 
 

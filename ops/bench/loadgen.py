@@ -206,6 +206,10 @@ class LoadPool:
     def pids(self) -> list[int]:
         return [p.pid for p in self._procs if p.pid is not None]
 
+    def named_pids(self) -> dict[str, int]:
+        """``client-collector``, ``client-generator-0``, …: pid."""
+        return {f"client-{p.name.removeprefix('ceiling-')}": p.pid for p in self._procs if p.pid is not None}
+
     def prepare(
         self, settings: Settings, model: str, n: int, timeout_s: float, ready_s: float = 120.0
     ) -> None:

@@ -18,6 +18,8 @@ import numpy as np
 from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 
+from ops.bench.ceiling import CeilingPlan, run_ceiling
+from ops.bench.ceiling_report import print_ceiling
 from ops.bench.corpus import bench_texts
 from ops.bench.generate import GeneratePlan, bench_generate, print_generate
 from ops.bench.load import InferqLoad, Level, http_level
@@ -47,10 +49,12 @@ class BenchPlan:
     peers: Sequence[str] = ("infinity-emb", "ray-serve", "bentoml")
     generate: GeneratePlan | None = field(default_factory=GeneratePlan)
     embed: bool = True  # the raw / pipeline / peers part (off for a generation-only run)
+    ceiling: CeilingPlan | None = field(default_factory=CeilingPlan)  # the pipeline's top speed (echo-384)
 
     @classmethod
     def quick(cls, peers: Sequence[str], generate: bool = True) -> BenchPlan:
-        return cls((1, 8, 32), 1.0, 3.0, 5.0, 400, peers, GeneratePlan.quick() if generate else None)
+        gen = GeneratePlan.quick() if generate else None
+        return cls((1, 8, 32), 1.0, 3.0, 5.0, 400, peers, gen, ceiling=CeilingPlan.quick())
 
 
 def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Console) -> dict[str, Any]:
@@ -58,6 +62,7 @@ def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Conso
     threads = threads_per_process(settings)
     steps = (2 + 2 + len(plan.levels) + len(plan.peers) * (2 + len(plan.levels))) * plan.embed
     steps += 2 if plan.generate else 0
+    steps += plan.ceiling.steps((settings.intake_replicas, settings.worker_processes)) if plan.ceiling else 0
     columns = (
         TextColumn("{task.description}"),
         BarColumn(),
@@ -79,12 +84,16 @@ def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Conso
             data["machine"]["device"] = data["raw"]["device"]
         if plan.generate:
             data["generate"] = bench_generate(settings, plan.generate, step)
+        if plan.ceiling:
+            data.update(run_ceiling(settings, plan.ceiling, out_dir, step))
     write_json(out_dir / "bench.json", data)
     if plan.embed:
         plot(out_dir / "bench.png", data)
         print_report(console, data)
     if plan.generate:
         print_generate(console, data["generate"])
+    if plan.ceiling:
+        print_ceiling(console, data)
     console.print(f"wrote {out_dir / 'bench.json'}" + (f" and {out_dir / 'bench.png'}" if plan.embed else ""))
     return data
 
@@ -92,7 +101,7 @@ def run_bench(settings: Settings, plan: BenchPlan, out_dir: Path, console: Conso
 def _plain(value: Any) -> Any:
     if isinstance(value, tuple):
         return list(value)
-    return value.__dict__ if isinstance(value, GeneratePlan) else value
+    return value.__dict__ if isinstance(value, GeneratePlan | CeilingPlan) else value
 
 
 def _bench_embed(
