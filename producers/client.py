@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from schemas.connections import kafka_producer
 from schemas.messages import (
+    EmbeddingEncoding,
     GenerationParams,
     InferenceRequest,
     InferenceResult,
@@ -114,11 +115,14 @@ class InferqClient:
         deadline: datetime | None = None,
         top_k: int = 5,
         generation: GenerationParams | dict[str, Any] | None = None,
+        encoding: EmbeddingEncoding | str | None = None,
     ) -> str:
         """Publish one request (validated here first); returns its request id.
 
         ``generation`` (task ``generate``): ``max_new_tokens``, ``temperature``, ``top_p``,
         ``stop``, ``seed``, ``stream_to_kafka`` — see :class:`schemas.messages.GenerationParams`.
+        ``encoding`` (task ``embed``): ``base64`` or ``base64-f16`` for compact embeddings; read
+        them back with :meth:`schemas.messages.EmbeddingOutput.floats`.
         """
         fields: dict[str, Any] = dict(
             task=task,
@@ -130,6 +134,8 @@ class InferqClient:
             top_k=top_k,
             generation=generation,
         )
+        if encoding is not None:
+            fields["encoding"] = encoding
         if request_id is not None:
             fields["request_id"] = request_id
         request = InferenceRequest.model_validate(fields)

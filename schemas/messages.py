@@ -8,7 +8,11 @@ messages produce a :class:`DeadLetter` on ``<prefix>.deadletter``. The JSON Sche
 
 from __future__ import annotations
 
+import base64
+import binascii
+import json
 import secrets
+import struct
 import time
 from datetime import datetime
 from enum import Enum
@@ -20,6 +24,7 @@ from pydantic import (
     ConfigDict,
     Field,
     StringConstraints,
+    field_serializer,
     field_validator,
     model_validator,
 )
@@ -49,6 +54,17 @@ class Task(str, Enum):
     EMBED = "embed"
     CLASSIFY = "classify"
     GENERATE = "generate"
+
+
+class EmbeddingEncoding(str, Enum):
+    """How an embedding is written in its result. ``float``: a JSON array of numbers (the default);
+    ``base64``: the vector's little-endian float32 bytes in base64 (about 4× smaller, no float
+    formatting on either side); ``base64-f16``: float16 bytes (half that again, ~3 significant
+    digits: enough for cosine similarity, not for exact comparison)."""
+
+    FLOAT = "float"
+    BASE64 = "base64"
+    BASE64_F16 = "base64-f16"
 
 
 class Priority(str, Enum):
@@ -136,11 +152,22 @@ class InferenceRequest(_Model):
     generation: GenerationParams | None = Field(
         None, description="generate: decoding parameters (defaults when absent); refused for other tasks"
     )
+    encoding: EmbeddingEncoding | None = Field(
+        None,
+        description="embed: how each embedding is written in the result (absent = float, a JSON array); "
+        "refused for other tasks",
+    )
 
     @model_validator(mode="after")
     def _generation_only_for_generate(self) -> InferenceRequest:
         if self.generation is not None and self.task is not Task.GENERATE:
             raise ValueError(f"generation parameters are for task 'generate', not {self.task.value!r}")
+        return self
+
+    @model_validator(mode="after")
+    def _encoding_only_for_embed(self) -> InferenceRequest:
+        if self.encoding is not None and self.task is not Task.EMBED:
+            raise ValueError(f"encoding is for task 'embed', not {self.task.value!r}")
         return self
 
     @field_validator("inputs")
@@ -178,9 +205,49 @@ class ErrorInfo(_Model):
     detail: Any = None
 
 
+class PackedFloats(str):
+    """An embedding already written as a JSON array (``"[0.1,-0.2,...]"``, the bytes pydantic would
+    write for the same floats), made by a worker without a Python float per value. Only
+    :func:`schemas.results.result_json` writes it as it is; anything else reads it as the floats."""
+
+    def floats(self) -> list[float]:
+        """The values (``null``, pydantic's form of a non-finite float, reads as NaN)."""
+        return [float("nan") if x is None else float(x) for x in json.loads(self)]
+
+
 class EmbeddingOutput(_Model):
     kind: Literal["embedding"] = "embedding"
-    embedding: list[float]
+    embedding: list[float] | str = Field(
+        description="The vector: a JSON array of numbers, or with the request's `encoding` base64 of its "
+        "little-endian float32 (`base64`) or float16 (`base64-f16`) bytes"
+    )
+    encoding: EmbeddingEncoding | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="Set when `embedding` is base64: the request's encoding (absent: a JSON array)",
+    )
+
+    @field_serializer("embedding")
+    def _unpacked(self, v: list[float] | str) -> list[float] | str:
+        return v.floats() if isinstance(v, PackedFloats) else v
+
+    def floats(self) -> list[float]:
+        """The vector as floats, whatever its encoding (base64 decoded here; with numpy,
+        ``np.frombuffer(base64.b64decode(out.embedding), "<f4")`` (``"<f2"`` for base64-f16) is
+        faster). Raises ``ValueError`` when the text is not the encoding's bytes."""
+        v = self.embedding
+        if isinstance(v, PackedFloats):
+            return v.floats()
+        if isinstance(v, list):
+            return v
+        width, code = (2, "e") if self.encoding is EmbeddingEncoding.BASE64_F16 else (4, "f")
+        try:
+            raw = base64.b64decode(v, validate=True)
+        except binascii.Error as e:
+            raise ValueError(f"embedding is not base64: {e}") from e
+        if len(raw) % width:
+            raise ValueError(f"embedding holds {len(raw)} bytes, not a whole number of {width}-byte floats")
+        return list(struct.unpack(f"<{len(raw) // width}{code}", raw))
 
 
 class LabelScore(_Model):

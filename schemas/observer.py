@@ -14,7 +14,7 @@ logs and swallows anything an observer raises, so a broken metric never fails a 
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 from schemas.messages import InferenceResult
@@ -58,6 +58,12 @@ class Observer:
     def result_written(self, result: InferenceResult) -> None:
         """A terminal result was written by this process."""
 
+    def results_written(self, results: Sequence[InferenceResult]) -> None:
+        """Terminal results written by this process in one store call (a batch): by default each is
+        :meth:`result_written`; telemetry overrides it to record a batch at once."""
+        for result in results:
+            self.result_written(result)
+
     def result_refused(self, result: InferenceResult) -> None:
         """A terminal result was not written: the request had already ended (a duplicate)."""
 
@@ -99,6 +105,10 @@ class Observers(Observer):
 
     def result_written(self, result: InferenceResult) -> None:
         self._each("result_written", result)
+
+    def results_written(self, results: Sequence[InferenceResult]) -> None:
+        if results:
+            self._each("results_written", results)
 
     def result_refused(self, result: InferenceResult) -> None:
         self._each("result_refused", result)

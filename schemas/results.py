@@ -22,9 +22,12 @@ from typing import Any, NamedTuple
 from schemas.errors import InferqError
 from schemas.messages import (
     DeadLetter,
+    EmbeddingEncoding,
+    EmbeddingOutput,
     ErrorInfo,
     InferenceRequest,
     InferenceResult,
+    PackedFloats,
     ResultStatus,
     Task,
     Timings,
@@ -53,6 +56,40 @@ def result(
         error=error.info() if error else None,
         timings=Timings(**timings),
     )
+
+
+def embedding(vector: str, encoding: EmbeddingEncoding | None = None) -> EmbeddingOutput:
+    """One input's embedding as a worker wrote it: a :class:`~schemas.messages.PackedFloats` JSON
+    array (``encoding`` None or float), or the base64 text of its bytes. Not validated again: the
+    runner made it from the model's own output, and validating 384 floats costs more than the
+    model's bookkeeping does (the API reads it back validated, as any result)."""
+    if encoding in (None, EmbeddingEncoding.FLOAT):
+        return EmbeddingOutput.model_construct(embedding=PackedFloats(vector))
+    return EmbeddingOutput.model_construct(embedding=vector, encoding=encoding)
+
+
+_EMBEDDING_HEAD = '{"kind":"embedding","embedding":'
+_NO_OUTPUTS = ',"outputs":null,'
+
+
+def result_json(result: InferenceResult) -> str:
+    """The JSON the store keeps for ``result``: byte for byte ``result.model_dump_json()``, with
+    packed embeddings written as they are (no float parsed or formatted again). The fields before
+    ``outputs`` are strings, enums and a literal, so the first ``,"outputs":null,`` of the result
+    dumped without outputs is the field itself (a quote inside a string is escaped)."""
+    outputs = result.outputs
+    if not outputs or not any(
+        isinstance(o, EmbeddingOutput) and isinstance(o.embedding, PackedFloats) for o in outputs
+    ):
+        return result.model_dump_json()
+    parts = [
+        _EMBEDDING_HEAD + o.embedding + "}"
+        if isinstance(o, EmbeddingOutput) and isinstance(o.embedding, PackedFloats) and o.encoding is None
+        else o.model_dump_json()
+        for o in outputs
+    ]
+    head, _, tail = result.model_copy(update={"outputs": None}).model_dump_json().partition(_NO_OUTPUTS)
+    return f'{head},"outputs":[{",".join(parts)}],{tail}'
 
 
 def queued_result(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:

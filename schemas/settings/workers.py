@@ -78,6 +78,14 @@ class WorkerSettings(BaseModel):
         1_000.0, ge=0, description="A waiting text moves up one priority class per this many ms; `0` = never"
     )
     transport_batch_size: int = Field(64, ge=1, description="Requests per Celery message sent by the intake")
+    transport_serializer: Literal["orjson", "json"] = Field(
+        "orjson",
+        description=(
+            "How Celery messages are written: `orjson` (~10× cheaper to write, ~2× to read than kombu's "
+            "`json`); workers read both, so upgrade workers before intakes, or keep `json` until every "
+            "worker reads `orjson`"
+        ),
+    )
 
     # --- Generation (task generate: continuous batching) ---------------------------------------
     generate_batching: Literal["continuous", "static"] = Field(

@@ -10,6 +10,7 @@ and dicts of jobs need no ``id()``.
 
 from __future__ import annotations
 
+import contextlib
 import logging
 import threading
 from collections.abc import Callable, Iterable, Sequence
@@ -27,6 +28,37 @@ log = logging.getLogger(__name__)
 PRIORITY_RANK = {Priority.HIGH: 0, Priority.NORMAL: 1, Priority.LOW: 2}
 
 
+class Done:
+    """A job's "result written" flag: :class:`threading.Event`'s ``set``/``is_set``/``wait`` on one
+    lock held until set (a ``threading.Event`` builds a Condition per job, a few microseconds on
+    every request's path). ``set`` may be called more than once, from any thread."""
+
+    __slots__ = ("_flag", "_lock")
+
+    def __init__(self) -> None:
+        self._flag = False
+        self._lock = threading.Lock()
+        self._lock.acquire()
+
+    def set(self) -> None:
+        if not self._flag:
+            self._flag = True
+            with contextlib.suppress(RuntimeError):  # a concurrent set released it first
+                self._lock.release()
+
+    def is_set(self) -> bool:
+        return self._flag
+
+    def wait(self, timeout: float | None = None) -> bool:
+        """True once set; False when ``timeout`` seconds passed first."""
+        if self._flag:
+            return True
+        if self._lock.acquire(timeout=-1 if timeout is None else max(0.0, timeout)):
+            with contextlib.suppress(RuntimeError):  # wake the next waiter, if any
+                self._lock.release()
+        return self._flag
+
+
 @dataclass(eq=False)
 class Job:
     """One request inside the worker, until its result is written."""
@@ -35,7 +67,7 @@ class Job:
     timings: dict[str, Any]
     outputs: list[Output | None]
     remaining: int
-    done: threading.Event = field(default_factory=threading.Event)
+    done: Done = field(default_factory=Done)
     started: bool = False
     skipped: bool = False  # the store held a terminal state already (cancelled, or a duplicate)
     status: ResultStatus = ResultStatus.QUEUED

@@ -13,9 +13,20 @@ from typing import NamedTuple
 
 from schemas.errors import Cancelled, DeadlineExpired
 from schemas.messages import InferenceResult, ResultStatus, now_ms
-from schemas.naming import deadlines_key, inflight_key, pending_key, result_key, scoped_id, tenant_key_prefix
+from schemas.naming import (
+    deadlines_key,
+    inflight_key,
+    pending_key,
+    result_key,
+    scoped_id,
+    tenant_key_prefix,
+    tenant_keys,
+)
+from schemas.results import result_json as results_json
 from workers.store.base import as_text
 from workers.store.reads import Reads
+
+ADVANCE_CHUNK = 256  # results per ADVANCE call: a batch is one call; a longer list, a few
 
 
 class Cancellation(NamedTuple):
@@ -39,35 +50,40 @@ class Writes(Reads):
         return self._advance_many(results, False)
 
     def _advance_many(self, results: Iterable[InferenceResult], only_if_absent: bool) -> list[int]:
-        pipe = self.client.pipeline(transaction=False)
-        sent: list[InferenceResult] = []
-        now = repr(now_ms())
-        for result in results:
-            sid = scoped_id(result.tenant, result.request_id)
-            self._advance(
-                keys=self._keys(sid, result.model, result.tenant),
-                args=[
-                    result.status.value,
-                    result.model_dump_json(),
-                    self._s.result_ttl_s,
-                    int(only_if_absent),
-                    self.channel,
-                    sid,
-                    now,
-                    int(self._s.tenant_quota(result.tenant)[1] > 0),
-                ],
-                client=pipe,
-            )
-            sent.append(result)
+        """One ADVANCE call per :data:`ADVANCE_CHUNK` results (a batch is one round trip, with no
+        per-request command; a long list is cut so one script never holds Redis for long)."""
+        sent = list(results)
         if not sent:
             return []
-        verdicts = [int(v) for v in pipe.execute()]
-        terminal = [(r, n) for r, n in zip(sent, verdicts, strict=True) if r.status.terminal]
-        for r, n in terminal:
+        now = repr(now_ms())
+        shared = [self.inflight_key, deadlines_key(self._s), pending_key(self._s)]
+        head: list[str | int] = [self._s.result_ttl_s, int(only_if_absent), self.channel, now]
+        verdicts: list[int] = []
+        for at in range(0, len(sent), ADVANCE_CHUNK):
+            keys, args = list(shared), list(head)
+            for result in sent[at : at + ADVANCE_CHUNK]:
+                sid = scoped_id(result.tenant, result.request_id)
+                keys += [
+                    result_key(self._s, sid),
+                    inflight_key(self._s, result.model or ""),
+                    *tenant_keys(self._s, result.tenant),
+                ]
+                args += [
+                    result.status.value,
+                    results_json(result),
+                    sid,
+                    int(self._s.tenant_quota(result.tenant)[1] > 0),
+                ]
+            verdicts += [int(v) for v in self._advance(keys=keys, args=args)]
+        written = []
+        for r, n in zip(sent, verdicts, strict=True):
+            if not r.status.terminal:
+                continue
             if n:
-                self.observer.result_written(r)
+                written.append(r)
             elif not only_if_absent:
                 self.observer.result_refused(r)
+        self.observer.results_written(written)
         return verdicts
 
     def fail_owned(self, items: Sequence[tuple[Sequence[str], InferenceResult]]) -> list[bool]:
@@ -127,8 +143,7 @@ class Writes(Reads):
             ],
         )
         results = [InferenceResult.model_validate_json(b) for b in bodies]
-        for r in results:
-            self.observer.result_written(r)
+        self.observer.results_written(results)
         return results
 
     def cancel(self, request_id: str, tenant: str | None = None) -> Cancellation:

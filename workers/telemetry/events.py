@@ -1,13 +1,19 @@
-"""The two structured records operators search in Kibana: one per request, one per batch.
+"""The structured records operators search: one per request, one per batch, one per write.
 
 A request's record is written once, when its result becomes terminal, by whichever process made
-it so (worker, intake, API); it carries the time spent in each stage. A batch's record is written
-by the worker after each forward pass. Field names are in :mod:`workers.telemetry.template`.
+it so (worker, intake, API); it carries the time spent in each stage. It is made where it is read:
+when records are shipped to Elasticsearch (every request's record must be findable there), or at
+``DEBUG``. Otherwise, and on stderr beside shipping, one record per store write (a batch's results)
+names the requests it ended, so a request id is still found in the log with no per-request
+formatting on the hot path. A batch's record is written by the worker after each forward pass.
+Field names are in :mod:`workers.telemetry.template`.
 """
 
 from __future__ import annotations
 
 import logging
+from collections import Counter
+from collections.abc import Sequence
 from typing import Any
 
 from schemas.messages import GenerationOutput, InferenceResult, ResultStatus
@@ -16,6 +22,7 @@ log = logging.getLogger("inferq.events")
 
 REQUEST_DATASET = "inferq.request"
 BATCH_DATASET = "inferq.batch"
+RESULTS_DATASET = "inferq.results"
 
 
 def _span(a: float | None, b: float | None) -> float | None:
@@ -66,6 +73,33 @@ def log_result(result: InferenceResult) -> None:
     level = logging.INFO if result.status is ResultStatus.DONE else logging.WARNING
     total = fields.get("inferq.duration_ms.total")
     log.log(level, "request %s %s after %s ms", result.request_id, result.status.value, total, extra=fields)
+
+
+def log_results(results: Sequence[InferenceResult]) -> None:
+    """One record for the results one store call ended: their ids, and how many of each status."""
+    if not results:
+        return
+    statuses = Counter(r.status.value for r in results)
+    failed = len(results) - statuses.get(ResultStatus.DONE.value, 0)
+    first = results[0]
+    log.log(
+        logging.WARNING if failed else logging.INFO,
+        "%d results written (%s): %s",
+        len(results),
+        ", ".join(f"{n} {s}" for s, n in sorted(statuses.items())),
+        " ".join(r.request_id for r in results),
+        extra={
+            "event.dataset": RESULTS_DATASET,
+            "event.action": "written",
+            "event.outcome": "failure" if failed else "success",
+            "inferq.stage": "finished",
+            "inferq.model": first.model,
+            "inferq.batch_id": first.timings.batch_id,
+            "inferq.request_ids": [r.request_id for r in results],
+            "inferq.results.count": len(results),
+            "inferq.results.failed": failed,
+        },
+    )
 
 
 def log_batch(

@@ -25,6 +25,7 @@ import ecs_logging
 from schemas.connections import elasticsearch_client
 from schemas.naming import log_index, spool_dir
 from schemas.settings import Settings
+from workers.telemetry.events import REQUEST_DATASET, RESULTS_DATASET
 from workers.telemetry.metrics import LOG_DROPPED
 from workers.telemetry.shipper import Shipper
 
@@ -80,6 +81,19 @@ class DropTaskArguments(logging.Filter):
         return True
 
 
+class SkipDataset(logging.Filter):
+    """Keeps a handler from writing one dataset's records: with shipping on, each request's record
+    goes to Elasticsearch only (stderr has the per-write record naming the same requests), and the
+    per-write record to stderr only (Elasticsearch has each request's own)."""
+
+    def __init__(self, dataset: str) -> None:
+        super().__init__()
+        self.dataset = dataset
+
+    def filter(self, record: logging.LogRecord) -> bool:
+        return getattr(record, "event.dataset", None) != self.dataset
+
+
 class _Enqueue(logging.handlers.QueueHandler):
     """Hands records to the listener thread as they are: formatting happens there.
 
@@ -125,7 +139,11 @@ def configure_logging(settings: Settings, service: str) -> Shipper | None:
                 spool_max_bytes=settings.log_spool_max_bytes,
                 on_drop=lambda n: LOG_DROPPED.labels(service).inc(n),
             )
-        handlers.append(ShippingHandler(_shipper, formatter))
+        shipping = ShippingHandler(_shipper, formatter)
+        shipping.addFilter(SkipDataset(RESULTS_DATASET))
+        handlers.append(shipping)
+        if settings.log_level != "DEBUG":
+            stream.addFilter(SkipDataset(REQUEST_DATASET))
     for h in handlers:
         h.addFilter(DropTaskArguments())
     records: queue.SimpleQueue[logging.LogRecord] = queue.SimpleQueue()

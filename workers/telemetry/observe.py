@@ -6,11 +6,14 @@ The core loops only call their observer; what is done with each event lives here
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
+
 from schemas.messages import InferenceResult
 from schemas.observer import BatchStats, Observer, StepStats
 from schemas.settings import Settings
-from workers.telemetry import metrics
-from workers.telemetry.events import log_batch, log_result
+from workers.telemetry import events, metrics
+from workers.telemetry.events import log_batch, log_result, log_results
 from workers.telemetry.liveness import record_poll
 
 
@@ -21,8 +24,16 @@ class Telemetry(Observer):
         self.settings = settings
 
     def result_written(self, result: InferenceResult) -> None:
-        log_result(result)
-        metrics.record_result(result)
+        self.results_written([result])
+
+    def results_written(self, results: Sequence[InferenceResult]) -> None:
+        """Each request's record where it is read (shipped, or at ``DEBUG``), one record for them all
+        on stderr (:mod:`workers.telemetry.events`); the metrics, counted once per status."""
+        if self.settings.log_ship or events.log.isEnabledFor(logging.DEBUG):
+            for result in results:
+                log_result(result)
+        log_results(results)
+        metrics.record_results(results)
 
     def result_refused(self, result: InferenceResult) -> None:
         metrics.record_refused(result)

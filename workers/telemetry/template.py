@@ -56,6 +56,9 @@ PROPERTIES: dict[str, Any] = {
     ),
     "inferq": _obj(
         request_id=KEYWORD,
+        # per store write (stderr): the ids of the requests it ended, how many, how many not done
+        request_ids=KEYWORD,
+        results=_obj(count=INT, failed=INT),
         batch_id=KEYWORD,
         tenant=KEYWORD,
         model=KEYWORD,

@@ -21,6 +21,8 @@ from schemas.messages import Priority
 from schemas.naming import model_queue
 from schemas.settings import Settings, get_settings
 from workers.transport.kombu import harden_channel
+from workers.transport.serializer import NAME as ORJSON
+from workers.transport.serializer import register_orjson
 
 TASK_INFER = "inferq.infer"
 # Redis transport: one list per step, 0 served first. High-priority requests overtake queued
@@ -45,6 +47,7 @@ def router(settings: Settings) -> Any:
 def make_app(settings: Settings) -> Celery:
     """The Celery app of ``settings``' broker (kombu's Redis channel hardened first)."""
     harden_channel()
+    register_orjson()
     app = Celery("inferq")
     app.conf.update(
         broker_url=settings.celery_broker_url,
@@ -59,8 +62,8 @@ def make_app(settings: Settings) -> Celery:
         task_acks_late=True,  # ack only once results are written
         task_reject_on_worker_lost=True,  # a killed worker's messages go back to the queue
         task_ignore_result=True,  # results live in our own store, per request
-        task_serializer="json",
-        accept_content=["json"],
+        task_serializer=ORJSON if settings.transport_serializer == "orjson" else "json",
+        accept_content=["json", ORJSON],  # both, whatever this process writes (rolling upgrades)
         task_routes=(router(settings),),
         task_queues=[Queue(model_queue(settings, m)) for m in settings.model_names()],
         task_create_missing_queues=True,

@@ -16,6 +16,7 @@ import numpy as np
 
 from schemas.messages import EmbeddingOutput, InferenceRequest, Task
 from schemas.settings import Settings
+from workers.core.runners.packing import embedding_output
 
 DIM = 384
 SPECIAL_TOKENS = 2  # [CLS] … [SEP], as MiniLM's tokenizer adds
@@ -44,7 +45,7 @@ class EchoEncoder:
         return self._table[[len(ids) for ids in batch]]
 
     def output(self, row: np.ndarray, request: InferenceRequest) -> EmbeddingOutput:
-        return EmbeddingOutput(embedding=row.tolist())
+        return embedding_output(row, request.encoding)
 
 
 def load_echo(settings: Settings) -> EchoEncoder:

@@ -25,6 +25,7 @@ from schemas.messages import EmbeddingOutput, InferenceRequest, Task
 from schemas.settings import Settings
 from workers.core.runners.base import file_digest
 from workers.core.runners.device import choose_device, configure_threads, dtype_for
+from workers.core.runners.packing import embedding_output
 
 log = logging.getLogger(__name__)
 
@@ -125,7 +126,7 @@ class HFEncoder:
         return self.embed(batch)
 
     def output(self, row: np.ndarray, request: InferenceRequest) -> EmbeddingOutput:
-        return EmbeddingOutput(embedding=[float(x) for x in row])
+        return embedding_output(row, request.encoding)
 
 
 _shared: dict[tuple[str, str], HFEncoder] = {}

@@ -1,34 +1,51 @@
--- KEYS[1..8] as above; ARGV: status, body, ttl_s, only_if_absent (0|1), done channel, scoped id,
--- now ms, keep the tenant's stored bytes (0|1). Returns 0 when refused; when written, the
--- request's attempt count for ``running`` (each start counts one: a start after a worker died
--- mid-batch is a retry), else 1.
+-- Moves a batch of requests' records forward, each as one ADVANCE would, in one call (one round
+-- trip and one script run per batch, not per request).
+-- KEYS: [1] requests in flight (all models), [2] the deadlines sorted set, [3] the pending sorted
+-- set, then 5 per request: its result hash, in flight for its model, the tenant's requests in
+-- flight, the tenant's stored result bytes (sorted set by expiry) and sizes hash.
+-- ARGV: ttl_s, only_if_absent (0|1), done channel, now ms, then 4 per request: status, body,
+-- scoped id, keep the tenant's stored bytes (0|1).
+-- Returns per request 0 when refused; when written, its attempt count for ``running`` (each start
+-- counts one: a start after a worker died mid-batch is a retry), else 1.
 local rank = {queued=0, running=1, done=2, failed=2, expired=2, cancelled=2}
-local st = redis.call('HGET', KEYS[1], 'status')
-if st then
-  if ARGV[4] == '1' then return 0 end
-  if rank[st] >= 2 then return 0 end
-  if rank[ARGV[1]] < rank[st] then return 0 end
-end
-redis.call('HSET', KEYS[1], 'status', ARGV[1], 'body', ARGV[2])
-redis.call('EXPIRE', KEYS[1], ARGV[3])
-local expiry = tonumber(ARGV[7]) + tonumber(ARGV[3]) * 1000
-if ARGV[1] ~= 'queued' then
-  redis.call('ZREM', KEYS[5], ARGV[6])
-  redis.call('HDEL', KEYS[1], 'handoff')
-end
-if rank[ARGV[1]] >= 2 then
-  redis.call('PUBLISH', ARGV[5], ARGV[6])
-  redis.call('ZREM', KEYS[4], ARGV[6])
-  redis.call('ZREM', KEYS[2], ARGV[6])
-  redis.call('ZREM', KEYS[3], ARGV[6])
-  redis.call('ZREM', KEYS[6], ARGV[6])
-  if ARGV[8] == '1' then
-    keep_bytes(KEYS[7], KEYS[8], ARGV[6], #ARGV[2], tonumber(ARGV[7]), tonumber(ARGV[3]) * 1000)
+local ttl, absent_only, channel, now = ARGV[1], ARGV[2] == '1', ARGV[3], tonumber(ARGV[4])
+local expiry = now + tonumber(ttl) * 1000
+
+local function advance(key, model_inflight, tenant_inflight, bytes_z, bytes_h, status, body, sid, keep)
+  local st = redis.call('HGET', key, 'status')
+  if st then
+    if absent_only then return 0 end
+    if rank[st] >= 2 then return 0 end
+    if rank[status] < rank[st] then return 0 end
   end
-else  -- its hash now lives ttl_s longer: so does its place in flight
-  redis.call('ZADD', KEYS[2], 'XX', expiry, ARGV[6])
-  redis.call('ZADD', KEYS[3], 'XX', expiry, ARGV[6])
-  redis.call('ZADD', KEYS[6], 'XX', expiry, ARGV[6])
+  redis.call('HSET', key, 'status', status, 'body', body)
+  redis.call('EXPIRE', key, ttl)
+  if status ~= 'queued' and st ~= 'running' then  -- a running record left both when it started
+    redis.call('ZREM', KEYS[3], sid)
+    redis.call('HDEL', key, 'handoff')
+  end
+  if rank[status] >= 2 then
+    redis.call('PUBLISH', channel, sid)
+    redis.call('ZREM', KEYS[2], sid)
+    redis.call('ZREM', KEYS[1], sid)
+    redis.call('ZREM', model_inflight, sid)
+    redis.call('ZREM', tenant_inflight, sid)
+    if keep == '1' then
+      keep_bytes(bytes_z, bytes_h, sid, #body, now, tonumber(ttl) * 1000)
+    end
+  else  -- its hash now lives ttl_s longer: so does its place in flight
+    redis.call('ZADD', KEYS[1], 'XX', expiry, sid)
+    redis.call('ZADD', model_inflight, 'XX', expiry, sid)
+    redis.call('ZADD', tenant_inflight, 'XX', expiry, sid)
+  end
+  if status == 'running' then return redis.call('HINCRBY', key, 'attempts', 1) end
+  return 1
 end
-if ARGV[1] == 'running' then return redis.call('HINCRBY', KEYS[1], 'attempts', 1) end
-return 1
+
+local out = {}
+for i = 0, (#ARGV - 4) / 4 - 1 do
+  local k, a = 3 + i * 5, 4 + i * 4
+  out[i + 1] = advance(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
+    ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
+end
+return out

@@ -21,7 +21,7 @@ def test_outputs_are_unit_vectors_of_minilm_shape_and_depend_only_on_the_text():
         {"schema_version": 1, "task": "embed", "model": "echo-384", "inputs": "one two three"}
     )
     out = runner.output(rows[0], request)
-    assert len(out.embedding) == DIM and runner.version == "echo-384@seed384"
+    assert len(out.model_dump()["embedding"]) == DIM and runner.version == "echo-384@seed384"
 
 
 def test_token_counts_are_words_plus_specials_capped_at_the_model_limit():

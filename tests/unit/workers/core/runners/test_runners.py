@@ -54,7 +54,7 @@ def test_embeddings_are_unit_norm_and_padding_does_not_change_them(tiny):
     np.testing.assert_allclose(np.linalg.norm(together, axis=1), 1.0, atol=1e-5)
     np.testing.assert_allclose(together[0], alone[0], atol=1e-5)  # padding is masked out
     out = tiny.output(together[0], req())
-    assert len(out.embedding) == 16
+    assert len(out.model_dump()["embedding"]) == 16
 
 
 def test_inputs_are_truncated_to_the_token_limit(tiny):
