@@ -57,6 +57,7 @@ LOADERS: dict[str, str] = {
     "minilm-intent": "workers.core.runners.classify:load_minilm_intent",
     "tiny-lm": "workers.core.runners.causal:load_tiny_lm",
     "causal-lm": "workers.core.runners.causal:load_causal_lm",
+    "smollm2-135m-instruct": "workers.core.runners.smollm:load_smollm2",
 }
 
 
