@@ -213,7 +213,7 @@ class CausalLM:
             if found is not None:
                 raise InvalidRequest(
                     f"messages[{i}].content holds {found!r}, a control token of {self.name}'s chat template",
-                    hint="remove the model's control tokens from the text; a message cannot open or close turns",
+                    hint="remove the model's control tokens from the text: no message may open or end a turn",
                 )
         turns = [{"role": m.role.value, "content": m.content} for m in messages]
         text: str = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)

@@ -87,7 +87,8 @@ def converted_folder(settings: Settings, gguf: Path | None = None) -> tuple[Path
         root.mkdir(parents=True, exist_ok=True)
     except OSError as e:
         raise ConfigurationError(
-            f"model cache {root} cannot be created: {e}", hint="set INFERQ_MODEL_CACHE_DIR to a writable folder"
+            f"model cache {root} cannot be created: {e}",
+            hint="set INFERQ_MODEL_CACHE_DIR to a writable folder",
         ) from e
     with _locked(root / f".{NAME}-{digest}.lock"):
         if (folder / MARK).is_file():  # another worker converted it while this one waited
@@ -110,7 +111,9 @@ def _convert(gguf: Path, out: Path, digest: str) -> None:
     started = time.monotonic()
     log.info("converting %s to an fp32 folder in %s (once per machine)", gguf, out)
     tokenizer = AutoTokenizer.from_pretrained(str(gguf.parent), gguf_file=gguf.name)
-    model: Any = AutoModelForCausalLM.from_pretrained(str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32)
+    model: Any = AutoModelForCausalLM.from_pretrained(
+        str(gguf.parent), gguf_file=gguf.name, dtype=torch.float32
+    )
     # save_pretrained refuses a model that says it is quantised; the weights are plain fp32 now
     if hasattr(model.config, "quantization_config"):
         del model.config.quantization_config
