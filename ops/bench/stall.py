@@ -45,7 +45,7 @@ class StepClock(Observer):
         self.steps: list[tuple[float, int, int]] = []
 
     def step_done(self, stats: StepStats) -> None:
-        self.steps.append((time.monotonic(), stats.rows, stats.joined))
+        self.steps.append((time.monotonic(), stats.running, stats.joined))
 
 
 @dataclass(frozen=True)
@@ -68,7 +68,7 @@ def stall_once(runner: CausalLM, plan: StallPlan, chunk: int) -> dict[str, float
     try:
         d.submit(
             [
-                _request(runner.name, "Tell me a long story about a lighthouse.", 200)
+                _request(runner.name, "Tell me a long story about a lighthouse.", 60)
                 for _ in range(plan.running)
             ]
         )
