@@ -27,6 +27,7 @@ from kafka.producer.future import FutureRecordMetadata
 
 from schemas.connections import kafka_client_options
 from schemas.messages import (
+    ChatMessage,
     GenerationParams,
     InferenceRequest,
     InferenceResult,
@@ -97,8 +98,9 @@ class InferqClient:
         self,
         task: Task | str,
         model: str,
-        inputs: str | Sequence[str],
+        inputs: str | Sequence[str] | None = None,
         *,
+        messages: Sequence[ChatMessage | dict[str, str] | tuple[str, str]] | None = None,
         request_id: str | None = None,
         tenant: str | None = None,
         priority: Priority | str = Priority.NORMAL,
@@ -110,11 +112,15 @@ class InferqClient:
 
         ``generation`` (task ``generate``): ``max_new_tokens``, ``temperature``, ``top_p``,
         ``stop``, ``seed``, ``stream_to_kafka`` — see :class:`schemas.messages.GenerationParams`.
+        ``messages`` (task ``generate``, instead of ``inputs``): a conversation, as
+        :class:`~schemas.messages.ChatMessage`, ``{"role", "content"}`` dicts or ``(role, content)``
+        pairs; the model answers with the assistant's next turn (see :meth:`chat`).
         """
         fields: dict[str, Any] = dict(
             task=task,
             model=model,
-            inputs=inputs if isinstance(inputs, str) else list(inputs),
+            inputs=inputs if inputs is None or isinstance(inputs, str) else list(inputs),
+            messages=None if messages is None else [_turn(m) for m in messages],
             tenant=tenant if tenant is not None else self.tenant,
             priority=priority,
             deadline=deadline,
@@ -126,6 +132,19 @@ class InferqClient:
         request = InferenceRequest.model_validate(fields)
         self.publish(request)
         return request.request_id
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage | dict[str, str] | tuple[str, str]],
+        **kw: Any,
+    ) -> str:
+        """Publish a conversation to a chat model (task ``generate``); returns the request id.
+
+        ``client.wait(client.chat("smollm2-135m-instruct", [("user", "Hi!")]))`` holds the answer in
+        ``outputs[0].text``. Keyword arguments are :meth:`submit`'s.
+        """
+        return self.submit(Task.GENERATE, model, messages=messages, **kw)
 
     def publish(self, request: InferenceRequest) -> FutureRecordMetadata:
         """Publish an already built request; the future resolves when the broker has it."""
@@ -300,3 +319,11 @@ class InferqClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _turn(m: ChatMessage | dict[str, str] | tuple[str, str]) -> ChatMessage | dict[str, str]:
+    """A conversation turn as the request model takes it (a pair becomes ``{"role", "content"}``)."""
+    if isinstance(m, tuple):
+        role, content = m
+        return {"role": role, "content": content}
+    return m

@@ -267,7 +267,12 @@ def print_generate(console: Console, data: dict[str, Any]) -> None:
         if r["tokens_per_s"] and r["ttft_p50"]:
             console.print(
                 f"{c} in flight, continuous ÷ static: tokens/s × {r['tokens_per_s']:.2f}, "
-                f"TTFT p50 ÷ {r['ttft_p50']:.1f}; continuous ÷ raw: × {r['continuous_over_raw']:.2f}"
+                f"TTFT p50 ÷ {r['ttft_p50']:.1f}"
+                + (
+                    f"; continuous ÷ raw: × {r['continuous_over_raw']:.2f}"
+                    if "continuous_over_raw" in r
+                    else ""
+                )
             )
     for s in data.get("stall", []):
         console.print(
