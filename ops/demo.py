@@ -138,7 +138,12 @@ def generate_demo(client: InferqClient, n: int = 12) -> tuple[dict[str, Any], li
         "tokens_per_s": round(sum(o.tokens for o in outs) / wall_s, 1),
         "time_to_first_token_ms": percentiles_ms(ttft),
     }
-    texts = {rid: results[rid].outputs[0].text for rid in ids if results[rid].outputs}
+    texts = {
+        rid: out.text
+        for rid in ids
+        for out in (results[rid].outputs or [])[:1]
+        if isinstance(out, GenerationOutput)
+    }
     samples = [(QUESTIONS[i], texts[ids[i]]) for i in range(2) if ids[i] in texts]
     return figures, samples
 
