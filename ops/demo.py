@@ -105,13 +105,13 @@ def one_in_flight(client: InferqClient, n: int) -> dict[str, float]:
 
 
 CHAT_MODEL = "smollm2-135m-instruct"
+# questions a 135M model answers well (greedy); some others ("give me two tips for …") send it into
+# a loop of repeated tokens, which is the model, not the serving
 QUESTIONS = (
     "What is the capital of France?",
-    "Give me two tips for sleeping better.",
+    "Why is the sky blue?",
     "What is a queue, in one sentence?",
     "Write a haiku about the sea.",
-    "Why is the sky blue?",
-    "Translate 'good morning' into Spanish.",
 )
 
 
