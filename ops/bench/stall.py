@@ -55,9 +55,16 @@ class StallPlan:
     chunks: tuple[int, ...] = (0, 256, 128)
 
 
-def _request(model: str, text: str, tokens: int) -> WorkItem:
+def _request(model: str, text: str, tokens: int, chat: bool = False) -> WorkItem:
+    """A greedy request; ``chat``: as a user's message (a chat model answers it at length, where a
+    bare prompt may end at once)."""
     params = {"max_new_tokens": tokens, "temperature": 0.0}
-    return WorkItem(request=InferenceRequest(task="generate", model=model, inputs=text, generation=params))
+    body = {"messages": [{"role": "user", "content": text}]} if chat else {"inputs": text}
+    return WorkItem(
+        request=InferenceRequest.model_validate(
+            {"task": "generate", "model": model, "generation": params, **body}
+        )
+    )
 
 
 def stall_once(runner: CausalLM, plan: StallPlan, chunk: int) -> dict[str, float]:
@@ -66,13 +73,13 @@ def stall_once(runner: CausalLM, plan: StallPlan, chunk: int) -> dict[str, float
     policy = DecodePolicy(max_running=plan.running + 1, stream_interval_ms=1e9, prefill_chunk_tokens=chunk)
     d = Decoder(runner, NullStore(), policy, observer=clock)  # type: ignore[arg-type]
     try:
-        d.submit(
-            [
-                _request(runner.name, "Tell me a long story about a lighthouse.", 60)
-                for _ in range(plan.running)
-            ]
-        )
+        story = "Tell me a long story about a lighthouse keeper and a storm."
+        chat = bool(getattr(runner.tokenizer, "chat_template", None))
+        running = d.submit([_request(runner.name, story, 60, chat) for _ in range(plan.running)])
+        give_up = time.monotonic() + 300
         while len(clock.steps) < 10:
+            if all(j.done.is_set() for j in running) or time.monotonic() > give_up:
+                raise RuntimeError(f"the running sequences ended after {len(clock.steps)} steps; need 10")
             time.sleep(0.005)
         long_text = " ".join(["word"] * plan.prompt_tokens)
         joined_at = len(clock.steps)
