@@ -111,7 +111,7 @@ class WorkerSettings(BaseModel):
         ),
     )
     generate_prefill_chunk_tokens: int = Field(
-        256,
+        128,
         ge=0,
         description=(
             "Prompt tokens prefilled per decode step while other sequences run: a long prompt joining "

@@ -22,7 +22,7 @@ class DecodePolicy:
     stream_interval_ms: float = 50.0
     static: bool = False  # join only when the running batch is empty
     # prompt tokens prefilled per iteration while others run (0 = a joiner's whole prompt at once)
-    prefill_chunk_tokens: int = 256
+    prefill_chunk_tokens: int = 128
 
 
 @dataclass(eq=False)
