@@ -1,5 +1,5 @@
 """The demo: real texts through Kafka → intake → Celery → batched model → Redis, then a summary;
-then a few generations (tiny-lm, continuous batching)."""
+then a few chat answers from a real language model (smollm2-135m-instruct, continuous batching)."""
 
 from __future__ import annotations
 
@@ -104,21 +104,26 @@ def one_in_flight(client: InferqClient, n: int) -> dict[str, float]:
     return percentiles_ms(lat)
 
 
-GENERATE_PROMPTS = (
-    "the weather in lisbon is",
-    "i want to talk to a human about",
-    "my order arrived and",
-    "how do i reset my",
+CHAT_MODEL = "smollm2-135m-instruct"
+# questions a 135M model answers well (greedy); some others ("give me two tips for …") send it into
+# a loop of repeated tokens, which is the model, not the serving
+QUESTIONS = (
+    "What is the capital of France?",
+    "Why is the sky blue?",
+    "What is a queue, in one sentence?",
+    "Write a haiku about the sea.",
 )
 
 
 def generate_demo(client: InferqClient, n: int = 12) -> tuple[dict[str, Any], list[tuple[str, str]]]:
-    """``n`` generate requests (tiny-lm) of different lengths at once: continuous batching lets the
-    short ones finish while the long ones run. Returns the figures and two (prompt, text) samples."""
+    """``n`` chat requests (smollm2-135m-instruct, greedy, different budgets) at once: continuous
+    batching lets the short answers finish while the long ones run. Returns the figures and two
+    (question, answer) samples."""
     ids, t0 = [], time.monotonic()
     for i in range(n):
-        params = {"max_new_tokens": 16 + 24 * (i % 4), "temperature": 0.8, "top_p": 0.95, "seed": i}
-        ids.append(client.submit("generate", "tiny-lm", GENERATE_PROMPTS[i % 4], generation=params))
+        params = {"max_new_tokens": 48 + 32 * (i % 3), "temperature": 0.0}
+        question = QUESTIONS[i % len(QUESTIONS)]
+        ids.append(client.chat(CHAT_MODEL, [("user", question)], generation=params))
     results = client.wait_all(ids, timeout_s=300)
     wall_s = time.monotonic() - t0
     done = [results[rid] for rid in ids if results[rid].status is ResultStatus.DONE]
@@ -133,17 +138,24 @@ def generate_demo(client: InferqClient, n: int = 12) -> tuple[dict[str, Any], li
         "tokens_per_s": round(sum(o.tokens for o in outs) / wall_s, 1),
         "time_to_first_token_ms": percentiles_ms(ttft),
     }
-    samples = [(GENERATE_PROMPTS[i % 4], o.text) for i, o in enumerate(outs[:2])]
+    texts = {
+        rid: out.text
+        for rid in ids
+        for out in (results[rid].outputs or [])[:1]
+        if isinstance(out, GenerationOutput)
+    }
+    samples = [(QUESTIONS[i], texts[ids[i]]) for i in range(2) if ids[i] in texts]
     return figures, samples
 
 
 def _print_generate(console: Console, g: dict[str, Any], samples: list[tuple[str, str]]) -> None:
     console.print(
-        f"generate (tiny-lm, continuous batching): {g['done']}/{g['requests']} done, {g['tokens']} tokens, "
+        f"generate ({CHAT_MODEL}, continuous batching): {g['done']}/{g['requests']} done, "
+        f"{g['tokens']} tokens, "
         f"{g['tokens_per_s']} tokens/s, time to first token p50 {g['time_to_first_token_ms']['p50']} ms"
     )
-    for prompt, text in samples:
-        console.print(f"  generate {prompt!r} → {text[:80]!r}")
+    for question, answer in samples:
+        console.print(f"  chat {question!r} → {answer[:200]!r}")
 
 
 def run_demo(settings: Settings, n: int, console: Console) -> dict[str, Any]:

@@ -2,9 +2,12 @@
 
     inferq-submit --task embed --model all-MiniLM-L6-v2 texts.txt > results.jsonl
     echo "I want to talk to a human" | inferq-submit --task classify --model minilm-intent -
+    echo "What is the capital of France?" | inferq-submit --chat --system "Answer in one word." -
 
 One request per non-empty line (``--per-request N`` groups N lines into one request). Results are
-written as JSON lines to stdout, in input order; the progress bar goes to stderr.
+written as JSON lines to stdout, in input order; the progress bar goes to stderr. With ``--chat``
+each line is a user's message to a chat model (task ``generate``, model smollm2-135m-instruct
+unless ``--model`` says otherwise), sent as a one-turn conversation after ``--system`` if given.
 """
 
 from __future__ import annotations
@@ -19,6 +22,8 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from producers.client import InferqClient
 from schemas.messages import Priority, Task
+
+CHAT_MODEL = "smollm2-135m-instruct"
 
 
 def _lines(src: TextIO) -> Iterator[str]:
@@ -39,10 +44,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tenant", default=None)
     p.add_argument("--priority", choices=[x.value for x in Priority], default=Priority.NORMAL.value)
     p.add_argument("--top-k", type=int, default=5)
+    p.add_argument("--chat", action="store_true", help="each line is a user message to a chat model")
+    p.add_argument("--system", default=None, help="--chat: a system message before each user message")
+    p.add_argument("--max-new-tokens", type=int, default=None, help="generate: most tokens per answer")
     p.add_argument("--timeout-s", type=float, default=300.0, help="how long to wait for all results")
     p.add_argument("--no-wait", action="store_true", help="print request ids and exit")
     args = p.parse_args(argv)
-    model = args.model or ("all-MiniLM-L6-v2" if args.task == "embed" else "minilm-intent")
+    if args.chat:
+        args.task = Task.GENERATE.value
+    defaults = {"embed": "all-MiniLM-L6-v2", "classify": "minilm-intent", "generate": CHAT_MODEL}
+    model = args.model or defaults[args.task]
     err = Console(stderr=True)
 
     src = sys.stdin if args.file == "-" else open(args.file, encoding="utf-8")  # noqa: SIM115
@@ -53,15 +64,19 @@ def main(argv: list[str] | None = None) -> int:
         err.print("[red]no input lines[/red]")
         return 2
 
+    generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
+    system = [("system", args.system)] if args.system else []
     with InferqClient() as client:
         ids = [
             client.submit(
                 args.task,
                 model,
-                g if args.per_request > 1 else g[0],
+                None if args.chat else (g if args.per_request > 1 else g[0]),
+                messages=[*system, *(("user", line) for line in g)] if args.chat else None,
                 tenant=args.tenant,
                 priority=args.priority,
                 top_k=args.top_k,
+                generation=generation,
             )
             for g in groups
         ]

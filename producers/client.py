@@ -25,6 +25,7 @@ from typing import Any, NamedTuple
 
 from schemas.connections import kafka_producer
 from schemas.messages import (
+    ChatMessage,
     EmbeddingEncoding,
     GenerationParams,
     InferenceRequest,
@@ -107,8 +108,9 @@ class InferqClient:
         self,
         task: Task | str,
         model: str,
-        inputs: str | Sequence[str],
+        inputs: str | Sequence[str] | None = None,
         *,
+        messages: Sequence[ChatMessage | dict[str, str] | tuple[str, str]] | None = None,
         request_id: str | None = None,
         tenant: str | None = None,
         priority: Priority | str = Priority.NORMAL,
@@ -123,11 +125,15 @@ class InferqClient:
         ``stop``, ``seed``, ``stream_to_kafka`` — see :class:`schemas.messages.GenerationParams`.
         ``encoding`` (task ``embed``): ``base64`` or ``base64-f16`` for compact embeddings; read
         them back with :meth:`schemas.messages.EmbeddingOutput.floats`.
+        ``messages`` (task ``generate``, instead of ``inputs``): a conversation, as
+        :class:`~schemas.messages.ChatMessage`, ``{"role", "content"}`` dicts or ``(role, content)``
+        pairs; the model answers with the assistant's next turn (see :meth:`chat`).
         """
         fields: dict[str, Any] = dict(
             task=task,
             model=model,
-            inputs=inputs if isinstance(inputs, str) else list(inputs),
+            inputs=inputs if inputs is None or isinstance(inputs, str) else list(inputs),
+            messages=None if messages is None else [_turn(m) for m in messages],
             tenant=tenant if tenant is not None else self.tenant,
             priority=priority,
             deadline=deadline,
@@ -141,6 +147,19 @@ class InferqClient:
         request = InferenceRequest.model_validate(fields)
         self.publish(request)
         return request.request_id
+
+    def chat(
+        self,
+        model: str,
+        messages: Sequence[ChatMessage | dict[str, str] | tuple[str, str]],
+        **kw: Any,
+    ) -> str:
+        """Publish a conversation to a chat model (task ``generate``); returns the request id.
+
+        ``client.wait(client.chat("smollm2-135m-instruct", [("user", "Hi!")]))`` holds the answer in
+        ``outputs[0].text``. Keyword arguments are :meth:`submit`'s.
+        """
+        return self.submit(Task.GENERATE, model, messages=messages, **kw)
 
     def publish(self, request: InferenceRequest) -> Any:
         """Publish an already built request; the future resolves when the broker has it."""
@@ -332,3 +351,11 @@ class InferqClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _turn(m: ChatMessage | dict[str, str] | tuple[str, str]) -> ChatMessage | dict[str, str]:
+    """A conversation turn as the request model takes it (a pair becomes ``{"role", "content"}``)."""
+    if isinstance(m, tuple):
+        role, content = m
+        return {"role": role, "content": content}
+    return m

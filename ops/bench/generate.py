@@ -1,6 +1,10 @@
-"""Generation: continuous versus static batching, through the whole pipeline, in one run.
+"""Generation on the real model: continuous versus static batching through the whole pipeline,
+and the model alone in this process as the ceiling, in one run.
 
-For each mode a stack of its own (broker, Redis, worker serving tiny-lm, intake) takes the same
+The model is smollm2-135m-instruct; every request is a chat turn (``messages``: a user message of
+1–14 corpus sentences, so prompts run from 36 to 148 tokens after the chat template, median 74),
+decoded greedily, so the pipeline and the raw model produce the same answers. For each mode a
+stack of its own (broker, Redis, worker serving the model, intake) takes the same
 closed-loop loads: ``concurrency`` clients, each publishing a ``generate`` request to Kafka and the
 next one as soon as its result is terminal, until ``requests`` have finished — once with as many
 clients as the running batch holds (at capacity: continuous batching never makes anyone wait),
@@ -11,7 +15,9 @@ member until the longest is done; continuous batching lets members leave and new
 between steps.
 
 Figures per mode: generated tokens per second over the run, time to first token (published →
-first token, from each result's timings) and end-to-end latency, p50 and p99.
+first token, from each result's timings) and end-to-end latency, p50 and p99. ``raw`` is
+:mod:`ops.bench.generate_raw` on the same prompts and budgets; ``stall`` is
+:mod:`ops.bench.stall` (a long prompt joining a running batch, whole and chunked).
 """
 
 from __future__ import annotations
@@ -28,14 +34,18 @@ from rich.console import Console
 from rich.table import Table
 
 from ops.bench.corpus import bench_texts
+from ops.bench.generate_raw import raw_generate
+from ops.bench.stall import StallPlan, measure_stall
 from ops.stack import Stack, on_free_ports
 from schemas.connections import kafka_options
-from schemas.messages import InferenceRequest, InferenceResult, ResultStatus
+from schemas.messages import ChatMessage, InferenceRequest, InferenceResult, ResultStatus, Role
 from schemas.naming import requests_topic
 from schemas.settings import Settings
+from workers.core.runners import load_runner
+from workers.core.runners.causal import CausalLM
 from workers.store.store import DoneWatcher, ResultStore
 
-MODEL = "tiny-lm"
+MODEL = "smollm2-135m-instruct"
 MODES = ("continuous", "static")
 
 
@@ -44,13 +54,14 @@ class GeneratePlan:
     requests: int = 96
     concurrency: tuple[int, ...] = (16, 32)  # the running batch's size, then twice it
     min_new_tokens: int = 8
-    max_new_tokens: int = 160
+    max_new_tokens: int = 256
     max_running: int = 16
     seed: int = 7
+    stall: bool = True
 
     @classmethod
     def quick(cls) -> GeneratePlan:
-        return cls(requests=32, concurrency=(8,), max_new_tokens=96, max_running=8)
+        return cls(requests=32, concurrency=(8,), max_new_tokens=96, max_running=8, stall=False)
 
     def budgets(self) -> list[int]:
         rng = random.Random(self.seed)
@@ -74,8 +85,18 @@ class ModeResult:
         return asdict(self)
 
 
+def chats(n: int, seed: int) -> list[tuple[ChatMessage, ...]]:
+    """``n`` one-turn conversations of 1–14 corpus sentences (mixed prompt lengths)."""
+    rng = random.Random(seed)
+    texts = bench_texts(n, seed=seed, parts=(1, 2))
+    return [
+        (ChatMessage(role=Role.USER, content=" ".join([texts[i], *rng.sample(texts, rng.randint(0, 6))])),)
+        for i in range(n)
+    ]
+
+
 def closed_loop(
-    settings: Settings, plan: GeneratePlan, concurrency: int, prompts: Sequence[str]
+    settings: Settings, plan: GeneratePlan, concurrency: int, prompts: Sequence[tuple[ChatMessage, ...]]
 ) -> list[InferenceResult]:
     """Run the plan's requests, ``concurrency`` at a time; returns every terminal result."""
     store = ResultStore.from_settings(settings)
@@ -88,8 +109,8 @@ def closed_loop(
         req = InferenceRequest(
             task="generate",
             model=MODEL,
-            inputs=prompts[i % len(prompts)],
-            generation={"max_new_tokens": budgets[i], "temperature": 1.0, "seed": i},
+            messages=list(prompts[i % len(prompts)]),
+            generation={"max_new_tokens": budgets[i], "temperature": 0.0},
         )
         producer.send(topic, key=req.request_id.encode(), value=req.wire_json().encode())
         pending.add(req.request_id)
@@ -147,8 +168,9 @@ def summarise(mode: str, results: list[InferenceResult]) -> ModeResult:
 
 
 def bench_generate(settings: Settings, plan: GeneratePlan, step: Callable[[str], None]) -> dict[str, Any]:
-    """Both modes, one after the other on the same cores; returns the figures and their ratios."""
-    prompts = [t[:160] for t in bench_texts(256, seed=plan.seed)]
+    """Both modes, one after the other on the same cores, then the raw model and the stall;
+    returns the figures and their ratios."""
+    prompts = chats(plan.requests, plan.seed)
     modes: dict[str, dict[str, Any]] = {}
     for mode in MODES:
         step(f"generate: {mode} batching, {plan.requests} requests at {plan.concurrency} in flight")
@@ -163,21 +185,39 @@ def bench_generate(settings: Settings, plan: GeneratePlan, step: Callable[[str],
         stack = Stack(gs)
         try:
             stack.up(only=["broker", "redis", "worker", "intake"])
-            warm = GeneratePlan(requests=4, max_new_tokens=16, seed=plan.seed + 1)
+            warm = GeneratePlan(requests=4, min_new_tokens=4, max_new_tokens=16, seed=plan.seed + 1)
             closed_loop(gs, warm, 4, prompts)
             modes[mode] = {
                 str(c): summarise(mode, closed_loop(gs, plan, c, prompts)).as_dict() for c in plan.concurrency
             }
         finally:
             stack.down()
+    step(f"generate: the raw model, generate() in static batches of {plan.max_running}")
+    runner = _in_process(settings)
+    ids = [runner.render_chat(p) for p in prompts]
+    raw = raw_generate(runner, ids, plan.budgets(), plan.max_running)
     ratios = {}
     for c in map(str, plan.concurrency):
         cont, static = modes["continuous"][c], modes["static"][c]
         ratios[c] = {
             "tokens_per_s": cont["tokens_per_s"] / static["tokens_per_s"] if static["tokens_per_s"] else None,
             "ttft_p50": static["ttft_p50_ms"] / cont["ttft_p50_ms"] if cont["ttft_p50_ms"] else None,
+            "continuous_over_raw": cont["tokens_per_s"] / raw["tokens_per_s"],
+            "static_over_raw": static["tokens_per_s"] / raw["tokens_per_s"],
         }
-    return {"model": MODEL, "plan": asdict(plan), "modes": modes, "continuous_over_static": ratios}
+    data = {"model": MODEL, "version": runner.version, "plan": asdict(plan), "modes": modes, "raw": raw}
+    data["continuous_over_static"] = ratios
+    if plan.stall:
+        step("generate: the prefill stall, a 1000-token prompt joining 8 running sequences")
+        data["stall"] = measure_stall(runner, StallPlan())
+    return data
+
+
+def _in_process(settings: Settings) -> CausalLM:
+    """The model in this process, on the worker's threads (one worker process's share of the cores)."""
+    runner = load_runner(MODEL, settings)
+    assert isinstance(runner, CausalLM)
+    return runner
 
 
 def print_generate(console: Console, data: dict[str, Any]) -> None:
@@ -210,10 +250,32 @@ def print_generate(console: Console, data: dict[str, Any]) -> None:
                 f"{m['latency_p99_ms']:.0f}",
                 str(m["failed"]),
             )
+    raw = data.get("raw")
+    if raw:
+        t.add_row(
+            "raw generate()",
+            str(raw["batch"]),
+            f"{raw['tokens_per_s']:.0f}",
+            f"{raw['ttft_p50_ms']:.0f}",
+            f"{raw['ttft_p99_ms']:.0f}",
+            f"{raw['latency_p50_ms']:.0f}",
+            f"{raw['latency_p99_ms']:.0f}",
+            "0",
+        )
     console.print(t)
     for c, r in data.get("continuous_over_static", {}).items():
         if r["tokens_per_s"] and r["ttft_p50"]:
             console.print(
                 f"{c} in flight, continuous ÷ static: tokens/s × {r['tokens_per_s']:.2f}, "
                 f"TTFT p50 ÷ {r['ttft_p50']:.1f}"
+                + (
+                    f"; continuous ÷ raw: × {r['continuous_over_raw']:.2f}"
+                    if "continuous_over_raw" in r
+                    else ""
+                )
             )
+    for s in data.get("stall", []):
+        console.print(
+            f"prefill stall, chunk {s['prefill_chunk_tokens'] or 'whole'}: {s['stall_ms']:.0f} ms "
+            f"= {s['stall_steps']:.1f} decode steps of {s['decode_step_ms']:.0f} ms"
+        )

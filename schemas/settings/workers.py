@@ -118,6 +118,15 @@ class WorkerSettings(BaseModel):
             "dead-lettered) in the worker"
         ),
     )
+    generate_prefill_chunk_tokens: int = Field(
+        128,
+        ge=0,
+        description=(
+            "Prompt tokens prefilled per decode step while other sequences run: a long prompt joining "
+            "is run in chunks between steps, so running generations pause one chunk at a time, not for "
+            "the whole prompt; `0` = whole prompts at once"
+        ),
+    )
     generate_stream_interval_ms: float = Field(
         50.0,
         gt=0,
@@ -129,9 +138,19 @@ class WorkerSettings(BaseModel):
         "", description="A hub-style folder (config, tokenizer, weights) served as model `causal-lm`"
     )
 
+    model_cache_dir: str = Field(
+        "",
+        description=(
+            "Machine-wide folder of models converted for serving (the GGUF of smollm2-135m-instruct, "
+            "converted once to fp32 and shared by every worker and state folder); empty = "
+            "`$XDG_CACHE_HOME/inferq/models` (`~/.cache/inferq/models`)"
+        ),
+    )
+
     # --- Worker ------------------------------------------------------------------------------
     worker_models: str = Field(
-        "all-MiniLM-L6-v2,minilm-intent,tiny-lm", description="Models a worker loads at start and serves"
+        "all-MiniLM-L6-v2,minilm-intent,tiny-lm,smollm2-135m-instruct",
+        description="Models a worker loads at start and serves",
     )
     worker_concurrency: int = Field(16, ge=1, description="Celery messages a worker holds at once (threads)")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`")

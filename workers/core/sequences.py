@@ -21,6 +21,8 @@ class DecodePolicy:
     max_prompt_tokens: int = 1_024
     stream_interval_ms: float = 50.0
     static: bool = False  # join only when the running batch is empty
+    # prompt tokens prefilled per iteration while others run (0 = a joiner's whole prompt at once)
+    prefill_chunk_tokens: int = 128
 
 
 @dataclass(eq=False)

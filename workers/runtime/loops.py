@@ -41,6 +41,7 @@ def build_loop(
             s.generate_max_prompt_tokens,
             s.generate_stream_interval_ms,
             static=s.generate_batching == "static",
+            prefill_chunk_tokens=s.generate_prefill_chunk_tokens,
         )
         return Decoder(runner, store, policy, s.max_attempts, observer=observer, outlet=outlet)
     batch = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.priority_aging_ms)

@@ -91,14 +91,19 @@ def test_generate_figures_come_from_the_results_timings():
     assert m.wall_s == 1.0 and m.tokens_per_s == 150.0  # first publish → last result
     assert m.ttft_p50_ms == 30.0 and m.latency_p99_ms > 990
     budgets = GeneratePlan(requests=50).budgets()
-    assert budgets == GeneratePlan(requests=50).budgets() and min(budgets) >= 8 and max(budgets) <= 160
+    assert budgets == GeneratePlan(requests=50).budgets() and min(budgets) >= 8 and max(budgets) <= 256
     data = {
-        "model": "tiny-lm",
+        "model": "smollm2-135m-instruct",
         "plan": GeneratePlan().__dict__,
         "modes": {"continuous": {"16": m.as_dict()}, "static": {"16": m.as_dict()}},
-        "continuous_over_static": {"16": {"tokens_per_s": 1.0, "ttft_p50": 1.0}},
+        "raw": {**m.as_dict(), "mode": "raw", "batch": 16},
+        "continuous_over_static": {"16": {"tokens_per_s": 1.0, "ttft_p50": 1.0, "continuous_over_raw": 0.9}},
+        "stall": [
+            {"prefill_chunk_tokens": 0, "decode_step_ms": 20.0, "stall_ms": 400.0, "stall_steps": 20.0}
+        ],
     }
     console = Console(record=True, width=200)
     print_generate(console, data)
     text = console.export_text()
     assert "continuous" in text and "tokens/s × 1.00" in text
+    assert "raw generate()" in text and "continuous ÷ raw: × 0.90" in text and "= 20.0 decode steps" in text

@@ -58,6 +58,7 @@ LOADERS: dict[str, str] = {
     "tiny-lm": "workers.core.runners.causal:load_tiny_lm",
     "causal-lm": "workers.core.runners.causal:load_causal_lm",
     "echo-384": "workers.core.runners.echo:load_echo",
+    "smollm2-135m-instruct": "workers.core.runners.smollm:load_smollm2",
 }
 
 

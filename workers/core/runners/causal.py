@@ -31,8 +31,8 @@ import torch.nn.functional as F
 from safetensors.torch import load_file
 from transformers import AutoModelForCausalLM, AutoTokenizer, DynamicCache, LlamaConfig, LlamaForCausalLM
 
-from schemas.errors import ConfigurationError
-from schemas.messages import Task
+from schemas.errors import ConfigurationError, InvalidRequest
+from schemas.messages import ChatMessage, InferenceRequest, Task
 from schemas.settings import Settings
 from workers.core.runners.base import file_digest
 from workers.core.runners.device import choose_device, configure_threads, dtype_for
@@ -108,6 +108,38 @@ class KVBatch:
         )
 
 
+@dataclass
+class Prefill:
+    """Prompts being prefilled a chunk of columns at a time (left-padded together, like a
+    :class:`KVBatch`): a long prompt joining a running batch is run in pieces between its decode
+    steps, so the running rows wait one chunk, not the whole prompt."""
+
+    ids: torch.Tensor  # [rows, width], left-padded
+    mask: torch.Tensor  # [rows, width]
+    cache: DynamicCache
+    done: int = 0  # columns already run
+
+    @property
+    def width(self) -> int:
+        return int(self.ids.shape[1])
+
+    @property
+    def rows(self) -> int:
+        return int(self.ids.shape[0])
+
+    @property
+    def finished(self) -> bool:
+        return self.done >= self.width
+
+    def kv(self) -> KVBatch:
+        return KVBatch(self.cache, self.mask, self.mask.sum(-1))
+
+
+# end-of-turn tokens of common chat templates: a chat model ends its answer with one of these, which
+# its config does not always name as end of sequence
+END_OF_TURN = ("<|im_end|>", "<|eot_id|>", "<|end|>", "<end_of_turn>", "<|endoftext|>")
+
+
 class CausalLM:
     """A causal LM on one device: tokenise prompts, prefill them, decode one token per row."""
 
@@ -140,6 +172,11 @@ class CausalLM:
         # every prompt position but the last (most of a prefill's cost on a large vocabulary)
         self._cache_kw = "cache" if "cache" in params else "past_key_values"
         self._keep_last = {"logits_to_keep": 1} if "logits_to_keep" in params else {}
+        # the strings the tokenizer turns into special tokens: never allowed in chat content
+        specials = set(getattr(tokenizer, "all_special_tokens", []) or [])
+        added = getattr(tokenizer, "added_tokens_decoder", {}) or {}
+        specials |= {str(t) for t in added.values() if getattr(t, "special", False)}
+        self._control_tokens = tuple(sorted((t for t in specials if t), key=len, reverse=True))
 
     # -- text ------------------------------------------------------------------------------
     def tokenize(self, texts: Sequence[str]) -> list[list[int]]:
@@ -153,6 +190,36 @@ class CausalLM:
         plain: list[list[int]] = self.tokenizer(list(texts), add_special_tokens=False)["input_ids"]
         return [[self.bos_id, *row] if self.bos_id is not None else list(row) for row in plain]
 
+    def prompts(self, request: InferenceRequest) -> list[list[int]]:
+        """Token ids of each prompt of ``request``: its texts, or its conversation rendered."""
+        if request.messages is not None:
+            return [self.render_chat(request.messages)]
+        return self.tokenize(request.texts())
+
+    def render_chat(self, messages: Sequence[ChatMessage]) -> list[int]:
+        """A conversation in the model's own chat template, opened for the assistant's next turn.
+
+        Content may not hold the template's control tokens (``<|im_start|>``, ``<|im_end|>``, …):
+        the tokenizer would read them as the real thing, letting a user's text close its own turn and
+        open a ``system`` one. Such a request is refused rather than silently rewritten.
+        """
+        if not getattr(self.tokenizer, "chat_template", None):
+            raise InvalidRequest(
+                f"model {self.name!r} has no chat template, so it cannot take `messages`",
+                hint="send the prompt as `inputs`, or use a chat model (e.g. smollm2-135m-instruct)",
+            )
+        for i, m in enumerate(messages):
+            found = next((t for t in self._control_tokens if t in m.content), None)
+            if found is not None:
+                raise InvalidRequest(
+                    f"messages[{i}].content holds {found!r}, a control token of {self.name}'s chat template",
+                    hint="remove the model's control tokens from the text: no message may open or end a turn",
+                )
+        turns = [{"role": m.role.value, "content": m.content} for m in messages]
+        text: str = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
+        return ids
+
     def detokenize(self, ids: Sequence[int]) -> str:
         text: str = self.tokenizer.decode(list(ids), skip_special_tokens=True)
         return text
@@ -161,17 +228,31 @@ class CausalLM:
     @torch.inference_mode()
     def prefill(self, prompts: Sequence[Sequence[int]]) -> tuple[torch.Tensor, KVBatch]:
         """Run the prompts (left-padded together); returns each one's next-token logits and its KV rows."""
+        p = self.begin_prefill(prompts)
+        logits = self.prefill_chunk(p, p.width)
+        assert logits is not None
+        return logits, p.kv()
+
+    def begin_prefill(self, prompts: Sequence[Sequence[int]]) -> Prefill:
+        """The prompts left-padded together, nothing run yet (see :meth:`prefill_chunk`)."""
         longest = max(len(p) for p in prompts)
         ids = torch.zeros((len(prompts), longest), dtype=torch.long)
         mask = torch.zeros((len(prompts), longest), dtype=torch.long)
         for i, p in enumerate(prompts):
             ids[i, longest - len(p) :] = torch.as_tensor(list(p), dtype=torch.long)
             mask[i, longest - len(p) :] = 1
-        ids, mask = ids.to(self._device), mask.to(self._device)
-        positions = (mask.cumsum(-1) - 1).clamp(min=0)
-        cache = DynamicCache()
-        logits = self._forward(ids, mask, positions, cache, **self._keep_last)
-        return logits, KVBatch(cache, mask, mask.sum(-1))
+        return Prefill(ids.to(self._device), mask.to(self._device), DynamicCache())
+
+    @torch.inference_mode()
+    def prefill_chunk(self, p: Prefill, columns: int) -> torch.Tensor | None:
+        """Run the next ``columns`` columns of ``p`` (extending its cache); returns the next-token
+        logits once the last column has run, else None."""
+        start, end = p.done, min(p.width, p.done + max(1, columns))
+        mask = p.mask[:, :end]
+        positions = (mask.cumsum(-1) - 1).clamp(min=0)[:, start:end]
+        logits = self._forward(p.ids[:, start:end], mask, positions, p.cache, **self._keep_last)
+        p.done = end
+        return logits if p.finished else None
 
     @torch.inference_mode()
     def decode(self, batch: KVBatch, tokens: Sequence[int]) -> tuple[torch.Tensor, KVBatch]:
@@ -198,12 +279,19 @@ class CausalLM:
 
 
 def _eos_ids(model: torch.nn.Module, tokenizer: Any) -> list[int]:
-    found = getattr(getattr(model, "generation_config", None), "eos_token_id", None)
-    if found is None:
-        found = getattr(tokenizer, "eos_token_id", None)
-    if found is None:
-        return []
-    return [int(i) for i in (found if isinstance(found, list | tuple) else [found])]
+    """End of sequence as the model's generation config and its tokenizer name it, and the chat
+    template's end-of-turn token where the vocabulary has one (:data:`END_OF_TURN`)."""
+    found: set[int] = set()
+    for named in (
+        getattr(getattr(model, "generation_config", None), "eos_token_id", None),
+        getattr(tokenizer, "eos_token_id", None),
+    ):
+        if named is not None:
+            found |= {int(i) for i in (named if isinstance(named, list | tuple) else [named])}
+    if getattr(tokenizer, "chat_template", None):
+        vocab = tokenizer.get_vocab()
+        found |= {int(vocab[t]) for t in END_OF_TURN if t in vocab}
+    return sorted(found)
 
 
 def load_tiny_lm(settings: Settings) -> CausalLM:

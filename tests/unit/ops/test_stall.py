@@ -1,0 +1,13 @@
+"""The prefill-stall measurement (ops/bench/stall.py) runs the real decoder end to end on a tiny
+model: a long prompt joins running sequences, whole and chunked, and every figure comes back."""
+
+from ops.bench.stall import StallPlan, measure_stall
+from tests.tiny_models import tiny_causal_lm
+
+
+def test_the_stall_is_measured_whole_and_chunked():
+    got = measure_stall(tiny_causal_lm(), StallPlan(running=2, prompt_tokens=60, chunks=(0, 8)))
+    assert [g["prefill_chunk_tokens"] for g in got] == [0, 8]
+    for g in got:
+        assert g["decode_step_ms"] > 0 and g["stall_ms"] >= g["decode_step_ms"] * 0.5
+        assert g["stall_steps"] == g["stall_ms"] / g["decode_step_ms"]
