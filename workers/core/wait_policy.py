@@ -21,10 +21,15 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+# (texts, tokens each) of the timed passes at start: two sizes × two lengths, each twice (the first
+# pass at a shape can pay one-off allocation); ~1 s of MiniLM on 2 CPU cores, milliseconds on a GPU
+CALIBRATION: tuple[tuple[int, int], ...] = ((1, 16), (1, 128), (8, 16), (8, 128)) * 2
 
 
 class WaitPolicy(Protocol):
@@ -72,6 +77,23 @@ class CostModel:
     def coefficients(self) -> tuple[float, float, float] | None:
         """(a ms/token, b ms/text, c ms/batch) once fitted."""
         return self._coef
+
+    def rates(self) -> tuple[float, float] | None:
+        """(ms per padded token, ms per forward pass) once fitted: what the batcher cuts batches by."""
+        coef = self._coef
+        return None if coef is None else (coef[0], coef[2])
+
+    def calibrate(
+        self, run_ms: Callable[[int, int], float], shapes: Sequence[tuple[int, int]] = CALIBRATION
+    ) -> None:
+        """Time a forward pass at each (texts, tokens per text) of ``shapes`` and observe it, so the
+        model is fitted before the first request (the shapes span both batch size and length, which
+        is what separates the per-pass overhead from the per-token cost)."""
+        for texts, tokens in shapes:
+            self.observe(texts * tokens, texts, run_ms(texts, tokens))
+        with self._lock:  # fit now, even with fewer samples than ``min_samples``
+            self._coef = _fit(list(self._samples)) or self._coef
+            self._since_fit = 0
 
     def observe(self, padded_tokens: int, texts: int, ms: float) -> None:
         with self._lock:

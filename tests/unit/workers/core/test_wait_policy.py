@@ -81,3 +81,18 @@ def test_the_batcher_asks_its_wait_policy():
     fixed = Batcher(BatchPolicy(32, 10_000, 10), FixedWait(10), clock=clock)
     fixed.put("lone", 10)
     assert fixed.poll() is None
+
+
+def test_calibration_fits_overhead_and_per_token_cost_before_any_batch():
+    cost = CostModel()
+    assert cost.rates() is None
+    seen = []
+
+    def run_ms(texts: int, tokens: int) -> float:
+        seen.append((texts, tokens))
+        return 12.0 + 0.25 * texts * tokens  # 12 ms a pass, 0.25 ms a padded token
+
+    cost.calibrate(run_ms)
+    per_token, per_batch = cost.rates()
+    assert per_token == pytest.approx(0.25) and per_batch == pytest.approx(12.0)
+    assert {t for t, _ in seen} == {1, 8} and {n for _, n in seen} == {16, 128}
