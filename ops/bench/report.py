@@ -86,7 +86,8 @@ def print_report(console: Console, data: dict[str, Any], corpus: str = "~40-toke
         "raw best-batch (seq/s)",
         f"{data['raw_best_seq_per_s']:.1f}",
         f"{data['raw']['best_layout']}, batch {data['raw']['best_batch_size']}"
-        f" (sweep: {data['raw']['best_swept_seq_per_s']:.1f}; median of {len(data['ratio_runs'])} rounds)",
+        f" (sweep: {data['raw']['best_swept_seq_per_s']:.1f}"
+        + (f"; median of {len(data['ratio_runs'])} rounds)" if data.get("ratio_runs") else ")"),
     )
     head.add_row("raw batch-1 compute p50 (ms)", f"{data['raw']['batch1_p50_ms']:.1f}", "")
     head.add_row("pipeline at saturation (seq/s)", f"{data['pipeline_seq_per_s']:.1f}", "")
