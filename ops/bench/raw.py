@@ -99,8 +99,8 @@ def measure_again(settings: Settings, model: str, texts: Sequence[str], layout: 
     """Seq/s of the sweep's best layout and batch size, measured once more.
 
     The sweep's best is the largest of several noisy figures, so it runs high; this sample is not
-    the one the choice was made on. The bench takes it right after the pipeline's burst, so drift
-    of the machine between the two steps does not land on one side of the ratio.
+    the one the choice was made on. The bench takes it in rounds, in alternation with the
+    pipeline's burst (:mod:`ops.bench.trusted`), so drift of the machine lands on both sides.
     """
     runner = load_runner(model, settings)
     ordered = _sorted(runner, texts)
