@@ -21,7 +21,7 @@ def test_mixed_corpus_stays_within_256_tokens_and_spans_questions_to_paragraphs(
 
 def test_warm_up_fits_minilm_cost_before_the_first_request():
     runner = load_runner("all-MiniLM-L6-v2", Settings(torch_threads=1))
-    engine = Engine(runner, FakeStore(), BatchPolicy())  # type: ignore[arg-type]
+    engine = Engine(runner, FakeStore(), BatchPolicy())
     try:
         assert engine.cost.rates() is None
         engine.warm_up()
