@@ -27,8 +27,8 @@ Contract (tested in ``tests/unit/workers/core/test_batcher.py`` with a fake cloc
   4. *Cost.* A forward pass costs about ``per_batch_ms + per_token_ms × padded tokens`` (the
      per-text term is paid wherever a text goes, so it does not decide anything). Of the line-up,
      the batch released is the prefix (anchor first) that minimises the cost of this pass plus an
-     estimate of serving everything left in the pool later: sorted by length and cut into full
-     batches, the best fit the pool allows. So a candidate joins only if the padding it brings (its
+     estimate of serving what it leaves behind (of the pool's entries in its range of lengths)
+     later, in batches of like lengths. So a candidate joins only if the padding it brings (its
      own, and what its length forces on the others) costs less than the per-batch overhead it
      saves; 27 short texts are not padded to 256 tokens beside 5 long ones, while a shallow pool of
      similar lengths still goes as one batch. Only the ratio ``per_batch_ms / per_token_ms`` (the
@@ -56,8 +56,6 @@ from collections import Counter
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
-
-import numpy as np
 
 from workers.core.wait_policy import FixedWait, WaitPolicy
 
@@ -122,35 +120,39 @@ def cheapest_prefix(walk: Sequence[int], pool: Sequence[int], slots: int, overhe
     """How many of ``walk`` (a batch's line-up of token lengths, anchor first) to release.
 
     ``pool`` holds the lengths of every entry waiting, the walk's included. For each prefix the
-    cost is this pass (``overhead + len × longest``, in padded tokens) plus what the rest of the
-    pool would cost later, sorted by length and cut into batches of ``slots`` (each paying the
-    overhead and its longest × its size). Returns the length of the cheapest prefix (≥ 1); on a
-    tie the longer one, so equal lengths never split.
+    cost is this pass (``overhead + len × longest``, in padded tokens) plus what the entries left
+    behind in the walk's range of lengths would cost later (:func:`later_cost`); entries outside
+    that range are served the same whichever prefix goes. Returns the length of the cheapest
+    prefix (≥ 1); on a tie the longer one, so equal lengths never split.
     """
     m = len(walk)
     if m <= 1 or math.isinf(overhead_tokens) or min(walk) == max(walk):
         return m  # nothing to cut, padding is free, or there is no padding to save
-    lengths = np.asarray(pool, dtype=np.float64)
-    order = np.argsort(-lengths, kind="stable")
-    ranked = lengths[order]  # longest first
-    # the position in ``ranked`` of each walk entry: equal lengths take distinct positions
-    slot_of: dict[int, list[int]] = {}
-    for pos in range(len(ranked) - 1, -1, -1):
-        slot_of.setdefault(int(ranked[pos]), []).append(pos)
-    positions = [slot_of[n].pop() for n in walk]
-    removed = np.zeros((m, len(ranked)), dtype=bool)
-    removed[np.arange(m), positions] = True
-    keep = ~np.logical_or.accumulate(removed, axis=0)  # row k: the rest after a prefix of k + 1
-    rank = np.cumsum(keep, axis=1) - 1
-    left = keep.sum(axis=1)
-    first = keep & (rank % slots == 0)  # each later batch's longest entry
-    size = np.minimum(slots, left[:, None] - rank)
-    later = (first * ranked * size).sum(axis=1) + overhead_tokens * np.ceil(left / slots)
-    longest = np.maximum.accumulate(np.asarray(walk, dtype=np.float64))
-    now = overhead_tokens + np.arange(1, m + 1) * longest
-    total = now + later
-    best = total.min()
-    return int(np.flatnonzero(total <= best + 1e-9 * max(1.0, best))[-1]) + 1
+    lo, hi = min(walk), max(walk)
+    rest = sorted((n for n in pool if lo <= n <= hi), reverse=True)  # left behind by the prefix
+    best_total, best_m, longest = math.inf, m, 0
+    for k in range(1, m + 1):
+        longest = max(longest, walk[k - 1])
+        rest.remove(walk[k - 1])
+        total = overhead_tokens + k * longest + later_cost(rest, slots, overhead_tokens)
+        if total <= best_total + 1e-9 * max(1.0, best_total):
+            best_total, best_m = min(total, best_total), k
+    return best_m
+
+
+def later_cost(descending: Sequence[int], slots: int, overhead_tokens: float) -> float:
+    """Padded tokens plus overheads of serving these lengths (longest first) in later batches of
+    like lengths: an entry joins the batch before it while that batch has room and padding it to
+    the batch's longest costs no more than a pass of its own."""
+    total, size, top = 0.0, 0, 0
+    for n in descending:
+        if size and size < slots and top - n <= overhead_tokens:
+            size += 1
+            total += top
+        else:
+            size, top = 1, n
+            total += overhead_tokens + n
+    return total
 
 
 def fair_quota(demand: Counter[str], slots: int) -> dict[str, int]:
