@@ -12,6 +12,7 @@ from workers.core.batcher import (
     BatchPolicy,
     cheapest_prefix,
     fair_quota,
+    later_cost,
     overhead_in_tokens,
     padded_tokens,
     padding_waste,
@@ -394,6 +395,21 @@ def test_cheapest_prefix_prefers_the_longer_cut_on_a_tie_and_never_cuts_the_anch
     assert cheapest_prefix([256, 10], [256, 10], 32, 64.0) == 1
     assert cheapest_prefix([256, 10], [256, 10], 32, math.inf) == 2
     assert cheapest_prefix([7], [7, 300], 32, 0.0) == 1
+
+
+def test_a_shallow_pool_of_diverse_lengths_is_not_padded_to_its_longest():
+    """Leaving entries behind is priced as batches of their own like lengths, not as one batch
+    padded to the longest of everything left (which once made a 93 ride with the 9s)."""
+    walk = [46, 39, 31, 27, 13, 12, 9, 9, 9, 84, 8, 7, 93, 93]
+    keep = cheapest_prefix(walk, [*walk, 200, 230], 32, 11.0)
+    assert max(walk[:keep]) < 84
+
+
+def test_later_cost_groups_like_lengths_and_pays_one_overhead_per_group():
+    assert later_cost([], 32, 10.0) == 0.0
+    assert later_cost([50, 48, 45], 32, 10.0) == 10 + 3 * 50  # one batch: padding 2 + 5 < 10 each
+    assert later_cost([50, 20], 32, 10.0) == (10 + 50) + (10 + 20)  # 30 padded tokens > a pass
+    assert later_cost([5, 5, 5], 2, 10.0) == (10 + 10) + (10 + 5)  # at most ``slots`` a batch
 
 
 def test_overhead_in_tokens_reads_the_rates():
