@@ -67,6 +67,7 @@ class CostModel:
         self._min_samples = min_samples
         self._since_fit = 0
         self._coef: tuple[float, float, float] | None = None
+        self._rates: tuple[float, float] | None = None
         self._lock = threading.Lock()
 
     @property
@@ -79,9 +80,20 @@ class CostModel:
         return self._coef
 
     def rates(self) -> tuple[float, float] | None:
-        """(ms per padded token, ms per forward pass) once fitted: what the batcher cuts batches by."""
-        coef = self._coef
-        return None if coef is None else (coef[0], coef[2])
+        """(ms per padded token, ms per forward pass) once fitted: what the batcher cuts batches by.
+
+        Fitted apart, on padded tokens alone (``ms ≈ a·padded + c``): in the three-term fit the
+        per-text term can absorb the per-token cost when batches hold like lengths (the columns are
+        nearly collinear), and a per-token cost of 0 would tell the batcher that padding is free.
+        """
+        return self._rates
+
+    def _refit(self) -> None:
+        samples = list(self._samples)
+        self._coef = _fit(samples) or self._coef
+        two = _fit([(padded, 0.0, ms) for padded, _, ms in samples])
+        self._rates = (two[0], two[2]) if two else self._rates
+        self._since_fit = 0
 
     def calibrate(
         self, run_ms: Callable[[int, int], float], shapes: Sequence[tuple[int, int]] = CALIBRATION
@@ -92,8 +104,7 @@ class CostModel:
         for texts, tokens in shapes:
             self.observe(texts * tokens, texts, run_ms(texts, tokens))
         with self._lock:  # fit now, even with fewer samples than ``min_samples``
-            self._coef = _fit(list(self._samples)) or self._coef
-            self._since_fit = 0
+            self._refit()
 
     def observe(self, padded_tokens: int, texts: int, ms: float) -> None:
         with self._lock:
@@ -102,8 +113,7 @@ class CostModel:
             if len(self._samples) >= self._min_samples and (
                 self._coef is None or self._since_fit >= self._refit_every
             ):
-                self._coef = _fit(list(self._samples)) or self._coef
-                self._since_fit = 0
+                self._refit()
 
     def predict_ms(self, padded_tokens: int, texts: int) -> float:
         coef = self._coef

@@ -96,3 +96,13 @@ def test_calibration_fits_overhead_and_per_token_cost_before_any_batch():
     per_token, per_batch = cost.rates()
     assert per_token == pytest.approx(0.25) and per_batch == pytest.approx(12.0)
     assert {t for t, _ in seen} == {1, 8} and {n for _, n in seen} == {16, 128}
+
+
+def test_rates_keep_a_per_token_cost_when_the_texts_term_could_absorb_it():
+    """Batches of like lengths make padded tokens and texts collinear; the three-term fit may then
+    put everything on texts. The batcher's rates are fitted on padded tokens alone."""
+    cost = CostModel(min_samples=8, refit_every=1)
+    for n in (1, 2, 4, 8, 16, 32) * 3:
+        cost.observe(40 * n, n, 10.0 + 0.25 * 40 * n)  # every text 40 tokens: tokens = 40 × texts
+    per_token, per_batch = cost.rates()
+    assert per_token == pytest.approx(0.25) and per_batch == pytest.approx(10.0)
