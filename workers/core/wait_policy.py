@@ -68,6 +68,7 @@ class CostModel:
         self._since_fit = 0
         self._coef: tuple[float, float, float] | None = None
         self._rates: tuple[float, float] | None = None
+        self._prior: list[tuple[float, float, float]] = []  # from :meth:`calibrate`
         self._lock = threading.Lock()
 
     @property
@@ -89,7 +90,13 @@ class CostModel:
         return self._rates
 
     def _refit(self) -> None:
-        samples = list(self._samples)
+        # the timed passes at start stand in until real batches are enough to fit on: taken while the
+        # worker's neighbours start too, they may carry one-off delays that real batches do not
+        samples = (
+            list(self._samples)
+            if len(self._samples) >= self._min_samples
+            else self._prior + list(self._samples)
+        )
         self._coef = _fit(samples) or self._coef
         two = _fit([(padded, 0.0, ms) for padded, _, ms in samples])
         self._rates = (two[0], two[2]) if two else self._rates
@@ -98,12 +105,13 @@ class CostModel:
     def calibrate(
         self, run_ms: Callable[[int, int], float], shapes: Sequence[tuple[int, int]] = CALIBRATION
     ) -> None:
-        """Time a forward pass at each (texts, tokens per text) of ``shapes`` and observe it, so the
+        """Time a forward pass at each (texts, tokens per text) of ``shapes`` and fit on them, so the
         model is fitted before the first request (the shapes span both batch size and length, which
-        is what separates the per-pass overhead from the per-token cost)."""
-        for texts, tokens in shapes:
-            self.observe(texts * tokens, texts, run_ms(texts, tokens))
-        with self._lock:  # fit now, even with fewer samples than ``min_samples``
+        is what separates the per-pass overhead from the per-token cost). Once ``min_samples`` real
+        batches are observed, the fit uses those alone."""
+        timed = [(float(t * n), float(t), run_ms(t, n)) for t, n in shapes]
+        with self._lock:  # fit now, on these, until real batches take over
+            self._prior = timed
             self._refit()
 
     def observe(self, padded_tokens: int, texts: int, ms: float) -> None:

@@ -106,3 +106,13 @@ def test_rates_keep_a_per_token_cost_when_the_texts_term_could_absorb_it():
         cost.observe(40 * n, n, 10.0 + 0.25 * 40 * n)  # every text 40 tokens: tokens = 40 × texts
     per_token, per_batch = cost.rates()
     assert per_token == pytest.approx(0.25) and per_batch == pytest.approx(10.0)
+
+
+def test_calibration_stands_in_only_until_real_batches_are_enough():
+    cost = CostModel(min_samples=8, refit_every=1)
+    cost.calibrate(lambda texts, tokens: 500.0 + 0.1 * texts * tokens)  # a slow start: big overhead
+    assert cost.rates()[1] == pytest.approx(500.0)
+    for n in (1, 2, 4, 8, 16, 32, 3, 5):
+        cost.observe(20 * n * 2, n, 5.0 + 0.25 * 20 * n * 2)
+    per_token, per_batch = cost.rates()
+    assert per_token == pytest.approx(0.25) and per_batch == pytest.approx(5.0)
