@@ -96,20 +96,20 @@ def measure_raw(
 
 
 def measure_again(settings: Settings, model: str, texts: Sequence[str], layout: str, size: int) -> float:
-    """Seq/s of the sweep's best layout and batch size, measured once more.
+    """Seq/s of the sweep's best layout and batch size, measured once more, in fresh processes.
 
     The sweep's best is the largest of several noisy figures, so it runs high; this sample is not
-    the one the choice was made on. The bench takes it right after the pipeline's burst, so drift
-    of the machine between the two steps does not land on one side of the ratio.
+    the one the choice was made on. The bench takes it in rounds, in alternation with the
+    pipeline's burst (:mod:`ops.bench.trusted`), so drift of the machine lands on both sides. The
+    loop runs in child processes each in its own session, as the stack's worker does: where the
+    kernel shares the CPU between sessions (autogroup), a loop inside the bench's own session would
+    get a different share of a busy machine than the worker it is compared with.
     """
     runner = load_runner(model, settings)
     ordered = _sorted(runner, texts)
     cores = os.cpu_count() or 1
     if layout.startswith("1 process"):
-        torch.set_num_threads(cores)
-        runner.forward(runner.tokenize(ordered[:8]))  # warm-up
-        seconds, _ = _loop(runner, ordered, size)
-        return len(ordered) / seconds
+        return _side_by_side(model, ordered, size, 1, cores)
     procs = settings.worker_processes
     return _side_by_side(model, ordered, size, procs, max(1, cores // procs))
 
@@ -123,6 +123,7 @@ def _side_by_side(model: str, ordered: Sequence[str], size: int, procs: int, thr
             stdin=subprocess.PIPE,
             stdout=subprocess.PIPE,
             text=True,
+            start_new_session=True,  # its own CPU share, like each service of the stack
         )
         for _ in shares
     ]

@@ -5,11 +5,11 @@ Contract (tested in ``tests/unit/workers/core/test_batcher.py`` with a fake cloc
 - **When.** A batch is released when the pool is *full* — ``max_batch_size`` entries waiting, or
   their tokens reaching ``max_batch_tokens`` — or when the oldest entry has waited as long as the
   wait policy allows (:mod:`workers.core.wait_policy`), or when the pool is closing.
-- **Never empty, never stuck.** A batch holds at least one entry. An entry larger than the token
-  budget on its own is released alone, so a budget smaller than one long input never loops.
+- **Never empty, never stuck.** A batch holds at least one entry, the anchor. An entry larger than
+  the token budget on its own is released alone, so a budget smaller than one long input never loops.
 - **Exactly once.** Every entry put is released exactly once; the caller maps outputs back through
   the entries it gets, so outputs match inputs one to one whatever order batches take.
-- **Which.** Each batch is anchored on one entry and filled by length bucketing:
+- **Which.** Each batch is anchored on one entry, filled by length bucketing, then cut by cost:
 
   1. *Priority.* Only the highest priority class present competes for the anchor (high, then
      normal, then low); a waiting entry moves up one class every ``priority_aging_ms``, so low
@@ -21,12 +21,25 @@ Contract (tested in ``tests/unit/workers/core/test_batcher.py`` with a fake cloc
      tenants, never every tenant name ever seen. Within the batch each tenant of the anchor's class
      gets a max-min fair quota of the slots; unused slots go to anyone (work-conserving), then to
      lower classes.
-  3. *Buckets.* Candidates join in order of how close their length is to the anchor's, while the
-     padded size (``len(batch) × longest``) stays within ``max_batch_tokens``. With a deep pool this
-     yields batches of near-equal lengths (little padding); with a shallow one, everything waiting.
+  3. *Buckets.* Candidates line up in order of how close their length is to the anchor's, while the
+     padded size (``len(batch) × longest``) stays within ``max_batch_tokens``; this is the longest
+     batch the anchor may get.
+  4. *Cost.* A forward pass costs about ``per_batch_ms + per_token_ms × padded tokens`` (the
+     per-text term is paid wherever a text goes, so it does not decide anything). Of the line-up,
+     the batch released is the prefix (anchor first) that minimises the cost of this pass plus an
+     estimate of serving what it leaves behind (of the pool's entries in its range of lengths)
+     later, in batches of like lengths. So a candidate joins only if the padding it brings (its
+     own, and what its length forces on the others) costs less than the per-batch overhead it
+     saves; 27 short texts are not padded to 256 tokens beside 5 long ones, while a shallow pool of
+     similar lengths still goes as one batch. Only the ratio ``per_batch_ms / per_token_ms`` (the
+     overhead in padded tokens) matters: on a GPU, where padding is nearly free, batches fill as
+     before; on a CPU, where every padded token costs, they split by length. The rates come from
+     the ``cost`` callable (the engine's :class:`~workers.core.wait_policy.CostModel`, seeded by
+     timed passes at start and refitted on every batch), else ``BatchPolicy.overhead_tokens``.
 
-  The anchor is always the oldest of its tenant in the top class, so every entry is eventually
-  chosen.
+  The anchor is always the oldest of its tenant in the top class and is always in the batch, so
+  every entry is eventually chosen; cutting a line-up to a prefix keeps the quota order (quota
+  slots come first) and every bound (size, tokens).
 
 The pool is pure logic around a clock; :meth:`Batcher.poll` makes one decision at a given time and
 :meth:`Batcher.take` blocks on a condition variable until a decision releases something.
@@ -36,6 +49,7 @@ from __future__ import annotations
 
 import dataclasses
 import itertools
+import math
 import threading
 import time
 from collections import Counter
@@ -54,12 +68,17 @@ class BatchPolicy:
     max_batch_tokens: int = 8_192  # padded tokens: len(batch) × longest entry
     max_wait_ms: float = 10.0  # the fixed wait, and the cap of the adaptive one
     priority_aging_ms: float = 1_000.0  # a waiting entry moves up one class per this; 0 = never
+    # a forward pass's fixed cost in padded tokens (per_batch_ms ÷ per_token_ms), used until measured
+    # rates are there; inf = padding is free (fill every batch, the bucketing alone)
+    overhead_tokens: float = 64.0
 
     def __post_init__(self) -> None:
         if self.max_batch_size < 1 or self.max_batch_tokens < 1 or self.max_wait_ms < 0:
             raise ValueError(f"batch policy needs size ≥ 1, tokens ≥ 1, wait ≥ 0; got {self}")
         if self.priority_aging_ms < 0:
             raise ValueError(f"priority_aging_ms must be ≥ 0; got {self.priority_aging_ms}")
+        if not self.overhead_tokens >= 0:
+            raise ValueError(f"overhead_tokens must be ≥ 0 (or inf); got {self.overhead_tokens}")
 
 
 @dataclass(eq=False)
@@ -81,6 +100,59 @@ def padding_waste(lengths: Sequence[int]) -> float:
     """Share of a batch's computed tokens that are padding (0 = none)."""
     padded = padded_tokens(lengths)
     return 1.0 - sum(lengths) / padded if padded else 0.0
+
+
+# (ms per padded token, ms per forward pass) of the model served, or None while unknown
+CostRates = Callable[[], tuple[float, float] | None]
+
+
+def overhead_in_tokens(rates: tuple[float, float] | None, default: float) -> float:
+    """A pass's fixed cost in padded tokens: what one more batch costs against one more padded token."""
+    if rates is None:
+        return default
+    per_token_ms, per_batch_ms = rates
+    if per_token_ms <= 0:
+        return math.inf  # padding costs nothing measurable: fewer, fuller batches win
+    return max(0.0, per_batch_ms) / per_token_ms
+
+
+def cheapest_prefix(walk: Sequence[int], pool: Sequence[int], slots: int, overhead_tokens: float) -> int:
+    """How many of ``walk`` (a batch's line-up of token lengths, anchor first) to release.
+
+    ``pool`` holds the lengths of every entry waiting, the walk's included. For each prefix the
+    cost is this pass (``overhead + len × longest``, in padded tokens) plus what the entries left
+    behind in the walk's range of lengths would cost later (:func:`later_cost`); entries outside
+    that range are served the same whichever prefix goes. Returns the length of the cheapest
+    prefix (≥ 1); on a tie the longer one, so equal lengths never split.
+    """
+    m = len(walk)
+    if m <= 1 or math.isinf(overhead_tokens) or min(walk) == max(walk):
+        return m  # nothing to cut, padding is free, or there is no padding to save
+    lo, hi = min(walk), max(walk)
+    rest = sorted((n for n in pool if lo <= n <= hi), reverse=True)  # left behind by the prefix
+    best_total, best_m, longest = math.inf, m, 0
+    for k in range(1, m + 1):
+        longest = max(longest, walk[k - 1])
+        rest.remove(walk[k - 1])
+        total = overhead_tokens + k * longest + later_cost(rest, slots, overhead_tokens)
+        if total <= best_total + 1e-9 * max(1.0, best_total):
+            best_total, best_m = min(total, best_total), k
+    return best_m
+
+
+def later_cost(descending: Sequence[int], slots: int, overhead_tokens: float) -> float:
+    """Padded tokens plus overheads of serving these lengths (longest first) in later batches of
+    like lengths: an entry joins the batch before it while that batch has room and padding it to
+    the batch's longest costs no more than a pass of its own."""
+    total, size, top = 0.0, 0, 0
+    for n in descending:
+        if size and size < slots and top - n <= overhead_tokens:
+            size += 1
+            total += top
+        else:
+            size, top = 1, n
+            total += overhead_tokens + n
+    return total
 
 
 def fair_quota(demand: Counter[str], slots: int) -> dict[str, int]:
@@ -109,10 +181,14 @@ class Batcher(Generic[T]):
         policy: BatchPolicy,
         wait: WaitPolicy | None = None,
         clock: Callable[[], float] = time.monotonic,
+        cost: CostRates | None = None,
     ) -> None:
+        """``cost`` gives the model's measured rates (see :data:`CostRates`); without it, or while
+        it answers None, ``policy.overhead_tokens`` decides where a batch is cut."""
         self.policy = policy
         self.wait = wait or FixedWait(policy.max_wait_ms)
         self._clock = clock
+        self._cost = cost
         self._pool: dict[int, Entry[T]] = {}  # insertion order = arrival order
         self._tokens = 0
         self._seq = itertools.count()
@@ -246,7 +322,7 @@ class Batcher(Generic[T]):
         for phase, order in ((0, top_order), (1, top_order), (2, rest_order)):
             for e in order:
                 if len(batch) >= p.max_batch_size:
-                    return batch
+                    return self._cut(batch, entries)
                 if e.seq in chosen or (phase == 0 and taken[e.tenant] >= quota[e.tenant]):
                     continue
                 if (len(batch) + 1) * max(longest, e.tokens) > p.max_batch_tokens:
@@ -255,4 +331,14 @@ class Batcher(Generic[T]):
                 chosen.add(e.seq)
                 taken[e.tenant] += 1
                 longest = max(longest, e.tokens)
-        return batch
+        return self._cut(batch, entries)
+
+    def _cut(self, walk: list[Entry[T]], entries: list[Entry[T]]) -> list[Entry[T]]:
+        """The cheapest prefix of the line-up ``walk`` (see the module docstring, *Cost*)."""
+        if len(walk) <= 1:
+            return walk
+        overhead = overhead_in_tokens(self._cost() if self._cost else None, self.policy.overhead_tokens)
+        keep = cheapest_prefix(
+            [e.tokens for e in walk], [e.tokens for e in entries], self.policy.max_batch_size, overhead
+        )
+        return walk[:keep]

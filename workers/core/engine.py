@@ -23,6 +23,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Sequence
 from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
@@ -63,7 +64,10 @@ class Engine:
         self.store = store
         self.cost = cost or CostModel()
         self.max_attempts = max_attempts
-        self.batcher: Batcher[Piece] = Batcher(policy, wait or FixedWait(policy.max_wait_ms))
+        # the cost model both times the wait and cuts batches by the padding they would carry
+        self.batcher: Batcher[Piece] = Batcher(
+            policy, wait or FixedWait(policy.max_wait_ms), cost=self.cost.rates
+        )
         # records each batch's start in the store while its forward pass runs (first deliveries)
         self._marker = ThreadPoolExecutor(1, thread_name_prefix=f"mark-{runner.name}")
         self._thread = threading.Thread(target=self._loop, name=f"engine-{runner.name}", daemon=True)
@@ -85,8 +89,18 @@ class Engine:
         return jobs
 
     def warm_up(self) -> None:
-        """One real forward pass, so the first request pays no lazy initialisation."""
-        self.runner.forward(self.runner.tokenize(["warm up"]))
+        """One real forward pass, so the first request pays no lazy initialisation; then a few timed
+        passes at two batch sizes and two lengths fit the cost model the batcher decides by."""
+        ids = self.runner.tokenize(["warm up"])[0]
+        self.runner.forward([ids])
+
+        def run_ms(texts: int, tokens: int) -> float:
+            seq = (list(ids) * (tokens // max(1, len(ids)) + 1))[: max(1, tokens)]
+            start = time.perf_counter()
+            self.runner.forward([seq] * texts)
+            return (time.perf_counter() - start) * 1000.0
+
+        self.cost.calibrate(run_ms)
 
     def close(self, timeout_s: float = 30.0) -> None:
         """Run what is waiting, then stop the thread."""

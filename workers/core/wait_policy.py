@@ -21,10 +21,15 @@ from __future__ import annotations
 import math
 import threading
 from collections import deque
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass
 from typing import Protocol
 
 import numpy as np
+
+# (texts, tokens each) of the timed passes at start: two sizes × two lengths, each twice (the first
+# pass at a shape can pay one-off allocation); ~1 s of MiniLM on 2 CPU cores, milliseconds on a GPU
+CALIBRATION: tuple[tuple[int, int], ...] = ((1, 16), (1, 128), (8, 16), (8, 128)) * 2
 
 
 class WaitPolicy(Protocol):
@@ -62,6 +67,8 @@ class CostModel:
         self._min_samples = min_samples
         self._since_fit = 0
         self._coef: tuple[float, float, float] | None = None
+        self._rates: tuple[float, float] | None = None
+        self._prior: list[tuple[float, float, float]] = []  # from :meth:`calibrate`
         self._lock = threading.Lock()
 
     @property
@@ -73,6 +80,40 @@ class CostModel:
         """(a ms/token, b ms/text, c ms/batch) once fitted."""
         return self._coef
 
+    def rates(self) -> tuple[float, float] | None:
+        """(ms per padded token, ms per forward pass) once fitted: what the batcher cuts batches by.
+
+        Fitted apart, on padded tokens alone (``ms ≈ a·padded + c``): in the three-term fit the
+        per-text term can absorb the per-token cost when batches hold like lengths (the columns are
+        nearly collinear), and a per-token cost of 0 would tell the batcher that padding is free.
+        """
+        return self._rates
+
+    def _refit(self) -> None:
+        # the timed passes at start stand in until real batches are enough to fit on: taken while the
+        # worker's neighbours start too, they may carry one-off delays that real batches do not
+        samples = (
+            list(self._samples)
+            if len(self._samples) >= self._min_samples
+            else self._prior + list(self._samples)
+        )
+        self._coef = _fit(samples) or self._coef
+        two = _fit([(padded, 0.0, ms) for padded, _, ms in samples])
+        self._rates = (two[0], two[2]) if two else self._rates
+        self._since_fit = 0
+
+    def calibrate(
+        self, run_ms: Callable[[int, int], float], shapes: Sequence[tuple[int, int]] = CALIBRATION
+    ) -> None:
+        """Time a forward pass at each (texts, tokens per text) of ``shapes`` and fit on them, so the
+        model is fitted before the first request (the shapes span both batch size and length, which
+        is what separates the per-pass overhead from the per-token cost). Once ``min_samples`` real
+        batches are observed, the fit uses those alone."""
+        timed = [(float(t * n), float(t), run_ms(t, n)) for t, n in shapes]
+        with self._lock:  # fit now, on these, until real batches take over
+            self._prior = timed
+            self._refit()
+
     def observe(self, padded_tokens: int, texts: int, ms: float) -> None:
         with self._lock:
             self._samples.append((float(padded_tokens), float(texts), float(ms)))
@@ -80,8 +121,7 @@ class CostModel:
             if len(self._samples) >= self._min_samples and (
                 self._coef is None or self._since_fit >= self._refit_every
             ):
-                self._coef = _fit(list(self._samples)) or self._coef
-                self._since_fit = 0
+                self._refit()
 
     def predict_ms(self, padded_tokens: int, texts: int) -> float:
         coef = self._coef

@@ -2,10 +2,19 @@
 
 import json
 
+import pytest
 from rich.console import Console
 
-from ops.bench.corpus import bench_texts
-from ops.bench.report import goals, plot, print_report, system_summary, write_json
+from ops.bench.corpus import MIX, bench_texts, corpus_summary, mixed_texts
+from ops.bench.report import (
+    deciding_levels,
+    goals,
+    peer_goals,
+    plot,
+    print_report,
+    system_summary,
+    write_json,
+)
 
 
 def level(c, tput, p50, p99, errors=0):
@@ -39,6 +48,28 @@ def test_corpus_is_deterministic_and_long_enough():
     assert a == b and all(len(t.split()) >= 10 for t in a)
 
 
+def test_mixed_corpus_is_deterministic_and_spreads_from_questions_to_paragraphs():
+    texts = mixed_texts(512)
+    assert texts == mixed_texts(512) and len(texts) == 512 and sum(b.share for b in MIX) == pytest.approx(1.0)
+    words = sorted(len(t.split()) for t in texts)
+    assert words[len(words) // 10] <= 10 and words[-len(words) // 20] >= 120  # short and long, mixed
+    assert corpus_summary(texts)["texts"] == 512
+
+
+def test_goals_take_the_median_ratio_when_given_and_peers_are_judged_at_each_deciding_level():
+    assert goals(100, 80, 25, 39, 70, ratio=0.93)["ratio"] == 0.93
+    inferq = [level(1, 30, 40, 60), level(8, 90, 80, 120), level(32, 85, 300, 500)]
+    peer = [level(1, 20, 40, 60), level(8, 50, 80, 120), level(32, 70, 300, 500)]
+    assert deciding_levels(inferq, peer) == [8, 32] and deciding_levels(inferq, []) == [8]
+    peers = {
+        "slow": {"vs_inferq": {"8": {"ratio": 1.8}, "32": {"ratio": 1.2}}},
+        "close": {"vs_inferq": {"8": {"ratio": 0.97}}},
+        "broken": {"error": "no venv"},
+    }
+    g = peer_goals(peers)
+    assert g["ahead_of_peers_by"] == {"slow": 1.2, "close": 0.97} and not g["ahead_of_every_peer"]
+
+
 def test_json_table_and_plot_are_written(tmp_path):
     levels = [level(1, 30, 40, 60), level(8, 90, 80, 120)]
     data = {
@@ -57,8 +88,15 @@ def test_json_table_and_plot_are_written(tmp_path):
         "low_load_p99_ms": float("nan"),
         "goals": goals(100, 92, 25, 39, 70),
         "inferq": {"levels": levels, "summary": system_summary(levels)},
+        "ratio_runs": [0.9, 0.92, 0.95],
+        "ratio_spread": {"min": 0.9, "max": 0.95},
+        "padding_waste": {"batches": 12, "mean": 0.031, "max": 0.2, "token_share": 0.02},
         "peers": {
-            "other": {"levels": levels, "summary": system_summary(levels)},
+            "other": {
+                "levels": levels,
+                "summary": system_summary(levels),
+                "vs_inferq": {"8": {"ratio": 1.31, "ratio_spread": {"min": 1.2, "max": 1.4}}},
+            },
             "broken": {"error": "no venv"},
         },
     }
@@ -70,6 +108,7 @@ def test_json_table_and_plot_are_written(tmp_path):
     print_report(console, data)
     text = console.export_text()
     assert "0.920" in text and "other" in text and "no venv" in text
+    assert "[0.90–0.95]" in text and "3.1% / 20.0%" in text and "1.31 [1.20–1.40] @8" in text
 
 
 def test_generate_figures_come_from_the_results_timings():

@@ -1,12 +1,22 @@
 """The batcher contract, on a fake clock: deterministic, no sleeps."""
 
+import math
 import random
 import threading
 from collections import Counter
 
 import pytest
 
-from workers.core.batcher import Batcher, BatchPolicy, fair_quota, padded_tokens, padding_waste
+from workers.core.batcher import (
+    Batcher,
+    BatchPolicy,
+    cheapest_prefix,
+    fair_quota,
+    later_cost,
+    overhead_in_tokens,
+    padded_tokens,
+    padding_waste,
+)
 
 
 def lengths(batch):
@@ -285,3 +295,126 @@ def test_a_returning_tenant_starts_at_the_floor_of_the_active_ones():
     b.put(("b", 1), 10, tenant="b")  # back at a's level (the floor), not at its old 10
     b.put(("b", 2), 10, tenant="b")
     assert Counter(e.tenant for e in b.poll()) == {"a": 1, "b": 1}
+
+
+# -- composition by cost -------------------------------------------------------------------------
+def test_short_texts_are_not_padded_to_the_long_ones_they_wait_beside():
+    """The case that made 79 % padding: 27 short texts and 5 long ones fit the token budget
+    together (32 × 256 = 8192); a pass over them is mostly padding, so they go apart."""
+    b, _ = make(size=32, tokens=8_192, wait_ms=0)
+    for i in range(27):
+        b.put(("short", i), 10)
+    for i in range(5):
+        b.put(("long", i), 256)
+    first, second = b.poll(), b.poll()
+    assert {e.item[0] for e in first} == {"short"} and len(first) == 27
+    assert {e.item[0] for e in second} == {"long"} and len(second) == 5
+    assert padding_waste(lengths(first)) == 0.0 and padding_waste(lengths(second)) == 0.0
+    assert b.poll() is None
+
+
+def test_the_long_anchor_does_not_take_the_short_ones_along():
+    b, _ = make(size=32, tokens=8_192, wait_ms=0)
+    b.put(("long", 0), 256)
+    for i in range(27):
+        b.put(("short", i), 10)
+    assert [e.item for e in b.poll()] == [("long", 0)]  # the anchor goes, alone
+    assert len(b.poll()) == 27
+
+
+def test_when_padding_is_free_the_batch_fills_as_before():
+    """A measured per-token cost of 0 (or an overhead far above the padding) fills the batch."""
+    clock = Clock()
+    b = Batcher(BatchPolicy(32, 8_192, 0), clock=clock, cost=lambda: (0.0, 5.0))
+    for i in range(27):
+        b.put(("short", i), 10)
+    for i in range(5):
+        b.put(("long", i), 256)
+    assert len(b.poll()) == 32
+
+
+def test_measured_rates_decide_and_the_default_stands_in_until_there_are_some():
+    rates: list[tuple[float, float] | None] = [None]
+    clock = Clock()
+    b = Batcher(BatchPolicy(8, 10_000, 0, overhead_tokens=64), clock=clock, cost=lambda: rates[0])
+    b.put("a", 10)
+    b.put("b", 200)
+    assert len(b.poll()) == 1  # the default: 190 padded tokens cost more than a 64-token pass
+    b.poll()
+    rates[0] = (0.01, 10.0)  # 1000 tokens of overhead: padding 190 is cheaper than a second pass
+    b.put("a", 10)
+    b.put("b", 200)
+    assert len(b.poll()) == 2
+
+
+def test_a_shallow_pool_of_similar_lengths_still_goes_as_one_batch():
+    b, _ = make(size=32, tokens=8_192, wait_ms=0)
+    for i, n in enumerate([30, 34, 38, 41, 45]):
+        b.put(i, n)
+    assert len(b.poll()) == 5  # a few padded tokens each cost less than one more pass
+
+
+def test_a_lone_short_request_still_goes_at_once():
+    b, _ = make(size=32, tokens=8_192, wait_ms=0)
+    b.put("only", 7)
+    assert [e.item for e in b.poll()] == ["only"]
+
+
+def test_padding_stays_low_under_any_length_mix():
+    """Random streams of short, medium and long texts at several depths of pool: against the old
+    fill (padding free), the cost (passes × overhead + padded tokens) falls, and so does the most
+    padding any one batch carries (by 2-9× here)."""
+    for mix in ([(5, 20), (200, 256)], [(5, 20), (30, 60), (200, 256)], [(5, 256)]):
+        for per_poll in (2, 8, 32):
+            costs, worst = [], []
+            for overhead in (64.0, math.inf):
+                rng = random.Random(11)
+                b, clock = make(size=32, tokens=8_192, wait_ms=2)
+                b.policy = BatchPolicy(32, 8_192, 2, overhead_tokens=overhead)
+                padded, real, waste = 0, 0, []
+                for i in range(1_500):
+                    b.put(i, rng.randint(*rng.choice(mix)))
+                    if i % per_poll == 0:
+                        clock.advance_ms(3)
+                        while (batch := b.poll()) is not None:
+                            padded += padded_tokens(lengths(batch)) + 64
+                            real += sum(lengths(batch))
+                            waste.append(padded_tokens(lengths(batch)) - sum(lengths(batch)))
+                b.close()
+                while (batch := b.poll()) is not None:
+                    padded += padded_tokens(lengths(batch)) + 64
+                    waste.append(padded_tokens(lengths(batch)) - sum(lengths(batch)))
+                costs.append(padded)
+                worst.append(max(waste))
+            assert costs[0] <= costs[1], (mix, per_poll, costs)
+            assert worst[0] < worst[1], (mix, per_poll, worst)
+
+
+def test_cheapest_prefix_prefers_the_longer_cut_on_a_tie_and_never_cuts_the_anchor():
+    assert cheapest_prefix([10, 10, 10], [10, 10, 10], 32, 64.0) == 3
+    assert cheapest_prefix([256, 10], [256, 10], 32, 64.0) == 1
+    assert cheapest_prefix([256, 10], [256, 10], 32, math.inf) == 2
+    assert cheapest_prefix([7], [7, 300], 32, 0.0) == 1
+
+
+def test_a_shallow_pool_of_diverse_lengths_is_not_padded_to_its_longest():
+    """Leaving entries behind is priced as batches of their own like lengths, not as one batch
+    padded to the longest of everything left (which once made a 93 ride with the 9s)."""
+    walk = [46, 39, 31, 27, 13, 12, 9, 9, 9, 84, 8, 7, 93, 93]
+    keep = cheapest_prefix(walk, [*walk, 200, 230], 32, 11.0)
+    assert max(walk[:keep]) < 84
+
+
+def test_later_cost_groups_like_lengths_and_pays_one_overhead_per_group():
+    assert later_cost([], 32, 10.0) == 0.0
+    assert later_cost([50, 48, 45], 32, 10.0) == 10 + 3 * 50  # one batch: padding 2 + 5 < 10 each
+    assert later_cost([50, 20], 32, 10.0) == (10 + 50) + (10 + 20)  # 30 padded tokens > a pass
+    assert later_cost([5, 5, 5], 2, 10.0) == (10 + 10) + (10 + 5)  # at most ``slots`` a batch
+
+
+def test_overhead_in_tokens_reads_the_rates():
+    assert overhead_in_tokens(None, 64.0) == 64.0
+    assert overhead_in_tokens((0.25, 16.0), 64.0) == 64.0
+    assert overhead_in_tokens((0.0, 16.0), 64.0) == math.inf
+    with pytest.raises(ValueError):
+        BatchPolicy(1, 10, 1, overhead_tokens=-1)

@@ -81,3 +81,38 @@ def test_the_batcher_asks_its_wait_policy():
     fixed = Batcher(BatchPolicy(32, 10_000, 10), FixedWait(10), clock=clock)
     fixed.put("lone", 10)
     assert fixed.poll() is None
+
+
+def test_calibration_fits_overhead_and_per_token_cost_before_any_batch():
+    cost = CostModel()
+    assert cost.rates() is None
+    seen = []
+
+    def run_ms(texts: int, tokens: int) -> float:
+        seen.append((texts, tokens))
+        return 12.0 + 0.25 * texts * tokens  # 12 ms a pass, 0.25 ms a padded token
+
+    cost.calibrate(run_ms)
+    per_token, per_batch = cost.rates()
+    assert per_token == pytest.approx(0.25) and per_batch == pytest.approx(12.0)
+    assert {t for t, _ in seen} == {1, 8} and {n for _, n in seen} == {16, 128}
+
+
+def test_rates_keep_a_per_token_cost_when_the_texts_term_could_absorb_it():
+    """Batches of like lengths make padded tokens and texts collinear; the three-term fit may then
+    put everything on texts. The batcher's rates are fitted on padded tokens alone."""
+    cost = CostModel(min_samples=8, refit_every=1)
+    for n in (1, 2, 4, 8, 16, 32) * 3:
+        cost.observe(40 * n, n, 10.0 + 0.25 * 40 * n)  # every text 40 tokens: tokens = 40 × texts
+    per_token, per_batch = cost.rates()
+    assert per_token == pytest.approx(0.25) and per_batch == pytest.approx(10.0)
+
+
+def test_calibration_stands_in_only_until_real_batches_are_enough():
+    cost = CostModel(min_samples=8, refit_every=1)
+    cost.calibrate(lambda texts, tokens: 500.0 + 0.1 * texts * tokens)  # a slow start: big overhead
+    assert cost.rates()[1] == pytest.approx(500.0)
+    for n in (1, 2, 4, 8, 16, 32, 3, 5):
+        cost.observe(20 * n * 2, n, 5.0 + 0.25 * 20 * n * 2)
+    per_token, per_batch = cost.rates()
+    assert per_token == pytest.approx(0.25) and per_batch == pytest.approx(5.0)
