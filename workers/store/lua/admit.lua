@@ -7,47 +7,82 @@
 -- is not recorded: 'quota_inflight' or 'quota_bytes' (the caller answers it); the limits are checked
 -- here so concurrent intakes and API replicas cannot overshoot them. The requests are admitted in
 -- order, so one over a limit sees the ones before it in the same call.
-local function admit_one(K, A)
-  local cur = redis.call('HGET', K[1], 'digest')
-  if not cur then
-    local st = redis.call('HGET', K[1], 'status')
-    if st then return 'terminal' end
-    local now = tonumber(A[7])
-    redis.call('ZREMRANGEBYSCORE', K[6], '-inf', now)
-    if tonumber(A[8]) > 0 and redis.call('ZCARD', K[6]) >= tonumber(A[8]) then
-      return 'quota_inflight'
+--
+-- Housekeeping is done once per distinct key per call, not per request: lapsed members of an
+-- in-flight set are dropped the first time the call touches it (every request of a call has the
+-- same 'now', and a member added here lapses after it), the sets' EXPIRE is set once at the end,
+-- and the additions to the shared sorted sets (in flight, per model, deadlines, pending) are sent
+-- as one ZADD per key. A tenant's in-flight set is added to at once, so its quota check stays exact.
+local pruned, clean_bytes, adds, ttls = {}, {}, {}, {}
+
+local function prune(key, now)
+  if not pruned[key] then
+    redis.call('ZREMRANGEBYSCORE', key, '-inf', now)
+    pruned[key] = true
+  end
+end
+
+local function add_later(key, score, member)
+  local a = adds[key]
+  if not a then a = {}; adds[key] = a end
+  a[#a + 1] = score
+  a[#a + 1] = member
+end
+
+local function over_quota(K, A, now)
+  prune(K[6], now)
+  if tonumber(A[8]) > 0 and redis.call('ZCARD', K[6]) >= tonumber(A[8]) then
+    return 'quota_inflight'
+  end
+  if tonumber(A[9]) > 0 then
+    -- a prune that found fewer lapsed than its limit left none for this 'now'
+    if not clean_bytes[K[7]] and prune_bytes(K[7], K[8], now) < 200 then clean_bytes[K[7]] = true end
+    if tonumber(redis.call('HGET', K[8], '~total') or '0') >= tonumber(A[9]) then
+      return 'quota_bytes'
     end
-    if tonumber(A[9]) > 0 then
-      prune_bytes(K[7], K[8], now)
-      if tonumber(redis.call('HGET', K[8], '~total') or '0') >= tonumber(A[9]) then
-        return 'quota_bytes'
-      end
-    end
+  end
+  return nil
+end
+
+local function admit_new(K, A)
+  local now = tonumber(A[7])
+  local refused = over_quota(K, A, now)
+  if refused then return refused end
+  -- already past its deadline: it is answered expired at once (or by the deadline sweep), so it
+  -- never holds a place in flight (a backlog of them counted for a moment past the bound)
+  local late = A[4] ~= '' and tonumber(A[4]) <= now
+  if A[6] ~= '' and not late then
+    redis.call('HSET', K[1], 'status', 'queued', 'body', A[2], 'digest', A[1], 'handoff', A[6])
+    add_later(K[5], A[7], A[5])
+  else
     redis.call('HSET', K[1], 'status', 'queued', 'body', A[2], 'digest', A[1])
-    redis.call('EXPIRE', K[1], A[3])
-    -- already past its deadline: it is answered expired at once (or by the deadline sweep), so it
-    -- never holds a place in flight (a backlog of them counted for a moment past the bound)
-    local late = A[4] ~= '' and tonumber(A[4]) <= now
-    if not late then
-      local expiry = now + tonumber(A[3]) * 1000
-      for _, k in ipairs({K[2], K[3], K[6]}) do
-        redis.call('ZREMRANGEBYSCORE', k, '-inf', now)
-        redis.call('ZADD', k, expiry, A[5])
-        redis.call('EXPIRE', k, A[3])
-      end
+  end
+  redis.call('EXPIRE', K[1], A[3])
+  if not late then
+    local expiry = now + tonumber(A[3]) * 1000
+    redis.call('ZADD', K[6], expiry, A[5])
+    ttls[K[6]] = A[3]
+    for _, k in ipairs({K[2], K[3]}) do
+      prune(k, now)
+      add_later(k, expiry, A[5])
+      ttls[k] = A[3]
     end
-    if A[4] ~= '' then redis.call('ZADD', K[4], A[4], A[5]) end
-    if A[6] ~= '' and not late then
-      redis.call('HSET', K[1], 'handoff', A[6])
-      redis.call('ZADD', K[5], A[7], A[5])
-    end
-    return 'new'
+  end
+  if A[4] ~= '' then add_later(K[4], A[4], A[5]) end
+  return 'new'
+end
+
+local function admit_one(K, A)
+  local known = redis.call('HMGET', K[1], 'digest', 'status')
+  local cur, st = known[1], known[2]
+  if not cur then
+    if st then return 'terminal' end
+    return admit_new(K, A)
   end
   if cur ~= A[1] then return 'conflict' end
-  local st = redis.call('HGET', K[1], 'status')
   if st == 'queued' and A[6] ~= '' then
     redis.call('HSET', K[1], 'handoff', A[6])
-    redis.call('ZADD', K[5], A[7], A[5])
+    add_later(K[5], A[7], A[5])
   end
   if st == 'queued' or st == 'running' then return 'pending' end
   return 'terminal'
@@ -57,4 +92,6 @@ local verdicts = {}
 for i = 0, #KEYS / 8 - 1 do
   verdicts[i + 1] = admit_one({unpack(KEYS, i * 8 + 1, i * 8 + 8)}, {unpack(ARGV, i * 9 + 1, i * 9 + 9)})
 end
+for key, a in pairs(adds) do redis.call('ZADD', key, unpack(a)) end
+for key, ttl in pairs(ttls) do redis.call('EXPIRE', key, ttl) end
 return verdicts
