@@ -1,18 +1,24 @@
--- Admits many requests in one call: KEYS holds 8 keys per request (as above), ARGV 9 values per
--- request, in the same order; returns one verdict per request. Per request, ARGV: digest, queued
--- body, ttl_s, deadline ms ('' = none), scoped id, hand-off JSON ('' = none), now ms, tenant's most
--- in flight (0 = off), tenant's most stored result bytes (0 = off). A queued request's hand-off (its
--- Celery queue, priority and message item) is kept with it until it starts, so a message lost on
--- the way to a worker can be sent again (ADMIT/CLAIM_STALE). A new request over its tenant's limits
--- is not recorded: 'quota_inflight' or 'quota_bytes' (the caller answers it); the limits are checked
--- here so concurrent intakes and API replicas cannot overshoot them. The requests are admitted in
--- order, so one over a limit sees the ones before it in the same call.
+-- Admits many requests in one call, in order; returns one verdict per request. KEYS: [1] requests
+-- in flight (all models), [2] the deadlines sorted set, [3] the pending sorted set, then each
+-- distinct model's in-flight set and each distinct tenant's three keys (in flight, stored bytes,
+-- sizes: consecutive), then the requests' result hashes, one per request, last. ARGV[1]: one JSON
+-- document {"now": ms, "ttl_s": s, "requests": [[digest, queued body, deadline ms ('' = none),
+-- scoped id, hand-off JSON ('' = none), tenant's most in flight (0 = off), tenant's most stored
+-- result bytes (0 = off), index of the model's in-flight key, index of the tenant's first key]]}
+-- (numbers that reach Redis as text are sent as text, so no precision is lost). A queued request's
+-- hand-off (its Celery queue, priority and message item) is kept with it until it starts, so a
+-- message lost on the way to a worker can be sent again (ADMIT/CLAIM_STALE). A new request over its
+-- tenant's limits is not recorded: 'quota_inflight' or 'quota_bytes' (the caller answers it); the
+-- limits are checked here so concurrent intakes and API replicas cannot overshoot them. The
+-- requests are admitted in order, so one over a limit sees the ones before it in the same call.
 --
 -- Housekeeping is done once per distinct key per call, not per request: lapsed members of an
 -- in-flight set are dropped the first time the call touches it (every request of a call has the
 -- same 'now', and a member added here lapses after it), the sets' EXPIRE is set once at the end,
 -- and the additions to the shared sorted sets (in flight, per model, deadlines, pending) are sent
 -- as one ZADD per key. A tenant's in-flight set is added to at once, so its quota check stays exact.
+-- Inside, K holds a request's keys in the order the scripts share (workers/store/scripts.py) and A
+-- its values: digest, queued body, ttl_s, deadline, scoped id, hand-off, now, the two limits.
 local pruned, clean_bytes, adds, ttls = {}, {}, {}, {}
 
 local function prune(key, now)
@@ -88,9 +94,13 @@ local function admit_one(K, A)
   return 'terminal'
 end
 
+local call = cjson.decode(ARGV[1])
+local requests, now, ttl = call['requests'], call['now'], call['ttl_s']
+local first_result = #KEYS - #requests
 local verdicts = {}
-for i = 0, #KEYS / 8 - 1 do
-  verdicts[i + 1] = admit_one({unpack(KEYS, i * 8 + 1, i * 8 + 8)}, {unpack(ARGV, i * 9 + 1, i * 9 + 9)})
+for i, r in ipairs(requests) do
+  local K = {KEYS[first_result + i], KEYS[1], KEYS[r[8]], KEYS[2], KEYS[3], KEYS[r[9]], KEYS[r[9] + 1], KEYS[r[9] + 2]}
+  verdicts[i] = admit_one(K, {r[1], r[2], ttl, r[3], r[4], r[5], now, r[6], r[7]})
 end
 for key, a in pairs(adds) do redis.call('ZADD', key, unpack(a)) end
 for key, ttl in pairs(ttls) do redis.call('EXPIRE', key, ttl) end
