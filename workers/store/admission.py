@@ -17,7 +17,7 @@ from schemas.messages import InferenceResult, now_ms
 from schemas.naming import deadlines_key, inflight_key, pending_key, result_key, scoped_id, tenant_keys
 from schemas.settings import Settings
 from schemas.work import Handoff
-from workers.store.base import StoreBase, as_text
+from workers.store.base import StoreBase
 
 # requests per ADMIT call (the script admits many; bounded so one call never holds Redis for long)
 ADMIT_CHUNK = 256
@@ -36,6 +36,13 @@ class Admission(str, Enum):
     @property
     def over_quota(self) -> bool:
         return self in (Admission.QUOTA_INFLIGHT, Admission.QUOTA_BYTES)
+
+
+# the script's answers as the client reads them (bytes, or text with decode_responses)
+_VERDICTS: dict[bytes | str, Admission] = {
+    **{a.value: a for a in Admission},
+    **{a.value.encode(): a for a in Admission},
+}
 
 
 def quota_error(verdict: Admission, tenant: str | None, settings: Settings) -> QuotaExceeded:
@@ -74,12 +81,12 @@ class Admissions(StoreBase):
             for i in range(0, len(items), ADMIT_CHUNK)
         ]
         if len(calls) == 1:  # EVALSHA alone: a pipeline asks SCRIPT EXISTS first, one more round trip
-            return [Admission(as_text(v)) for v in self._admit(keys=calls[0][0], args=calls[0][1])]
+            return [_VERDICTS[v] for v in self._admit(keys=calls[0][0], args=calls[0][1])]
         # one script call per ADMIT_CHUNK requests (the script loops over them), all in one round trip
         pipe = self.client.pipeline(transaction=False)
         for keys, args in calls:
             self._admit(keys=keys, args=args, client=pipe)
-        return [Admission(as_text(v)) for chunk in pipe.execute() for v in chunk]
+        return [_VERDICTS[v] for chunk in pipe.execute() for v in chunk]
 
     def _admit_call(
         self,
@@ -92,21 +99,22 @@ class Admissions(StoreBase):
         and every request's values in one JSON document, so the cost of a call grows by one key and
         one JSON row per request, not by 17 arguments."""
         keys = [self.inflight_key, deadlines_key(self._s), pending_key(self._s)]
-        where: dict[tuple[str, ...], int] = {}
-
-        def index(*group: str) -> int:
-            """Where in KEYS (from 1, as Lua counts) ``group`` starts: its keys are consecutive."""
-            if group not in where:
-                where[group] = len(keys) + 1
-                keys.extend(group)
-            return where[group]
-
+        models: dict[str, int] = {}  # model → index of its in-flight key (Lua counts from 1)
+        tenants: dict[str | None, tuple[int, int, int]] = {}  # → its two limits, index of its first key
+        results: list[str] = []
         rows: list[list[str | int]] = []
         for digest, queued in items:
             sid = scoped_id(queued.tenant, queued.request_id)
             deadline = deadlines.get(sid) if deadlines else None
             handoff = handoffs.get(sid) if handoffs else None
-            max_inflight, max_bytes = self._s.tenant_quota(queued.tenant)
+            model = queued.model or ""
+            if model not in models:
+                models[model] = len(keys) + 1
+                keys.append(inflight_key(self._s, model))
+            tenant = tenants.get(queued.tenant)
+            if tenant is None:  # its three keys, consecutive
+                tenant = tenants[queued.tenant] = (*self._s.tenant_quota(queued.tenant), len(keys) + 1)
+                keys += tenant_keys(self._s, queued.tenant)
             rows.append(
                 [
                     digest,
@@ -114,13 +122,12 @@ class Admissions(StoreBase):
                     "" if deadline is None else repr(deadline),
                     sid,
                     "" if handoff is None else handoff.model_dump_json(),
-                    max_inflight,
-                    max_bytes,
-                    index(inflight_key(self._s, queued.model or "")),
-                    index(*tenant_keys(self._s, queued.tenant)),
+                    *tenant,
+                    models[model],
                 ]
             )
-        keys += [result_key(self._s, scoped_id(q.tenant, q.request_id)) for _, q in items]
+            results.append(result_key(self._s, sid))
+        keys += results
         payload = {"now": now, "ttl_s": str(self._s.result_ttl_s), "requests": rows}
         return keys, [json.dumps(payload, separators=(",", ":"), ensure_ascii=False)]
 

@@ -4,7 +4,7 @@
 -- sizes: consecutive), then the requests' result hashes, one per request, last. ARGV[1]: one JSON
 -- document {"now": ms, "ttl_s": s, "requests": [[digest, queued body, deadline ms ('' = none),
 -- scoped id, hand-off JSON ('' = none), tenant's most in flight (0 = off), tenant's most stored
--- result bytes (0 = off), index of the model's in-flight key, index of the tenant's first key]]}
+-- result bytes (0 = off), index of the tenant's first key, index of the model's in-flight key]]}
 -- (numbers that reach Redis as text are sent as text, so no precision is lost). A queued request's
 -- hand-off (its Celery queue, priority and message item) is kept with it until it starts, so a
 -- message lost on the way to a worker can be sent again (ADMIT/CLAIM_STALE). A new request over its
@@ -99,7 +99,7 @@ local requests, now, ttl = call['requests'], call['now'], call['ttl_s']
 local first_result = #KEYS - #requests
 local verdicts = {}
 for i, r in ipairs(requests) do
-  local K = {KEYS[first_result + i], KEYS[1], KEYS[r[8]], KEYS[2], KEYS[3], KEYS[r[9]], KEYS[r[9] + 1], KEYS[r[9] + 2]}
+  local K = {KEYS[first_result + i], KEYS[1], KEYS[r[9]], KEYS[2], KEYS[3], KEYS[r[8]], KEYS[r[8] + 1], KEYS[r[8] + 2]}
   verdicts[i] = admit_one(K, {r[1], r[2], ttl, r[3], r[4], r[5], now, r[6], r[7]})
 end
 for key, a in pairs(adds) do redis.call('ZADD', key, unpack(a)) end
