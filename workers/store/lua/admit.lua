@@ -16,7 +16,8 @@
 -- in-flight set are dropped the first time the call touches it (every request of a call has the
 -- same 'now', and a member added here lapses after it), the sets' EXPIRE is set once at the end,
 -- and the additions to the shared sorted sets (in flight, per model, deadlines, pending) are sent
--- as one ZADD per key. A tenant's in-flight set is added to at once, so its quota check stays exact.
+-- as one ZADD per key. A tenant's in-flight set is added to at once where it has an in-flight limit,
+-- so its quota check stays exact.
 -- Inside, K holds a request's keys in the order the scripts share (workers/store/scripts.py) and A
 -- its values: digest, queued body, ttl_s, deadline, scoped id, hand-off, now, the two limits.
 local pruned, clean_bytes, adds, ttls = {}, {}, {}, {}
@@ -66,7 +67,11 @@ local function admit_new(K, A)
   redis.call('EXPIRE', K[1], A[3])
   if not late then
     local expiry = now + tonumber(A[3]) * 1000
-    redis.call('ZADD', K[6], expiry, A[5])
+    if tonumber(A[8]) > 0 then  -- counted by the next request's quota check: added at once
+      redis.call('ZADD', K[6], expiry, A[5])
+    else
+      add_later(K[6], expiry, A[5])
+    end
     ttls[K[6]] = A[3]
     for _, k in ipairs({K[2], K[3]}) do
       prune(k, now)
