@@ -77,6 +77,7 @@ class InferqClient:
         self._producer: Any = None
         self._ring_lock = threading.Lock()
         self._ring_partitions: set[int] = set()  # doorbells to ring after a round of deliveries
+        self._rung_batches: dict[int, object] = {}  # partition → the last batch its doorbell rang for
         self._store: ResultStore | None = None
         self._doorbell: Doorbell | None = None
         # scoped ids admitted here and not yet published (a header marks them)
@@ -221,8 +222,24 @@ class InferqClient:
             if hasattr(self.producer, "after_deliveries"):
                 future.add_callback(self._ring_later)  # rung by _ring_due, after the round's deliveries
             else:
-                future.add_callback(self._doorbell.ring)
+                future.add_callback(self._ring_batch, future)
         return future
+
+    def _ring_batch(self, future: Any, metadata: Any) -> None:
+        """A record is in the broker (kafka-python): ring its partition's doorbell once per batch.
+
+        kafka-python acknowledges a batch of records as a whole and then calls each record back, so
+        the first call back of a batch rings for all of them: they are all in the broker by then.
+        The batch is the record's ``_produce_future`` (read at call-back time: a batch split for
+        size binds its records to new ones); without it every record rings."""
+        batch = getattr(future, "_produce_future", None)
+        if batch is not None:
+            with self._ring_lock:
+                if self._rung_batches.get(metadata.partition) is batch:
+                    return
+                self._rung_batches[metadata.partition] = batch
+        if self._doorbell is not None:
+            self._doorbell.ring(metadata)
 
     def _ring_later(self, metadata: Any) -> None:
         """A record is in the broker: its partition's doorbell is rung after this round of deliveries."""

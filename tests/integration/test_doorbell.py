@@ -88,3 +88,29 @@ def test_without_redis_a_wait_is_a_pause_and_a_ring_is_dropped(rare_polls):
         assert time.monotonic() - started >= 0.2
     finally:
         bell.close()
+
+
+class CountingDoorbell(Doorbell):
+    """The real doorbell, counting its rings."""
+
+    rings = 0
+
+    def ring(self, metadata: object) -> None:
+        self.rings += 1
+        super().ring(metadata)
+
+
+def test_a_burst_rings_once_per_batch_and_every_record_is_still_picked_up(rare_polls):
+    """kafka-python acknowledges records a batch at a time: the client rings once per batch, not
+    once per record, and the last record of a burst is still picked up at once."""
+    with InferqClient(rare_polls) as client:
+        first = client.submit("embed", "all-MiniLM-L6-v2", "wake up")
+        eventually(lambda: client.result(first), 60, "the first request admitted")
+        bell = client._doorbell = CountingDoorbell(rare_polls)
+        time.sleep(QUIET_POLL_MS / 1000 + 0.5)  # the intake is at its longest pause
+        rids = [client.submit("embed", "all-MiniLM-L6-v2", f"burst {i}") for i in range(200)]
+        client.flush()
+        last = eventually(lambda: client.result(rids[-1]), 30, "the burst's last request admitted")
+        assert last.timings.received_ms - last.timings.published_ms < 1_000
+        assert all(client.result(rid) is not None for rid in rids)
+    assert 1 <= bell.rings < len(rids) / 4, bell.rings

@@ -10,7 +10,7 @@ import pytest
 
 from schemas.errors import InvalidRequest
 from schemas.messages import InferenceRequest, ResultStatus, now_ms
-from schemas.naming import scoped_id
+from schemas.naming import inflight_key, scoped_id, tenant_keys
 from schemas.results import queued_result
 from schemas.results import result as request_result
 from schemas.settings import Settings
@@ -36,7 +36,7 @@ def store_with(settings: Settings, **limits) -> ResultStore:
 
 
 def req(text: str, tenant: str | None, rid: str | None = None, **kw) -> InferenceRequest:
-    fields = dict(task="embed", model="all-MiniLM-L6-v2", inputs=text, tenant=tenant, **kw)
+    fields = {"task": "embed", "model": "all-MiniLM-L6-v2", "inputs": text, "tenant": tenant, **kw}
     if rid is not None:
         fields["request_id"] = rid
     return InferenceRequest.model_validate(fields)
@@ -146,3 +146,46 @@ def test_a_request_admitted_past_its_deadline_never_holds_a_place_in_flight(redi
     assert store.in_flight() == 1  # only the live one
     store.advance([ended(late, ResultStatus.EXPIRED)])
     assert store.in_flight() == 1 and store.get(late.request_id).status is ResultStatus.EXPIRED
+
+
+def test_one_admit_call_mixes_tenants_models_duplicates_and_lapsed_members(redis_only):
+    """ADMIT prunes lapsed members and sets the sets' expiry once per key per call, and sends each
+    distinct key once: a call mixing tenants, models, a duplicate and an id taken by other content
+    still answers each request as if admitted alone, in order."""
+    store = store_with(redis_only, tenant_max_inflight=2)
+    inflight, _, _ = tenant_keys(store._s, "t1")
+    store.client.zadd(inflight, {"t1~lapsed-1": now_ms() - 1_000, "t1~lapsed-2": now_ms() - 1})
+    store.client.zadd(store.inflight_key, {"t1~lapsed-1": now_ms() - 1_000})
+    first = req("tenant one, first", "t1")
+    other_model = req("tenant one, other model", "t1", model="echo-384")
+    over = req("tenant one, over its limit", "t1")
+    taken = req("a different text under the first's id", "t1", rid=first.request_id)
+    calls = [
+        first,
+        req("tenant two", "t2", model="echo-384"),
+        first,
+        taken,
+        other_model,
+        over,
+        req("none", None),
+    ]
+    assert admit(store, *calls) == [
+        Admission.NEW,
+        Admission.NEW,
+        Admission.PENDING,  # the same request twice in one poll: the second sees the first
+        Admission.CONFLICT,
+        Admission.NEW,
+        Admission.QUOTA_INFLIGHT,  # sees the two before it (the lapsed members no longer count)
+        Admission.NEW,
+    ]
+    assert store.client.zscore(inflight, "t1~lapsed-2") is None
+    assert store.client.zscore(store.inflight_key, "t1~lapsed-1") is None
+    assert store.in_flight() == 4
+    assert store.in_flight_by_model(["all-MiniLM-L6-v2", "echo-384"]) == {
+        "all-MiniLM-L6-v2": 2,
+        "echo-384": 2,
+    }
+    assert store.tenant_usage("t1")[0] == 2 and store.tenant_usage("t2")[0] == 1
+    for key in (inflight, store.inflight_key, inflight_key(store._s, "echo-384")):
+        assert 0 < store.client.ttl(key) <= store._s.result_ttl_s
+    assert store.get(over.request_id, "t1") is None

@@ -135,13 +135,14 @@ class Admissions(Refusals):
         )
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         late: list[InferenceResult] = []
+        again: dict[str, int] = {}  # requests read again, by verdict: counted once per poll
         for sid, (rec, req, t), verdict in zip(sids, accepted, verdicts, strict=True):
             if verdict.over_quota:  # not admitted: answered at once, costs the other tenants nothing
                 over = quota_error(verdict, req.tenant, self.s)
                 late.append(results.result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over))
                 continue
             if verdict is not Admission.NEW:
-                self.observer.redelivered(verdict.value)
+                again[verdict.value] = again.get(verdict.value, 0) + 1
             deadline = req.deadline_ms()
             if verdict in (Admission.NEW, Admission.PENDING) and deadline is not None and deadline <= queued:
                 error = DeadlineExpired("deadline passed while the request waited in Kafka")
@@ -154,6 +155,8 @@ class Admissions(Refusals):
                 by_queue.setdefault((h.queue, h.priority), []).append(h.item)
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
+        for verdict_name, count in again.items():
+            self.observer.redelivered(verdict_name, count)
         self.store.advance(late)
         self._send(by_queue)
 

@@ -8,19 +8,19 @@ overshoot them (:mod:`workers.store.scripts`).
 
 from __future__ import annotations
 
+import json
 from collections.abc import Sequence
 from enum import Enum
 
 from schemas.errors import QuotaExceeded
 from schemas.messages import InferenceResult, now_ms
-from schemas.naming import inflight_key, scoped_id, tenant_keys
+from schemas.naming import deadlines_key, inflight_key, pending_key, result_key, scoped_id, tenant_keys
 from schemas.settings import Settings
 from schemas.work import Handoff
-from workers.store.base import StoreBase, as_text
+from workers.store.base import StoreBase
 
-# requests per ADMIT call (the script admits many; bounded so one call never holds Redis for long),
-# and the KEYS and ARGV each one takes (workers/store/lua/admit.lua)
-ADMIT_CHUNK, ADMIT_KEYS, ADMIT_ARGS = 256, 8, 9
+# requests per ADMIT call (the script admits many; bounded so one call never holds Redis for long)
+ADMIT_CHUNK = 256
 
 
 class Admission(str, Enum):
@@ -36,6 +36,13 @@ class Admission(str, Enum):
     @property
     def over_quota(self) -> bool:
         return self in (Admission.QUOTA_INFLIGHT, Admission.QUOTA_BYTES)
+
+
+# the script's answers as the client reads them (bytes, or text with decode_responses)
+_VERDICTS: dict[bytes | str, Admission] = {
+    **{a.value: a for a in Admission},
+    **{a.value.encode(): a for a in Admission},
+}
 
 
 def quota_error(verdict: Admission, tenant: str | None, settings: Settings) -> QuotaExceeded:
@@ -66,37 +73,63 @@ class Admissions(StoreBase):
         queued, so :meth:`claim_stale` can send a lost one again. A new request over its tenant's
         limits is not recorded (``QUOTA_*``: answer it with :func:`quota_error`).
         """
+        if not items:
+            return []
         now = repr(now_ms())
-        keys: list[str] = []
-        args: list[str | int | float] = []
+        calls = [
+            self._admit_call(items[i : i + ADMIT_CHUNK], now, deadlines, handoffs)
+            for i in range(0, len(items), ADMIT_CHUNK)
+        ]
+        if len(calls) == 1:  # EVALSHA alone: a pipeline asks SCRIPT EXISTS first, one more round trip
+            return [_VERDICTS[v] for v in self._admit(keys=calls[0][0], args=calls[0][1])]
+        # one script call per ADMIT_CHUNK requests (the script loops over them), all in one round trip
+        pipe = self.client.pipeline(transaction=False)
+        for keys, args in calls:
+            self._admit(keys=keys, args=args, client=pipe)
+        return [_VERDICTS[v] for chunk in pipe.execute() for v in chunk]
+
+    def _admit_call(
+        self,
+        items: Sequence[tuple[str, InferenceResult]],
+        now: str,
+        deadlines: dict[str, float] | None,
+        handoffs: dict[str, Handoff] | None,
+    ) -> tuple[list[str], list[str]]:
+        """KEYS and ARGV of one ADMIT call (``workers/store/lua/admit.lua``): each distinct key once,
+        and every request's values in one JSON document, so the cost of a call grows by one key and
+        one JSON row per request, not by 17 arguments."""
+        keys = [self.inflight_key, deadlines_key(self._s), pending_key(self._s)]
+        models: dict[str, int] = {}  # model → index of its in-flight key (Lua counts from 1)
+        tenants: dict[str | None, tuple[int, int, int]] = {}  # → its two limits, index of its first key
+        results: list[str] = []
+        rows: list[list[str | int]] = []
         for digest, queued in items:
             sid = scoped_id(queued.tenant, queued.request_id)
             deadline = deadlines.get(sid) if deadlines else None
             handoff = handoffs.get(sid) if handoffs else None
-            max_inflight, max_bytes = self._s.tenant_quota(queued.tenant)
-            keys += self._keys(sid, queued.model, queued.tenant)
-            args += [
-                digest,
-                queued.model_dump_json(),
-                self._s.result_ttl_s,
-                "" if deadline is None else repr(deadline),
-                sid,
-                "" if handoff is None else handoff.model_dump_json(),
-                now,
-                max_inflight,
-                max_bytes,
-            ]
-        if not items:
-            return []
-        # one script call per ADMIT_CHUNK requests (the script loops over them), all in one round trip
-        pipe = self.client.pipeline(transaction=False)
-        for i in range(0, len(items), ADMIT_CHUNK):
-            self._admit(
-                keys=keys[i * ADMIT_KEYS : (i + ADMIT_CHUNK) * ADMIT_KEYS],
-                args=args[i * ADMIT_ARGS : (i + ADMIT_CHUNK) * ADMIT_ARGS],
-                client=pipe,
+            model = queued.model or ""
+            if model not in models:
+                models[model] = len(keys) + 1
+                keys.append(inflight_key(self._s, model))
+            tenant = tenants.get(queued.tenant)
+            if tenant is None:  # its three keys, consecutive
+                tenant = tenants[queued.tenant] = (*self._s.tenant_quota(queued.tenant), len(keys) + 1)
+                keys += tenant_keys(self._s, queued.tenant)
+            rows.append(
+                [
+                    digest,
+                    queued.model_dump_json(),
+                    "" if deadline is None else repr(deadline),
+                    sid,
+                    "" if handoff is None else handoff.model_dump_json(),
+                    *tenant,
+                    models[model],
+                ]
             )
-        return [Admission(as_text(v)) for chunk in pipe.execute() for v in chunk]
+            results.append(result_key(self._s, sid))
+        keys += results
+        payload = {"now": now, "ttl_s": str(self._s.result_ttl_s), "requests": rows}
+        return keys, [json.dumps(payload, separators=(",", ":"), ensure_ascii=False)]
 
     def in_flight(self) -> int:
         """Requests admitted and not yet terminal (and not expired), across every process."""

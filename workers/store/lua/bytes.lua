@@ -1,6 +1,6 @@
 -- Helpers the store prepends to ADMIT, ADVANCE, CANCEL and EXPIRE_DUE. ``keep_bytes`` records the
 -- size of a stored result for its tenant (its score: when it expires); ``prune_bytes`` forgets
--- expired ones (a few hundred per call: an overstated total is conservative). '~total' cannot be a
+-- expired ones (a few hundred per call: an overstated total is conservative) and says how many. '~total' cannot be a
 -- scoped id.
 local function keep_bytes(zkey, hkey, sid, size, now, life_ms)
   local old = tonumber(redis.call('HGET', hkey, sid) or '0')
@@ -20,6 +20,7 @@ local function prune_bytes(zkey, hkey, now)
     redis.call('HDEL', hkey, sid)
     redis.call('ZREM', zkey, sid)
   end
+  return #gone
 end
 local function text_or_empty(v)
   if type(v) == 'string' then return v end
