@@ -17,7 +17,7 @@ def test_the_start_up_heap_is_frozen_and_later_garbage_is_still_collected():
             pass
 
         a, b = Cycle(), Cycle()
-        a.other, b.other = b, a  # type: ignore[attr-defined]
+        a.other, b.other = b, a  # a cycle: only the cyclic collector frees it
         del a, b
         assert gc.collect() >= 2  # a request's cyclic garbage is collected as before
     finally:
