@@ -42,7 +42,26 @@ def result_key(settings: Settings, request_id: str) -> str:
 
 
 def done_channel(settings: Settings) -> str:
+    """Pub/sub channel announcing results that became terminal (see :func:`done_ids`)."""
     return f"{settings.key_prefix}:done"
+
+
+DONE_SEP = " "  # in neither a tenant name, a request id nor SCOPE_SEP: a batch splits unambiguously
+DONE_MAX_IDS = 10_000  # ids read from one message at most: a writer announces a batch (<= 64 or so)
+
+
+def done_ids(data: bytes | str) -> list[str]:
+    """The scoped ids one ``done`` message announces.
+
+    A message is one batch's scoped ids joined by :data:`DONE_SEP` (one script run publishes
+    once); a writer from before batching published one id per message, which is the same format
+    with one id, so readers accept both during a rolling upgrade. The message is data from Redis,
+    not trusted input: undecodable bytes are replaced, empty parts dropped and at most
+    :data:`DONE_MAX_IDS` read, so a malformed one costs a bounded parse (an id nobody waits for
+    is ignored by every reader), never an exception.
+    """
+    text = data.decode("utf-8", "replace") if isinstance(data, bytes | bytearray) else str(data)
+    return [sid for sid in text.split(DONE_SEP, DONE_MAX_IDS)[:DONE_MAX_IDS] if sid]
 
 
 def inflight_key(settings: Settings, model: str | None = None) -> str:
@@ -186,8 +205,9 @@ REDIS_KEYS: tuple[NameDoc, ...] = (
         done_channel,
         (),
         "pub/sub channel",
-        "the scoped id of every result as it becomes terminal, so clients block instead of polling (the "
-        "hash stays the source of truth; a missed message costs a poll)",
+        "the scoped ids of results as they become terminal, one message per batch (ids joined by a "
+        "space; an older writer's message holds one id, the same format), so clients block instead "
+        "of polling (the hash stays the source of truth; a missed message costs a poll)",
         "(a channel: nothing is stored)",
     ),
     NameDoc(

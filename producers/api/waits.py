@@ -26,7 +26,7 @@ import redis.asyncio as aioredis
 from schemas.connections import redis_ssl_options
 from schemas.errors import QuotaExceeded
 from schemas.messages import InferenceResult
-from schemas.naming import done_channel
+from schemas.naming import done_channel, done_ids
 from schemas.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -89,8 +89,8 @@ class WaitHub:
                 self._wake_all()  # anything finished while unsubscribed is found by a re-read
                 async for message in pubsub.listen():
                     if message.get("type") == "message":
-                        data = message["data"]
-                        self._wake(data.decode() if isinstance(data, bytes) else str(data))
+                        for done_id in done_ids(message["data"]):  # a batch's ids (or one: older writers)
+                            self._wake(done_id)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a lost connection: subscribe again; waits sweep meanwhile

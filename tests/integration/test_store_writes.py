@@ -8,7 +8,7 @@ import numpy as np
 import pytest
 
 from schemas.messages import InferenceRequest, ResultStatus, now_ms
-from schemas.naming import inflight_key, scoped_id
+from schemas.naming import done_ids, inflight_key, scoped_id
 from schemas.results import queued_result, result, result_json
 from schemas.settings import Settings
 from tests import stack
@@ -66,3 +66,26 @@ def test_a_batch_longer_than_one_call_starts_writes_and_refuses_like_single_call
     failed = [result(r, ResultStatus.FAILED, {"done_ms": now_ms()}) for r in fresh]
     assert store.advance(failed + done[:1], only_if_absent=True) == [True, True, False]
     assert store.advance([]) == []
+
+
+def test_a_batch_is_announced_in_one_message_and_old_or_malformed_messages_are_read_safely(redis_only):
+    store = store_with(redis_only)
+    reqs = requests(5)
+    store.admit([(request_digest(r), queued_result(r, {})) for r in reqs])
+    done = [result(r, ResultStatus.DONE, {"done_ms": now_ms()}) for r in reqs]
+    raw = store.client.pubsub(ignore_subscribe_messages=True)
+    raw.subscribe(store.channel)
+    raw.get_message(timeout=1.0)
+    with DoneWatcher(store) as watcher:
+        assert store.advance(done) == [True] * 5
+        message = raw.get_message(timeout=5.0)
+        assert raw.get_message(timeout=0.2) is None  # one PUBLISH for the batch
+        sids = [scoped_id(r.tenant, r.request_id) for r in reqs]
+        assert message is not None and done_ids(message["data"]) == sids
+        store.client.publish(store.channel, sids[0])  # a writer from before batching
+        store.client.publish(store.channel, b"\xff\x00  ")  # garbage on the channel: no crash
+        got: list[str] = []
+        while len(got) < 7 and (part := watcher.finished(5.0)):
+            got += part
+    raw.close()
+    assert got == [*sids, sids[0], "\ufffd\x00"]

@@ -53,7 +53,7 @@ import math
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
@@ -208,19 +208,29 @@ class Batcher(Generic[T]):
 
     def put(self, item: T, tokens: int, *, priority: int = 1, tenant: str = "") -> None:
         """Add one entry of ``tokens`` tokens (≥ 1) to the pool."""
+        self.put_many([(item, tokens, priority, tenant)])
+
+    def put_many(self, entries: Iterable[tuple[T, int, int, str]]) -> None:
+        """Add entries ``(item, tokens, priority, tenant)`` as :meth:`put` would, under one lock and
+        with one wake-up of the taking thread: a Celery message's requests arrive together, and a
+        wake-up per entry would re-run the batch decision (O(pool)) once per request."""
         with self._cond:
             if self._closed:
                 raise RuntimeError("batcher is closed; no new work is accepted")
             now = self._clock()
-            if tenant not in self._waiting:  # (re)activated tenant: start at the current minimum
-                self._served[tenant] = min(self._served.values(), default=0.0)
-                self._waiting[tenant] = 0
-            self._waiting[tenant] += 1
-            seq = next(self._seq)
-            self._pool[seq] = Entry(item, max(1, tokens), now, priority, tenant, seq)
-            self._tokens += max(1, tokens)
-            self.wait.on_arrival(now)
-            self._cond.notify()
+            added = False
+            for item, tokens, priority, tenant in entries:
+                if tenant not in self._waiting:  # (re)activated tenant: start at the current minimum
+                    self._served[tenant] = min(self._served.values(), default=0.0)
+                    self._waiting[tenant] = 0
+                self._waiting[tenant] += 1
+                seq = next(self._seq)
+                self._pool[seq] = Entry(item, max(1, tokens), now, priority, tenant, seq)
+                self._tokens += max(1, tokens)
+                self.wait.on_arrival(now)
+                added = True
+            if added:
+                self._cond.notify()
 
     def lower_token_ceiling(self, max_batch_tokens: int) -> int:
         """Lower ``max_batch_tokens`` (never raise it), e.g. after an out-of-memory error."""

@@ -81,11 +81,13 @@ class Engine:
         """
         jobs = Job.new(items, first_delivery)
         all_ids = iter(self.runner.tokenize([text for job in jobs for text in job.request.texts()]))
+        entries: list[tuple[Piece, int, int, str]] = []
         for job in jobs:
             rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
             for i in range(job.remaining):
                 ids = next(all_ids)
-                self.batcher.put(Piece(job, i, ids), len(ids), priority=rank, tenant=tenant)
+                entries.append((Piece(job, i, ids), len(ids), rank, tenant))
+        self.batcher.put_many(entries)  # one wake-up of the model thread per message
         return jobs
 
     def warm_up(self) -> None:

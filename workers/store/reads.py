@@ -5,8 +5,8 @@ from __future__ import annotations
 from collections.abc import Sequence
 
 from schemas.messages import InferenceResult
-from schemas.naming import result_key, scoped_id
-from workers.store.base import StoreBase, as_text
+from schemas.naming import done_ids, result_key, scoped_id
+from workers.store.base import StoreBase
 
 
 class Reads(StoreBase):
@@ -43,12 +43,13 @@ class DoneWatcher:
         self._pubsub.get_message(timeout=1.0)  # the confirmation: subscribed on the server from here
 
     def finished(self, timeout_s: float) -> list[str]:
-        """Scoped ids (:func:`schemas.naming.scoped_id`) announced since the last call: waits up to
-        ``timeout_s`` for the first, then drains."""
+        """Scoped ids (:func:`schemas.naming.scoped_id`) announced since the last call, one entry per
+        announcement (a batch's message gives each of its ids): waits up to ``timeout_s`` for the
+        first message, then drains."""
         ids: list[str] = []
         message = self._pubsub.get_message(timeout=max(0.0, timeout_s))
         while message is not None:
-            ids.append(as_text(message["data"]))
+            ids.extend(done_ids(message["data"]))  # one message per batch (or one id, older writers)
             message = self._pubsub.get_message(timeout=0)
         return ids
 

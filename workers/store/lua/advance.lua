@@ -6,10 +6,12 @@
 -- ARGV: ttl_s, only_if_absent (0|1), done channel, now ms, then 4 per request: status, body,
 -- scoped id, keep the tenant's stored bytes (0|1).
 -- Returns per request 0 when refused; when written, its attempt count for ``running`` (each start
--- counts one: a start after a worker died mid-batch is a retry), else 1.
+-- counts one: a start after a worker died mid-batch is a retry), else 1. The ids made terminal are
+-- announced in one PUBLISH, joined by a space (schemas.naming.done_ids reads it).
 local rank = {queued=0, running=1, done=2, failed=2, expired=2, cancelled=2}
 local ttl, absent_only, channel, now = ARGV[1], ARGV[2] == '1', ARGV[3], tonumber(ARGV[4])
 local expiry = now + tonumber(ttl) * 1000
+local finished = {}
 
 local function advance(key, model_inflight, tenant_inflight, bytes_z, bytes_h, status, body, sid, keep)
   local st = redis.call('HGET', key, 'status')
@@ -25,7 +27,7 @@ local function advance(key, model_inflight, tenant_inflight, bytes_z, bytes_h, s
     redis.call('HDEL', key, 'handoff')
   end
   if rank[status] >= 2 then
-    redis.call('PUBLISH', channel, sid)
+    finished[#finished + 1] = sid
     redis.call('ZREM', KEYS[2], sid)
     redis.call('ZREM', KEYS[1], sid)
     redis.call('ZREM', model_inflight, sid)
@@ -48,4 +50,5 @@ for i = 0, (#ARGV - 4) / 4 - 1 do
   out[i + 1] = advance(KEYS[k + 1], KEYS[k + 2], KEYS[k + 3], KEYS[k + 4], KEYS[k + 5],
     ARGV[a + 1], ARGV[a + 2], ARGV[a + 3], ARGV[a + 4])
 end
+if #finished > 0 then redis.call('PUBLISH', channel, table.concat(finished, ' ')) end
 return out

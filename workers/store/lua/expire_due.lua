@@ -1,9 +1,11 @@
 -- KEYS[1] deadlines, KEYS[2] in flight (all), KEYS[3] pending; ARGV: now ms, result key prefix,
 -- in-flight key prefix (per model), done channel, error JSON, most to end, tenant key prefix. Ends
 -- every request past its deadline that is still queued (its message may wait anywhere: Celery, a
--- worker's prefetch); returns their new bodies. Members are scoped ids.
+-- worker's prefetch); returns their new bodies. Members are scoped ids; the expired ones are
+-- announced in one PUBLISH, joined by a space (schemas.naming.done_ids reads it).
 local due = redis.call('ZRANGEBYSCORE', KEYS[1], '-inf', ARGV[1], 'LIMIT', 0, tonumber(ARGV[6]))
 local out = {}
+local finished = {}
 for _, id in ipairs(due) do
   redis.call('ZREM', KEYS[1], id)
   local key = ARGV[2] .. id
@@ -16,7 +18,7 @@ for _, id in ipairs(due) do
     redis.call('HSET', key, 'status', 'expired', 'body', text)
     redis.call('HDEL', key, 'handoff')
     redis.call('ZREM', KEYS[3], id)
-    redis.call('PUBLISH', ARGV[4], id)
+    finished[#finished + 1] = id
     local tenant = ARGV[7] .. text_or_empty(body['tenant']) .. ':'
     redis.call('ZREM', KEYS[2], id)
     redis.call('ZREM', ARGV[3] .. text_or_empty(body['model']), id)
@@ -27,4 +29,5 @@ for _, id in ipairs(due) do
     table.insert(out, text)
   end
 end
+if #finished > 0 then redis.call('PUBLISH', ARGV[4], table.concat(finished, ' ')) end
 return out

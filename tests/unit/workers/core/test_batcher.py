@@ -418,3 +418,28 @@ def test_overhead_in_tokens_reads_the_rates():
     assert overhead_in_tokens((0.0, 16.0), 64.0) == math.inf
     with pytest.raises(ValueError):
         BatchPolicy(1, 10, 1, overhead_tokens=-1)
+
+
+def test_put_many_pools_like_single_puts_with_one_wake_up():
+    one, _ = make(size=3, tokens=25)
+    for x, n, prio, tenant in [("a", 10, 1, "t"), ("b", 10, 0, "u"), ("c", 10, 1, "t"), ("d", 1, 2, "")]:
+        one.put(x, n, priority=prio, tenant=tenant)
+    many, _ = make(size=3, tokens=25)
+    many.put_many([("a", 10, 1, "t"), ("b", 10, 0, "u"), ("c", 10, 1, "t"), ("d", 1, 2, "")])
+    assert [e.item for e in many.poll()] == [e.item for e in one.poll()]
+    assert len(many) == len(one)
+    wakes = []
+
+    class Counting(threading.Condition):
+        def notify(self, n: int = 1) -> None:
+            wakes.append(n)
+            super().notify(n)
+
+    b, _ = make(size=100)
+    b._cond = Counting(threading.Lock())
+    b.put_many((x, 5, 1, "") for x in "abcdefgh")
+    b.put_many([])  # nothing added: nobody woken
+    assert wakes == [1] and len(b) == 8
+    b.close()
+    with pytest.raises(RuntimeError, match="closed"):
+        b.put_many([("z", 1, 1, "")])
