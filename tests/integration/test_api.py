@@ -84,7 +84,14 @@ def test_openapi_and_models_are_served(api):
     spec = api.get("/openapi.json").json()
     assert "/v1/results/{request_id}" in spec["paths"] and "/v1/requests" in spec["paths"]
     names = {m["name"] for m in api.get("/v1/models").json()}
-    assert names == {"all-MiniLM-L6-v2", "minilm-intent", "tiny-lm", "smollm2-135m-instruct", "causal-lm", "echo-384"}
+    assert names == {
+        "all-MiniLM-L6-v2",
+        "minilm-intent",
+        "tiny-lm",
+        "smollm2-135m-instruct",
+        "causal-lm",
+        "echo-384",
+    }
     assert api.get("/healthz").json() == {"ok": True}
 
 
