@@ -42,7 +42,7 @@ class Store:
 
 def test_a_flood_of_messages_returns_after_a_bounded_drain_and_loses_none():
     pubsub = EndlessPubSub(lambda n: f"id{n}".encode())
-    watcher = DoneWatcher(Store(pubsub))  # type: ignore[arg-type]
+    watcher = DoneWatcher(Store(pubsub))
     first = watcher.finished(0.1)
     second = watcher.finished(0.1)
     assert len(first) == len(second) == DRAIN_MAX_MESSAGES
@@ -52,13 +52,13 @@ def test_a_flood_of_messages_returns_after_a_bounded_drain_and_loses_none():
 
 def test_a_flood_of_huge_messages_returns_a_bounded_number_of_ids():
     batch = DONE_SEP.join(f"x{i}" for i in range(DONE_MAX_IDS)).encode()
-    watcher = DoneWatcher(Store(EndlessPubSub(batch)))  # type: ignore[arg-type]
+    watcher = DoneWatcher(Store(EndlessPubSub(batch)))
     ids = watcher.finished(0.1)
     assert DRAIN_MAX_IDS <= len(ids) <= DRAIN_MAX_IDS + DONE_MAX_IDS
 
 
 def test_malformed_messages_are_read_without_an_exception():
     junk = itertools.cycle([b"\xff\xfe", b"", b"   ", "text", bytearray(b"a b"), b"\x00" * 10])
-    watcher = DoneWatcher(Store(EndlessPubSub(lambda n: next(junk))))  # type: ignore[arg-type]
+    watcher = DoneWatcher(Store(EndlessPubSub(lambda n: next(junk))))
     ids = watcher.finished(0.1)
     assert ids and all(isinstance(i, str) and i and DONE_SEP not in i for i in ids)
