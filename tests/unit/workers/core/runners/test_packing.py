@@ -172,7 +172,7 @@ def test_a_non_finite_classification_score_is_stored_readable() -> None:
     from schemas.messages import ClassifyOutput, LabelScore
 
     out = ClassifyOutput(labels=[LabelScore(label="a", score=float("nan")), LabelScore(label="b", score=0.5)])
-    stored = result_of([]).model_copy(update={"outputs": [out]})
+    stored = result_of([EmbeddingOutput(embedding=[0.0])]).model_copy(update={"outputs": [out]})
     (back,) = InferenceResult.model_validate_json(results.result_json(stored)).outputs or []
     assert isinstance(back, ClassifyOutput)
     assert np.isnan(back.labels[0].score) and back.labels[1].score == 0.5
