@@ -115,6 +115,10 @@ class SentRecord:
                 return self
         if self._metadata is not None:
             _call(callback, self._metadata)
+            # delivered before the callback was added (the caller lost the CPU between send and
+            # add_callback): the round's after-deliveries hook ran without what it queued (the
+            # client's doorbell ring), so it runs again, or the ring waits for another delivery
+            self._producer._after_deliveries()
         return self
 
     def is_done(self) -> bool:

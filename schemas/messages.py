@@ -11,6 +11,7 @@ from __future__ import annotations
 import base64
 import binascii
 import json
+import math
 import secrets
 import struct
 import time
@@ -256,6 +257,13 @@ class ErrorInfo(_Model):
     detail: Any = None
 
 
+def _nulls_as_nan(values: list[Any]) -> list[Any]:
+    """``null`` read back as NaN: JSON has no NaN nor infinity, so a non-finite float (a model that
+    overflowed) is written as ``null`` (pydantic's form, and orjson's); refusing it on the way back
+    made the whole stored result unreadable to every reader."""
+    return [math.nan if x is None else x for x in values] if None in values else values
+
+
 class PackedFloats(str):
     """An embedding already written as a JSON array (``"[0.1,-0.2,...]"``, the bytes pydantic would
     write for the same floats), made by a worker without a Python float per value. Only
@@ -269,14 +277,20 @@ class PackedFloats(str):
 class EmbeddingOutput(_Model):
     kind: Literal["embedding"] = "embedding"
     embedding: list[float] | str = Field(
-        description="The vector: a JSON array of numbers, or with the request's `encoding` base64 of its "
-        "little-endian float32 (`base64`) or float16 (`base64-f16`) bytes"
+        description="The vector: a JSON array of numbers (`null` where the model gave no finite number, "
+        "read as NaN), or with the request's `encoding` base64 of its little-endian float32 (`base64`) or "
+        "float16 (`base64-f16`) bytes"
     )
     encoding: EmbeddingEncoding | None = Field(
         None,
         exclude_if=lambda v: v is None,
         description="Set when `embedding` is base64: the request's encoding (absent: a JSON array)",
     )
+
+    @field_validator("embedding", mode="before")
+    @classmethod
+    def _null_is_nan(cls, v: Any) -> Any:
+        return _nulls_as_nan(v) if isinstance(v, list) else v
 
     @field_serializer("embedding")
     def _unpacked(self, v: list[float] | str) -> list[float] | str:
@@ -303,7 +317,12 @@ class EmbeddingOutput(_Model):
 
 class LabelScore(_Model):
     label: str
-    score: float
+    score: float = Field(description="Probability (`null`: the model gave no finite number; read as NaN)")
+
+    @field_validator("score", mode="before")
+    @classmethod
+    def _null_is_nan(cls, v: Any) -> Any:
+        return math.nan if v is None else v
 
 
 class ClassifyOutput(_Model):

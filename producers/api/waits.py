@@ -91,6 +91,9 @@ class WaitHub:
                     if message.get("type") == "message":
                         for done_id in done_ids(message["data"]):  # a batch's ids (or one: older writers)
                             self._wake(done_id)
+                    # messages already buffered are read without suspending: a flood on the channel
+                    # (anyone with Redis access can publish) must not starve the requests' tasks
+                    await asyncio.sleep(0)
             except asyncio.CancelledError:
                 raise
             except Exception as e:  # a lost connection: subscribe again; waits sweep meanwhile

@@ -105,3 +105,43 @@ def test_a_record_librdkafka_cannot_decode_is_dead_lettered_and_reading_goes_on(
     letter = dead_letters(intake, {""}, by_record_key=True)[""]
     assert (letter.source_partition, letter.source_offset) == (0, offset)
     assert letter.error.code is ErrorCode.INVALID_ENCODING
+
+
+def test_records_a_foreign_client_can_write_are_dead_lettered_and_reading_goes_on(intake):
+    """What kcat or another librdkafka client can produce, through the librdkafka intake: a
+    tombstone, a record without a key, a header without a value, thousands of headers, header
+    values that are not UTF-8, a gzip-compressed batch. Each is dead-lettered or admitted as it
+    deserves; none stops the intake (the records after them are admitted)."""
+    from confluent_kafka import Producer
+
+    topic = requests_topic(intake)
+    keyless, headed, many, gzipped, after = valid(5, "foreign")
+    producer = Producer({"bootstrap.servers": intake.kafka_bootstrap_servers, "compression.type": "gzip"})
+    producer.produce(topic, partition=1, key=b"tombstone-key", value=None)
+    producer.produce(topic, partition=1, key=None, value=keyless.wire_json().encode())
+    producer.produce(
+        topic,
+        partition=1,
+        key=b"h",
+        value=headed.wire_json().encode(),
+        headers=[("x-null", None), ("x", b"\xff")],
+    )
+    producer.produce(
+        topic,
+        partition=1,
+        key=b"m",
+        value=many.wire_json().encode(),
+        headers=[(f"h{i}", b"\x80" * 8) for i in range(5_000)],
+    )
+    producer.produce(topic, partition=1, key=b"g", value=gzipped.wire_json().encode())
+    producer.produce(topic, partition=1, key=b"not-json", value=b"\x00\xff" * 100)
+    producer.produce(topic, partition=1, key=b"a", value=after.wire_json().encode())
+    assert producer.flush(10) == 0
+    with InferqClient(intake) as client:
+        eventually(
+            lambda: admitted(client, [keyless, headed, many, gzipped, after]), 60, "the foreign records"
+        )
+        assert client.result(after.request_id).status is ResultStatus.QUEUED
+    letters = dead_letters(intake, {"tombstone-key", "not-json"}, by_record_key=True)
+    assert letters["tombstone-key"].error.code is ErrorCode.INVALID_JSON
+    assert letters["not-json"].error.code in (ErrorCode.INVALID_ENCODING, ErrorCode.INVALID_JSON)

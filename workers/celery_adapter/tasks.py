@@ -27,6 +27,7 @@ from workers.telemetry.logs import configure_logging, stop_logging
 from workers.telemetry.observe import Telemetry
 from workers.transport.app import TASK_INFER, make_app
 from workers.transport.kombu import delivery_tag
+from workers.transport.strategy import STRATEGY
 
 settings = get_settings()
 app = make_app(settings)
@@ -38,7 +39,7 @@ def runtime() -> WorkerRuntime:
     return WorkerRuntime(settings, Telemetry(settings), app)
 
 
-@app.task(name=TASK_INFER, bind=True, acks_late=True)
+@app.task(name=TASK_INFER, bind=True, acks_late=True, Strategy=STRATEGY)
 def infer(self: Any, items: list[Any]) -> dict[str, int]:
     """Run a message's work items; returns counts by status."""
     rt, counts, work = runtime(), Counter[str](), []

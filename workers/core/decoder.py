@@ -105,6 +105,10 @@ class Decoder:
             except InvalidRequest as e:
                 self._reject(job, e)
                 continue
+            except Exception as e:  # the tokenizer failed on it: this request fails, the others go on
+                log.exception("could not tokenise request %s", request.request_id)
+                self._reject(job, ModelError(f"the prompt could not be tokenised: {e!r}"[:300]))
+                continue
             seqs, error = self._sequences(job, prompts)
             if error is not None:
                 self._reject(job, error)

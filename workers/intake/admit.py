@@ -125,18 +125,27 @@ class Admissions(Refusals):
         for _, _, t in accepted:
             t["queued_ms"] = queued
         sids = [scoped_id(req.tenant, req.request_id) for _, req, _ in accepted]
-        pairs = list(zip(sids, accepted, strict=True))
-        deadlines = {sid: d for sid, (_, req, _) in pairs if (d := req.deadline_ms()) is not None}
-        handoffs = {sid: self._handoff(rec, req, t) for sid, (rec, req, t) in pairs}
+        handoffs = [self._handoff(rec, req, t) for rec, req, t in accepted]
+        # the store's by scoped id: a poll may hold one id twice (a retry, or another payload under
+        # the same id); the first record is the one admitted, so its values must be the ones kept
+        # (a later one's hand-off would send the other payload under the admitted record)
+        deadlines: dict[str, float] = {}
+        kept: dict[str, Handoff] = {}
+        for sid, (_, req, _), h in zip(sids, accepted, handoffs, strict=True):
+            if sid not in kept:
+                kept[sid] = h
+                if (d := req.deadline_ms()) is not None:
+                    deadlines[sid] = d
         verdicts = self.store.admit(
             [(request_digest(req), results.queued_result(req, t)) for _, req, t in accepted],
             deadlines,
-            handoffs,
+            kept,
         )
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
+        sent: set[str] = set()  # a scoped id goes to Celery once per poll, however often it was read
         late: list[InferenceResult] = []
         again: dict[str, int] = {}  # requests read again, by verdict: counted once per poll
-        for sid, (rec, req, t), verdict in zip(sids, accepted, verdicts, strict=True):
+        for sid, (rec, req, t), h, verdict in zip(sids, accepted, handoffs, verdicts, strict=True):
             if verdict.over_quota:  # not admitted: answered at once, costs the other tenants nothing
                 over = quota_error(verdict, req.tenant, self.s)
                 late.append(results.result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over))
@@ -151,8 +160,9 @@ class Admissions(Refusals):
             if verdict is Admission.NEW:
                 self._received(req)
             if verdict in (Admission.NEW, Admission.PENDING):
-                h = handoffs[sid]
-                by_queue.setdefault((h.queue, h.priority), []).append(h.item)
+                if sid not in sent:
+                    sent.add(sid)
+                    by_queue.setdefault((h.queue, h.priority), []).append(h.item)
             elif verdict is Admission.CONFLICT:
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
         for verdict_name, count in again.items():

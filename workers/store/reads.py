@@ -8,6 +8,12 @@ from schemas.messages import InferenceResult
 from schemas.naming import done_ids, result_key, scoped_id
 from workers.store.base import StoreBase
 
+# messages read by one :meth:`DoneWatcher.finished` at most: a writer publishes one per batch, so a
+# drain this long is far past any real burst, while a flood on the channel (anyone with Redis access
+# can publish) returns to the caller, who can then check its own deadline, instead of holding it
+DRAIN_MAX_MESSAGES = 1_000
+DRAIN_MAX_IDS = 100_000  # nor more ids than this (plus one message's), what a flood of big messages holds
+
 
 class Reads(StoreBase):
     """Reading results by (unscoped) request id, in one tenant's namespace."""
@@ -45,11 +51,16 @@ class DoneWatcher:
     def finished(self, timeout_s: float) -> list[str]:
         """Scoped ids (:func:`schemas.naming.scoped_id`) announced since the last call, one entry per
         announcement (a batch's message gives each of its ids): waits up to ``timeout_s`` for the
-        first message, then drains."""
+        first message, then drains what is already there, at most :data:`DRAIN_MAX_MESSAGES`
+        messages or :data:`DRAIN_MAX_IDS` ids (the rest are read by the next call)."""
         ids: list[str] = []
         message = self._pubsub.get_message(timeout=max(0.0, timeout_s))
+        read = 0
         while message is not None:
             ids.extend(done_ids(message["data"]))  # one message per batch (or one id, older writers)
+            read += 1
+            if read >= DRAIN_MAX_MESSAGES or len(ids) >= DRAIN_MAX_IDS:
+                break
             message = self._pubsub.get_message(timeout=0)
         return ids
 

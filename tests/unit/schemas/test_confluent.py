@@ -39,7 +39,10 @@ def test_librdkafka_errors_are_the_kafka_python_classes_the_intake_catches(code,
 
 
 def _producer() -> SimpleNamespace:
-    return SimpleNamespace(delivered=threading.Condition())
+    hooks: list[int] = []
+    return SimpleNamespace(
+        delivered=threading.Condition(), hooks=hooks, _after_deliveries=lambda: hooks.append(1)
+    )
 
 
 def _message(partition: int = 3, offset: int = 42) -> SimpleNamespace:
@@ -79,3 +82,16 @@ def test_a_delivery_on_another_thread_wakes_the_waiter():
     sent = SentRecord(_producer())
     threading.Timer(0.02, sent._delivered, (None, _message(offset=9))).start()
     assert sent.get(timeout=5).offset == 9
+
+
+def test_a_callback_added_after_the_delivery_runs_the_after_deliveries_hook_again():
+    """The client rings the doorbell in the hook that follows a round of deliveries; a record
+    delivered before its callback was added must not wait for another round to be announced."""
+    producer = _producer()
+    sent = SentRecord(producer)
+    pending: list[int] = []
+    sent.add_callback(lambda m: pending.append(m.partition))
+    sent._delivered(None, _message())
+    assert pending == [3] and producer.hooks == []  # in a round: the producer's thread runs the hook
+    sent.add_callback(lambda m: pending.append(m.partition))  # too late for that round
+    assert pending == [3, 3] and producer.hooks == [1]

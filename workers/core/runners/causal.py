@@ -216,7 +216,15 @@ class CausalLM:
                     hint="remove the model's control tokens from the text: no message may open or end a turn",
                 )
         turns = [{"role": m.role.value, "content": m.content} for m in messages]
-        text: str = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        try:
+            text: str = self.tokenizer.apply_chat_template(turns, add_generation_prompt=True, tokenize=False)
+        except Exception as e:  # jinja2's TemplateError: a template's raise_exception refuses the
+            # conversation (many refuse a system turn, or turns that do not alternate), or it is broken
+            why = str(e)[:200] or type(e).__name__
+            raise InvalidRequest(
+                f"{self.name}'s chat template cannot render this conversation: {why}",
+                hint="shape the conversation as the model's template requires (roles, their order)",
+            ) from e
         ids: list[int] = self.tokenizer(text, add_special_tokens=False)["input_ids"]
         return ids
 

@@ -139,3 +139,41 @@ def test_chunked_prefill_of_left_padded_rows_matches_the_whole_prefill():
     a, _ = lm.decode(kv, step)
     b, _ = lm.decode(p.kv(), step)
     assert torch.allclose(a, b, atol=1e-5)
+
+
+# as Llama-2's, Mistral's and Gemma's templates do: a conversation they cannot render is refused by
+# raise_exception (a jinja2 TemplateError), which an operator's model folder (causal-lm) may ship
+STRICT_TEMPLATE = (
+    "{% for m in messages %}{% if m['role'] == 'system' %}"
+    "{{ raise_exception('System role not supported') }}{% endif %}"
+    "<|im_start|>{{ m['role'] }} {{ m['content'] }} <|im_end|> {% endfor %}"
+    "{% if add_generation_prompt %}<|im_start|>assistant {% endif %}"
+)
+
+
+def test_a_conversation_the_template_refuses_fails_alone_with_the_templates_reason():
+    lm = tiny_chat_lm()
+    lm.tokenizer.chat_template = STRICT_TEMPLATE
+    d, store, _ = decoder(lm)
+    bad, fine = chat(("system", "obey"), ("user", "hello")), chat(("user", "hello"), max_new_tokens=2)
+    wait(d.submit([work(bad), work(fine)]))
+    d.close()
+    res = store.results[bad.request_id]
+    assert res.status is ResultStatus.FAILED and res.error.code is ErrorCode.VALIDATION_ERROR
+    assert "System role not supported" in res.error.message
+    assert store.results[fine.request_id].status is ResultStatus.DONE
+
+
+def test_a_template_that_breaks_fails_its_request_and_not_the_others():
+    lm = tiny_chat_lm()
+    lm.tokenizer.chat_template = "{{ messages[0]['content'] | no_such_filter }}"
+    d, store, _ = decoder(lm)
+    bad, fine = chat(("user", "hello")), gen_plain("hello there", max_new_tokens=2)
+    wait(d.submit([work(bad), work(fine)]))
+    d.close()
+    assert store.results[bad.request_id].status is ResultStatus.FAILED
+    assert store.results[fine.request_id].status is ResultStatus.DONE
+
+
+def gen_plain(text: str, **params) -> InferenceRequest:
+    return InferenceRequest(task="generate", model="tiny-chat", inputs=text, generation=params)

@@ -150,3 +150,36 @@ def test_the_default_request_wire_form_is_unchanged() -> None:
     assert (
         '"encoding":"base64"' in request.model_copy(update={"encoding": EmbeddingEncoding.BASE64}).wire_json()
     )
+
+
+@pytest.mark.parametrize("encoding", [None, EmbeddingEncoding.BASE64, EmbeddingEncoding.BASE64_F16])
+def test_a_non_finite_embedding_is_stored_readable(encoding) -> None:
+    """A model that overflows (fp16 on a GPU) writes NaN or infinity; JSON has neither, so a float
+    array holds ``null`` there (pydantic's form, and orjson's). The stored result must still read:
+    an unreadable one failed every reader of it (the API, client.wait) with a ValidationError."""
+    row = np.array([np.nan, np.inf, -np.inf, 0.5], dtype=np.float32)
+    for out in (embedding_output(row, encoding), EmbeddingOutput(embedding=[float(x) for x in row])):
+        stored = results.result_json(result_of([out]))
+        (back,) = InferenceResult.model_validate_json(stored).outputs or []
+        assert isinstance(back, EmbeddingOutput)
+        values = back.floats()
+        assert np.isnan(values[0]) and values[3] == 0.5
+        if encoding is not None and out.encoding is not None:  # bytes keep the infinities
+            assert values[1:3] == [float("inf"), float("-inf")]
+
+
+def test_a_non_finite_classification_score_is_stored_readable() -> None:
+    from schemas.messages import ClassifyOutput, LabelScore
+
+    out = ClassifyOutput(labels=[LabelScore(label="a", score=float("nan")), LabelScore(label="b", score=0.5)])
+    stored = result_of([EmbeddingOutput(embedding=[0.0])]).model_copy(update={"outputs": [out]})
+    (back,) = InferenceResult.model_validate_json(results.result_json(stored)).outputs or []
+    assert isinstance(back, ClassifyOutput)
+    assert np.isnan(back.labels[0].score) and back.labels[1].score == 0.5
+
+
+@pytest.mark.parametrize("text", ["é" * 8, "AAAA\n", "A" * 5 + "==="])
+def test_hostile_base64_text_is_a_value_error(text: str) -> None:
+    out = EmbeddingOutput(embedding=text, encoding=EmbeddingEncoding.BASE64_F16)
+    with pytest.raises(ValueError):
+        out.floats()
