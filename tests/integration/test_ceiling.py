@@ -25,7 +25,7 @@ def fresh_settings(monkeypatch, tmp_path):
 
 def test_ceiling_runs_end_to_end_with_a_tiny_burst(fresh_settings, tmp_path: Path):
     out = tmp_path / "out"
-    argv = ["bench", "--ceiling", "--quick", "--ceiling-layouts", "1x1", "--burst-s", "0.5", "--profile"]
+    argv = ["bench", "--ceiling", "--quick", "--ceiling-layouts", "1x1", "--burst-s", "2", "--profile"]
     argv += ["--generators", "2"]  # two publishers: each id of the burst from exactly one
     assert main([*argv, "--out", str(out)]) == 0
 

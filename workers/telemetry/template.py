@@ -23,6 +23,7 @@ LONG = {"type": "long"}
 INT = {"type": "integer"}
 FLOAT = {"type": "float"}
 DATE = {"type": "date"}
+BOOL = {"type": "boolean"}
 
 
 def _obj(**props: dict[str, Any]) -> dict[str, Any]:
@@ -53,6 +54,9 @@ PROPERTIES: dict[str, Any] = {
         exc=TEXT,
         description=TEXT,
         hostname=KEYWORD,
+        # a task that failed inside Celery rather than in its own code (celery.app.trace._log_error)
+        internal=BOOL,
+        traceback={"type": "text", "index": False},
     ),
     "inferq": _obj(
         request_id=KEYWORD,

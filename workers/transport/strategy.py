@@ -42,6 +42,29 @@ def protocol_error(payload: Any) -> str | None:
     return f"the body is not [args, kwargs, embed] (a {type(payload).__name__})"
 
 
+# protocol-2 headers that name things: Celery copies them into its ``task-received`` event, and a
+# non-string there (a list as ``root_id``) breaks every monitor that indexes tasks by them (Flower's
+# task list answers 500 from then on)
+_NAME_HEADERS = ("id", "task", "root_id", "parent_id", "group", "shadow", "origin", "argsrepr", "kwargsrepr")
+
+
+def header_error(headers: Any) -> str | None:
+    """Why a protocol-2 message's headers cannot be a task's, or None: each naming header a string
+    (or absent / null where Celery allows it), ``retries`` an integer."""
+    if not isinstance(headers, dict):
+        return "the headers are not an object"
+    for name in _NAME_HEADERS:
+        value = headers.get(name)
+        if value is not None and not isinstance(value, str):
+            return f"header {name!r} is a {type(value).__name__}, not a string"
+    if not isinstance(headers.get("id"), str) or not isinstance(headers.get("task"), str):
+        return "headers 'id' and 'task' must be strings"
+    retries = headers.get("retries")
+    if retries is not None and (isinstance(retries, bool) or not isinstance(retries, int)):
+        return "header 'retries' is not an integer"
+    return None
+
+
 def guarded(task: Any, app: Any, consumer: Any, **kw: Any) -> Handler:
     """Celery's default strategy for ``task``, whose messages never stop the consumer."""
     handle = default(task, app, consumer, **kw)
@@ -49,7 +72,7 @@ def guarded(task: Any, app: Any, consumer: Any, **kw: Any) -> Handler:
 
     def task_message_handler(message: Any, body: Any, *args: Any, **kwargs: Any) -> Any:
         if body is None:  # protocol 2: decoded here (cached on the message: the handler reads it too)
-            why = protocol_error(message.payload)
+            why = header_error(message.headers) or protocol_error(message.payload)
             if why is not None:
                 raise InvalidTaskError(why)
         try:

@@ -32,3 +32,13 @@ def test_anything_else_is_refused_with_its_type(payload):
 
 def test_the_worker_task_uses_the_guarded_strategy():
     assert infer.Strategy == STRATEGY
+
+
+def test_naming_headers_must_be_strings_before_celery_announces_the_task():
+    from workers.transport.strategy import header_error
+
+    good = {"id": "a", "task": "inferq.infer", "root_id": "a", "parent_id": None, "retries": 0}
+    assert header_error(good) is None
+    for bad in ({"root_id": ["x"]}, {"id": 5}, {"task": None}, {"group": {"g": 1}}, {"retries": "many"}):
+        assert header_error({**good, **bad}) is not None, bad
+    assert header_error(["not", "an", "object"]) is not None
