@@ -43,13 +43,10 @@ def tiny_tokenizer() -> PreTrainedTokenizerFast:
     return PreTrainedTokenizerFast(tokenizer_object=core, bos_token=BOS, clean_up_tokenization_spaces=False)
 
 
-def tiny_causal_lm(name: str = "tiny-lm") -> CausalLM:
-    """A 2-layer Llama-style model over :func:`tiny_tokenizer`, on the CPU, the same on every call."""
-    configure_threads(Settings(torch_threads=1))
-    tokenizer = tiny_tokenizer()
-    bos = int(tokenizer.bos_token_id)
+def _tiny_llama(vocab_size: int, bos: int | None) -> LlamaForCausalLM:
+    """A 2-layer Llama-style model of ``vocab_size`` words, the same weights on every call (seeded)."""
     config = LlamaConfig(
-        vocab_size=len(tokenizer),
+        vocab_size=vocab_size,
         hidden_size=32,
         intermediate_size=64,
         num_hidden_layers=2,
@@ -63,7 +60,15 @@ def tiny_causal_lm(name: str = "tiny-lm") -> CausalLM:
     )
     with torch.random.fork_rng(devices=[]):
         torch.manual_seed(SEED)
-        model = LlamaForCausalLM(config)
+        return LlamaForCausalLM(config)
+
+
+def tiny_causal_lm(name: str = "tiny-lm") -> CausalLM:
+    """A 2-layer Llama-style model over :func:`tiny_tokenizer`, on the CPU, the same on every call."""
+    configure_threads(Settings(torch_threads=1))
+    tokenizer = tiny_tokenizer()
+    bos = int(tokenizer.bos_token_id)
+    model = _tiny_llama(len(tokenizer), bos)
     with torch.no_grad():
         head = model.get_output_embeddings().weight
         a, b = [i for i in range(len(tokenizer)) if i != bos][:2]  # the first two words but BOS
@@ -103,22 +108,7 @@ def tiny_chat_lm(ends_turn: bool = False) -> CausalLM:
     ``ends_turn``: its output layer is zero, so it ends its turn at once (greedy)."""
     configure_threads(Settings(torch_threads=1))
     tokenizer = tiny_chat_tokenizer()
-    config = LlamaConfig(
-        vocab_size=len(tokenizer),
-        hidden_size=32,
-        intermediate_size=64,
-        num_hidden_layers=2,
-        num_attention_heads=4,
-        num_key_value_heads=2,
-        max_position_embeddings=512,
-        tie_word_embeddings=False,
-        bos_token_id=None,
-        eos_token_id=None,
-        pad_token_id=None,
-    )
-    with torch.random.fork_rng(devices=[]):
-        torch.manual_seed(SEED)
-        model = LlamaForCausalLM(config)
+    model = _tiny_llama(len(tokenizer), None)
     with torch.no_grad():
         head = model.get_output_embeddings().weight
         if ends_turn:
