@@ -126,3 +126,14 @@ def tiny_chat_lm(ends_turn: bool = False) -> CausalLM:
         "tiny-chat@config",
         eos_ids=_eos_ids(model, tokenizer),
     )
+
+
+def greedy_alone(lm: CausalLM, prompt: list[int], n: int) -> list[int]:
+    """Greedy continuation of token ids ``prompt`` by ``n`` tokens, unbatched: the reference that
+    batched decoding must reproduce."""
+    ids, out = torch.tensor([prompt]), []
+    with torch.inference_mode():
+        for _ in range(n):
+            out.append(int(lm.model(input_ids=ids).logits[0, -1].argmax()))
+            ids = torch.cat([ids, torch.tensor([[out[-1]]])], 1)
+    return out

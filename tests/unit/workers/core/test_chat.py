@@ -10,7 +10,7 @@ import pytest
 from schemas.errors import ErrorCode
 from schemas.messages import FinishReason, InferenceRequest, ResultStatus
 from schemas.observer import StepStats
-from tests.tiny_models import IM_END, tiny_causal_lm, tiny_chat_lm
+from tests.tiny_models import IM_END, greedy_alone, tiny_causal_lm, tiny_chat_lm
 from tests.unit.workers.core.test_decoder import alone, decoder, gen, taps_of, wait, work
 
 
@@ -42,19 +42,7 @@ def test_a_chat_request_is_answered_greedily_as_its_rendered_prompt_would_be(lm)
     res = store.results[req.request_id]
     assert res.status is ResultStatus.DONE and res.model_version == "tiny-chat@config"
     (out,) = res.outputs
-    assert out.tokens == 12 and out.text == lm.detokenize(alone_ids(lm, lm.prompts(req)[0], 12))
-
-
-def alone_ids(lm, prompt, n):
-    """Greedy continuation of token ids ``prompt``, unbatched (:func:`alone` takes text)."""
-    import torch
-
-    ids, out = torch.tensor([prompt]), []
-    with torch.inference_mode():
-        for _ in range(n):
-            out.append(int(lm.model(input_ids=ids).logits[0, -1].argmax()))
-            ids = torch.cat([ids, torch.tensor([[out[-1]]])], 1)
-    return out
+    assert out.tokens == 12 and out.text == lm.detokenize(greedy_alone(lm, lm.prompts(req)[0], 12))
 
 
 def test_the_answer_stops_at_the_end_of_turn_token():

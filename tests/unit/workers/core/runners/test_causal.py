@@ -2,11 +2,10 @@
 computes, and the operator's hub-style folder loads through the real Auto-class path."""
 
 import pytest
-import torch
 
 from schemas.errors import ConfigurationError
 from schemas.settings import Settings
-from tests.tiny_models import tiny_causal_lm
+from tests.tiny_models import greedy_alone, tiny_causal_lm
 from workers.core.runners import load_runner
 from workers.core.runners.causal import CausalLM
 
@@ -14,15 +13,6 @@ from workers.core.runners.causal import CausalLM
 @pytest.fixture(scope="module")
 def lm() -> CausalLM:
     return tiny_causal_lm()
-
-
-def greedy_alone(lm, prompt, n):
-    ids, out = torch.tensor([prompt]), []
-    with torch.inference_mode():
-        for _ in range(n):
-            out.append(int(lm.model(input_ids=ids).logits[0, -1].argmax()))
-            ids = torch.cat([ids, torch.tensor([[out[-1]]])], 1)
-    return out
 
 
 def test_rows_joined_mid_way_and_dropped_compute_what_they_would_alone(lm):
