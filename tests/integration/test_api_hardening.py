@@ -162,6 +162,14 @@ async def hold_every_slot(c: httpx.AsyncClient, requests: list[InferenceRequest]
             assert probe.json()["error"]["code"] == "quota_exceeded"
             return polls
         assert probe.status_code == 404, probe.text
+        for i, poll in enumerate(polls):
+            if poll.done():  # it came while the probe held a slot: refused 429; open it again
+                refused = poll.result()
+                assert refused.status_code == 429, refused.text
+                assert refused.json()["error"]["code"] == "quota_exceeded"
+                polls[i] = asyncio.create_task(
+                    c.get(f"/v1/results/{requests[i].request_id}", params={"wait_ms": 25_000}, headers=A)
+                )
         assert time.monotonic() < give_up, "the long polls never all opened"
         await asyncio.sleep(0.05)
 
