@@ -39,6 +39,9 @@ NAME_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.:/-]{0,127}$"
 RequestId = Annotated[str, StringConstraints(pattern=REQUEST_ID_PATTERN)]
 Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
+TOPIC_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}$"  # Kafka's topic names (not starting with a dot)
+TopicName = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
+MAX_CALLBACK_URL_CHARS = 2048
 
 
 def new_request_id() -> str:
@@ -190,6 +193,18 @@ class InferenceRequest(_Model):
         None,
         description="embed: how each embedding is written in the result (absent = float, a JSON array); "
         "refused for other tasks",
+    )
+    reply_topic: TopicName | None = Field(
+        None,
+        description="Also publish the terminal result to this Kafka topic (key = request id); "
+        "the topics a tenant may name are configured (INFERQ_REPLY_TOPICS)",
+    )
+    callback_url: (
+        Annotated[str, StringConstraints(min_length=1, max_length=MAX_CALLBACK_URL_CHARS)] | None
+    ) = Field(
+        None,
+        description="Also POST the terminal result to this URL (https; signed with the tenant's "
+        "webhook key); hosts outside the configured allow-list are refused",
     )
 
     @model_validator(mode="after")
