@@ -35,6 +35,7 @@ class ErrorCode(str, Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     FORBIDDEN = "forbidden"
     OVERLOADED = "overloaded"
+    CALLBACK_REFUSED = "callback_refused"
 
 
 class InferqError(Exception):
@@ -85,6 +86,17 @@ class DuplicateRequestId(InvalidRequest):
 
     def __init__(self, request_id: str) -> None:
         super().__init__(f"request id {request_id} is already used by a different request")
+
+
+class CallbackRefused(InvalidRequest):
+    """A request's ``callback_url`` is outside the deployment's webhook policy (scheme, host, port,
+    address range), or webhooks are off, or its tenant has no signing key (:mod:`schemas.callbacks`)."""
+
+    code = ErrorCode.CALLBACK_REFUSED
+    hint = (
+        "name an https URL on a host the operator allows (INFERQ_WEBHOOK_ALLOW_HOSTS), or leave "
+        "callback_url out and read the result over HTTP or Redis"
+    )
 
 
 class DeadlineExpired(InferqError):

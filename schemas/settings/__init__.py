@@ -20,15 +20,24 @@ from pydantic_settings import BaseSettings, SettingsConfigDict
 from schemas.settings.admission import AdmissionSettings
 from schemas.settings.kafka import KafkaSettings
 from schemas.settings.services import ServiceSettings
+from schemas.settings.webhooks import WebhookSettings
 from schemas.settings.workers import WorkerSettings
 
 ENV_PREFIX = "INFERQ_"
 
 # in reference order (docs/configuration.md)
-CONCERNS: tuple[type[BaseModel], ...] = (KafkaSettings, AdmissionSettings, WorkerSettings, ServiceSettings)
+CONCERNS: tuple[type[BaseModel], ...] = (
+    KafkaSettings,
+    AdmissionSettings,
+    WorkerSettings,
+    ServiceSettings,
+    WebhookSettings,
+)
 
 
-class Settings(ServiceSettings, WorkerSettings, AdmissionSettings, KafkaSettings, BaseSettings):
+class Settings(
+    WebhookSettings, ServiceSettings, WorkerSettings, AdmissionSettings, KafkaSettings, BaseSettings
+):
     """Configuration for the whole pipeline; each field is ``INFERQ_<FIELD>`` in the environment."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
