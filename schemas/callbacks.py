@@ -96,7 +96,9 @@ def parse_callback_url(url: str) -> CallbackUrl:
     end = min((i for i in (rest.find(c) for c in "/?#") if i >= 0), default=len(rest))
     authority, target = rest[:end], rest[end:].partition("#")[0]
     if "@" in authority:
-        raise _refuse("callback_url holds userinfo (user@ or user:password@)", hint="put no credentials in it")
+        raise _refuse(
+            "callback_url holds userinfo (user@ or user:password@)", hint="put no credentials in it"
+        )
     host, port = _split_authority(authority, scheme)
     address = _parse_host(host)
     if not target.startswith("/"):
@@ -112,7 +114,9 @@ def _split_authority(authority: str, scheme: str) -> tuple[str, int]:
             raise _refuse("callback_url has an unclosed [ in its host")
         host = "[" + host  # marks an IPv6 literal for _parse_host
     elif authority.count(":") > 1:
-        raise _refuse("callback_url host has several ':'", hint="write an IPv6 address in brackets: [2001:db8::1]")
+        raise _refuse(
+            "callback_url host has several ':'", hint="write an IPv6 address in brackets: [2001:db8::1]"
+        )
     else:
         host, sep, port_text = authority.partition(":")
         after = sep + port_text
@@ -253,7 +257,9 @@ def _parse_network(entry: str) -> IPNetwork:
     try:
         network = ipaddress.ip_network(entry, strict=False)
     except ValueError:
-        raise ConfigurationError(f"INFERQ_WEBHOOK_ALLOW_HOSTS entry {entry!r} is not a CIDR or address") from None
+        raise ConfigurationError(
+            f"INFERQ_WEBHOOK_ALLOW_HOSTS entry {entry!r} is not a CIDR or address"
+        ) from None
     if network.prefixlen == 0:
         raise ConfigurationError(
             f"INFERQ_WEBHOOK_ALLOW_HOSTS entry {entry!r} allows every address, private ones included",
@@ -342,7 +348,9 @@ def check_callback_url(url: str, settings: Settings, tenant: str | None) -> Call
     if parsed.address is not None:
         _check_literal(parsed.address, allowed)
     elif not allowed.allows_name(parsed.host):
-        raise _refuse(f"callback_url host {parsed.host!r} is not in the allow-list (INFERQ_WEBHOOK_ALLOW_HOSTS)")
+        raise _refuse(
+            f"callback_url host {parsed.host!r} is not in the allow-list (INFERQ_WEBHOOK_ALLOW_HOSTS)"
+        )
     if webhook_key(settings, tenant) is None:
         raise _refuse(
             f"no webhook signing key is configured for tenant {tenant or '(none)'!r}",

@@ -20,6 +20,7 @@ from typing import Any
 
 from pydantic import ValidationError
 
+from schemas.callbacks import check_callback_url
 from schemas.catalog import lookup
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.explain import explain
@@ -126,7 +127,7 @@ def validate_request(data: dict[str, Any], settings: Settings) -> InferenceReque
 
 
 def check_request(request: InferenceRequest, settings: Settings) -> InferenceRequest:
-    """Checks beyond the schema: the catalogue and the operator's limits."""
+    """Checks beyond the schema: the catalogue, the operator's limits and the webhook policy."""
     lookup(request.model, request.task)
     texts = request.texts()
     if len(texts) > settings.max_inputs_per_request:
@@ -148,6 +149,8 @@ def check_request(request: InferenceRequest, settings: Settings) -> InferenceReq
             f"generation.max_new_tokens is {wanted}; the limit is {settings.generate_max_new_tokens}",
             hint="ask for fewer tokens (INFERQ_GENERATE_MAX_NEW_TOKENS sets the limit)",
         )
+    if request.callback_url is not None:  # no DNS here: addresses are vetted again at send time
+        check_callback_url(request.callback_url, settings, request.tenant)
     return request
 
 
