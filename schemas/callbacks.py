@@ -288,7 +288,15 @@ def parse_ports(spec: str) -> tuple[tuple[int, int], ...]:
     ranges = []
     for entry in (e.strip() for e in spec.split(",") if e.strip()):
         low, _, high = entry.partition("-")
-        ranges.append((int(low), int(high or low)))
+        try:
+            first, last = int(low), int(high or low)
+        except ValueError:
+            first, last = 0, 0
+        if not 1 <= first <= last <= 65535:
+            raise ConfigurationError(
+                f"INFERQ_WEBHOOK_ALLOW_PORTS entry {entry[:20]!r} is not a port or range within 1-65535"
+            )
+        ranges.append((first, last))
     return tuple(ranges)
 
 

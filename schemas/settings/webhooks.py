@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from pydantic import BaseModel, Field, SecretStr, field_validator
+from pydantic import BaseModel, Field, SecretStr, ValidationInfo, field_validator
 
 
 class WebhookSettings(BaseModel):
@@ -65,18 +65,28 @@ class WebhookSettings(BaseModel):
         ),
     )
 
-    @field_validator("webhook_allow_hosts")
+    @field_validator("webhook_allow_hosts", "webhook_allow_ports")
     @classmethod
-    def _hosts_parse(cls, value: str) -> str:
-        from schemas.callbacks import parse_allow_hosts  # here: schemas.callbacks reads these settings
+    def _lists_parse(cls, value: str, info: ValidationInfo) -> str:
+        # here, not at the top: schemas.callbacks reads these settings
+        from schemas.callbacks import parse_allow_hosts, parse_ports
+        from schemas.errors import ConfigurationError
 
-        parse_allow_hosts(value)  # a wrong entry stops the process at start, not at the first request
+        parse = parse_allow_hosts if info.field_name == "webhook_allow_hosts" else parse_ports
+        try:
+            parse(value)  # a wrong entry stops the process at start, not at the first request
+        except ConfigurationError as e:
+            raise ValueError(str(e)) from None
         return value
 
     @field_validator("webhook_keys")
     @classmethod
     def _keys_parse(cls, value: SecretStr) -> SecretStr:
         from schemas.callbacks import parse_webhook_keys
+        from schemas.errors import ConfigurationError
 
-        parse_webhook_keys(value.get_secret_value())
+        try:
+            parse_webhook_keys(value.get_secret_value())
+        except ConfigurationError as e:
+            raise ValueError(str(e)) from None  # names the entry, never the secret
         return value
