@@ -25,6 +25,7 @@ class Answer:
     status: int = 200
     headers: dict[str, str] = field(default_factory=dict)
     trickle_s: float = 0.0  # > 0: send the status line one byte per this many seconds, never finishing
+    endless: bool = False  # answer 200 with a chunked body that goes on (1 KiB every 10 ms, up to 5 s)
 
 
 @dataclass
@@ -50,6 +51,16 @@ class _Handler(http.server.BaseHTTPRequestHandler):
                 self.wfile.write(bytes([byte]))
                 self.wfile.flush()
                 time.sleep(answer.trickle_s)
+            return
+        if answer.endless:
+            self.send_response(200)
+            self.send_header("Transfer-Encoding", "chunked")
+            self.end_headers()
+            ends = time.monotonic() + 5
+            while time.monotonic() < ends:
+                self.wfile.write(b"400\r\n" + b"x" * 1024 + b"\r\n")
+                self.wfile.flush()
+                time.sleep(0.01)
             return
         self.send_response(answer.status)
         for name, value in answer.headers.items():

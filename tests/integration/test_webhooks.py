@@ -127,6 +127,13 @@ def test_a_receiver_trickling_its_answer_is_cut_at_the_total_timeout(rx):
     assert time.monotonic() - started < 1.5
 
 
+def test_an_endless_answer_body_is_read_only_a_few_kib(rx, sink):
+    rx.answer(Answer(endless=True))
+    started = time.monotonic()
+    sink.send(delivery(rx.url()))  # 200: delivered, without waiting for the body's end
+    assert time.monotonic() - started < 1.0
+
+
 def test_a_host_resolving_to_a_private_address_is_refused_at_send_time(rx):
     by_name = WebhookSink(sink_settings(rx, webhook_allow_hosts="localhost"))  # no CIDR allows loopback
     before = len(rx.received)
