@@ -245,7 +245,7 @@ def parse_allow_hosts(spec: str) -> AllowList:
         elif entry.startswith("*."):
             _check_name(entry[2:], entry)
             suffixes.append(entry[1:])
-        elif entry[0].isdigit() or ":" in entry:
+        elif "/" in entry or ":" in entry or _DOTTED_QUAD.match(entry):
             networks.append(_parse_network(entry))
         else:
             _check_name(entry, entry)

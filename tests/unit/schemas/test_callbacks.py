@@ -130,6 +130,15 @@ def test_the_allow_list_names_suffixes_and_networks_without_a_star():
     assert "not in the allow-list" in refused("https://203.0.114.9/", strict)  # a public literal, no *
 
 
+def test_names_starting_with_a_digit_are_names_and_single_addresses_are_networks():
+    s = on(webhook_allow_hosts="1password.example.com,203.0.113.9,2001:db8::7")
+    assert check_callback_url("https://1password.example.com/", s, None)
+    assert check_callback_url("https://203.0.113.9/", s, None)  # documentation range, listed alone
+    assert check_callback_url("https://[2001:db8::7]/", s, None)
+    assert "is private" in refused("https://203.0.113.10/", s)  # its neighbour is not listed
+    assert "not in the allow-list" in refused("https://8.8.8.8/", s)
+
+
 def test_webhooks_off_refuses_every_callback_url_clearly():
     assert "webhooks are off" in refused("https://hooks.example.com/", on(webhook_allow_hosts=""))
 
