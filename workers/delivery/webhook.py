@@ -88,7 +88,14 @@ def traceparent(trace_id: str | None) -> str | None:
 
 
 class WebhookSink:
-    """Sends deliveries of kind ``webhook``; see the module's docstring for one try."""
+    """Sends deliveries of kind ``webhook``; see the module's docstring for one try. Thread-safe:
+    each :meth:`send` has its own connection; the TLS context and the lookup threads are shared.
+
+    :class:`DeliveryFailed` reasons (a bounded set, fit for a metric label but for the status):
+    ``no_key``, ``refused_url``, ``refused_address`` (not retryable); ``dns_timeout``, ``dns_error``,
+    ``timeout``, ``connect_error``, ``connection_error``, ``tls_error`` (retryable);
+    ``tls_certificate``, ``protocol_error`` (not retryable); ``http_<status>`` (retryable for 408,
+    425, 429 and 5xx)."""
 
     kind = "webhook"
 
@@ -106,14 +113,17 @@ class WebhookSink:
     def send(self, delivery: Delivery) -> None:
         """One try; returns when the receiver answered 2xx, raises :class:`DeliveryFailed` otherwise."""
         deadline = time.monotonic() + self._s.webhook_total_timeout_s
+        key = webhook_key(self._s, delivery.tenant)
+        if key is None:  # its key was removed since admission: never sent unsigned
+            log.warning(
+                "webhook of %s not sent: its tenant has no key in INFERQ_WEBHOOK_KEYS", delivery.request_id
+            )
+            raise DeliveryFailed("no_key", retryable=False)
         try:
             url = check_callback_url(delivery.target, self._s, delivery.tenant)
         except CallbackRefused as e:
             log.warning("webhook of %s refused by the URL policy: %s", delivery.request_id, e.message)
             raise DeliveryFailed("refused_url", retryable=False) from None
-        key = webhook_key(self._s, delivery.tenant)
-        if key is None:  # check_callback_url refuses a tenant without a key; kept for the type checker
-            raise DeliveryFailed("no_key", retryable=False)
         address = self._vetted_address(url, delivery.request_id, deadline)
         status = self._post(url, address, self._headers(delivery, url, key), delivery.body, deadline)
         if 200 <= status < 300:

@@ -72,7 +72,7 @@ def test_the_policy_is_checked_again_at_send_time():
     sink, asked = sink_with(["203.0.114.9"], webhook_allow_hosts="other.example.com")
     assert send(sink).reason == "refused_url" and asked == []
     sink, _ = sink_with(["203.0.114.9"], webhook_keys=SecretStr(""))
-    assert send(sink).reason == "refused_url"  # no key for the tenant any more: not retryable
+    assert send(sink).reason == "no_key"  # no key for the tenant any more: never sent unsigned
     sink, _ = sink_with(["203.0.114.9"])
     failed = send(sink, "https://10.0.0.1/h")
     assert failed.reason == "refused_url" and not failed.retryable
