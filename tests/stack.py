@@ -38,6 +38,9 @@ def settings(tmp_path_factory) -> Settings:
         # generated requests, so a literal here would reach the access log as a fuzzed URL.
         kafka_sasl_password=f"sasl-{secrets.token_hex(12)}",
         flower_password=f"flower-{secrets.token_hex(12)}",
+        # issue 19, webhooks: a signing key for requests without a tenant (webhooks stay off: no
+        # INFERQ_WEBHOOK_ALLOW_HOSTS), so test_api_security checks that no service log shows it
+        webhook_keys=f":whk-{secrets.token_hex(12)}",
     )
     return on_free_ports(base, tmp_path_factory.mktemp("inferq-state"))
 
