@@ -6,6 +6,7 @@ by the sink and at admission by the HTTP API and the intake (the session stack).
 from __future__ import annotations
 
 import json
+import socket
 import time
 from collections.abc import Iterator
 from typing import Any
@@ -132,6 +133,15 @@ def test_an_endless_answer_body_is_read_only_a_few_kib(rx, sink):
     started = time.monotonic()
     sink.send(delivery(rx.url()))  # 200: delivered, without waiting for the body's end
     assert time.monotonic() - started < 1.0
+
+
+def test_a_closed_port_is_a_retryable_connection_error(rx, sink):
+    with socket.socket() as probe:  # a port nobody listens on once this closes
+        probe.bind(("127.0.0.1", 0))
+        port = probe.getsockname()[1]
+    with pytest.raises(DeliveryFailed) as failed:
+        sink.send(delivery(f"https://127.0.0.1:{port}/hook"))
+    assert failed.value.reason == "connect_error" and failed.value.retryable
 
 
 def test_a_host_resolving_to_a_private_address_is_refused_at_send_time(rx):

@@ -4,6 +4,7 @@ private answer refused before any connection, the W3C traceparent it sends."""
 from __future__ import annotations
 
 import ipaddress
+import logging
 import re
 import socket
 from typing import Any
@@ -101,3 +102,15 @@ def test_traceparent_is_w3c_with_a_new_span_per_try():
     assert re.fullmatch(rf"00-{trace}-[0-9a-f]{{16}}-01", first)
     for bad in (None, "", "0" * 32, trace.upper(), trace[:-1], trace + "0"):
         assert traceparent(bad) is None
+
+
+def test_refusals_log_neither_the_secret_nor_the_body_nor_the_path(caplog):
+    sink, _ = sink_with(["127.0.0.1"])
+    with caplog.at_level(logging.DEBUG), pytest.raises(DeliveryFailed):
+        sink.send(
+            Delivery("r-1", None, "https://hooks.example.com/h?token=PATHTOKEN", b'{"text":"BODYTEXT"}')
+        )
+    sink.close()
+    assert "refused" in caplog.text and "hooks.example.com" in caplog.text
+    for private in ("PATHTOKEN", "BODYTEXT", SECRET):
+        assert private not in caplog.text
