@@ -217,7 +217,7 @@ PANELS: list[Panel] = [
     ),
     Panel(
         "inferq-version-outcomes",
-        "Versions: share of results by status (the error rate is every bar's non-done part)",
+        "Versions: share of results by status (the error rate is each bar's non-done part)",
         "histogram",
         REQUESTS,
         [
