@@ -65,7 +65,6 @@ DELIVERY_ATTEMPTS = [
 class Traffic:
     tenant: str
     results: dict[str, InferenceResult] = field(default_factory=dict)
-    dead_letter_key: str = ""
 
     def statuses(self) -> set[str]:
         return {r.status.value for r in self.results.values()}
@@ -108,8 +107,7 @@ def _burst(settings, tenant: str) -> Traffic:
         )
         over["generation"] = {"max_new_tokens": settings.generate_max_new_tokens + 1}
         client.publish_raw(over["request_id"], json.dumps(over).encode())  # failed + dead-lettered
-        traffic.dead_letter_key = f"junk-{uuid.uuid4().hex[:8]}"
-        client.publish_raw(traffic.dead_letter_key, b"{not json")
+        client.publish_raw(f"junk-{uuid.uuid4().hex[:8]}", b"{not json")  # dead-lettered: invalid_json
         # cancelled through the API (which writes its record); the API's caller has no tenant
         cancel = InferenceRequest(task="embed", model=EMBED, inputs="never mind")
         client.admit(cancel)
