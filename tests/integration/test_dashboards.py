@@ -11,12 +11,14 @@ server given the same records under the same mapping, where every panel must ans
 Delivery records (``event.dataset: inferq.delivery``) come from the delivery service of issue 19;
 until it ships them, this test indexes a few of that exact shape itself so the delivery panels'
 searches are proven. Each Grafana expression's metric and label names must be what the stack's
-exporter serves after the traffic, and the stack's Prometheus must parse it.
+exporter serves after the traffic, and the stack's Prometheus must parse it and, where the stack
+serves its metrics, answer with series that carry the labels its legend shows.
 """
 
 from __future__ import annotations
 
 import json
+import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
@@ -31,12 +33,12 @@ from ops.kibana import check, dashboards
 from ops.kibana.check import check_panels
 from ops.kibana.queries import PanelSearch, answer_problems, bucket_keys, dashboard_searches
 from ops.metrics import grafana
-from ops.metrics.promql import served
+from ops.metrics.promql import references, served
 from producers.client import InferqClient
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus
 from schemas.naming import log_index
 from tests.stack import eventually
-from tests.unit.ops.test_dashboards import declared, unknown_references
+from tests.unit.ops.test_dashboards import AWAITED_LABELS, declared, unknown_references
 from workers.telemetry.template import index_template
 
 EMBED, CLASSIFY, GENERATE, CHAT = "all-MiniLM-L6-v2", "minilm-intent", "tiny-lm", "smollm2-135m-instruct"
@@ -292,14 +294,43 @@ def test_every_grafana_expression_reads_what_the_stack_serves(stack, settings, t
     # what is served is checked live (a GPU machine serves the GPU gauges; other tests may deliver)
     known = {m: decl[m] for m in NOT_SERVED_HERE if m in decl} | serving
     assert len(serving) > 30 and "inferq_generated_tokens_total" in serving  # the burst's metrics
-    prometheus = f"http://127.0.0.1:{settings.prometheus_port}/api/v1/query"
-    wrong, unparsed = {}, {}
+    wrong, drawn = {}, {}
     for panel in grafana.dashboard()["panels"]:
         for target in panel["targets"]:
+            name = f"{panel['title']} {target['refId']}"
             if problems := unknown_references(target["expr"], target["legendFormat"], known):
-                wrong[f"{panel['title']} {target['refId']}"] = problems
-            parsed = httpx.get(prometheus, params={"query": target["expr"]}, timeout=10).json()
-            if parsed["status"] != "success":
-                unparsed[f"{panel['title']} {target['refId']}"] = parsed.get("error")
+                wrong[name] = problems
+            refs = references(target["expr"], target["legendFormat"])
+            if refs.metrics <= set(serving):  # served here: Prometheus must draw it
+                legend = set(references("", target["legendFormat"]).labels)
+                awaited = {label for m, label in AWAITED_LABELS if label not in decl.get(m, frozenset())}
+                drawn[name] = (target["expr"], legend - awaited)
     assert not wrong, wrong
-    assert not unparsed, unparsed
+    assert len(drawn) >= 20, sorted(drawn)
+    left = _until_drawn(settings, drawn)
+    assert not left, left
+
+
+def _until_drawn(settings, drawn: dict[str, tuple[str, set[str]]], timeout_s: float = 30) -> dict[str, str]:
+    """Query each expression on the stack's Prometheus until every one parses and returns series
+    carrying its legend's labels (a rate needs two scrapes, 5 s apart, after a series first shows)."""
+    url = f"http://127.0.0.1:{settings.prometheus_port}/api/v1/query"
+    left: dict[str, str] = {}
+    give_up = time.monotonic() + timeout_s
+    pending = dict(drawn)
+    while pending:
+        left = {}
+        for name, (expr, labels) in pending.items():
+            answer = httpx.get(url, params={"query": expr}, timeout=10).json()
+            if answer["status"] != "success":
+                return {name: f"Prometheus refused it: {answer.get('error')}"}
+            series = answer["data"]["result"]
+            if not series:
+                left[name] = "no series"
+            elif missing := labels - set(series[0]["metric"]):
+                left[name] = f"series without {sorted(missing)}"
+        pending = {name: drawn[name] for name in left}
+        if not pending or time.monotonic() > give_up:
+            break
+        time.sleep(1)  # the next scrape is up to 5 s away; a poll, bounded by timeout_s
+    return left
