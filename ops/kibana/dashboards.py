@@ -81,8 +81,23 @@ def _hist(i: str, field: str, interval: float) -> Agg:
     }
 
 
-# a bar chart whose bars each add up to 100 %: the share of each series per x value
-PERCENTAGE_BARS = {"valueAxes": [{"id": "ValueAxis-1", "scale": {"type": "linear", "mode": "percentage"}}]}
+# a bar chart whose bars each add up to 100 %: the share of each series per x value. Kibana fills a
+# visualisation's missing params from its type's defaults one key deep, so the axis is given whole.
+PERCENTAGE_BARS = {
+    "valueAxes": [
+        {
+            "id": "ValueAxis-1",
+            "name": "PercentageAxis-1",
+            "type": "value",
+            "position": "left",
+            "show": True,
+            "style": {},
+            "scale": {"type": "linear", "mode": "percentage"},
+            "labels": {"show": True, "rotate": 0, "filter": False, "truncate": 100},
+            "title": {"text": "Share of results"},
+        }
+    ]
+}
 
 PANELS: list[Panel] = [
     Panel(
