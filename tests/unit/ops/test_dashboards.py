@@ -162,6 +162,23 @@ def test_promtool_accepts_the_rules_and_config(tmp_path):
     assert out.returncode == 0, out.stdout + out.stderr
 
 
+@pytest.mark.skipif(
+    shutil.which("promtool") is None, reason="promtool comes with the Debian prometheus package"
+)
+def test_promtool_parses_every_grafana_expression(tmp_path):
+    """Each panel's expression as a recording rule: ``promtool check rules`` parses them all."""
+    rules = [
+        {"record": f"inferq:grafana_panel_{panel['id']}_{target['refId']}", "expr": target["expr"]}
+        for panel in grafana.dashboard()["panels"]
+        for target in panel["targets"]
+    ]
+    path = tmp_path / "grafana-rules.yml"
+    path.write_text(yaml.safe_dump({"groups": [{"name": "grafana", "rules": rules}]}))
+    out = subprocess.run(["promtool", "check", "rules", str(path)], capture_output=True, text=True)
+    assert out.returncode == 0, out.stdout + out.stderr
+    assert f"SUCCESS: {len(rules)} rules found" in out.stdout
+
+
 def test_import_posts_the_data_view_then_the_saved_objects():
     seen: list[httpx.Request] = []
 
