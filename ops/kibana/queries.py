@@ -110,10 +110,17 @@ def panel_search(
 def aggs_dsl(
     metrics: tuple[dict[str, Any], ...], buckets: tuple[dict[str, Any], ...], interval_s: int
 ) -> dict[str, Any]:
-    """Buckets nested in order with the metrics inside the innermost (``count`` is ``doc_count``)."""
+    """Buckets nested in order with the metrics inside the innermost (``count`` is ``doc_count``);
+    a terms bucket ordered by a metric gets that metric as its own child too, as Kibana does, since
+    Elasticsearch orders only by a direct sub-aggregation."""
+    by_id = {a["id"]: a for a in metrics}
     tree: dict[str, Any] = {a["id"]: _metric_dsl(a) for a in metrics if a["type"] != "count"}
     for a in reversed(buckets):
-        node: dict[str, Any] = {a["type"]: _bucket_dsl(a, metrics, interval_s)}
+        inner = _bucket_dsl(a, metrics, interval_s)
+        node: dict[str, Any] = {a["type"]: inner}
+        order_by = next(iter(inner.get("order", {})), None)
+        if order_by in by_id and order_by not in tree:
+            tree = {**tree, order_by: _metric_dsl(by_id[order_by])}
         if tree:
             node["aggs"] = tree
         tree = {a["id"]: node}

@@ -12,6 +12,7 @@ import pytest
 from ops.kibana import dashboards
 from ops.kibana.queries import (
     UnsupportedPanel,
+    aggs_dsl,
     answer_problems,
     auto_interval_s,
     bucket_keys,
@@ -73,6 +74,26 @@ def test_buckets_nest_split_first_with_metrics_innermost_and_terms_ordered_like_
     assert list(deliveries["2"]["aggs"]["3"]["aggs"]) == ["4"]
     histogram = searches()["inferq-latency-distribution"].body["aggs"]["2"]["histogram"]
     assert histogram["min_doc_count"] == 1  # "show empty buckets" is off
+
+
+def test_terms_ordered_by_a_metric_nested_deeper_get_that_metric_as_a_child():
+    metric = {"id": "1", "type": "avg", "schema": "metric", "params": {"field": "x"}}
+    outer = {
+        "id": "2",
+        "type": "terms",
+        "schema": "bucket",
+        "params": {"field": "m", "size": 5, "orderBy": "1"},
+    }
+    inner = {
+        "id": "3",
+        "type": "terms",
+        "schema": "bucket",
+        "params": {"field": "s", "size": 5, "orderBy": "1"},
+    }
+    tree = aggs_dsl((metric,), (outer, inner), interval_s=60)
+    assert tree["2"]["terms"]["order"] == {"1": "desc"}
+    assert set(tree["2"]["aggs"]) == {"1", "3"} and tree["2"]["aggs"]["1"] == {"avg": {"field": "x"}}
+    assert tree["2"]["aggs"]["3"]["aggs"] == {"1": {"avg": {"field": "x"}}}
 
 
 def test_auto_interval_aims_at_about_fifty_buckets():
