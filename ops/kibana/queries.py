@@ -118,7 +118,7 @@ def aggs_dsl(
     for a in reversed(buckets):
         inner = _bucket_dsl(a, metrics, interval_s)
         node: dict[str, Any] = {a["type"]: inner}
-        order_by = next(iter(inner.get("order", {})), None)
+        order_by = next(iter(inner.get("order", {})), "")
         if order_by in by_id and order_by not in tree:
             tree = {**tree, order_by: _metric_dsl(by_id[order_by])}
         if tree:
