@@ -1,15 +1,12 @@
 """The Kibana dashboard as code: saved objects built here, written to ``ops/assets/kibana``.
 
 ``python -m ops.kibana.dashboards`` regenerates ``inferq.ndjson`` from the panels of
-:mod:`ops.kibana.panels`; a test fails when the file and
-this code differ, or when a panel uses a field the index template does not map. Every panel's query
-is run, as Kibana would send it (:mod:`ops.kibana.queries` reads it back out of the saved objects),
-against the local log store filled by real traffic, and against osmem-server for the aggregations
-the local ES-API server lacks (percentiles: those panels are named in :data:`NOT_LOCAL`);
-``tests/integration/test_dashboards.py`` checks each answers with buckets of the expected shape.
-
-Visualisations are the aggregation-based kind (``visState``), which every Kibana 7.10+/8.x
-imports; each is one Elasticsearch aggregation tree.
+:mod:`ops.kibana.panels`; a test fails when the file and this code differ, or when a panel uses a
+field the index template does not map. Every panel's query is run, as Kibana would send it
+(:mod:`ops.kibana.queries` reads it back out of these saved objects), against the local log store
+filled by real traffic, and against osmem-server for the aggregations the local ES-API server
+lacks (percentiles: those panels are named in ``NOT_LOCAL``); tests/integration/test_dashboards.py
+checks each answers with buckets of the expected shape.
 """
 
 from __future__ import annotations
