@@ -153,31 +153,24 @@ def _index_deliveries(es: Elasticsearch, settings, traffic: Traffic) -> None:
     assert not answer["errors"], answer
 
 
+def _count(es: Elasticsearch, settings, dataset: str, **terms: list[str]) -> int:
+    where = [{"term": {"event.dataset": dataset}}, *({"terms": {f: v}} for f, v in terms.items())]
+    return int(es.count(index=log_index(settings), query={"bool": {"filter": where}})["count"])
+
+
 def _all_shipped(es: Elasticsearch, settings, traffic: Traffic) -> bool:
+    """Every record the panels' expectations rest on is searchable: each request's, each forward
+    pass's (embed, classify), and the dead letters of both kinds (the services ship asynchronously)."""
     es.indices.refresh(index=log_index(settings))
-    requests = es.count(
-        index=log_index(settings),
-        query={
-            "bool": {
-                "filter": [
-                    {"term": {"event.dataset": "inferq.request"}},
-                    {"terms": {"inferq.request_id": sorted(traffic.results)}},
-                ]
-            }
-        },
-    )["count"]
-    letters = es.count(
-        index=log_index(settings),
-        query={
-            "bool": {
-                "filter": [
-                    {"term": {"event.dataset": "inferq.deadletter"}},
-                    {"term": {"inferq.error_code": "invalid_json"}},
-                ]
-            }
-        },
-    )["count"]
-    return requests >= len(traffic.results) and letters > 0
+    rids = sorted(traffic.results)
+    forward = [r for r in traffic.results.values() if r.model in (EMBED, CLASSIFY)]  # one pass each
+    batches = sorted({r.timings.batch_id for r in forward if r.timings.batch_id})
+    return (
+        _count(es, settings, "inferq.request", **{"inferq.request_id": rids}) >= len(rids)
+        and _count(es, settings, "inferq.batch", **{"inferq.batch_id": batches}) >= len(batches)
+        and _count(es, settings, "inferq.deadletter", **{"inferq.error_code": ["invalid_json"]}) > 0
+        and _count(es, settings, "inferq.deadletter", **{"inferq.request_id": rids}) > 0
+    )
 
 
 @pytest.fixture(scope="module")
