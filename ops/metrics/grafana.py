@@ -1,7 +1,9 @@
 """The Grafana dashboard as code; ``python -m ops.metrics.grafana`` writes ``ops/assets/grafana``.
 
-Every query reads a metric of :mod:`workers.telemetry.metrics` or of the exporter; a test checks the
-names against what a running exporter serves.
+Every query reads a metric of :mod:`workers.telemetry.metrics` or of the exporter; the tests check
+each expression's metric and label names against the instruments (tests/unit/ops/test_dashboards.py)
+and against what the local stack's exporter serves after real traffic, and have the stack's
+Prometheus parse every expression (tests/integration/test_dashboards.py).
 """
 
 from __future__ import annotations
@@ -111,6 +113,48 @@ PANELS: list[tuple[str, str, list[dict[str, str]]]] = [
             _q("inferq_log_spool_bytes", "spool bytes"),
             _q("sum(increase(inferq_log_records_dropped_total[5m]))", "dropped / 5m"),
         ],
+    ),
+    # -- model versions side by side (issue 20): label ``version`` on results and latency ---------
+    (
+        "Versions: results per second, by model version",
+        "reqps",
+        [_q("sum by (model, version) (rate(inferq_results_total[1m]))", "{{model}} {{version}}")],
+    ),
+    (
+        "Versions: error rate (results not done), by model version",
+        "percentunit",
+        [
+            _q(
+                'sum by (model, version) (rate(inferq_results_total{status!="done"}[5m]))'
+                " / sum by (model, version) (rate(inferq_results_total[5m]))",
+                "{{model}} {{version}}",
+            )
+        ],
+    ),
+    (
+        "Versions: latency publish → result p50 / p99, by model version",
+        "s",
+        [
+            _q(
+                _quantile(0.5, "inferq_request_latency_seconds", "model, version"),
+                "p50 {{model}} {{version}}",
+            ),
+            _q(
+                _quantile(0.99, "inferq_request_latency_seconds", "model, version"),
+                "p99 {{model}} {{version}}",
+            ),
+        ],
+    ),
+    # -- deliveries of results to reply topics and webhooks (issue 19) ---------------------------
+    (
+        "Deliveries per second: sent, retried, failed, by sink",
+        "reqps",
+        [_q("sum by (sink, outcome) (rate(inferq_deliveries_total[5m]))", "{{sink}} {{outcome}}")],
+    ),
+    (
+        "Undeliverable results (given up after retrying), by sink",
+        "short",
+        [_q('sum by (sink) (increase(inferq_deliveries_total{outcome="failed"}[5m]))', "{{sink}} / 5m")],
     ),
     (
         "GPU",

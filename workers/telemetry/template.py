@@ -93,6 +93,9 @@ PROPERTIES: dict[str, Any] = {
             failed=INT,
             device=KEYWORD,
         ),
+        # per delivery attempt of a result to a reply topic or webhook (issue 19; the Kibana panels
+        # in ops/kibana/dashboards.py read these): sink kafka|webhook, outcome sent|retried|failed
+        delivery=_obj(sink=KEYWORD, outcome=KEYWORD, reason=KEYWORD),
     ),
 }
 
