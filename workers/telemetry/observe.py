@@ -50,6 +50,8 @@ class Telemetry(Observer):
             compute_ms=stats.compute_ms,
             failed=stats.failed,
             device=stats.device,
+            span_id=stats.span_id,
+            trace_ids=events.trace_ids(t.trace_id for t in stats.traces),
         )
         metrics.record_batch(stats.model, stats.size, stats.tokens, stats.padding_waste, stats.compute_ms)
 
@@ -68,3 +70,6 @@ class Telemetry(Observer):
 
     def polled(self) -> None:
         record_poll(self.settings)
+
+    def trace_ignored(self, source: str) -> None:
+        metrics.TRACE_IGNORED.labels(source).inc()
