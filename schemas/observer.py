@@ -59,6 +59,7 @@ class StepStats:
 
 INTAKE_SPAN = "inferq intake"  # received from Kafka -> handed to Celery
 API_SPAN = "inferq api"  # received over HTTP -> published to Kafka
+PUBLISH_SPAN = "inferq publish"  # the client sent a record -> the broker has it
 
 
 @dataclass(frozen=True)
@@ -111,11 +112,14 @@ class Observer:
         """A request's ``traceparent`` was not valid (or repeated) and was ignored; ``source``:
         ``kafka`` or ``http``. The request goes on in a new trace."""
 
-    def handed_off(self, spans: Sequence[RequestSpan]) -> None:
-        """Requests admitted and sent to the workers (called only while :attr:`tracing`)."""
+    def request_spans(self, spans: Sequence[RequestSpan]) -> None:
+        """Spans of requests that a service has passed on (the client published them, the intake
+        or the API handed them on); called only while :attr:`tracing`."""
 
-    # whether this observer exports spans: callers build what only spans need only when it is set
-    tracing: bool = False
+    @property
+    def tracing(self) -> bool:
+        """Whether this observer exports spans: callers build what only spans need when it is set."""
+        return False
 
 
 class Observers(Observer):
@@ -166,9 +170,9 @@ class Observers(Observer):
     def trace_ignored(self, source: str) -> None:
         self._each("trace_ignored", source)
 
-    def handed_off(self, spans: Sequence[RequestSpan]) -> None:
-        self._each("handed_off", spans)
+    def request_spans(self, spans: Sequence[RequestSpan]) -> None:
+        self._each("request_spans", spans)
 
-    @property  # type: ignore[override]
+    @property
     def tracing(self) -> bool:
         return any(o.tracing for o in self.observers)

@@ -195,7 +195,7 @@ class Admissions(Refusals):
         self.store.advance(late)
         self._send(by_queue)
         if spans:
-            self.observer.handed_off(spans)
+            self.observer.request_spans(spans)
 
     def _served_only(self, accepted: list[Accepted]) -> list[Accepted]:
         """The requests for models a live worker serves; the others are answered
