@@ -87,7 +87,14 @@ def test_tracestate_is_carried_only_when_short_and_printable() -> None:
     assert parse_traceparent(GOOD, "rojo=00f067aa0ba902b7,congo=t61rcWkgMzE") is not None
     ctx = parse_traceparent(GOOD, b"rojo=00f067aa0ba902b7")
     assert ctx is not None and ctx.state == "rojo=00f067aa0ba902b7"
-    for state in ["x" * (tracing.TRACESTATE_MAX_CHARS + 1), "caf\u00e9=1", b"\xff=1", "a=1\nb=2", ""]:
+    states: list[str | bytes] = [
+        "x" * (tracing.TRACESTATE_MAX_CHARS + 1),
+        "caf\u00e9=1",
+        b"\xff=1",
+        "a=1\nb=2",
+        "",
+    ]
+    for state in states:
         ctx = parse_traceparent(GOOD, state)
         assert ctx is not None and ctx.state is None  # the parent stands; the state is dropped
     assert parse_traceparent("bad", "rojo=1") is None
