@@ -143,18 +143,20 @@ def from_record_headers(headers: Iterable[tuple[str, bytes]] | None) -> Incoming
     """
     parent: bytes | None = None
     states: list[bytes] = []
+    state_bytes = 0  # past TRACESTATE_MAX_CHARS the state is dropped: nothing more is kept of it
     for name, value in headers or ():
         if name == TRACEPARENT:
             if parent is not None:
                 return Incoming(None, True)  # two parents: neither is trusted
             parent = value if isinstance(value, bytes) else b""
         elif name == TRACESTATE and isinstance(value, bytes):
-            states.append(value)
-            if len(states) > 32:
-                states = [b"x" * (TRACESTATE_MAX_CHARS + 1)]  # too many to be real: dropped below
+            state_bytes += len(value) + 1
+            if state_bytes <= TRACESTATE_MAX_CHARS + 1:
+                states.append(value)
     if parent is None:
         return NOTHING
-    context = parse_traceparent(parent, b",".join(states) if states else None)
+    state = b",".join(states) if states and state_bytes <= TRACESTATE_MAX_CHARS + 1 else None
+    context = parse_traceparent(parent, state)
     return Incoming(context, context is None)
 
 
@@ -165,7 +167,8 @@ def from_http_headers(parents: list[str], states: list[str]) -> Incoming:
         return NOTHING
     if len(parents) != 1:
         return Incoming(None, True)
-    context = parse_traceparent(parents[0], ",".join(states) if states and len(states) <= 32 else None)
+    fits = states and sum(len(v) + 1 for v in states) <= TRACESTATE_MAX_CHARS + 1
+    context = parse_traceparent(parents[0], ",".join(states) if fits else None)
     return Incoming(context, context is None)
 
 

@@ -116,7 +116,7 @@ def test_record_headers() -> None:
         [("traceparent", None)],
     ]:
         assert from_record_headers(headers) == tracing.Incoming(None, True)  # type: ignore[arg-type]
-    many_states = [("traceparent", GOOD.encode()), *[("tracestate", b"a=1")] * 100]
+    many_states = [("traceparent", GOOD.encode()), *[("tracestate", b"a=1")] * 200]  # 800 bytes
     incoming = from_record_headers(many_states)
     assert incoming.parent is not None and incoming.parent.state is None
 
@@ -125,6 +125,8 @@ def test_http_headers() -> None:
     assert from_http_headers([], []) == tracing.NOTHING
     assert from_http_headers([GOOD], ["a=1"]).parent == TraceContext(TRACE, PARENT, 1, "a=1")
     assert from_http_headers([GOOD, GOOD], []) == tracing.Incoming(None, True)
+    long_state = from_http_headers([GOOD], ["a=1"] * 200).parent
+    assert long_state is not None and long_state.state is None
     assert from_http_headers(["nope"], []) == tracing.Incoming(None, True)
 
 
