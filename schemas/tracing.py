@@ -15,10 +15,9 @@ and printable ASCII. The context is a few short strings, carried along at no cos
 
 from __future__ import annotations
 
-import os
+import random
 import re
 from collections.abc import Iterable, Mapping
-from dataclasses import dataclass
 from typing import NamedTuple
 
 TRACEPARENT = "traceparent"
@@ -27,29 +26,29 @@ TRACEPARENT_MAX_CHARS = 256  # a later version may append fields; anything longe
 TRACESTATE_MAX_CHARS = 512  # what the spec asks every vendor to pass on; longer is dropped
 SAMPLED = 0x01
 
-_HEX_ID = re.compile(r"[0-9a-f]{32}-[0-9a-f]{16}-[0-9a-f]{2}")
-_VERSION = re.compile(r"[0-9a-f]{2}")
+# version, trace id, parent id, flags; a later version may append "-..." (read by the first four)
+_TRACEPARENT = re.compile(r"([0-9a-f]{2})-([0-9a-f]{32})-([0-9a-f]{16})-([0-9a-f]{2})(-[\x20-\x7e]*)?")
 _TRACE_ID = re.compile(r"[0-9a-f]{32}")
 _SPAN_ID = re.compile(r"[0-9a-f]{16}")
 _STATE = re.compile(r"[\x20-\x7e]*")  # printable ASCII; its list syntax is the vendors' business
 _ZERO_TRACE, _ZERO_SPAN = "0" * 32, "0" * 16
+_random = random.Random()  # ids need to be unique, not secret (as OpenTelemetry's own generator)
 
 
 def new_trace_id() -> str:
-    """128 random bits as 32 lower-case hex digits (never all zero: 2**-128)."""
-    return os.urandom(16).hex()
+    """128 random bits as 32 lower-case hex digits (never all zero)."""
+    return f"{_random.getrandbits(128) or 1:032x}"
 
 
 def new_span_id() -> str:
-    """64 random bits as 16 lower-case hex digits."""
-    return os.urandom(8).hex()
+    """64 random bits as 16 lower-case hex digits (never all zero)."""
+    return f"{_random.getrandbits(64) or 1:016x}"
 
 
-@dataclass(frozen=True, slots=True)
-class TraceContext:
+class TraceContext(NamedTuple):
     """One span's context: its trace, its own span id, its flags (bit 0: sampled) and the vendors'
     ``tracestate``. What is carried between stages names the sending stage's span: the receiver
-    makes its own span a child of it (:meth:`child`)."""
+    makes its own span a child of it (:meth:`child`). A tuple: made on every request's path."""
 
     trace_id: str
     span_id: str
@@ -91,26 +90,21 @@ def parse_traceparent(value: str | bytes | None, state: str | bytes | None = Non
     with ``-`` (the spec's forward compatibility). ``state`` (``tracestate``) is kept only when the
     parent is valid and it is printable ASCII of at most ``TRACESTATE_MAX_CHARS``.
     """
-    if value is None:
+    if value is None or len(value) > TRACEPARENT_MAX_CHARS:
         return None
     if isinstance(value, bytes):
-        if len(value) > TRACEPARENT_MAX_CHARS or not value.isascii():
+        if not value.isascii():
             return None
         value = value.decode("ascii")
-    elif len(value) > TRACEPARENT_MAX_CHARS or not value.isascii():
+    match = _TRACEPARENT.fullmatch(value.strip(" \t"))  # optional whitespace around an HTTP header
+    if match is None:
         return None
-    value = value.strip(" \t")  # optional whitespace around an HTTP header's value
-    if len(value) < 55 or value[2] != "-" or not _VERSION.fullmatch(value, 0, 2):
+    version, trace_id, span_id, flags, more = match.groups()
+    if version == "ff" or (version == "00" and more is not None):
         return None
-    version = value[:2]
-    if version == "ff" or (version == "00" and len(value) != 55) or (len(value) > 55 and value[55] != "-"):
-        return None
-    if not _HEX_ID.fullmatch(value, 3, 55):
-        return None
-    trace_id, span_id, flags = value[3:35], value[36:52], int(value[53:55], 16)
     if trace_id == _ZERO_TRACE or span_id == _ZERO_SPAN:
         return None
-    return TraceContext(trace_id, span_id, flags & SAMPLED, _state(state))
+    return TraceContext(trace_id, span_id, int(flags, 16) & SAMPLED, _state(state) if state else None)
 
 
 def _state(state: str | bytes | None) -> str | None:
