@@ -115,14 +115,17 @@ class SpanExport(Observer):
     ) -> None:
         if chosen is not None:
             self._ids.choose(*chosen)
-        span = self.tracer.start_span(
-            name,
-            context=parent,
-            kind=KINDS.get(name, SpanKind.INTERNAL),
-            attributes={k: v for k, v in attributes.items() if v is not None},
-            links=links,
-            start_time=_ns(start_ms),
-        )
+        try:
+            span = self.tracer.start_span(
+                name,
+                context=parent,
+                kind=KINDS.get(name, SpanKind.INTERNAL),
+                attributes={k: v for k, v in attributes.items() if v is not None},
+                links=links,
+                start_time=_ns(start_ms),
+            )
+        finally:
+            self._ids.choose(None, "")  # never left for another span (a disabled tracer takes none)
         span.end(end_time=_ns(max(start_ms, end_ms)))
 
     def request_spans(self, spans: Sequence[RequestSpan]) -> None:
