@@ -22,6 +22,7 @@ from rich.progress import BarColumn, MofNCompleteColumn, Progress, TextColumn, T
 
 from producers.client import InferqClient
 from schemas.messages import Priority, Task
+from schemas.tracing import parse_traceparent
 
 CHAT_MODEL = "smollm2-135m-instruct"
 
@@ -49,6 +50,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-new-tokens", type=int, default=None, help="generate: most tokens per answer")
     p.add_argument("--timeout-s", type=float, default=300.0, help="how long to wait for all results")
     p.add_argument("--no-wait", action="store_true", help="print request ids and exit")
+    p.add_argument(
+        "--traceparent",
+        default=None,
+        help="W3C trace context every request continues (00-<trace id>-<parent id>-<flags>); "
+        "default: a new trace per request",
+    )
     args = p.parse_args(argv)
     if args.chat:
         args.task = Task.GENERATE.value
@@ -64,6 +71,9 @@ def main(argv: list[str] | None = None) -> int:
         err.print("[red]no input lines[/red]")
         return 2
 
+    if args.traceparent is not None and parse_traceparent(args.traceparent) is None:
+        err.print(f"[red]--traceparent {args.traceparent!r} is not a W3C traceparent[/red]")
+        return 2
     generation = {"max_new_tokens": args.max_new_tokens} if args.max_new_tokens else None
     system = [("system", args.system)] if args.system else []
     with InferqClient() as client:
@@ -77,6 +87,7 @@ def main(argv: list[str] | None = None) -> int:
                 priority=args.priority,
                 top_k=args.top_k,
                 generation=generation,
+                traceparent=args.traceparent,
             )
             for g in groups
         ]

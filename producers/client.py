@@ -16,6 +16,7 @@ published the id with (when it did).
 
 from __future__ import annotations
 
+import functools
 import threading
 import time
 from collections import OrderedDict
@@ -36,9 +37,11 @@ from schemas.messages import (
     now_ms,
 )
 from schemas.naming import ADMITTED_HEADER, requests_topic, scoped_id
+from schemas.observer import PUBLISH_SPAN, Observer, RequestSpan
 from schemas.results import queued_result
 from schemas.settings import Settings, get_settings
 from schemas.tenancy import parse_keys, signed_headers
+from schemas.tracing import TraceContext, parse_traceparent
 from workers.store.doorbell import Doorbell
 from workers.store.store import Admission, DoneWatcher, ResultStore, request_digest
 
@@ -62,12 +65,14 @@ class InferqClient:
         linger_ms: int = 2,
         tenant: str | None = None,
         tenant_key: bytes | str | None = None,
+        observer: Observer | None = None,
     ) -> None:
         """``tenant`` is the default tenant of :meth:`submit`; with ``tenant_key`` (bytes, or hex)
         records are signed as that tenant (``INFERQ_KAFKA_TENANT_AUTH=signed``,
         :mod:`schemas.tenancy`). Under ``signed`` a trusted process holding the tenants' keys
         (``INFERQ_KAFKA_TENANT_KEYS``, e.g. the HTTP API) signs each request as its tenant."""
         self.settings = settings or get_settings()
+        self.observer = observer or Observer()  # spans of what it publishes, when it exports them
         self._linger_ms = linger_ms
         self.tenant = tenant
         self._tenant_key = bytes.fromhex(tenant_key) if isinstance(tenant_key, str) else tenant_key
@@ -119,6 +124,7 @@ class InferqClient:
         top_k: int = 5,
         generation: GenerationParams | dict[str, Any] | None = None,
         encoding: EmbeddingEncoding | str | None = None,
+        traceparent: str | TraceContext | None = None,
     ) -> str:
         """Publish one request (validated here first); returns its request id.
 
@@ -129,6 +135,7 @@ class InferqClient:
         ``messages`` (task ``generate``, instead of ``inputs``): a conversation, as
         :class:`~schemas.messages.ChatMessage`, ``{"role", "content"}`` dicts or ``(role, content)``
         pairs; the model answers with the assistant's next turn (see :meth:`chat`).
+        ``traceparent``: the caller's W3C trace context, continued by the request (see :meth:`publish`).
         """
         fields: dict[str, Any] = dict(
             task=task,
@@ -146,7 +153,7 @@ class InferqClient:
         if request_id is not None:
             fields["request_id"] = request_id
         request = InferenceRequest.model_validate(fields)
-        self.publish(request)
+        self.publish(request, traceparent=traceparent)
         return request.request_id
 
     def chat(
@@ -162,8 +169,13 @@ class InferqClient:
         """
         return self.submit(Task.GENERATE, model, messages=messages, **kw)
 
-    def publish(self, request: InferenceRequest) -> Any:
-        """Publish an already built request; the future resolves when the broker has it."""
+    def publish(self, request: InferenceRequest, *, traceparent: str | TraceContext | None = None) -> Any:
+        """Publish an already built request; the future resolves when the broker has it.
+
+        The record carries a W3C ``traceparent`` header naming this publication's span: a child of
+        ``traceparent`` when given (the caller's trace: the result's ``trace_id`` is then its trace
+        id), else the root of a new trace. ValueError for a ``traceparent`` that is not valid."""
+        span = _publish_span(traceparent)
         if request.tenant is not None:
             self._tenants[request.request_id] = request.tenant
             self._tenants.move_to_end(request.request_id)
@@ -172,9 +184,17 @@ class InferqClient:
         sid = scoped_id(request.tenant, request.request_id)
         admitted = sid in self._admitted
         self._admitted.discard(sid)
-        headers = [(ADMITTED_HEADER, b"1")] if admitted else None
-        return self.publish_raw(
+        headers = [(ADMITTED_HEADER, b"1"), *span.headers()] if admitted else span.headers()
+        future = self.publish_raw(
             request.request_id, request.wire_json().encode(), tenant=request.tenant, headers=headers
+        )
+        if self.observer.tracing:  # the publish span ends when the broker has the record
+            future.add_callback(functools.partial(self._published, request, span, now_ms()))
+        return future
+
+    def _published(self, request: InferenceRequest, span: TraceContext, start_ms: float, _meta: Any) -> None:
+        self.observer.request_spans(
+            [RequestSpan(PUBLISH_SPAN, span, start_ms, now_ms(), request.request_id, request.model)]
         )
 
     def _signing_key(self, tenant: str | None) -> bytes | None:
@@ -255,7 +275,7 @@ class InferqClient:
             for partition in sorted(due):
                 self._doorbell.ring(_Delivered(partition))
 
-    def admit(self, request: InferenceRequest) -> Admission:
+    def admit(self, request: InferenceRequest, trace: TraceContext | None = None) -> Admission:
         """Record ``request`` as ``queued`` before publishing, so its result is readable at once.
 
         The intake recognises the request as already admitted and hands it on as usual. Its wire
@@ -265,7 +285,7 @@ class InferqClient:
         received = {"received_ms": now_ms()}
         deadline = request.deadline_ms()
         (verdict,) = self.store.admit(
-            [(request_digest(request), queued_result(request, received))],
+            [(request_digest(request), queued_result(request, received, trace))],
             {scoped_id(request.tenant, request.request_id): deadline} if deadline is not None else None,
         )
         if verdict in (Admission.NEW, Admission.PENDING):
@@ -368,6 +388,21 @@ class InferqClient:
 
     def __exit__(self, *exc: object) -> None:
         self.close()
+
+
+def _publish_span(traceparent: str | TraceContext | None) -> TraceContext:
+    """The span of one publication: a child of the caller's context, or a new trace's root."""
+    if traceparent is None:
+        return TraceContext.new()
+    if isinstance(traceparent, TraceContext):
+        return traceparent.child()
+    parent = parse_traceparent(traceparent)
+    if parent is None:
+        raise ValueError(
+            f"traceparent {traceparent[:80]!r} is not a W3C trace context: "
+            "expected 00-<32 hex trace id>-<16 hex parent id>-<2 hex flags>, lower case, ids not all zero"
+        )
+    return parent.child()
 
 
 def _turn(m: ChatMessage | dict[str, str] | tuple[str, str]) -> ChatMessage | dict[str, str]:

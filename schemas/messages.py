@@ -24,6 +24,7 @@ from pydantic import (
     BaseModel,
     ConfigDict,
     Field,
+    PrivateAttr,
     StringConstraints,
     field_serializer,
     field_validator,
@@ -42,6 +43,7 @@ Text = Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
 TOPIC_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}$"  # Kafka's topic names (not starting with a dot)
 TopicName = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
 MAX_CALLBACK_URL_CHARS = 2048
+TRACE_ID_PATTERN = r"^[0-9a-f]{32}$"  # W3C trace context (schemas.tracing)
 
 
 def new_request_id() -> str:
@@ -389,6 +391,19 @@ class InferenceResult(_Model):
     outputs: list[Output] | None = Field(None, description="One per input text, in input order")
     error: ErrorInfo | None = None
     timings: Timings = Field(default_factory=Timings)
+    trace_id: str | None = Field(
+        None,
+        pattern=TRACE_ID_PATTERN,
+        description="W3C trace id of the request's trace: the producer's `traceparent` header's, else one "
+        "the intake started; every log record of the request carries it as `trace.id`",
+    )
+    # the span the request's log records name (`span.id`): the receiving service's span for it;
+    # internal, never serialized (kept by the object its writer built)
+    _span_id: str | None = PrivateAttr(None)
+
+    @property
+    def span_id(self) -> str | None:
+        return self._span_id
 
 
 class StreamChunk(_Model):

@@ -15,9 +15,10 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from schemas.messages import InferenceResult
+from schemas.tracing import TraceContext
 
 log = logging.getLogger(__name__)
 
@@ -35,6 +36,10 @@ class BatchStats:
     failed: int
     device: str
     model_version: str
+    span_id: str = ""  # the forward pass's own span (ECS ``span.id``), when known
+    # the spans of the requests it served (distinct; a link to each from the batch's span)
+    traces: tuple[TraceContext, ...] = field(default=(), repr=False)
+    started_ms: float | None = None  # epoch ms the forward pass began
 
     @property
     def padding_waste(self) -> float:
@@ -50,6 +55,24 @@ class StepStats:
     running: int  # rows in the step: each produced one token
     joined: int
     step_ms: float
+
+
+INTAKE_SPAN = "inferq intake"  # received from Kafka -> handed to Celery
+API_SPAN = "inferq api"  # received over HTTP -> published to Kafka
+PUBLISH_SPAN = "inferq publish"  # the client sent a record -> the broker has it
+
+
+@dataclass(frozen=True)
+class RequestSpan:
+    """A service's span for one request it received (epoch ms): ``trace`` is the span (its
+    ``parent_id`` the sender's span; None: the request started the trace)."""
+
+    name: str
+    trace: TraceContext
+    start_ms: float
+    end_ms: float
+    request_id: str
+    model: str | None = None
 
 
 class Observer:
@@ -84,6 +107,19 @@ class Observer:
 
     def polled(self) -> None:
         """The intake polled Kafka (its liveness stamp)."""
+
+    def trace_ignored(self, source: str) -> None:
+        """A request's ``traceparent`` was not valid (or repeated) and was ignored; ``source``:
+        ``kafka`` or ``http``. The request goes on in a new trace."""
+
+    def request_spans(self, spans: Sequence[RequestSpan]) -> None:
+        """Spans of requests that a service has passed on (the client published them, the intake
+        or the API handed them on); called only while :attr:`tracing`."""
+
+    @property
+    def tracing(self) -> bool:
+        """Whether this observer exports spans: callers build what only spans need when it is set."""
+        return False
 
 
 class Observers(Observer):
@@ -130,3 +166,13 @@ class Observers(Observer):
 
     def polled(self) -> None:
         self._each("polled")
+
+    def trace_ignored(self, source: str) -> None:
+        self._each("trace_ignored", source)
+
+    def request_spans(self, spans: Sequence[RequestSpan]) -> None:
+        self._each("request_spans", spans)
+
+    @property
+    def tracing(self) -> bool:
+        return any(o.tracing for o in self.observers)

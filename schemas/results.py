@@ -33,6 +33,7 @@ from schemas.messages import (
     Timings,
 )
 from schemas.settings import Settings
+from schemas.tracing import TraceContext
 
 
 def result(
@@ -43,9 +44,11 @@ def result(
     *,
     model_version: str | None = None,
     outputs: Sequence[Any] | None = None,
+    trace: TraceContext | None = None,
 ) -> InferenceResult:
-    """The result of ``request``: ``outputs`` when the model ran, ``error`` when it failed."""
-    return InferenceResult(
+    """The result of ``request``: ``outputs`` when the model ran, ``error`` when it failed;
+    ``trace``: the request's span (its trace id goes in the result, its span id to the log records)."""
+    built = InferenceResult(
         request_id=request.request_id,
         status=status,
         task=request.task,
@@ -55,7 +58,16 @@ def result(
         outputs=list(outputs) if outputs is not None else None,
         error=error.info() if error else None,
         timings=Timings(**timings),
+        trace_id=trace.trace_id if trace is not None else None,
     )
+    return traced(built, trace)
+
+
+def traced(result: InferenceResult, trace: TraceContext | None) -> InferenceResult:
+    """``result`` naming ``trace``'s span in its log records (``span.id``; never serialized)."""
+    if trace is not None:
+        result._span_id = trace.span_id
+    return result
 
 
 def embedding(vector: str, encoding: EmbeddingEncoding | None = None) -> EmbeddingOutput:
@@ -92,9 +104,11 @@ def result_json(result: InferenceResult) -> str:
     return f'{head},"outputs":[{",".join(parts)}],{tail}'
 
 
-def queued_result(request: InferenceRequest, timings: dict[str, Any]) -> InferenceResult:
+def queued_result(
+    request: InferenceRequest, timings: dict[str, Any], trace: TraceContext | None = None
+) -> InferenceResult:
     """The first result a request has: ``queued``, with the timings known so far."""
-    return result(request, ResultStatus.QUEUED, timings)
+    return result(request, ResultStatus.QUEUED, timings, trace=trace)
 
 
 def salvaged_result(
@@ -105,11 +119,12 @@ def salvaged_result(
     tenant: Any = None,
     task: Any = None,
     model: Any = None,
+    trace: TraceContext | None = None,
 ) -> InferenceResult:
     """The failed answer to a request that could not be read whole: only what was salvaged from it
     (its id and, when well-formed, tenant, task and model) goes with the error. Never raises over
     what was salvaged: they are the raw fields of a request that did not validate."""
-    return InferenceResult(
+    built = InferenceResult(
         request_id=request_id,
         status=ResultStatus.FAILED,
         task=task if isinstance(task, str) and task in {t.value for t in Task} else None,
@@ -117,7 +132,9 @@ def salvaged_result(
         tenant=tenant if isinstance(tenant, str) else None,
         error=error,
         timings=timings,
+        trace_id=trace.trace_id if trace is not None else None,
     )
+    return traced(built, trace)
 
 
 KEY_MAX_BYTES = 1_024  # a record key is kept up to this (a Kafka key may be as large as the record)

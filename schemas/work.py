@@ -2,7 +2,8 @@
 
 Internal to inferq (intake → worker), not part of the public contract. One Celery message carries
 a list of work items for one model, each in its wire form (:meth:`WorkItem.wire`, plain JSON):
-``{"request": <InferenceRequest wire dict>, "timings": {...}, "source": {...}}``. The store keeps
+``{"request": <InferenceRequest wire dict>, "timings": {...}, "source": {...}, "trace": {...}}``
+(``trace``: the request's W3C trace context, :mod:`schemas.tracing`). The store keeps
 each queued request's :class:`Handoff` (its queue, its priority and that same item) so a message
 lost on its way to a worker can be sent again.
 
@@ -14,11 +15,12 @@ level (the request itself forbids unknown fields, so a request from a newer prod
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, PlainSerializer, PlainValidator, ValidationError
 
 from schemas.messages import InferenceRequest, Timings
+from schemas.tracing import TraceContext, from_wire, to_wire
 
 
 class Source(BaseModel):
@@ -32,6 +34,19 @@ class Source(BaseModel):
     key: str | None = Field(None, description="the record's key, cut to a bounded size")
 
 
+def _read_trace(value: object) -> TraceContext | None:
+    return value if isinstance(value, TraceContext) else from_wire(value)
+
+
+def _write_trace(value: TraceContext | None) -> dict[str, str] | None:
+    return None if value is None else to_wire(value)
+
+
+# read leniently: an item without one (an older intake), or with one that is not valid, is served
+# all the same (without a trace); written as {"traceparent": ..., "tracestate": ...}
+Trace = Annotated[TraceContext | None, PlainValidator(_read_trace), PlainSerializer(_write_trace)]
+
+
 class WorkItem(BaseModel):
     """One request as a worker receives it: the request, its timings so far (epoch ms) and source."""
 
@@ -40,6 +55,7 @@ class WorkItem(BaseModel):
     request: InferenceRequest
     timings: Timings = Field(default_factory=Timings)
     source: Source | None = None
+    trace: Trace = Field(None, description="the intake's span for the request: its children's parent")
 
     @classmethod
     def parse(cls, raw: object) -> WorkItem:

@@ -72,7 +72,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
             CORSMiddleware,
             allow_origins=[o.strip() for o in settings.api_cors_origins.split(",") if o.strip()],
             allow_methods=["GET", "POST", "DELETE"],
-            allow_headers=["Authorization", "X-API-Key", "Content-Type"],
+            allow_headers=["Authorization", "X-API-Key", "Content-Type", "traceparent", "tracestate"],
         )
     app.add_middleware(BodyLimit, max_bytes=settings.api_max_body_bytes)  # outermost: before all else
     for router in (results_router(ctx), requests_router(ctx), meta_router(ctx)):

@@ -35,7 +35,7 @@ class ApiContext:
 
     @classmethod
     def build(cls, settings: Settings, observer: Observer) -> ApiContext:
-        client = InferqClient(settings)
+        client = InferqClient(settings, observer=observer)  # observer: its publish spans, if exported
         client.store.observer.add(observer)  # cancellations are terminal results too: logged and counted
         served = ServedModels(client.store.client, settings)
         return cls(settings, client, KeyRing.from_settings(settings), WaitHub(settings), served, observer)

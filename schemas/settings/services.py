@@ -58,6 +58,18 @@ class ServiceSettings(BaseModel):
     )
     elasticsearch_ca_certs: str = Field("", description="CA bundle for an `https://` Elasticsearch")
 
+    # --- OpenTelemetry span export (optional extra `inferq[otel]`; workers/telemetry/otel.py) -----
+    otel_enabled: bool = Field(
+        False,
+        description="Export OpenTelemetry spans (publish, intake, queue wait, batch, result write); needs "
+        "`pip install inferq[otel]`. The exporter reads the standard `OTEL_EXPORTER_OTLP_*`, "
+        "`OTEL_SERVICE_NAME` and `OTEL_BSP_*` variables",
+    )
+    otel_exporter: Literal["otlp", "console"] = Field(
+        "otlp",
+        description="Where spans go: `otlp` (HTTP/protobuf, `OTEL_EXPORTER_OTLP_ENDPOINT`) or `console`",
+    )
+
     # --- Logs (ECS JSON to stderr, shipped to Elasticsearch) and metrics -------------------------
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = Field(
         "INFO", description="Level of every process's log"

@@ -46,6 +46,9 @@ def intake(tmp_path_factory) -> Iterator[Settings]:
         yield settings
 
 
+TRACE_ID = "4bf92f3577b34da6a3ce929d0e0e4736"
+
+
 def valid(n: int, tag: str) -> list[InferenceRequest]:
     return [InferenceRequest(task="embed", model=MODEL, inputs=f"{tag} {i}") for i in range(n)]
 
@@ -60,8 +63,8 @@ def test_the_client_publishes_and_the_intake_admits_and_answers_through_librdkaf
     bad_id = "confluent-bad-0000001"
     with InferqClient(intake) as client:
         assert type(client.producer).__name__ == "ConfluentProducer"
-        for r in reqs:
-            client.publish(r)
+        for r in reqs:  # the first continues a caller's trace (read by librdkafka's consumer: issue 19)
+            client.publish(r, traceparent=f"00-{TRACE_ID}-00f067aa0ba902b7-01" if r is reqs[0] else None)
         # invalid (no inputs): dead-lettered through the intake's librdkafka producer, and answered
         body = {"schema_version": 1, "request_id": bad_id, "task": "embed", "model": MODEL}
         client.publish_raw(bad_id, json.dumps(body).encode()).get(timeout=10)
@@ -69,6 +72,9 @@ def test_the_client_publishes_and_the_intake_admits_and_answers_through_librdkaf
         eventually(lambda: admitted(client, reqs), timeout_s=60, what="every request admitted")
         statuses = {r.status for r in client.store.get_many([r.request_id for r in reqs]).values() if r}
         assert statuses == {ResultStatus.QUEUED}  # no worker: admitted and waiting
+        first, second = client.result(reqs[0].request_id), client.result(reqs[1].request_id)
+        assert first is not None and first.trace_id == TRACE_ID
+        assert second is not None and second.trace_id not in (None, TRACE_ID)  # a new trace of its own
         failed = eventually(lambda: client.result(bad_id), what="the invalid request answered")
         assert failed.status is ResultStatus.FAILED and failed.error.code is ErrorCode.VALIDATION_ERROR
     letter = dead_letters(intake, {bad_id})[bad_id]

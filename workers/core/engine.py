@@ -31,6 +31,7 @@ from typing import Any
 from schemas.errors import DeadlineExpired, ModelError
 from schemas.messages import InferenceResult, ResultStatus, now_ms
 from schemas.observer import BatchStats, Observer
+from schemas.tracing import new_span_id
 from schemas.work import WorkItem
 from workers.core.batcher import Batcher, BatchPolicy, padded_tokens
 from workers.core.jobs import PRIORITY_RANK, Job, Piece, distinct, start_jobs, write_results
@@ -137,6 +138,7 @@ class Engine:
         elif live:
             live = self._mark_running(live, start, batch_id)
         forwarded = [len(p.ids) for p in live]
+        served = [p.job for p in live]  # the requests the forward pass serves (its span links to each)
         forward_start = now_ms()
         rows = self._forward_isolated([p.ids for p in live]) if live else []
         compute_ms = now_ms() - forward_start
@@ -156,11 +158,21 @@ class Engine:
                 piece.job.done.set()
         self._write([j for j in distinct(ended) if not j.skipped])
         if forwarded:
-            self._observe(batch_id, forwarded, compute_ms, failed)
+            self._observe(batch_id, forwarded, compute_ms, failed, served, forward_start)
 
-    def _observe(self, batch_id: str, lengths: list[int], compute_ms: float, failed: int) -> None:
+    def _observe(
+        self,
+        batch_id: str,
+        lengths: list[int],
+        compute_ms: float,
+        failed: int,
+        served: list[Job],
+        started_ms: float,
+    ) -> None:
         """Feed the cost model and the observer (metrics, logs) with a forward pass just run
-        (``lengths``: its inputs' token counts); after the writes, off the requests' path."""
+        (``lengths``: its inputs' token counts; ``served``: its pieces' jobs); after the writes,
+        off the requests' path."""
+        traces = tuple(j.trace for j in distinct(served) if j.trace is not None)
         stats = BatchStats(
             self.runner.name,
             batch_id,
@@ -171,6 +183,9 @@ class Engine:
             failed,
             self.runner.device,
             self.runner.version,
+            span_id=new_span_id(),
+            traces=traces,
+            started_ms=started_ms,
         )
         self.cost.observe(stats.padded_tokens, stats.size, stats.compute_ms)
         self.observer.batch_done(stats)

@@ -20,6 +20,7 @@ from typing import Any
 from schemas import results
 from schemas.errors import InferqError, PoisonMessage
 from schemas.messages import InferenceRequest, InferenceResult, Output, Priority, ResultStatus, now_ms
+from schemas.tracing import TraceContext
 from schemas.work import Source, WorkItem
 from workers.store.store import ResultStore
 
@@ -75,6 +76,7 @@ class Job:
     attempts: int = 0  # starts recorded by the store, this one included
     unwritten: bool = False  # its result could not be written (Redis gone past the retries)
     source: Source | None = None  # where the request came from (Kafka coordinates)
+    trace: TraceContext | None = None  # the intake's span for it (schemas.tracing): its result's trace
     # its Celery message came for the first time (not put back after a worker died): no earlier
     # start can have made it poison, so its ``running`` mark may overlap its forward pass
     first_delivery: bool = False
@@ -88,7 +90,15 @@ class Job:
     def of(cls, item: WorkItem, first_delivery: bool = False) -> Job:
         n = len(item.request.texts())
         timings = item.timings.model_dump(exclude_none=True)
-        return cls(item.request, timings, [None] * n, n, source=item.source, first_delivery=first_delivery)
+        return cls(
+            item.request,
+            timings,
+            [None] * n,
+            n,
+            source=item.source,
+            trace=item.trace,
+            first_delivery=first_delivery,
+        )
 
     def finish(self, status: ResultStatus, error: InferqError | None = None) -> None:
         self.status, self.error = status, error
@@ -103,7 +113,13 @@ class Job:
     ) -> InferenceResult:
         """Its result as it stands (status, timings, error), with the model's ``outputs`` if any."""
         return results.result(
-            self.request, self.status, self.timings, self.error, model_version=model_version, outputs=outputs
+            self.request,
+            self.status,
+            self.timings,
+            self.error,
+            model_version=model_version,
+            outputs=outputs,
+            trace=self.trace,
         )
 
 

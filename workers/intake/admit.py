@@ -10,7 +10,7 @@ past their deadline ``expired``.
 from __future__ import annotations
 
 import logging
-from typing import Any
+from typing import Any, NamedTuple
 
 from kafka.consumer.fetcher import ConsumerRecord
 from kafka.structs import TopicPartition
@@ -26,6 +26,8 @@ from schemas.errors import (
 )
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id
+from schemas.observer import INTAKE_SPAN, RequestSpan
+from schemas.tracing import TraceContext
 from schemas.validation import parse_request
 from schemas.work import Handoff, Source, WorkItem
 from workers.intake.refuse import (
@@ -43,6 +45,15 @@ from workers.transport import letters
 from workers.transport.app import CELERY_PRIORITY, TASK_INFER
 
 log = logging.getLogger(__name__)
+
+
+class Accepted(NamedTuple):
+    """A record that validated: its request, timings so far (epoch ms) and the intake's span for it."""
+
+    record: ConsumerRecord
+    request: InferenceRequest
+    timings: dict[str, Any]
+    trace: TraceContext
 
 
 class Admissions(Refusals):
@@ -95,7 +106,7 @@ class Admissions(Refusals):
         return len(records)
 
     def _handle_records(self, records: list[ConsumerRecord], received: float) -> None:
-        accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]] = []
+        accepted: list[Accepted] = []
         for rec in records:
             try:
                 request = parse_request(rec.value, self.s)
@@ -107,12 +118,13 @@ class Admissions(Refusals):
             except (Unauthorized, Forbidden) as e:
                 self.reject(rec, e, received, answer=False)
                 continue
-            accepted.append((rec, request, {"published_ms": float(rec.timestamp), "received_ms": received}))
+            t = {"published_ms": float(rec.timestamp), "received_ms": received}
+            accepted.append(Accepted(rec, request, t, self._trace(rec)))
         self.hand_off(accepted)
         # before the commit: the API's copies of these may go (workers.intake.lost)
-        self.store.seen([req for rec, req, _ in accepted if _admitted(rec)])
+        self.store.seen([a.request for a in accepted if _admitted(a.record)])
 
-    def hand_off(self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]) -> None:
+    def hand_off(self, accepted: list[Accepted]) -> None:
         """Admit to the result store, then send NEW and PENDING requests to Celery.
 
         A request for a model no live worker serves (past the grace, :mod:`workers.store.presence`) is
@@ -122,22 +134,22 @@ class Admissions(Refusals):
         if not accepted:
             return
         queued = now_ms()
-        for _, _, t in accepted:
-            t["queued_ms"] = queued
-        sids = [scoped_id(req.tenant, req.request_id) for _, req, _ in accepted]
-        handoffs = [self._handoff(rec, req, t) for rec, req, t in accepted]
+        for a in accepted:
+            a.timings["queued_ms"] = queued
+        sids = [scoped_id(a.request.tenant, a.request.request_id) for a in accepted]
+        handoffs = [self._handoff(*a) for a in accepted]
         # the store's by scoped id: a poll may hold one id twice (a retry, or another payload under
         # the same id); the first record is the one admitted, so its values must be the ones kept
         # (a later one's hand-off would send the other payload under the admitted record)
         deadlines: dict[str, float] = {}
         kept: dict[str, Handoff] = {}
-        for sid, (_, req, _), h in zip(sids, accepted, handoffs, strict=True):
+        for sid, (_, req, _, _), h in zip(sids, accepted, handoffs, strict=True):
             if sid not in kept:
                 kept[sid] = h
                 if (d := req.deadline_ms()) is not None:
                     deadlines[sid] = d
         verdicts = self.store.admit(
-            [(request_digest(req), results.queued_result(req, t)) for _, req, t in accepted],
+            [(request_digest(req), results.queued_result(req, t, trace)) for _, req, t, trace in accepted],
             deadlines,
             kept,
         )
@@ -145,46 +157,61 @@ class Admissions(Refusals):
         sent: set[str] = set()  # a scoped id goes to Celery once per poll, however often it was read
         late: list[InferenceResult] = []
         again: dict[str, int] = {}  # requests read again, by verdict: counted once per poll
-        for sid, (rec, req, t), h, verdict in zip(sids, accepted, handoffs, verdicts, strict=True):
+        spans: list[RequestSpan] | None = [] if self.observer.tracing else None  # exported spans only
+        for sid, (rec, req, t, trace), h, verdict in zip(sids, accepted, handoffs, verdicts, strict=True):
             if verdict.over_quota:  # not admitted: answered at once, costs the other tenants nothing
                 over = quota_error(verdict, req.tenant, self.s)
-                late.append(results.result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over))
+                late.append(
+                    results.result(req, ResultStatus.FAILED, {**t, "done_ms": queued}, over, trace=trace)
+                )
                 continue
             if verdict is not Admission.NEW:
                 again[verdict.value] = again.get(verdict.value, 0) + 1
             deadline = req.deadline_ms()
             if verdict in (Admission.NEW, Admission.PENDING) and deadline is not None and deadline <= queued:
                 error = DeadlineExpired("deadline passed while the request waited in Kafka")
-                late.append(results.result(req, ResultStatus.EXPIRED, {**t, "done_ms": queued}, error))
+                late.append(
+                    results.result(req, ResultStatus.EXPIRED, {**t, "done_ms": queued}, error, trace=trace)
+                )
                 continue
             if verdict is Admission.NEW:
-                self._received(req)
+                self._received(req, trace)
             if verdict in (Admission.NEW, Admission.PENDING):
                 if sid not in sent:
                     sent.add(sid)
                     by_queue.setdefault((h.queue, h.priority), []).append(h.item)
+                    if spans is not None:
+                        spans.append(
+                            RequestSpan(
+                                INTAKE_SPAN, trace, t["received_ms"], queued, req.request_id, req.model
+                            )
+                        )
             elif verdict is Admission.CONFLICT:
-                self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
+                self.reject(
+                    rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False, trace=trace
+                )
         for verdict_name, count in again.items():
             self.observer.redelivered(verdict_name, count)
         self.store.advance(late)
         self._send(by_queue)
+        if spans:
+            self.observer.request_spans(spans)
 
-    def _served_only(
-        self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]
-    ) -> list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]:
+    def _served_only(self, accepted: list[Accepted]) -> list[Accepted]:
         """The requests for models a live worker serves; the others are answered
         ``model_unavailable`` and dead-lettered, never admitted."""
         available = self.served.available() if accepted else frozenset()
-        for rec, req, t in [a for a in accepted if a[1].model not in available]:
+        for rec, req, t, trace in [a for a in accepted if a.request.model not in available]:
             unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
-            failed = results.result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
+            failed = results.result(
+                req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved, trace=trace
+            )
             # over the API's ``queued`` record of this content too: it must not stay queued for ever
             self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
-            self.reject(rec, unserved, t["received_ms"], answer=False)
-        return [a for a in accepted if a[1].model in available]
+            self.reject(rec, unserved, t["received_ms"], answer=False, trace=trace)
+        return [a for a in accepted if a.request.model in available]
 
-    def _received(self, req: InferenceRequest) -> None:
+    def _received(self, req: InferenceRequest, trace: TraceContext) -> None:
         """A new request admitted: counted, and (opt-in, masked: never the text itself) logged."""
         self.observer.admitted(req.model)
         if self.s.log_inputs:
@@ -196,6 +223,8 @@ class Admissions(Refusals):
                     "inferq.stage": "received",
                     "inferq.request_id": req.request_id,
                     "inferq.input_preview": mask_text(req.texts()[0]),
+                    "trace.id": trace.trace_id,
+                    "span.id": trace.span_id,
                 },
             )
 
@@ -217,13 +246,15 @@ class Admissions(Refusals):
                     kwargsrepr="{}",
                 )
 
-    def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> Handoff:
+    def _handoff(
+        self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any], trace: TraceContext
+    ) -> Handoff:
         """Where a request goes in Celery and the item its message carries (kept by the store
         while the request is queued, so a lost message can be sent again)."""
         # the key bounded: a key may be as large as the broker allows, beside a small request
         key = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace") if rec.key else None
         source = Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=key)
-        item = WorkItem(request=req, timings=Timings(**timings), source=source)
+        item = WorkItem(request=req, timings=Timings(**timings), source=source, trace=trace)
         return Handoff.of(model_queue(self.s, req.model), CELERY_PRIORITY[req.priority], item)
 
 

@@ -21,12 +21,13 @@ from kafka.errors import KafkaError
 from kafka.structs import OffsetAndMetadata
 from kombu.exceptions import OperationalError
 
-from schemas import results
+from schemas import results, tracing
 from schemas.errors import ErrorCode, InferqError, InvalidRequest
 from schemas.messages import Timings, now_ms
 from schemas.observer import Observer
 from schemas.settings import Settings
 from schemas.tenancy import TenantAuth
+from schemas.tracing import TraceContext
 from schemas.validation import parse_request, salvage
 from workers.intake import unreadable
 from workers.intake.backpressure import PartitionHold
@@ -78,6 +79,14 @@ class Refusals:
     def _replace_consumer(self) -> None:
         raise NotImplementedError  # a fresh consumer: workers.intake.loop.Intake
 
+    def _trace(self, rec: ConsumerRecord) -> TraceContext:
+        """The intake's span for a record's request: a child of its ``traceparent`` header's, or
+        the root of a new trace (a missing, repeated or invalid header: ignored, and counted)."""
+        incoming = tracing.from_record_headers(rec.headers)
+        if incoming.ignored:
+            self.observer.trace_ignored("kafka")
+        return tracing.received(incoming.parent)
+
     def reject(
         self,
         rec: ConsumerRecord,
@@ -86,13 +95,15 @@ class Refusals:
         *,
         answer: bool,
         attempts: int = 1,
+        trace: TraceContext | None = None,
     ) -> None:
         """Dead-letter a record (sent with the poll, acknowledged before its commit); with
         ``answer``, also write a ``failed`` result for its id, over a ``queued`` record of the same
         content (so a request the API admitted and the intake refuses does not stay queued)."""
         rid, tenant = salvage(rec.value)
+        trace = trace or self._trace(rec)
         self.observer.dead_lettered(error.code.value)
-        _log_letter(rec, error, rid)
+        _log_letter(rec, error, rid, trace)
         letter = results.dead_letter(
             self.s,
             error.info(),
@@ -107,7 +118,7 @@ class Refusals:
         # under signed tenants, only a record its tenant signed is answered (no squatting by letters)
         if answer and rid and self.tenancy.may_answer(rec.value, rec.headers, tenant):
             timings = Timings(published_ms=float(rec.timestamp), received_ms=received, done_ms=now_ms())
-            failed = results.salvaged_result(rid, letter.letter.error, timings, tenant=tenant)
+            failed = results.salvaged_result(rid, letter.letter.error, timings, tenant=tenant, trace=trace)
             digests = [bytes_digest(rec.value or b"")]
             with contextlib.suppress(Exception):  # parsed, it may be stored under its wire digest
                 digests.append(request_digest(parse_request(rec.value, self.s)))
@@ -176,7 +187,7 @@ class Refusals:
         return len(offsets)
 
 
-def _log_letter(rec: ConsumerRecord, error: InferqError, rid: str | None) -> None:
+def _log_letter(rec: ConsumerRecord, error: InferqError, rid: str | None, trace: TraceContext) -> None:
     """One ECS record per dead letter (``inferq.deadletter``), where it came from and why."""
     log.warning(
         "dead-lettering %s[%d]@%d: %s",
@@ -194,5 +205,7 @@ def _log_letter(rec: ConsumerRecord, error: InferqError, rid: str | None) -> Non
             "inferq.source.topic": rec.topic,
             "inferq.source.partition": rec.partition,
             "inferq.source.offset": rec.offset,
+            "trace.id": trace.trace_id,
+            "span.id": trace.span_id,
         },
     )

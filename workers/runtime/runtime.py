@@ -22,7 +22,7 @@ from typing import Any
 from celery import Celery
 from pydantic import ValidationError
 
-from schemas import results
+from schemas import results, tracing
 from schemas.errors import InferqError, InvalidRequest
 from schemas.messages import ErrorInfo, ResultStatus, Timings, now_ms
 from schemas.observer import Observer
@@ -164,6 +164,7 @@ class WorkerRuntime:
             tenant=request.get("tenant"),
             task=request.get("task"),
             model=request.get("model"),
+            trace=tracing.from_wire(raw.get("trace")),
         )
         self.store.advance([failed])
         return 1

@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter
-from collections.abc import Sequence
+from collections.abc import Iterable, Sequence
 from typing import Any
 
 from schemas.messages import GenerationOutput, InferenceResult, ResultStatus
@@ -23,6 +23,9 @@ log = logging.getLogger("inferq.events")
 REQUEST_DATASET = "inferq.request"
 BATCH_DATASET = "inferq.batch"
 RESULTS_DATASET = "inferq.results"
+# trace ids named by one batch's (or one store write's) record: Kibana finds the batch from any of
+# its requests' trace ids; a bound, so a record stays small whatever the batch size
+TRACE_IDS_MAX = 256
 
 
 def _span(a: float | None, b: float | None) -> float | None:
@@ -57,6 +60,8 @@ def request_fields(result: InferenceResult) -> dict[str, Any]:
         "inferq.batch.size": t.batch_size,
         "inferq.error_code": result.error.code.value if result.error else None,
         "inferq.inputs": len(result.outputs) if result.outputs else None,
+        "trace.id": result.trace_id,
+        "span.id": result.span_id,
     }
     fields.update({f"inferq.duration_ms.{k}": v for k, v in durations.items()})
     generated = [o for o in result.outputs or [] if isinstance(o, GenerationOutput)]
@@ -66,6 +71,12 @@ def request_fields(result: InferenceResult) -> dict[str, Any]:
         if reasons:  # a keyword field: one value, or the list when the inputs ended differently
             fields["inferq.finish_reason"] = reasons[0] if len(reasons) == 1 else reasons
     return {k: v for k, v in fields.items() if v is not None}
+
+
+def trace_ids(ids: Iterable[str | None]) -> list[str]:
+    """The distinct trace ids among ``ids``, at most ``TRACE_IDS_MAX`` (first seen first)."""
+    out = list(dict.fromkeys(i for i in ids if i))
+    return out[:TRACE_IDS_MAX]
 
 
 def log_result(result: InferenceResult) -> None:
@@ -98,6 +109,7 @@ def log_results(results: Sequence[InferenceResult]) -> None:
             "inferq.request_ids": [r.request_id for r in results],
             "inferq.results.count": len(results),
             "inferq.results.failed": failed,
+            "trace.id": trace_ids(r.trace_id for r in results) or None,
         },
     )
 
@@ -114,7 +126,15 @@ def log_batch(
     compute_ms: float,
     failed: int,
     device: str,
+    span_id: str = "",
+    trace_ids: list[str] | None = None,
 ) -> None:
+    """One record per forward pass; ``span.id`` its own span, ``trace.id`` its requests' traces."""
+    extra: dict[str, Any] = {}
+    if span_id:
+        extra["span.id"] = span_id
+    if trace_ids:
+        extra["trace.id"] = trace_ids
     log.info(
         "batch %s %s: %d texts, %d tokens (%d padded, %.0f%% waste), %.1f ms, %d failed",
         model,
@@ -141,5 +161,6 @@ def log_batch(
             "inferq.batch.compute_ms": round(compute_ms, 3),
             "inferq.batch.failed": failed,
             "inferq.batch.device": device,
+            **extra,
         },
     )

@@ -30,6 +30,11 @@ DUPLICATES_REFUSED = Counter(
     ["status"],
 )
 RESULTS = Counter("inferq_results", "Terminal results written, by status", ["model", "status"])
+TRACE_IGNORED = Counter(
+    "inferq_traceparent_ignored",
+    "Requests whose traceparent header was invalid or repeated, ignored (the request started a new trace)",
+    ["source"],
+)
 DEAD_LETTERS = Counter("inferq_dead_letters", "Records sent to the dead-letter topic", ["code"])
 LOG_DROPPED = Counter("inferq_log_records_dropped", "Log records dropped (queue or spool full)", ["service"])
 INTAKE_LAST_POLL = Gauge(

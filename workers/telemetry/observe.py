@@ -10,18 +10,27 @@ import logging
 from collections.abc import Sequence
 
 from schemas.messages import InferenceResult
-from schemas.observer import BatchStats, Observer, StepStats
+from schemas.observer import BatchStats, Observer, RequestSpan, StepStats
 from schemas.settings import Settings
 from workers.telemetry import events, metrics
 from workers.telemetry.events import log_batch, log_result, log_results
 from workers.telemetry.liveness import record_poll
 
+log = logging.getLogger(__name__)
+
 
 class Telemetry(Observer):
-    """Metrics and logs for every event (one per process; ``settings`` names the intake replica)."""
+    """Metrics and logs for every event (one per process; ``settings`` names the intake replica);
+    spans too when ``INFERQ_OTEL_ENABLED`` (``spans``: an exporting observer,
+    :mod:`workers.telemetry.otel`)."""
 
-    def __init__(self, settings: Settings) -> None:
+    def __init__(self, settings: Settings, spans: Observer | None = None) -> None:
         self.settings = settings
+        self.spans = spans if spans is not None else _span_export(settings)
+
+    @property
+    def tracing(self) -> bool:
+        return self.spans is not None
 
     def result_written(self, result: InferenceResult) -> None:
         self.results_written([result])
@@ -34,6 +43,8 @@ class Telemetry(Observer):
                 log_result(result)
         log_results(results)
         metrics.record_results(results)
+        if self.spans is not None:
+            self.spans.results_written(results)
 
     def result_refused(self, result: InferenceResult) -> None:
         metrics.record_refused(result)
@@ -50,8 +61,12 @@ class Telemetry(Observer):
             compute_ms=stats.compute_ms,
             failed=stats.failed,
             device=stats.device,
+            span_id=stats.span_id,
+            trace_ids=events.trace_ids(t.trace_id for t in stats.traces),
         )
         metrics.record_batch(stats.model, stats.size, stats.tokens, stats.padding_waste, stats.compute_ms)
+        if self.spans is not None:
+            self.spans.batch_done(stats)
 
     def step_done(self, stats: StepStats) -> None:
         # no log record: a step is a few ms; each request's record carries its totals
@@ -68,3 +83,24 @@ class Telemetry(Observer):
 
     def polled(self) -> None:
         record_poll(self.settings)
+
+    def trace_ignored(self, source: str) -> None:
+        metrics.TRACE_IGNORED.labels(source).inc()
+
+    def request_spans(self, spans: Sequence[RequestSpan]) -> None:
+        if self.spans is not None:
+            self.spans.request_spans(spans)
+
+
+def _span_export(settings: Settings) -> Observer | None:
+    """The span export the settings ask for (imported only then: the extra may not be installed)."""
+    if not settings.otel_enabled:
+        return None
+    try:
+        from workers.telemetry import otel
+    except ImportError as e:
+        log.warning(
+            "INFERQ_OTEL_ENABLED is set but %s is missing (pip install inferq[otel]): no spans", e.name
+        )
+        return None
+    return otel.from_settings(settings)

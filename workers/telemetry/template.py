@@ -45,6 +45,10 @@ PROPERTIES: dict[str, Any] = {
     "host": _obj(hostname=KEYWORD),
     "error": _obj(type=KEYWORD, message=TEXT, stack_trace={"type": "text", "index": False}),
     "event": _obj(dataset=KEYWORD, action=KEYWORD, outcome=KEYWORD, duration=LONG),
+    # W3C trace context (schemas.tracing): a request's records carry its trace and span; a batch's
+    # record its own span and its requests' traces (a list), so one trace id finds the whole path
+    "trace": _obj(id=KEYWORD),
+    "span": _obj(id=KEYWORD),
     # Celery's task log records (arguments are stripped before logging: they hold inputs)
     "data": _obj(
         id=KEYWORD,

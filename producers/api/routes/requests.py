@@ -13,6 +13,7 @@ from starlette.concurrency import run_in_threadpool
 
 from producers.api.context import ApiContext
 from producers.api.errors import Unavailable, documented, short_id
+from schemas import tracing
 from schemas.errors import (
     DuplicateRequestId,
     ErrorCode,
@@ -21,7 +22,9 @@ from schemas.errors import (
     ModelUnavailable,
     Overloaded,
 )
-from schemas.messages import InferenceRequest
+from schemas.messages import InferenceRequest, now_ms
+from schemas.observer import API_SPAN, RequestSpan
+from schemas.tracing import TraceContext
 from schemas.validation import decode_json, validate_request
 from workers.store.store import Admission, quota_error
 
@@ -47,9 +50,10 @@ def decode_body(raw: bytes) -> dict[str, Any]:
     return data
 
 
-def admit_and_publish(ctx: ApiContext, request: InferenceRequest) -> None:
-    """Record the request ``queued`` (so its result URL answers at once), then publish it."""
-    s, store = ctx.settings, ctx.store
+def admit_and_publish(ctx: ApiContext, request: InferenceRequest, trace: TraceContext | None = None) -> None:
+    """Record the request ``queued`` (so its result URL answers at once), then publish it;
+    ``trace``: the API's span for it (the record's ``traceparent`` continues it)."""
+    s, store, start_ms = ctx.settings, ctx.store, now_ms()
     if request.model not in ctx.served.available():  # what the intake would answer, said at once
         raise ModelUnavailable(f"no live worker serves model {request.model!r}")
     # the intake pauses at this bound; the API must not go on storing requests past it (each
@@ -60,7 +64,7 @@ def admit_and_publish(ctx: ApiContext, request: InferenceRequest) -> None:
             f"model {request.model!r} has {inflight} requests in flight, the most admitted "
             "(INFERQ_BACKPRESSURE_MAX_INFLIGHT)"
         )
-    verdict = ctx.client.admit(request)
+    verdict = ctx.client.admit(request, trace)
     if verdict is Admission.CONFLICT:
         raise DuplicateRequestId(short_id(request.request_id))
     if verdict.over_quota:  # 429: the tenant's own limit (requests in flight, stored bytes)
@@ -68,7 +72,7 @@ def admit_and_publish(ctx: ApiContext, request: InferenceRequest) -> None:
     if verdict is Admission.TERMINAL:
         return
     try:
-        ctx.client.publish(request).get(PUBLISH_TIMEOUT_S)
+        ctx.client.publish(request, traceparent=trace).get(PUBLISH_TIMEOUT_S)
     except KafkaError as e:
         if verdict is Admission.NEW:
             store.forget(request.request_id, request.tenant)
@@ -77,6 +81,20 @@ def admit_and_publish(ctx: ApiContext, request: InferenceRequest) -> None:
         # counted here: the intake then finds the request already admitted (PENDING) and
         # does not count it again, so each admission path counts a request exactly once
         ctx.observer.admitted(request.model)
+    if trace is not None and ctx.observer.tracing:
+        span = RequestSpan(API_SPAN, trace, start_ms, now_ms(), request.request_id, request.model)
+        ctx.observer.request_spans([span])
+
+
+def _trace(ctx: ApiContext, request: Request) -> TraceContext:
+    """The API's span for a request: a child of the caller's ``traceparent``, or a new trace (an
+    invalid or repeated header is ignored and counted, never refused)."""
+    incoming = tracing.from_http_headers(
+        request.headers.getlist(tracing.TRACEPARENT), request.headers.getlist(tracing.TRACESTATE)
+    )
+    if incoming.ignored:
+        ctx.observer.trace_ignored("http")
+    return tracing.received(incoming.parent)
 
 
 def requests_router(ctx: ApiContext) -> APIRouter:
@@ -111,7 +129,7 @@ def requests_router(ctx: ApiContext) -> APIRouter:
                 "requests of this tenant cannot be signed for Kafka (INFERQ_KAFKA_TENANT_AUTH=signed)",
                 hint="the operator must give this tenant a key in INFERQ_KAFKA_TENANT_KEYS",
             )
-        await run_in_threadpool(admit_and_publish, ctx, body)
+        await run_in_threadpool(admit_and_publish, ctx, body, _trace(ctx, request))
         url = f"/v1/results/{body.request_id}"
         if not ctx.ring.enabled and body.tenant is not None:
             url += f"?tenant={quote(body.tenant, safe='')}"
