@@ -36,6 +36,7 @@ from schemas.messages import (
     now_ms,
 )
 from schemas.naming import ADMITTED_HEADER, requests_topic, scoped_id
+from schemas.replies import targets_json
 from schemas.results import queued_result
 from schemas.settings import Settings, get_settings
 from schemas.tenancy import parse_keys, signed_headers
@@ -264,9 +265,12 @@ class InferqClient:
         """
         received = {"received_ms": now_ms()}
         deadline = request.deadline_ms()
+        sid = scoped_id(request.tenant, request.request_id)
+        targets = targets_json(request, self.settings)
         (verdict,) = self.store.admit(
             [(request_digest(request), queued_result(request, received))],
-            {scoped_id(request.tenant, request.request_id): deadline} if deadline is not None else None,
+            {sid: deadline} if deadline is not None else None,
+            deliveries={sid: targets} if targets else None,
         )
         if verdict in (Admission.NEW, Admission.PENDING):
             self.store.expect(request)

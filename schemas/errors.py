@@ -35,6 +35,7 @@ class ErrorCode(str, Enum):
     METHOD_NOT_ALLOWED = "method_not_allowed"
     FORBIDDEN = "forbidden"
     OVERLOADED = "overloaded"
+    REPLY_TOPIC_REFUSED = "reply_topic_refused"
 
 
 class InferqError(Exception):
@@ -85,6 +86,17 @@ class DuplicateRequestId(InvalidRequest):
 
     def __init__(self, request_id: str) -> None:
         super().__init__(f"request id {request_id} is already used by a different request")
+
+
+class ReplyTopicRefused(InvalidRequest):
+    """A request names a ``reply_topic`` its tenant may not publish to (``INFERQ_REPLY_TOPICS``), or
+    one of the pipeline's own topics."""
+
+    code = ErrorCode.REPLY_TOPIC_REFUSED
+    hint = (
+        "name a reply topic your tenant is allowed (the operator lists them in INFERQ_REPLY_TOPICS), "
+        "or leave reply_topic out and read the result from the API"
+    )
 
 
 class DeadlineExpired(InferqError):

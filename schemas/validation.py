@@ -24,6 +24,7 @@ from schemas.catalog import lookup
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.explain import explain
 from schemas.messages import NAME_PATTERN, REQUEST_ID_PATTERN, SCHEMA_VERSION, InferenceRequest
+from schemas.replies import check_request_replies
 from schemas.settings import Settings
 
 _ID = re.compile(REQUEST_ID_PATTERN)
@@ -148,6 +149,7 @@ def check_request(request: InferenceRequest, settings: Settings) -> InferenceReq
             f"generation.max_new_tokens is {wanted}; the limit is {settings.generate_max_new_tokens}",
             hint="ask for fewer tokens (INFERQ_GENERATE_MAX_NEW_TOKENS sets the limit)",
         )
+    check_request_replies(request, settings)
     return request
 
 

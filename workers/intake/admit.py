@@ -26,6 +26,7 @@ from schemas.errors import (
 )
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id
+from schemas.replies import targets_json
 from schemas.validation import parse_request
 from schemas.work import Handoff, Source, WorkItem
 from workers.intake.refuse import (
@@ -131,15 +132,19 @@ class Admissions(Refusals):
         # (a later one's hand-off would send the other payload under the admitted record)
         deadlines: dict[str, float] = {}
         kept: dict[str, Handoff] = {}
+        deliveries: dict[str, str] = {}  # where each terminal result also goes (reply topics, webhooks)
         for sid, (_, req, _), h in zip(sids, accepted, handoffs, strict=True):
             if sid not in kept:
                 kept[sid] = h
                 if (d := req.deadline_ms()) is not None:
                     deadlines[sid] = d
+                if targets := targets_json(req, self.s):
+                    deliveries[sid] = targets
         verdicts = self.store.admit(
             [(request_digest(req), results.queued_result(req, t)) for _, req, t in accepted],
             deadlines,
             kept,
+            deliveries,
         )
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         sent: set[str] = set()  # a scoped id goes to Celery once per poll, however often it was read
@@ -167,7 +172,7 @@ class Admissions(Refusals):
                 self.reject(rec, DuplicateRequestId(req.request_id), t["received_ms"], answer=False)
         for verdict_name, count in again.items():
             self.observer.redelivered(verdict_name, count)
-        self.store.advance(late)
+        self.store.advance(late, deliveries=deliveries)  # over quota: never admitted, so targets go here
         self._send(by_queue)
 
     def _served_only(
