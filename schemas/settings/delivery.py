@@ -43,7 +43,7 @@ class DeliverySettings(BaseModel):
         gt=0,
         description=(
             "How long after a result became terminal its delivery is still retried; then it is recorded "
-            "undeliverable (`inferq_deliveries{outcome=\"failed\"}` and an ECS record)"
+            'undeliverable (`inferq_deliveries{outcome="failed"}` and an ECS record)'
         ),
     )
     delivery_retry_initial_s: float = Field(

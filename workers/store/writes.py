@@ -205,7 +205,11 @@ class Writes(Reads):
         )
         verdict = as_text(
             self._cancel(
-                keys=[*self._keys(sid, current.model, tenant), outbox_key(self._s), outbox_refused_key(self._s)],
+                keys=[
+                    *self._keys(sid, current.model, tenant),
+                    outbox_key(self._s),
+                    outbox_refused_key(self._s),
+                ],
                 args=[
                     cancelled.model_dump_json(),
                     self.channel,

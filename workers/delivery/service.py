@@ -1,0 +1,107 @@
+"""The delivery service: terminal results sent beyond Redis (reply topics, webhooks).
+
+Run it with ``inferq-delivery`` (or ``python -m workers.delivery``); several may run (they share
+the outbox's consumer group, each entry going to one of them; one that dies has its entries taken
+over). SIGTERM finishes the round in progress and exits; entries it still held are taken over
+by another process after ``INFERQ_DELIVERY_CLAIM_IDLE_S`` (or by itself when it starts again
+under the same name). The Redis result never waits for any of this: the outbox entry is written
+with it, and delivery follows.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import signal
+import socket
+import threading
+
+import redis
+
+from schemas.connections import redis_client
+from schemas.settings import Settings, get_settings
+from workers.delivery.dispatcher import Dispatcher
+from workers.delivery.sink import Delivery
+from workers.delivery.sinks import build_sinks
+from workers.store.base import TRANSIENT_ERRORS
+from workers.store.outbox import Outbox
+from workers.telemetry.logs import configure_logging, stop_logging
+from workers.telemetry.metrics import record_delivery
+
+log = logging.getLogger(__name__)
+
+DATASET = "inferq.delivery"
+REDIS_PAUSE_S = 1.0  # after a Redis error, before the next round
+
+
+class Report:
+    """Every outcome counted (``inferq_deliveries``); undeliverable ones (and, at DEBUG, every
+    one) written as an ECS record under ``event.dataset: inferq.delivery``."""
+
+    def outcome(self, delivery: Delivery, sink: str, outcome: str, reason: str = "") -> None:
+        record_delivery(sink, outcome)
+        level = logging.WARNING if outcome == "failed" else logging.DEBUG
+        if not log.isEnabledFor(level):
+            return
+        log.log(
+            level,
+            "delivery of %s to %s %s%s",
+            delivery.request_id,
+            sink,
+            outcome,
+            f" ({reason})" if reason else "",
+            extra={
+                "event.dataset": DATASET,
+                "event.outcome": "success" if outcome == "sent" else "failure",
+                "inferq.delivery.sink": sink,
+                "inferq.delivery.outcome": outcome,
+                "inferq.delivery.reason": reason,
+                "inferq.delivery.attempt": delivery.attempt,
+                "inferq.request_id": delivery.request_id,
+                "inferq.tenant": delivery.tenant or "",
+            },
+        )
+
+
+def consumer_name() -> str:
+    """This process's name in the consumer group: stable across restarts of the same replica
+    (``INFERQ_DELIVERY_NAME`` when set), so a restarted process picks up its own pending entries."""
+    return os.environ.get("INFERQ_DELIVERY_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+
+
+def run(settings: Settings, stop: threading.Event, client: redis.Redis | None = None) -> None:
+    """Deliver until ``stop`` is set."""
+    outbox = Outbox(client or redis_client(settings), settings, consumer_name())
+    dispatcher = Dispatcher(outbox, build_sinks(settings), settings, Report())
+    ready = False
+    try:
+        while not stop.is_set():
+            try:
+                if not ready:
+                    outbox.ensure_group()
+                    ready = True
+                dispatcher.step(block_ms=500)
+            except redis.ResponseError as e:
+                if "NOGROUP" not in str(e):
+                    raise
+                ready = False  # the stream was deleted (a flushed Redis): make the group again
+            except TRANSIENT_ERRORS as e:
+                log.warning("Redis unreachable (%r); delivery pauses", e)
+                stop.wait(REDIS_PAUSE_S)
+    finally:
+        dispatcher.close()
+
+
+def main() -> None:
+    settings = get_settings()
+    configure_logging(settings, "delivery")
+    stop = threading.Event()
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        signal.signal(sig, lambda *_: stop.set())
+    log.info("delivery service started (consumer %s)", consumer_name())
+    run(settings, stop)
+    log.info("delivery service stopped")
+    stop_logging()
+
+
+__all__ = ["Report", "main", "run"]
