@@ -61,6 +61,15 @@ class DeliverySettings(BaseModel):
             "another (its process died); a live process touches what it holds far more often"
         ),
     )
+    delivery_consumer_name: str = Field(
+        "",
+        max_length=200,
+        description=(
+            "This delivery process's name in the outbox's consumer group; stable per replica, so one "
+            "restarted (even after `kill -9`) takes back its own unfinished entries at once (the local "
+            "stack sets `delivery@<host>`). Empty = `<host>-<pid>`"
+        ),
+    )
     delivery_send_timeout_s: float = Field(
         10.0, gt=0, description="Longest the delivery service waits for one batch of sends to be acknowledged"
     )

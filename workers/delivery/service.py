@@ -63,15 +63,15 @@ class Report:
         )
 
 
-def consumer_name() -> str:
-    """This process's name in the consumer group: stable across restarts of the same replica
-    (``INFERQ_DELIVERY_NAME`` when set), so a restarted process picks up its own pending entries."""
-    return os.environ.get("INFERQ_DELIVERY_NAME") or f"{socket.gethostname()}-{os.getpid()}"
+def consumer_name(settings: Settings) -> str:
+    """This process's name in the consumer group: ``INFERQ_DELIVERY_CONSUMER_NAME`` (stable per
+    replica, so a restarted process picks up its own pending entries), else host and pid."""
+    return settings.delivery_consumer_name or f"{socket.gethostname()}-{os.getpid()}"
 
 
 def run(settings: Settings, stop: threading.Event, client: redis.Redis | None = None) -> None:
     """Deliver until ``stop`` is set."""
-    outbox = Outbox(client or redis_client(settings), settings, consumer_name())
+    outbox = Outbox(client or redis_client(settings), settings, consumer_name(settings))
     dispatcher = Dispatcher(outbox, build_sinks(settings), settings, Report())
     ready = False
     try:
@@ -98,7 +98,7 @@ def main() -> None:
     stop = threading.Event()
     for sig in (signal.SIGTERM, signal.SIGINT):
         signal.signal(sig, lambda *_: stop.set())
-    log.info("delivery service started (consumer %s)", consumer_name())
+    log.info("delivery service started (consumer %s)", consumer_name(settings))
     run(settings, stop)
     log.info("delivery service stopped")
     stop_logging()

@@ -64,9 +64,8 @@ class Outbox:
         ``block_ms`` for one; None = do not wait)."""
         if count <= 0:
             return []
-        got = self.client.xreadgroup(
-            OUTBOX_GROUP, self.consumer, {self.key: ">"}, count=count, block=block_ms
-        )
+        streams: dict[Any, Any] = {self.key: ">"}
+        got: Any = self.client.xreadgroup(OUTBOX_GROUP, self.consumer, streams, count=count, block=block_ms)
         rows = [row for _, entries in got or [] for row in entries]
         return self._load(rows)
 
@@ -76,7 +75,9 @@ class Outbox:
         if count <= 0:
             return []
         idle_ms = int(self._s.delivery_claim_idle_s * 1000)
-        answer: Any = self.client.xautoclaim(self.key, OUTBOX_GROUP, self.consumer, idle_ms, "0-0", count=count)
+        answer: Any = self.client.xautoclaim(
+            self.key, OUTBOX_GROUP, self.consumer, idle_ms, "0-0", count=count
+        )
         rows = [row for row in answer[1] if row and row[1]]  # a deleted entry comes back empty
         gone = [as_text(row[0]) for row in answer[1] if row and not row[1]]
         if gone:
