@@ -66,7 +66,8 @@ def parse_policy(spec: str) -> TopicPolicy:
             raise ConfigurationError(f"INFERQ_REPLY_TOPICS entry {entry!r} has an empty tenant before ':'")
         prefix = topic.endswith("*")
         name = topic[:-1] if prefix else topic
-        if "*" in name or "*" in tenant.replace(ANY_TENANT, "", 1) or ":" in tenant or not (name or prefix):
+        bad_tenant = tenant != ANY_TENANT and ("*" in tenant or ":" in tenant)
+        if "*" in name or bad_tenant or not (name or prefix):
             raise ConfigurationError(
                 f"INFERQ_REPLY_TOPICS entry {entry!r} is not `tenant:topic`, `tenant:prefix*` or `topic`"
             )
