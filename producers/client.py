@@ -120,6 +120,7 @@ class InferqClient:
         top_k: int = 5,
         generation: GenerationParams | dict[str, Any] | None = None,
         encoding: EmbeddingEncoding | str | None = None,
+        reply_topic: str | None = None,
     ) -> str:
         """Publish one request (validated here first); returns its request id.
 
@@ -130,6 +131,8 @@ class InferqClient:
         ``messages`` (task ``generate``, instead of ``inputs``): a conversation, as
         :class:`~schemas.messages.ChatMessage`, ``{"role", "content"}`` dicts or ``(role, content)``
         pairs; the model answers with the assistant's next turn (see :meth:`chat`).
+        ``reply_topic``: also publish the terminal result to this Kafka topic (key = request id;
+        the deployment allows it per tenant: ``INFERQ_REPLY_TOPICS``).
         """
         fields: dict[str, Any] = dict(
             task=task,
@@ -144,6 +147,8 @@ class InferqClient:
         )
         if encoding is not None:
             fields["encoding"] = encoding
+        if reply_topic is not None:
+            fields["reply_topic"] = reply_topic
         if request_id is not None:
             fields["request_id"] = request_id
         request = InferenceRequest.model_validate(fields)

@@ -25,6 +25,9 @@ from schemas.messages import DeadLetter
 from schemas.settings import Settings
 
 
+RESULTS_TOPIC = "test-results"  # the session stack's INFERQ_RESULTS_TOPIC
+
+
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
     base = Settings(
@@ -38,6 +41,10 @@ def settings(tmp_path_factory) -> Settings:
         # generated requests, so a literal here would reach the access log as a fuzzed URL.
         kafka_sasl_password=f"sasl-{secrets.token_hex(12)}",
         flower_password=f"flower-{secrets.token_hex(12)}",
+        # reply topics (tests/integration/test_reply_topics.py): every result also goes to the
+        # results topic; tenant "acme" may name acme.* topics, anyone replies.* topics
+        results_topic=RESULTS_TOPIC,
+        reply_topics="acme:acme.*,*:replies.*",
     )
     return on_free_ports(base, tmp_path_factory.mktemp("inferq-state"))
 
