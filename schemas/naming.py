@@ -179,6 +179,11 @@ def outbox_refused_key(settings: Settings) -> str:
     return f"{settings.key_prefix}:outbox:refused"
 
 
+def delivery_key(settings: Settings, consumer: str) -> str:
+    """String: when a live delivery process (its consumer name) last went round its loop (epoch s)."""
+    return f"{settings.key_prefix}:delivery:{consumer}"
+
+
 OUTBOX_GROUP = "inferq-delivery"  # the delivery service's consumer group on the outbox stream
 
 
@@ -345,6 +350,13 @@ REDIS_KEYS: tuple[NameDoc, ...] = (
         "string",
         "how many terminal results were not put in the outbox because it was full",
         "none",
+    ),
+    NameDoc(
+        delivery_key,
+        ("<consumer>",),
+        "string",
+        "when that delivery process last went round its loop (epoch s): `inferq-ops status` reads it",
+        "15 s, refreshed every 2 s",
     ),
     NameDoc(
         unseen_key,

@@ -24,7 +24,6 @@ from producers.client import InferqClient
 from schemas.messages import DeadLetter
 from schemas.settings import Settings
 
-
 RESULTS_TOPIC = "test-results"  # the session stack's INFERQ_RESULTS_TOPIC
 
 

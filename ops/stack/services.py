@@ -27,9 +27,8 @@ from ops.metrics.prometheus import render_prometheus_config
 from ops.stack.probes import http_ok, kafka_ok
 from schemas.connections import redis_client
 from schemas.errors import StackError
-from schemas.naming import OUTBOX_GROUP, outbox_key, worker_key
+from schemas.naming import delivery_key, worker_key
 from schemas.settings import ENV_PREFIX, Settings, port_of
-from workers.store.base import as_text
 from workers.telemetry.liveness import last_polls
 
 WORKER_PREFIX = "inferq-worker"
@@ -241,17 +240,14 @@ class ServiceTable:
         )
 
     def _delivery_reading(self, consumer: str) -> bool:
-        """Whether the delivery process has read the outbox since it started, and lately."""
+        """Whether the delivery process has gone round its loop since it started (its heartbeat key,
+        which lapses 15 s after the last round)."""
         try:
             started = (self.run_dir / "delivery.pid").stat().st_mtime
-            consumers = self._redis_client().xinfo_consumers(outbox_key(self.s), OUTBOX_GROUP)
+            beat = self._redis_client().get(delivery_key(self.s, consumer))
         except (OSError, redis.RedisError):
             return False
-        for c in consumers:
-            if as_text(c.get("name", b"")) == consumer:
-                idle_s = int(c.get("idle", 1 << 62)) / 1000
-                return idle_s < min(5.0, time.time() - started)
-        return False
+        return beat is not None and float(beat) >= started
 
     def _intake_polling(self, name: str, replica: str) -> bool:
         """Whether this intake process has polled Kafka, and recently (its liveness stamp)."""

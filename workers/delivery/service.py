@@ -15,10 +15,12 @@ import os
 import signal
 import socket
 import threading
+import time
 
 import redis
 
 from schemas.connections import redis_client
+from schemas.naming import delivery_key
 from schemas.settings import Settings, get_settings
 from workers.delivery.dispatcher import Dispatcher
 from workers.delivery.sink import Delivery
@@ -32,6 +34,8 @@ log = logging.getLogger(__name__)
 
 DATASET = "inferq.delivery"
 REDIS_PAUSE_S = 1.0  # after a Redis error, before the next round
+HEARTBEAT_EVERY_S = 2.0  # how often the process says it is alive (its delivery key)
+HEARTBEAT_TTL_S = 15  # the key lapses this long after the last beat: the process is gone
 
 
 class Report:
@@ -71,15 +75,20 @@ def consumer_name(settings: Settings) -> str:
 
 def run(settings: Settings, stop: threading.Event, client: redis.Redis | None = None) -> None:
     """Deliver until ``stop`` is set."""
-    outbox = Outbox(client or redis_client(settings), settings, consumer_name(settings))
+    name = consumer_name(settings)
+    redis_ = client or redis_client(settings)
+    outbox = Outbox(redis_, settings, name)
     dispatcher = Dispatcher(outbox, build_sinks(settings), settings, Report())
-    ready = False
+    ready, beat = False, 0.0
     try:
         while not stop.is_set():
             try:
                 if not ready:
                     outbox.ensure_group()
                     ready = True
+                if time.monotonic() - beat >= HEARTBEAT_EVERY_S:
+                    redis_.set(delivery_key(settings, name), repr(time.time()), ex=HEARTBEAT_TTL_S)
+                    beat = time.monotonic()
                 dispatcher.step(block_ms=500)
             except redis.ResponseError as e:
                 if "NOGROUP" not in str(e):
