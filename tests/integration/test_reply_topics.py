@@ -23,7 +23,7 @@ from tests.stack import RESULTS_TOPIC
 from workers.delivery.kafka_sink import KafkaSink
 from workers.delivery.sink import Delivery
 
-MODEL = "echo-384"
+MODEL = "all-MiniLM-L6-v2"
 
 
 def make_topic(settings: Settings, topic: str) -> None:

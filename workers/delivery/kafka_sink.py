@@ -74,7 +74,14 @@ class KafkaSink:
         with self._lock:
             if self._producer is None:
                 timeout_ms = int(self._s.delivery_send_timeout_s * 1000)
+                # a broker away at start costs one send timeout, not kafka-python's 30 s bootstrap
+                bootstrap = (
+                    {"bootstrap_timeout_ms": timeout_ms}
+                    if "bootstrap_timeout_ms" in KafkaProducer.DEFAULT_CONFIG
+                    else {}
+                )
                 self._producer = KafkaProducer(
+                    **bootstrap,
                     **kafka_client_options(self._s),
                     acks="all",
                     retries=3,
