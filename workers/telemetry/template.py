@@ -83,6 +83,8 @@ PROPERTIES: dict[str, Any] = {
         # per generate request: tokens generated, and why each input ended
         generated_tokens=INT,
         finish_reason=KEYWORD,
+        # per delivery beyond Redis (workers.delivery): reply topics, webhooks
+        delivery=_obj(sink=KEYWORD, outcome=KEYWORD, reason=KEYWORD, attempt=INT),
         # per batch
         batch=_obj(
             size=INT,
