@@ -77,7 +77,8 @@ def entry(n: int = 1, deliver: bytes = b'{"topics":["replies"]}', body: bytes | 
 
 def dispatcher(outbox: FakeOutbox, sinks: dict, **settings: float) -> tuple[Dispatcher, Report, Clock]:
     clock, report = Clock(), Report()
-    s = Settings(delivery_retry_initial_s=1.0, delivery_retry_max_s=8.0, delivery_max_s=20.0, **settings)
+    base = {"delivery_retry_initial_s": 1.0, "delivery_retry_max_s": 8.0, "delivery_max_s": 20.0}
+    s = Settings.model_validate({**base, **settings})
     return Dispatcher(outbox, sinks, s, report, clock=clock, wall_ms=clock.wall_ms), report, clock
 
 
