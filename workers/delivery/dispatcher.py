@@ -39,7 +39,7 @@ _TRACE_ID = re.compile(rb'"trace_id":"([0-9a-f]{32})"')
 class OutboxLike(Protocol):
     """What the dispatcher needs of :class:`workers.store.outbox.Outbox` (a fake in unit tests)."""
 
-    def read(self, count: int, block_ms: int | None) -> list[Entry]: ...
+    def read(self, count: int, block_ms: int | None, *, mine: bool = False) -> list[Entry]: ...
 
     def reclaim(self, count: int) -> list[Entry]: ...
 
@@ -117,12 +117,17 @@ class Dispatcher:
         self.held: dict[str, Held] = {}
         self._touched_s = clock()
         self._reclaimed_s = float("-inf")
+        self._resumed = False  # this consumer's own unfinished entries, from before a restart
 
     def step(self, block_ms: int = 1_000) -> int:
         """One round: keep held entries ours, take over abandoned ones, read new ones (waiting up
         to ``block_ms``, less when a retry is due sooner), send what is due. Returns deliveries tried."""
         now = self._clock()
         room = self._s.delivery_batch_max_entries - len(self.held)
+        if not self._resumed:
+            self._take(self._outbox.read(room, None, mine=True))
+            self._resumed = True
+            room = self._s.delivery_batch_max_entries - len(self.held)
         if self.held and now - self._touched_s >= self._s.delivery_claim_idle_s / 3:
             self._outbox.touch(list(self.held))
             self._touched_s = now

@@ -59,14 +59,20 @@ class Outbox:
             if "BUSYGROUP" not in str(e):
                 raise
 
-    def read(self, count: int, block_ms: int | None) -> list[Entry]:
+    def read(self, count: int, block_ms: int | None, *, mine: bool = False) -> list[Entry]:
         """Up to ``count`` entries no process has read yet, with their records (waits up to
-        ``block_ms`` for one; None = do not wait)."""
+        ``block_ms`` for one; None = do not wait). ``mine``: instead, the entries this consumer
+        read before and never finished (a process restarted under the same name takes them back
+        at once, without waiting for the takeover's idle time)."""
         if count <= 0:
             return []
-        streams: dict[Any, Any] = {self.key: ">"}
-        got: Any = self.client.xreadgroup(OUTBOX_GROUP, self.consumer, streams, count=count, block=block_ms)
-        rows = [row for _, entries in got or [] for row in entries]
+        streams: dict[Any, Any] = {self.key: "0" if mine else ">"}
+        block = None if mine else block_ms
+        got: Any = self.client.xreadgroup(OUTBOX_GROUP, self.consumer, streams, count=count, block=block)
+        rows = [row for _, entries in got or [] for row in entries if row and row[1]]
+        gone = [as_text(row[0]) for _, entries in got or [] for row in entries if row and not row[1]]
+        if gone:  # deleted while pending (a trimmed or flushed stream): nothing to deliver
+            self.client.xack(self.key, OUTBOX_GROUP, *gone)
         return self._load(rows)
 
     def reclaim(self, count: int) -> list[Entry]:

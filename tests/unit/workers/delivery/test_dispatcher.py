@@ -14,12 +14,17 @@ BODY = b'{"request_id":"r1","status":"done","trace_id":"0af7651916cd43dd8448eb21
 
 
 class FakeOutbox:
-    def __init__(self, entries: Sequence[Entry] = (), abandoned: Sequence[Entry] = ()) -> None:
-        self.new, self.abandoned = list(entries), list(abandoned)
+    def __init__(
+        self, entries: Sequence[Entry] = (), abandoned: Sequence[Entry] = (), mine: Sequence[Entry] = ()
+    ) -> None:
+        self.new, self.abandoned, self.mine = list(entries), list(abandoned), list(mine)
         self.acked: list[str] = []
         self.touched: list[list[str]] = []
 
-    def read(self, count: int, block_ms: int | None) -> list[Entry]:
+    def read(self, count: int, block_ms: int | None, *, mine: bool = False) -> list[Entry]:
+        if mine:
+            out, self.mine = self.mine[:count], self.mine[count:]
+            return out
         out, self.new = self.new[:count], self.new[count:]
         return out
 
@@ -152,6 +157,14 @@ def test_a_result_gone_from_redis_and_an_entry_without_targets_are_finished_at_o
     d.step(block_ms=0)
     assert report.outcomes == [("replies", "kafka", "failed", "result_gone")]
     assert sorted(outbox.acked) == [f"{T0_MS}-1", f"{T0_MS}-2"] and not kafka.tries
+
+
+def test_a_restarted_process_resumes_its_own_unfinished_entries_first():
+    outbox = FakeOutbox([entry(2)], mine=[entry(1)])
+    kafka = FakeSink("kafka")
+    d, _, _ = dispatcher(outbox, {"kafka": kafka})
+    d.step(block_ms=0)
+    assert [t.request_id for t in kafka.sent] == ["r1", "r2"] and outbox.acked == [f"{T0_MS}-1", f"{T0_MS}-2"]
 
 
 def test_abandoned_entries_are_taken_over_and_held_ones_kept_touched():
