@@ -5,6 +5,7 @@ outbox refuses and counts; the reader takes over, resumes and deletes entries.""
 from __future__ import annotations
 
 from collections.abc import Iterator
+from typing import Any
 
 import pytest
 
@@ -37,7 +38,8 @@ def admit(store: ResultStore, reqs: list[InferenceRequest], deadline: float | No
 
 
 def entries(store: ResultStore) -> list[str]:
-    return [f[b"id"].decode() for _, f in store.client.xrange(outbox_key(store._s))]
+    rows: Any = store.client.xrange(outbox_key(store._s))
+    return [f[b"id"].decode() for _, f in rows]
 
 
 def req(i: int, reply: bool = True, tenant: str | None = "acme") -> InferenceRequest:
