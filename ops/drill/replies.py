@@ -1,5 +1,6 @@
-"""The reply-topics drill: the worker killed mid-batch while every request names a reply topic, then
-the topic read back: each accepted request must have exactly one distinct result there.
+"""The reply-topics drills: the worker killed mid-batch (or the delivery service killed while it
+publishes) while every request names a reply topic, then the topic read back: each accepted request
+must have exactly one distinct result there.
 
 Delivery is at least once: a record may repeat (a delivery process that died after the broker
 took a record and before it acknowledged the outbox entry sends it again), but every record of one
@@ -10,6 +11,7 @@ key (the request id) sees each result once. ``drill.json`` gets a ``reply_topics
 from __future__ import annotations
 
 import contextlib
+import signal
 import time
 from collections.abc import Iterable
 from typing import Any
@@ -19,11 +21,15 @@ from kafka.admin import NewTopic
 from kafka.errors import TopicAlreadyExistsError
 from kafka.structs import TopicPartition
 
+from ops.drill.faults import FAULTS, Fault
 from schemas.connections import kafka_options
 from schemas.settings import Settings
 
-REPLIES = "reply-topics"  # the drill's name (``inferq-ops drill --only reply-topics``)
-TOPIC = "drill.replies"  # its reply topic (the drill stack allows it: ops.drill.run.drill_settings)
+REPLIES = "reply-topics"  # the worker killed mid-batch (``inferq-ops drill --only reply-topics``)
+REPLIES_DELIVERY = "reply-topics-delivery-kill"  # the delivery service killed while it publishes
+TOPIC = "drill.replies"  # their reply topic (the drill stack allows it: ops.drill.run.drill_settings)
+DELIVERY_KILL = Fault("delivery", signal.SIGKILL, "kill -9 the delivery service while it publishes replies")
+REPLY_DRILLS: dict[str, Fault] = {REPLIES: FAULTS["worker-kill"], REPLIES_DELIVERY: DELIVERY_KILL}
 
 
 def make_reply_topic(settings: Settings, partitions: int = 3) -> None:

@@ -24,10 +24,10 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ops.drill.faults import FAULTS, counter_totals, inject
+from ops.drill.faults import FAULTS, Fault, counter_totals, inject
 from ops.drill.overload import run_overload
 from ops.drill.poison import run_poison
-from ops.drill.replies import REPLIES, TOPIC, make_reply_topic, read_replies, reply_report
+from ops.drill.replies import REPLY_DRILLS, TOPIC, make_reply_topic, read_replies, reply_report
 from ops.drill.traffic import Ledger, Publisher, keys_in_log
 from ops.stack import Stack, on_free_ports
 from schemas.naming import metrics_dir
@@ -86,7 +86,7 @@ def run_drills(
     report["ok"] = (
         all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"])
         and report.get("poison", {}).get("ok", True)
-        and report.get("reply_topics", {}).get("ok", True)
+        and all(r["ok"] for r in report.get("reply_topics", {}).values())
     )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -108,13 +108,13 @@ def _fault_drills(
             ledger = Ledger(ds)
             try:
                 for name in plan.drills:
-                    what = FAULTS[_fault_of(name)].what + (" (reply topics on)" if name == REPLIES else "")
+                    what = _fault_of(name).what + (" (reply topics on)" if name in REPLY_DRILLS else "")
                     progress.reset(bar, description=f"{name}: {what}", total=plan.requests)
                     entry = one_drill(
                         stack, ds, ledger, name, plan, lambda n: progress.update(bar, completed=n)
                     )
-                    if "reply_topics" in entry:
-                        report["reply_topics"] = entry.pop("reply_topics")
+                    if "reply_topics" in entry:  # by drill name
+                        report.setdefault("reply_topics", {})[name] = entry.pop("reply_topics")
                     report["drills"].append(entry)
                     progress.console.print(
                         f"{name}: {entry['requests']} requests, lost {entry['lost']}, "
@@ -139,8 +139,8 @@ def one_drill(
     plan: DrillPlan,
     progress: Callable[[int], None],
 ) -> dict[str, Any]:
-    fault = FAULTS[_fault_of(name)]
-    reply_topic = TOPIC if name == REPLIES else None
+    fault = _fault_of(name)
+    reply_topic = TOPIC if name in REPLY_DRILLS else None
     if reply_topic:
         make_reply_topic(ds)
     before = counter_totals(metrics_dir(ds), COUNTERS)
@@ -201,9 +201,9 @@ def one_drill(
     }
 
 
-def _fault_of(name: str) -> str:
-    """The fault a drill injects: the reply-topics drill kills the worker mid-batch."""
-    return "worker-kill" if name == REPLIES else name
+def _fault_of(name: str) -> Fault:
+    """The fault a drill injects (the reply-topics drills' are in :mod:`ops.drill.replies`)."""
+    return REPLY_DRILLS.get(name) or FAULTS[name]
 
 
 def unfinished_ids(final: dict[str, tuple[str | None, bytes | None]]) -> set[str]:
@@ -233,5 +233,6 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         console.print_json(data=report["overload"])
     if "poison" in report:
         console.print_json(data=report["poison"])
-    if "reply_topics" in report:
-        console.print_json(data=report["reply_topics"])
+    for name, replies in report.get("reply_topics", {}).items():
+        console.print(f"{name}: reply topic")
+        console.print_json(data=replies)
