@@ -1,6 +1,6 @@
 """``inferq-ops``: run the whole pipeline locally.
 
-inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
+inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, delivery, result API, Flower
 inferq-ops status    # exits 1 unless every service runs and is ready; shows Flower's login
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
 inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation; the ceiling
