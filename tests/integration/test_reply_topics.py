@@ -5,6 +5,10 @@ tenant's allow-list refused with the typed error; the Kafka sink's failures when
 
 from __future__ import annotations
 
+import contextlib
+import secrets
+import socket
+import threading
 import time
 from collections.abc import Iterator
 
@@ -16,12 +20,18 @@ from kafka.errors import TopicAlreadyExistsError
 
 from ops.stack import free_port
 from schemas.connections import kafka_options
-from schemas.messages import InferenceRequest, ResultStatus, new_request_id
+from schemas.messages import InferenceRequest, ResultStatus, new_request_id, now_ms
 from schemas.naming import requests_topic, result_key, scoped_id
+from schemas.replies import targets_json
+from schemas.results import queued_result, result
 from schemas.settings import Settings
 from tests.stack import RESULTS_TOPIC
+from tests.stack import eventually as stack_eventually
+from workers.delivery.dispatcher import Dispatcher
 from workers.delivery.kafka_sink import KafkaSink
 from workers.delivery.sink import Delivery
+from workers.store.outbox import Outbox
+from workers.store.store import ResultStore, request_digest
 
 MODEL = "all-MiniLM-L6-v2"
 
@@ -140,3 +150,87 @@ def test_the_kafka_sink_says_retryable_when_no_broker_answers_and_refuses_reserv
         assert not_allowed is not None and not_allowed.reason == "topic_not_allowed"
     finally:
         sink.close()
+
+
+class Forwarder:
+    """A TCP port that refuses connections until :meth:`open`, then forwards them to ``target``: the
+    broker as a client that bootstraps from it sees it (away, then back)."""
+
+    def __init__(self, target: tuple[str, int]) -> None:
+        self.target, self.port = target, free_port()
+        self._server: socket.socket | None = None
+
+    def open(self) -> None:
+        self._server = socket.create_server(("127.0.0.1", self.port))
+        threading.Thread(target=self._accept, daemon=True).start()
+
+    def _accept(self) -> None:
+        assert self._server is not None
+        while True:
+            try:
+                client, _ = self._server.accept()
+            except OSError:
+                return
+            upstream = socket.create_connection(self.target)
+            for a, b in ((client, upstream), (upstream, client)):
+                threading.Thread(target=self._pipe, args=(a, b), daemon=True).start()
+
+    @staticmethod
+    def _pipe(src: socket.socket, dst: socket.socket) -> None:
+        with contextlib.suppress(OSError):
+            while data := src.recv(65536):
+                dst.sendall(data)
+        with contextlib.suppress(OSError):
+            dst.shutdown(socket.SHUT_WR)
+
+    def close(self) -> None:
+        if self._server is not None:
+            self._server.close()
+
+
+def test_a_broker_away_makes_deliveries_retry_then_succeed_once(stack, settings, reply_topic):
+    """The real outbox, store and broker, with a delivery dispatcher of the test's own (on its own
+    key prefix, so the stack's delivery service does not take the entry) whose producer bootstraps
+    through a port that is closed at first."""
+    host, port = settings.kafka_bootstrap_servers.split(",")[0].rsplit(":", 1)
+    gate = Forwarder((host, int(port)))
+    s = settings.model_copy(
+        update={
+            "key_prefix": f"away{secrets.token_hex(3)}",
+            "kafka_bootstrap_servers": f"127.0.0.1:{gate.port}",
+            "delivery_send_timeout_s": 1.0,
+            "delivery_retry_initial_s": 0.1,
+        }
+    )
+    store = ResultStore.from_settings(s)
+    req = InferenceRequest(task="embed", model=MODEL, inputs="away", reply_topic=reply_topic)
+    store.admit(
+        [(request_digest(req), queued_result(req, {}))], deliveries={req.request_id: targets_json(req, s)}
+    )
+    store.advance([result(req, ResultStatus.DONE, {"done_ms": now_ms()})])
+    outbox = Outbox(store.client, s, "test")
+    outbox.ensure_group()
+    outcomes: list[str] = []
+
+    class Report:
+        def outcome(self, delivery: Delivery, sink: str, outcome: str, reason: str = "") -> None:
+            outcomes.append(outcome)
+
+    dispatcher = Dispatcher(outbox, {"kafka": KafkaSink(s)}, s, Report())
+    try:
+
+        def after_a_step(outcome: str) -> bool:
+            dispatcher.step(block_ms=100)
+            return outcome in outcomes
+
+        stack_eventually(lambda: after_a_step("retried"), 30, "a failed try")
+        gate.open()
+        stack_eventually(lambda: after_a_step("sent"), 30, "the delivery")
+
+    finally:
+        dispatcher.close()
+        gate.close()
+    assert outcomes[-1] == "sent" and set(outcomes[:-1]) == {"retried"}
+    assert outbox.backlog() == (0, 0)  # acknowledged and deleted
+    body = store.client.hget(result_key(s, req.request_id), "body")
+    assert records(settings, reply_topic, {req.request_id}) == {req.request_id: [body]}
