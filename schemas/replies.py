@@ -7,10 +7,10 @@
 - ``*:shared.results`` — every tenant, and requests without a tenant;
 - ``public.results`` (no ``tenant:``) — requests without a tenant.
 
-Topic names cannot hold ``:``, and tenant names cannot hold ``:`` or ``*``, so each entry splits
-one way. Whatever the list says, the pipeline's own topics (requests, dead letters, streams) and
-Kafka's internal ones (``__*``) are refused: a reply there would be read back as a request, a
-letter or a chunk. The policy is checked at admission (intake and HTTP API, through
+Topic names cannot hold ``:`` (tenant names may), so an entry splits at its last ``:``; tenant
+names cannot hold ``*``. Whatever the list says, the pipeline's own topics (requests, dead
+letters, streams) and Kafka's internal ones (``__*``) are refused: a reply there would be read
+back as a request, a letter or a chunk. The policy is checked at admission (intake and HTTP API, through
 :func:`schemas.validation.check_request`) and again by the Kafka sink before it sends.
 
 The targets of a request are fixed at admission and stored with its record (the result hash's
@@ -21,15 +21,18 @@ The targets of a request are fixed at admission and stored with its record (the 
 from __future__ import annotations
 
 import json
+import re
 from dataclasses import dataclass, field
 from functools import lru_cache
 
 from schemas.errors import ConfigurationError, ReplyTopicRefused
-from schemas.messages import InferenceRequest
+from schemas.messages import NAME_PATTERN, InferenceRequest
 from schemas.naming import deadletter_topic, requests_topic, stream_topic
 from schemas.settings import Settings
 
 ANY_TENANT = "*"
+_TENANT = re.compile(NAME_PATTERN)
+_TOPIC_CHARS = re.compile(r"[A-Za-z0-9._-]*")  # Kafka's topic characters (a prefix may be empty)
 MAX_TARGETS_JSON_CHARS = 8_192  # a stored ``deliver`` value read back longer than this is refused
 
 
@@ -66,8 +69,8 @@ def parse_policy(spec: str) -> TopicPolicy:
             raise ConfigurationError(f"INFERQ_REPLY_TOPICS entry {entry!r} has an empty tenant before ':'")
         prefix = topic.endswith("*")
         name = topic[:-1] if prefix else topic
-        bad_tenant = tenant != ANY_TENANT and ("*" in tenant or ":" in tenant)
-        if "*" in name or bad_tenant or not (name or prefix):
+        bad_tenant = bool(sep) and tenant != ANY_TENANT and not _TENANT.fullmatch(tenant)
+        if not _TOPIC_CHARS.fullmatch(name) or bad_tenant or not (name or prefix):
             raise ConfigurationError(
                 f"INFERQ_REPLY_TOPICS entry {entry!r} is not `tenant:topic`, `tenant:prefix*` or `topic`"
             )

@@ -5,6 +5,10 @@ from __future__ import annotations
 
 from pydantic import BaseModel, Field
 
+# one INFERQ_REPLY_TOPICS entry: an optional tenant (the request schema's name pattern) or `*`,
+# then a topic name (Kafka's characters), a prefix ending in `*`, or `*` alone
+_ENTRY = r"(?:(?:\*|[A-Za-z0-9][A-Za-z0-9_.:/-]*):)?(?:[A-Za-z0-9._-]+\*?|\*)"
+
 
 class DeliverySettings(BaseModel):
     """Where terminal results are also sent, and how hard the delivery service tries."""
@@ -21,6 +25,9 @@ class DeliverySettings(BaseModel):
     reply_topics: str = Field(
         "",
         max_length=65_536,
+        # entries `tenant:topic`, `tenant:prefix*`, `*:...` or `topic` (checked here, so a typo stops
+        # the process at start instead of refusing requests)
+        pattern=r"^\s*(?:" + _ENTRY + r")?\s*(?:,\s*(?:" + _ENTRY + r")?\s*)*$",
         description=(
             "Which `reply_topic` each tenant may name, comma separated: `tenant:topic` (exact), "
             "`tenant:prefix*` (any topic starting with the prefix); `*:...` applies to every tenant and "

@@ -4,6 +4,7 @@ delivery targets as stored with its record."""
 from __future__ import annotations
 
 import pytest
+from pydantic import ValidationError
 
 from schemas.errors import ConfigurationError, ErrorCode, InvalidRequest, ReplyTopicRefused
 from schemas.messages import InferenceRequest
@@ -39,10 +40,25 @@ def test_an_empty_policy_allows_nothing():
     assert not parse_policy(" , ").allows("acme", "x")
 
 
-@pytest.mark.parametrize("bad", ["acme:a*b", ":topic", "a:b:c", "ac*me:topic", "acme:"])
+BAD = ["acme:a*b", ":topic", "a:b c", "ac*me:topic", "acme:", "acme:t,ac me:t"]
+
+
+@pytest.mark.parametrize("bad", BAD)
 def test_a_malformed_entry_is_a_configuration_error_naming_it(bad):
     with pytest.raises(ConfigurationError, match="INFERQ_REPLY_TOPICS"):
         parse_policy(bad)
+
+
+@pytest.mark.parametrize("bad", BAD)
+def test_the_setting_refuses_a_malformed_list_at_start(bad):
+    with pytest.raises(ValidationError):
+        Settings(reply_topics=bad)
+
+
+def test_a_tenant_name_may_hold_colons_the_topic_is_after_the_last_one():
+    policy = parse_policy("org:team/a:replies.*, *:*")
+    assert policy.allows("org:team/a", "replies.x")
+    assert Settings(reply_topics="org:team/a:replies.*, *:*, plain, ").reply_topics
 
 
 def test_the_pipelines_own_topics_are_refused_whatever_the_policy_says():
