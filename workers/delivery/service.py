@@ -20,7 +20,9 @@ import time
 import redis
 
 from schemas.connections import redis_client
+from schemas.errors import ConfigurationError
 from schemas.naming import delivery_key
+from schemas.replies import reserved_topic
 from schemas.settings import Settings, get_settings
 from workers.delivery.dispatcher import Dispatcher
 from workers.delivery.sink import Delivery
@@ -75,6 +77,11 @@ def consumer_name(settings: Settings) -> str:
 
 def run(settings: Settings, stop: threading.Event, client: redis.Redis | None = None) -> None:
     """Deliver until ``stop`` is set."""
+    if settings.results_topic and reserved_topic(settings.results_topic, settings):
+        raise ConfigurationError(
+            f"INFERQ_RESULTS_TOPIC {settings.results_topic!r} is one of the pipeline's own topics",
+            hint="name a topic of its own for results (e.g. <prefix>.results)",
+        )
     name = consumer_name(settings)
     redis_ = client or redis_client(settings)
     outbox = Outbox(redis_, settings, name)
