@@ -216,6 +216,9 @@ def test_a_broker_away_makes_deliveries_retry_then_succeed_once(stack, settings,
         def outcome(self, delivery: Delivery, sink: str, outcome: str, reason: str = "") -> None:
             outcomes.append(outcome)
 
+        def flush(self) -> None:
+            pass
+
     dispatcher = Dispatcher(outbox, {"kafka": KafkaSink(s)}, s, Report())
     try:
 

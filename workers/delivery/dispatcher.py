@@ -53,6 +53,9 @@ class DeliveryReport(Protocol):
 
     def outcome(self, delivery: Delivery, sink: str, outcome: str, reason: str = "") -> None: ...
 
+    def flush(self) -> None:
+        """The outcomes of one round are all told: write what was gathered (metrics)."""
+
 
 @dataclass
 class Target:
@@ -165,6 +168,7 @@ class Dispatcher:
             else:
                 self.held[entry.entry_id] = held
         self._outbox.done(finished)
+        self._report.flush()
 
     def _send_due(self) -> int:
         """Send every due target, a batch per sink kind; settle each outcome; acknowledge the
@@ -188,6 +192,7 @@ class Dispatcher:
         for eid in finished:
             del self.held[eid]
         self._outbox.done(finished)
+        self._report.flush()
         return tried
 
     def _send(self, kind: str, deliveries: list[Delivery]) -> list[DeliveryFailed | None]:

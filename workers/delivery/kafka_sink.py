@@ -28,6 +28,8 @@ from workers.delivery.sink import Delivery, DeliveryFailed
 
 log = logging.getLogger(__name__)
 
+BATCH_BYTES = 512 * 1024  # most bytes of records one produce request carries per partition
+
 
 def traceparent(trace_id: str) -> bytes:
     """A W3C ``traceparent`` for a record of trace ``trace_id`` (a new span id, sampled)."""
@@ -86,6 +88,9 @@ class KafkaSink:
                     acks="all",
                     retries=3,
                     linger_ms=2,
+                    # a result is a few KiB (an embedding's floats): the default 16 KiB batch would
+                    # send a produce request per handful of them, each costing client and broker CPU
+                    batch_size=min(BATCH_BYTES, self._s.kafka_max_request_bytes),
                     max_request_size=self._s.kafka_max_request_bytes,
                     max_block_ms=timeout_ms,
                     request_timeout_ms=timeout_ms,

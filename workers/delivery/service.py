@@ -16,6 +16,7 @@ import signal
 import socket
 import threading
 import time
+from collections import Counter as TallyCounter
 
 import redis
 
@@ -41,11 +42,20 @@ HEARTBEAT_TTL_S = 15  # the key lapses this long after the last beat: the proces
 
 
 class Report:
-    """Every outcome counted (``inferq_deliveries``); undeliverable ones (and, at DEBUG, every
-    one) written as an ECS record under ``event.dataset: inferq.delivery``."""
+    """Every outcome counted (``inferq_deliveries``, one metric write per sink and outcome per
+    round: each write in multiprocess mode takes a lock and touches a file); undeliverable ones
+    (and, at DEBUG, every one) written as an ECS record under ``event.dataset: inferq.delivery``."""
+
+    def __init__(self) -> None:
+        self._counts: TallyCounter[tuple[str, str]] = TallyCounter()
+
+    def flush(self) -> None:
+        counts, self._counts = self._counts, TallyCounter()
+        for (sink, outcome), n in counts.items():
+            record_delivery(sink, outcome, n)
 
     def outcome(self, delivery: Delivery, sink: str, outcome: str, reason: str = "") -> None:
-        record_delivery(sink, outcome)
+        self._counts[(sink, outcome)] += 1
         level = logging.WARNING if outcome == "failed" else logging.DEBUG
         if not log.isEnabledFor(level):
             return

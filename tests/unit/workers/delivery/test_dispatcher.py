@@ -64,6 +64,9 @@ class Report:
     def outcome(self, delivery: Delivery, sink: str, outcome: str, reason: str = "") -> None:
         self.outcomes.append((delivery.target, sink, outcome, reason))
 
+    def flush(self) -> None:
+        pass
+
 
 class Clock:
     def __init__(self) -> None:
