@@ -197,6 +197,7 @@ def test_a_broker_away_makes_deliveries_retry_then_succeed_once(stack, settings,
     s = settings.model_copy(
         update={
             "key_prefix": f"away{secrets.token_hex(3)}",
+            "results_topic": "",  # the reply topic alone: one target
             "kafka_bootstrap_servers": f"127.0.0.1:{gate.port}",
             "delivery_send_timeout_s": 1.0,
             "delivery_retry_initial_s": 0.1,
