@@ -133,6 +133,8 @@ def test_a_topic_outside_the_tenants_list_is_refused_with_the_typed_error(stack,
     client.publish_raw(rid, wire.encode(), tenant="acme").get(10)
     result = client.wait(rid, timeout_s=30, tenant="acme")
     assert result.status is ResultStatus.FAILED and result.error.code.value == "reply_topic_refused"
+    # INFERQ_RESULTS_TOPIC gets every result, this one too (never the refused topic)
+    assert records(settings, RESULTS_TOPIC, {rid}) == {rid: [stored(client, rid, "acme")]}
 
 
 def test_the_kafka_sink_says_retryable_when_no_broker_answers_and_refuses_reserved_topics(settings):

@@ -185,7 +185,10 @@ class Admissions(Refusals):
             unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
             failed = results.result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
             # over the API's ``queued`` record of this content too: it must not stay queued for ever
-            self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
+            targets = targets_json(req, self.s)
+            sid = scoped_id(req.tenant, req.request_id)
+            digests = [request_digest(req), bytes_digest(rec.value or b"")]
+            self.store.fail_owned([(digests, failed)], {sid: targets} if targets else None)
             self.reject(rec, unserved, t["received_ms"], answer=False)
         return [a for a in accepted if a[1].model in available]
 

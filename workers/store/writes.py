@@ -116,14 +116,20 @@ class Writes(Reads):
         self.observer.results_written(written)
         return verdicts
 
-    def fail_owned(self, items: Sequence[tuple[Sequence[str], InferenceResult]]) -> list[bool]:
+    def fail_owned(
+        self,
+        items: Sequence[tuple[Sequence[str], InferenceResult]],
+        deliveries: dict[str, str] | None = None,
+    ) -> list[bool]:
         """Write each ``failed`` result (the intake's answer to a record it dead-lettered) where its
         id is unknown, or over a ``queued`` record whose digest is one of the given ones (the same
         content: the API admits a request before it publishes exactly its wire JSON), releasing
         its in-flight count like any end (:meth:`advance`); refused otherwise. True where written.
 
         The read and the write are two steps: a queued record of that content has no hand-off
-        (the intake refused the record, so no worker can hold it), so nothing moves it between."""
+        (the intake refused the record, so no worker can hold it), so nothing moves it between.
+        ``deliveries`` (scoped id → targets JSON) go with a result written where the id was unknown
+        (a queued record keeps the targets it was admitted with)."""
         if not items:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -152,7 +158,7 @@ class Writes(Reads):
             else:
                 where.append(("refused", 0))
         done = {
-            "absent": self.advance(absent, only_if_absent=True) if absent else [],
+            "absent": self.advance(absent, only_if_absent=True, deliveries=deliveries) if absent else [],
             "owned": self.advance(owned) if owned else [],
         }
         return [kind != "refused" and done[kind][n] for kind, n in where]
