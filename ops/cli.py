@@ -1,6 +1,6 @@
 """``inferq-ops``: run the whole pipeline locally.
 
-inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, result API, Flower
+inferq-ops up        # broker (Kafka + ES API), redis, worker, intake, delivery, result API, Flower
 inferq-ops status    # exits 1 unless every service runs and is ready; shows Flower's login
 inferq-ops demo      # starts what is missing, pushes real texts through, prints a summary
 inferq-ops bench     # raw model vs the pipeline vs peers; continuous vs static generation; the ceiling
@@ -31,6 +31,7 @@ from ops.bench.peers import PEERS
 from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
 from ops.drill.faults import FAULTS
+from ops.drill.replies import REPLY_DRILLS
 from ops.drill.run import POISON, DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
 from ops.reference import main as reference_main
@@ -122,7 +123,7 @@ def _drill_args(dr: argparse.ArgumentParser) -> None:
     dr.add_argument(
         "--only",
         default=",".join(FAULTS),
-        help=f"comma-separated drills ({', '.join([*FAULTS, POISON])}); '' for none",
+        help=f"comma-separated drills ({', '.join([*FAULTS, POISON, *REPLY_DRILLS])}); '' for none",
     )
     dr.add_argument(
         "--overload-s", type=float, default=60.0, help="seconds at 3 × capacity after the drills; 0 = skip"
@@ -266,9 +267,10 @@ def _layouts(value: str) -> tuple[tuple[int, int], ...]:
 def cmd_drill(run: Run) -> int:
     args = run.args
     drills = _names(args.only)
-    unknown = sorted(set(drills) - {*FAULTS, POISON})
+    unknown = sorted(set(drills) - {*FAULTS, POISON, *REPLY_DRILLS})
     if unknown:
-        run.parser.error(f"unknown drill(s) {', '.join(unknown)}; choose from {', '.join([*FAULTS, POISON])}")
+        known = ", ".join([*FAULTS, POISON, *REPLY_DRILLS])
+        run.parser.error(f"unknown drill(s) {', '.join(unknown)}; choose from {known}")
     drill_plan = DrillPlan(tuple(drills), args.requests, args.rate, overload_s=args.overload_s)
     drilled = run_drills(run.settings, drill_plan, args.out, run.console)
     run.console.print(f"wrote {args.out / 'drill.json'}")

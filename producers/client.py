@@ -38,6 +38,7 @@ from schemas.messages import (
 )
 from schemas.naming import ADMITTED_HEADER, requests_topic, scoped_id
 from schemas.observer import PUBLISH_SPAN, Observer, RequestSpan
+from schemas.replies import targets_json
 from schemas.results import queued_result
 from schemas.settings import Settings, get_settings
 from schemas.tenancy import parse_keys, signed_headers
@@ -125,6 +126,7 @@ class InferqClient:
         generation: GenerationParams | dict[str, Any] | None = None,
         encoding: EmbeddingEncoding | str | None = None,
         traceparent: str | TraceContext | None = None,
+        reply_topic: str | None = None,
     ) -> str:
         """Publish one request (validated here first); returns its request id.
 
@@ -136,6 +138,8 @@ class InferqClient:
         :class:`~schemas.messages.ChatMessage`, ``{"role", "content"}`` dicts or ``(role, content)``
         pairs; the model answers with the assistant's next turn (see :meth:`chat`).
         ``traceparent``: the caller's W3C trace context, continued by the request (see :meth:`publish`).
+        ``reply_topic``: also publish the terminal result to this Kafka topic (key = request id;
+        the deployment allows it per tenant: ``INFERQ_REPLY_TOPICS``).
         """
         fields: dict[str, Any] = dict(
             task=task,
@@ -150,6 +154,8 @@ class InferqClient:
         )
         if encoding is not None:
             fields["encoding"] = encoding
+        if reply_topic is not None:
+            fields["reply_topic"] = reply_topic
         if request_id is not None:
             fields["request_id"] = request_id
         request = InferenceRequest.model_validate(fields)
@@ -284,9 +290,12 @@ class InferqClient:
         """
         received = {"received_ms": now_ms()}
         deadline = request.deadline_ms()
+        sid = scoped_id(request.tenant, request.request_id)
+        targets = targets_json(request, self.settings)
         (verdict,) = self.store.admit(
             [(request_digest(request), queued_result(request, received, trace))],
-            {scoped_id(request.tenant, request.request_id): deadline} if deadline is not None else None,
+            {sid: deadline} if deadline is not None else None,
+            deliveries={sid: targets} if targets else None,
         )
         if verdict in (Admission.NEW, Admission.PENDING):
             self.store.expect(request)

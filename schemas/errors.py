@@ -36,6 +36,7 @@ class ErrorCode(str, Enum):
     FORBIDDEN = "forbidden"
     OVERLOADED = "overloaded"
     CALLBACK_REFUSED = "callback_refused"
+    REPLY_TOPIC_REFUSED = "reply_topic_refused"
 
 
 class InferqError(Exception):
@@ -96,6 +97,17 @@ class CallbackRefused(InvalidRequest):
     hint = (
         "name an https URL on a host the operator allows (INFERQ_WEBHOOK_ALLOW_HOSTS), or leave "
         "callback_url out and read the result over HTTP or Redis"
+    )
+
+
+class ReplyTopicRefused(InvalidRequest):
+    """A request names a ``reply_topic`` its tenant may not publish to (``INFERQ_REPLY_TOPICS``), or
+    one of the pipeline's own topics."""
+
+    code = ErrorCode.REPLY_TOPIC_REFUSED
+    hint = (
+        "name a reply topic your tenant is allowed (the operator lists them in INFERQ_REPLY_TOPICS), "
+        "or leave reply_topic out and read the result from the API"
     )
 
 

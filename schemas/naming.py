@@ -167,6 +167,26 @@ def unseen_wire_key(settings: Settings) -> str:
     return f"{settings.key_prefix}:unseen:wire"
 
 
+def outbox_key(settings: Settings) -> str:
+    """Stream: one entry (field ``id`` = scoped id) per terminal result that has delivery targets,
+    added by the script that made it terminal; the delivery service reads it with a consumer group
+    (:data:`OUTBOX_GROUP`) and deletes each entry once delivered or given up."""
+    return f"{settings.key_prefix}:outbox"
+
+
+def outbox_refused_key(settings: Settings) -> str:
+    """Counter: terminal results not put in the outbox because it held ``outbox_max_entries``."""
+    return f"{settings.key_prefix}:outbox:refused"
+
+
+def delivery_key(settings: Settings, consumer: str) -> str:
+    """String: when a live delivery process (its consumer name) last went round its loop (epoch s)."""
+    return f"{settings.key_prefix}:delivery:{consumer}"
+
+
+OUTBOX_GROUP = "inferq-delivery"  # the delivery service's consumer group on the outbox stream
+
+
 # a Kafka record header the API puts on requests it admitted before publishing: the intake marks
 # them read (so the republish sweep leaves them alone); other records cost the intake nothing
 ADMITTED_HEADER = "inferq-admitted"
@@ -198,7 +218,8 @@ REDIS_KEYS: tuple[NameDoc, ...] = (
         "`digest`, the request's content digest (a duplicate delivery from a conflicting reuse of an id); "
         "`attempts`, how many times a worker started it; while queued `handoff` (Celery queue, priority, "
         "message item), so a lost message can be sent again; `stop` once a client cancelled a running "
-        "generation (the worker ends it at its next sync)",
+        "generation (the worker ends it at its next sync); `deliver`, where the terminal result is also "
+        'sent (compact JSON `{"topics": [...], "url": ...}`, absent = nowhere)',
         _RESULT_TTL,
     ),
     NameDoc(
@@ -312,6 +333,30 @@ REDIS_KEYS: tuple[NameDoc, ...] = (
         "the instance token a Celery node name last ran as, so a worker restarting under the same name "
         "releases its predecessor's messages at once",
         "none",
+    ),
+    NameDoc(
+        outbox_key,
+        (),
+        "stream",
+        "one entry (`id` = scoped id) per terminal result with delivery targets (the result hash's "
+        "`deliver` field: a `reply_topic`, `INFERQ_RESULTS_TOPIC`, a `callback_url`), added by the same "
+        "script that made it terminal; read by `inferq-delivery` (consumer group `inferq-delivery`), "
+        "deleted once delivered or given up; at most `INFERQ_OUTBOX_MAX_ENTRIES` entries",
+        "none; entries leave when delivered or given up",
+    ),
+    NameDoc(
+        outbox_refused_key,
+        (),
+        "string",
+        "how many terminal results were not put in the outbox because it was full",
+        "none",
+    ),
+    NameDoc(
+        delivery_key,
+        ("<consumer>",),
+        "string",
+        "when that delivery process last went round its loop (epoch s): `inferq-ops status` reads it",
+        "15 s, refreshed every 2 s",
     ),
     NameDoc(
         unseen_key,

@@ -25,6 +25,7 @@ from schemas.catalog import lookup
 from schemas.errors import ErrorCode, InvalidRequest
 from schemas.explain import explain
 from schemas.messages import NAME_PATTERN, REQUEST_ID_PATTERN, SCHEMA_VERSION, InferenceRequest
+from schemas.replies import check_request_replies
 from schemas.settings import Settings
 
 _ID = re.compile(REQUEST_ID_PATTERN)
@@ -151,6 +152,7 @@ def check_request(request: InferenceRequest, settings: Settings) -> InferenceReq
         )
     if request.callback_url is not None:  # no DNS here: addresses are vetted again at send time
         check_callback_url(request.callback_url, settings, request.tenant)
+    check_request_replies(request, settings)
     return request
 
 

@@ -24,6 +24,8 @@ from producers.client import InferqClient
 from schemas.messages import DeadLetter
 from schemas.settings import Settings
 
+RESULTS_TOPIC = "test-results"  # the session stack's INFERQ_RESULTS_TOPIC
+
 
 @pytest.fixture(scope="session")
 def settings(tmp_path_factory) -> Settings:
@@ -41,6 +43,10 @@ def settings(tmp_path_factory) -> Settings:
         # issue 19, webhooks: a signing key for requests without a tenant (webhooks stay off: no
         # INFERQ_WEBHOOK_ALLOW_HOSTS), so test_api_security checks that no service log shows it
         webhook_keys=f":whk-{secrets.token_hex(12)}",
+        # reply topics (tests/integration/test_reply_topics.py): every result also goes to the
+        # results topic; tenant "acme" may name acme.* topics, anyone replies.* topics
+        results_topic=RESULTS_TOPIC,
+        reply_topics="acme:acme.*,*:replies.*",
     )
     return on_free_ports(base, tmp_path_factory.mktemp("inferq-state"))
 

@@ -42,7 +42,7 @@ from schemas.settings import Settings
 
 MODEL = "echo-384"
 SKIPPED = {"api", "flower", "exporter", "prometheus"}  # off the path Kafka → Redis (as in run.py)
-GROUPS = ("client", "broker", "intake", "redis", "worker")
+GROUPS = ("client", "broker", "intake", "redis", "worker", "delivery")
 Step = Callable[[str], None]
 
 

@@ -9,7 +9,7 @@ from rich.table import Table
 
 from ops.bench.cputrace import TOTAL
 
-GROUPS = ("client", "broker", "intake", "redis", "worker", TOTAL)
+GROUPS = ("client", "broker", "intake", "redis", "worker", "delivery", TOTAL)
 SERVICES = ("intake", "worker", "redis", "broker")  # what a deployment sizes (the client is the user's)
 GPU_SEQ_PER_S = (1_000, 5_000, 10_000, 14_000)  # 14k: MiniLM on one V100 (sentence-transformers)
 
@@ -59,7 +59,8 @@ def print_ceiling(console: Console, data: dict[str, Any]) -> None:
     cpu.add_column("cores busy", justify="right")
     total = head["cpu_ms_per_request"][TOTAL] or float("nan")
     for g in GROUPS:
-        whole, steady = head["cpu_ms_per_request"][g], head["steady_cpu_ms_per_request"][g]
+        # .get: a run from before the delivery service was measured has no "delivery" group
+        whole, steady = head["cpu_ms_per_request"].get(g, 0.0), head["steady_cpu_ms_per_request"].get(g, 0.0)
         busy = head["busy_cores_by_process"].get(g, head["cpu_busy_cores"])
         cpu.add_row(g, f"{whole:.3f}", f"{steady:.3f}", f"{100 * whole / total:.0f} %", f"{busy:.2f}")
     console.print(cpu)
@@ -79,7 +80,7 @@ def print_scaling(console: Console, rows: list[dict[str, Any]]) -> None:
             str(r["intake_replicas"]),
             str(r["worker_processes"]),
             f"{r['req_per_s']:.0f}",
-            *(f"{ms[g]:.3f}" for g in GROUPS),
+            *(f"{ms.get(g, 0.0):.3f}" for g in GROUPS),
             str(r["lost"]),
             str(r["duplicated"]),
         )

@@ -24,15 +24,16 @@ from rich.console import Console
 from rich.progress import BarColumn, Progress, TextColumn, TimeElapsedColumn
 from rich.table import Table
 
-from ops.drill.faults import FAULTS, counter_totals, inject
+from ops.drill.faults import FAULTS, Fault, counter_totals, inject
 from ops.drill.overload import run_overload
 from ops.drill.poison import run_poison
+from ops.drill.replies import REPLY_DRILLS, TOPIC, make_reply_topic, read_replies, reply_report
 from ops.drill.traffic import Ledger, Publisher, keys_in_log
 from ops.stack import Stack, on_free_ports
 from schemas.naming import metrics_dir
 from schemas.settings import Settings
 
-SERVICES = ["broker", "redis", "worker", "intake"]
+SERVICES = ["broker", "redis", "worker", "intake", "delivery"]
 POISON = "poison"  # hostile records between valid ones, on a stack of its own (ops.drill.poison)
 COUNTERS = ("inferq_redeliveries_total", "inferq_duplicate_results_refused_total")
 
@@ -53,7 +54,11 @@ def drill_settings(settings: Settings, state_dir: Path) -> Settings:
     sent again after 45 s (above the drill's longest queue wait, ~18 s at the default bound; the
     production default of 120 s would outlast the drill's wait for progress)."""
     return on_free_ports(settings, state_dir).model_copy(
-        update={"log_ship": False, "requeue_queued_after_s": min(settings.requeue_queued_after_s, 45.0)}
+        update={
+            "log_ship": False,
+            "requeue_queued_after_s": min(settings.requeue_queued_after_s, 45.0),
+            "reply_topics": f"*:{TOPIC}",  # the reply-topics drill's topic (ops.drill.replies)
+        }
     )
 
 
@@ -78,9 +83,11 @@ def run_drills(
             )
     # ``lost``: accepted requests without a terminal result at the end, after the producer re-sent
     # what the broker had dropped (``lost_by_broker``, reported apart)
-    report["ok"] = all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"]) and report.get(
-        "poison", {}
-    ).get("ok", True)
+    report["ok"] = (
+        all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"])
+        and report.get("poison", {}).get("ok", True)
+        and all(r["ok"] for r in report.get("reply_topics", {}).values())
+    )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "drill.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -101,10 +108,13 @@ def _fault_drills(
             ledger = Ledger(ds)
             try:
                 for name in plan.drills:
-                    progress.reset(bar, description=f"{name}: {FAULTS[name].what}", total=plan.requests)
+                    what = _fault_of(name).what + (" (reply topics on)" if name in REPLY_DRILLS else "")
+                    progress.reset(bar, description=f"{name}: {what}", total=plan.requests)
                     entry = one_drill(
                         stack, ds, ledger, name, plan, lambda n: progress.update(bar, completed=n)
                     )
+                    if "reply_topics" in entry:  # by drill name
+                        report.setdefault("reply_topics", {})[name] = entry.pop("reply_topics")
                     report["drills"].append(entry)
                     progress.console.print(
                         f"{name}: {entry['requests']} requests, lost {entry['lost']}, "
@@ -129,10 +139,14 @@ def one_drill(
     plan: DrillPlan,
     progress: Callable[[int], None],
 ) -> dict[str, Any]:
-    fault = FAULTS[name]
+    fault = _fault_of(name)
+    reply_topic = TOPIC if name in REPLY_DRILLS else None
+    if reply_topic:
+        make_reply_topic(ds)
     before = counter_totals(metrics_dir(ds), COUNTERS)
     t0 = time.monotonic()
-    pub = Publisher(ds, f"{name}-{secrets.token_hex(3)}", plan.requests, plan.rate_per_s).start()
+    tag = f"{name}-{secrets.token_hex(3)}"
+    pub = Publisher(ds, tag, plan.requests, plan.rate_per_s, reply_topic=reply_topic).start()
     while len(pub.accepted) < plan.requests * plan.fault_at and not pub.done.is_set():
         progress(len(pub.accepted))
         time.sleep(0.05)
@@ -164,6 +178,11 @@ def one_drill(
     after = counter_totals(metrics_dir(ds), COUNTERS)
     unfinished = unfinished_ids(final)
     duplicated = {rid for rid in final if ledger.announced[rid] > 1} | (ledger.changed & set(final))
+    replies: dict[str, Any] = {}
+    if reply_topic:  # every accepted request: exactly one distinct result on the topic
+        found, read_s = read_replies(ds, set(final), plan.timeout_s)
+        stored = {rid: body for rid, (_, body) in final.items()}
+        replies = {"reply_topics": reply_report(final, stored, found, read_s)}
     return {
         "name": name,
         "fault": fault.what,
@@ -178,7 +197,13 @@ def one_drill(
         "duplicate_results_refused": int(after[COUNTERS[1]] - before[COUNTERS[1]]),
         **observed,
         "wall_s": round(time.monotonic() - t0, 1),
+        **replies,
     }
+
+
+def _fault_of(name: str) -> Fault:
+    """The fault a drill injects (the reply-topics drills' are in :mod:`ops.drill.replies`)."""
+    return REPLY_DRILLS.get(name) or FAULTS[name]
 
 
 def unfinished_ids(final: dict[str, tuple[str | None, bytes | None]]) -> set[str]:
@@ -208,3 +233,6 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         console.print_json(data=report["overload"])
     if "poison" in report:
         console.print_json(data=report["poison"])
+    for name, replies in report.get("reply_topics", {}).items():
+        console.print(f"{name}: reply topic")
+        console.print_json(data=replies)

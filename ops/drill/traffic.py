@@ -31,13 +31,15 @@ MODELS = ((Task.EMBED, "all-MiniLM-L6-v2"), (Task.CLASSIFY, "minilm-intent"))
 WORDS = ["refund", "order", "card", "travel", "weather", "alarm", "invoice", "password", "shipping", "music"]
 
 
-def drill_request(tag: str, i: int, deadline_s: float | None = None) -> InferenceRequest:
+def drill_request(
+    tag: str, i: int, deadline_s: float | None = None, reply_topic: str | None = None
+) -> InferenceRequest:
     """A short, unique request, alternating between the two shipped models; with ``deadline_s``,
-    due that many seconds from now."""
+    due that many seconds from now; with ``reply_topic``, its result also published there."""
     task, model = MODELS[i % len(MODELS)]
     text = f"{WORDS[i % len(WORDS)]} {WORDS[(i * 7) % len(WORDS)]} {tag} {i}"
     deadline = datetime.now(timezone.utc) + timedelta(seconds=deadline_s) if deadline_s else None
-    return InferenceRequest(task=task, model=model, inputs=text, deadline=deadline)
+    return InferenceRequest(task=task, model=model, inputs=text, deadline=deadline, reply_topic=reply_topic)
 
 
 @dataclass
@@ -49,6 +51,7 @@ class Publisher:
     n: int
     rate_per_s: float
     deadline_s: float | None = None
+    reply_topic: str | None = None
     accepted: dict[str, InferenceRequest] = field(default_factory=dict)
     republished: int = 0
     done: threading.Event = field(default_factory=threading.Event)
@@ -68,7 +71,7 @@ class Publisher:
                 wait = t0 + i / self.rate_per_s - time.monotonic()
                 if wait > 0:
                     time.sleep(wait)
-                req = drill_request(self.tag, i, self.deadline_s)
+                req = drill_request(self.tag, i, self.deadline_s, self.reply_topic)
                 window.append((req, producer.send(topic, key=req.request_id.encode(), value=_body(req))))
                 if len(window) >= 50:  # bound the unacknowledged window
                     self._settle(producer, topic, window)

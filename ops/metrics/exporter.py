@@ -33,6 +33,8 @@ from schemas.naming import (
     inflight_key,
     metrics_dir,
     model_queue,
+    outbox_key,
+    outbox_refused_key,
     requests_topic,
     spool_dir,
     worker_key_pattern,
@@ -62,6 +64,7 @@ class PipelineCollector(Collector):
         for source, fn in (
             ("kafka", self._kafka),
             ("redis", self._redis),
+            ("outbox", self._outbox),
             ("celery", self._celery),
             ("spool", self._spool),
             ("gpu", self._gpu),
@@ -128,6 +131,25 @@ class PipelineCollector(Collector):
         for m, n in sorted(counts.items()):
             up.add_metric([m], n)
         yield up
+
+    # -- the delivery outbox (reply topics, webhooks) ------------------------------------------------
+    def _outbox(self) -> Iterator[Metric]:
+        """The outbox's backlog (terminal results waiting for the delivery service) and how many
+        results a full outbox refused: two round trips."""
+        pipe = self.results.pipeline(transaction=False)
+        pipe.xlen(outbox_key(self.s))
+        pipe.get(outbox_refused_key(self.s))
+        backlog, refused = pipe.execute()
+        waiting = GaugeMetricFamily(
+            "inferq_outbox_backlog", "Terminal results waiting to be delivered (reply topics, webhooks)"
+        )
+        waiting.add_metric([], float(backlog or 0))
+        yield waiting
+        full = GaugeMetricFamily(
+            "inferq_outbox_refused", "Terminal results never delivered because the outbox was full (ever)"
+        )
+        full.add_metric([], float(refused or 0))
+        yield full
 
     # -- Celery queues --------------------------------------------------------------------------
     def _celery(self) -> Iterator[Metric]:

@@ -2,7 +2,8 @@
 
 ``broker`` (noida-db: Kafka protocol + Elasticsearch API, data on disk), ``kafka`` (Tansu, only
 when ``local_kafka`` is tansu), ``redis`` (redis-server, append-only file on), ``worker`` (Celery,
-models warmed; one per ``worker_processes``), ``intake`` (one per ``intake_replicas``), ``api``,
+models warmed; one per ``worker_processes``), ``intake`` (one per ``intake_replicas``), ``delivery``
+(reply topics and webhooks), ``api``,
 ``exporter``, ``prometheus`` (when installed) and ``flower``.
 """
 
@@ -26,7 +27,7 @@ from ops.metrics.prometheus import render_prometheus_config
 from ops.stack.probes import http_ok, kafka_ok
 from schemas.connections import redis_client
 from schemas.errors import StackError
-from schemas.naming import worker_key
+from schemas.naming import delivery_key, worker_key
 from schemas.settings import ENV_PREFIX, Settings, port_of
 from workers.telemetry.liveness import last_polls
 
@@ -78,6 +79,7 @@ class ServiceTable:
             self._redis(),
             *self._workers(),
             *self._intakes(),
+            self._delivery(),
             self._api(),
             self._exporter(),
             *self._prometheus(),
@@ -226,6 +228,26 @@ class ServiceTable:
                 )
             )
         return out
+
+    def _delivery(self) -> Service:
+        """The delivery service (reply topics, webhooks): one process, a stable consumer name."""
+        name = self.s.delivery_consumer_name or f"delivery@{socket.gethostname()}"
+        return Service(
+            "delivery",
+            [sys.executable, "-m", "workers.delivery"],
+            functools.partial(self._delivery_reading, name),
+            env={f"{ENV_PREFIX}DELIVERY_CONSUMER_NAME": name},
+        )
+
+    def _delivery_reading(self, consumer: str) -> bool:
+        """Whether the delivery process has gone round its loop since it started (its heartbeat key,
+        which lapses 15 s after the last round)."""
+        try:
+            started = (self.run_dir / "delivery.pid").stat().st_mtime
+            beat = self._redis_client().get(delivery_key(self.s, consumer))
+        except (OSError, redis.RedisError):
+            return False
+        return beat is not None and float(beat) >= started
 
     def _intake_polling(self, name: str, replica: str) -> bool:
         """Whether this intake process has polled Kafka, and recently (its liveness stamp)."""

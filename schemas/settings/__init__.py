@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.settings.admission import AdmissionSettings
+from schemas.settings.delivery import DeliverySettings
 from schemas.settings.kafka import KafkaSettings
 from schemas.settings.services import ServiceSettings
 from schemas.settings.webhooks import WebhookSettings
@@ -32,11 +33,18 @@ CONCERNS: tuple[type[BaseModel], ...] = (
     WorkerSettings,
     ServiceSettings,
     WebhookSettings,
+    DeliverySettings,
 )
 
 
 class Settings(
-    WebhookSettings, ServiceSettings, WorkerSettings, AdmissionSettings, KafkaSettings, BaseSettings
+    WebhookSettings,
+    DeliverySettings,
+    ServiceSettings,
+    WorkerSettings,
+    AdmissionSettings,
+    KafkaSettings,
+    BaseSettings,
 ):
     """Configuration for the whole pipeline; each field is ``INFERQ_<FIELD>`` in the environment."""
 

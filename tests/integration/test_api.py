@@ -132,7 +132,7 @@ def test_cli_submits_from_stdin_and_prints_results(stack, settings):
 
 def test_ops_status_reports_every_service(stack):
     status = stack.status()
-    want = {"broker", "redis", "worker", "intake", "api", "exporter", "prometheus", "flower"}
+    want = {"broker", "redis", "worker", "intake", "delivery", "api", "exporter", "prometheus", "flower"}
     assert set(status) == want
     assert all(v["running"] and v["ready"] for v in status.values()), status
     assert requests_topic(stack.s) == "inferq.requests"

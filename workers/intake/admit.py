@@ -27,6 +27,7 @@ from schemas.errors import (
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
 from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id
 from schemas.observer import INTAKE_SPAN, RequestSpan
+from schemas.replies import targets_json
 from schemas.tracing import TraceContext
 from schemas.validation import parse_request
 from schemas.work import Handoff, Source, WorkItem
@@ -143,15 +144,19 @@ class Admissions(Refusals):
         # (a later one's hand-off would send the other payload under the admitted record)
         deadlines: dict[str, float] = {}
         kept: dict[str, Handoff] = {}
+        deliveries: dict[str, str] = {}  # where each terminal result also goes (reply topics, webhooks)
         for sid, (_, req, _, _), h in zip(sids, accepted, handoffs, strict=True):
             if sid not in kept:
                 kept[sid] = h
                 if (d := req.deadline_ms()) is not None:
                     deadlines[sid] = d
+                if targets := targets_json(req, self.s):
+                    deliveries[sid] = targets
         verdicts = self.store.admit(
             [(request_digest(req), results.queued_result(req, t, trace)) for _, req, t, trace in accepted],
             deadlines,
             kept,
+            deliveries,
         )
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         sent: set[str] = set()  # a scoped id goes to Celery once per poll, however often it was read
@@ -192,7 +197,7 @@ class Admissions(Refusals):
                 )
         for verdict_name, count in again.items():
             self.observer.redelivered(verdict_name, count)
-        self.store.advance(late)
+        self.store.advance(late, deliveries=deliveries)  # over quota: never admitted, so targets go here
         self._send(by_queue)
         if spans:
             self.observer.request_spans(spans)
@@ -207,7 +212,10 @@ class Admissions(Refusals):
                 req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved, trace=trace
             )
             # over the API's ``queued`` record of this content too: it must not stay queued for ever
-            self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
+            targets = targets_json(req, self.s)
+            sid = scoped_id(req.tenant, req.request_id)
+            digests = [request_digest(req), bytes_digest(rec.value or b"")]
+            self.store.fail_owned([(digests, failed)], {sid: targets} if targets else None)
             self.reject(rec, unserved, t["received_ms"], answer=False, trace=trace)
         return [a for a in accepted if a.request.model in available]
 

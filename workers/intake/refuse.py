@@ -24,7 +24,9 @@ from kombu.exceptions import OperationalError
 from schemas import results, tracing
 from schemas.errors import ErrorCode, InferqError, InvalidRequest
 from schemas.messages import Timings, now_ms
+from schemas.naming import scoped_id
 from schemas.observer import Observer
+from schemas.replies import Targets
 from schemas.settings import Settings
 from schemas.tenancy import TenantAuth
 from schemas.tracing import TraceContext
@@ -122,8 +124,11 @@ class Refusals:
             digests = [bytes_digest(rec.value or b"")]
             with contextlib.suppress(Exception):  # parsed, it may be stored under its wire digest
                 digests.append(request_digest(parse_request(rec.value, self.s)))
+            # a refused record's own targets are not trusted; the deployment's results topic is
+            everything = Targets((self.s.results_topic,)).to_json() if self.s.results_topic else ""
+            deliveries = {scoped_id(tenant, rid): everything} if everything else None
             try:
-                self.store.fail_owned([(digests, failed)])
+                self.store.fail_owned([(digests, failed)], deliveries)
             except RETRYABLE:
                 raise
             except Exception:  # the record itself may be what breaks the store: the letter still goes

@@ -65,19 +65,22 @@ class Admissions(StoreBase):
         items: Sequence[tuple[str, InferenceResult]],
         deadlines: dict[str, float] | None = None,
         handoffs: dict[str, Handoff] | None = None,
+        deliveries: dict[str, str] | None = None,
     ) -> list[Admission]:
         """Record each (digest, queued result) unless the id is known; say what each one is.
 
         ``deadlines`` (scoped id → epoch ms) enrols requests in the deadline sweep; ``handoffs``
         (scoped id → its Celery queue, priority and message item) are kept while the request is
-        queued, so :meth:`claim_stale` can send a lost one again. A new request over its tenant's
+        queued, so :meth:`claim_stale` can send a lost one again; ``deliveries`` (scoped id → its
+        delivery targets JSON, :func:`schemas.replies.targets_json`) are kept with a new record, so
+        the script that makes it terminal puts it in the outbox. A new request over its tenant's
         limits is not recorded (``QUOTA_*``: answer it with :func:`quota_error`).
         """
         if not items:
             return []
         now = repr(now_ms())
         calls = [
-            self._admit_call(items[i : i + ADMIT_CHUNK], now, deadlines, handoffs)
+            self._admit_call(items[i : i + ADMIT_CHUNK], now, deadlines, handoffs, deliveries)
             for i in range(0, len(items), ADMIT_CHUNK)
         ]
         if len(calls) == 1:  # EVALSHA alone: a pipeline asks SCRIPT EXISTS first, one more round trip
@@ -94,6 +97,7 @@ class Admissions(StoreBase):
         now: str,
         deadlines: dict[str, float] | None,
         handoffs: dict[str, Handoff] | None,
+        deliveries: dict[str, str] | None = None,
     ) -> tuple[list[str], list[str]]:
         """KEYS and ARGV of one ADMIT call (``workers/store/lua/admit.lua``): each distinct key once,
         and every request's values in one JSON document, so the cost of a call grows by one key and
@@ -124,6 +128,7 @@ class Admissions(StoreBase):
                     "" if handoff is None else handoff.model_dump_json(),
                     *tenant,
                     models[model],
+                    deliveries.get(sid, "") if deliveries else "",
                 ]
             )
             results.append(result_key(self._s, sid))

@@ -16,6 +16,8 @@ from schemas.messages import InferenceResult, ResultStatus, now_ms
 from schemas.naming import (
     deadlines_key,
     inflight_key,
+    outbox_key,
+    outbox_refused_key,
     pending_key,
     result_key,
     scoped_id,
@@ -41,23 +43,50 @@ class Cancellation(NamedTuple):
 class Writes(Reads):
     """Every transition of a request's record after its admission; one round trip per batch."""
 
-    def advance(self, results: Iterable[InferenceResult], *, only_if_absent: bool = False) -> list[bool]:
-        """Move each result forward; False where the store already held a later (or any) state."""
-        return [bool(n) for n in self._advance_many(results, only_if_absent)]
+    def advance(
+        self,
+        results: Iterable[InferenceResult],
+        *,
+        only_if_absent: bool = False,
+        deliveries: dict[str, str] | None = None,
+    ) -> list[bool]:
+        """Move each result forward; False where the store already held a later (or any) state.
+
+        ``deliveries`` (scoped id → delivery targets JSON) are recorded only where this write
+        creates the record (a request answered without being admitted: over its quota, refused);
+        an admitted request keeps the targets it was admitted with."""
+        return [bool(n) for n in self._advance_many(results, only_if_absent, deliveries)]
 
     def start(self, results: Iterable[InferenceResult]) -> list[int]:
         """Mark ``running`` results; each one's attempt number (1 = first start), 0 where refused."""
         return self._advance_many(results, False)
 
-    def _advance_many(self, results: Iterable[InferenceResult], only_if_absent: bool) -> list[int]:
+    def _advance_many(
+        self,
+        results: Iterable[InferenceResult],
+        only_if_absent: bool,
+        deliveries: dict[str, str] | None = None,
+    ) -> list[int]:
         """One ADVANCE call per :data:`ADVANCE_CHUNK` results (a batch is one round trip, with no
         per-request command; a long list is cut so one script never holds Redis for long)."""
         sent = list(results)
         if not sent:
             return []
         now = repr(now_ms())
-        shared = [self.inflight_key, deadlines_key(self._s), pending_key(self._s)]
-        head: list[str | int] = [self._s.result_ttl_s, int(only_if_absent), self.channel, now]
+        shared = [
+            self.inflight_key,
+            deadlines_key(self._s),
+            pending_key(self._s),
+            outbox_key(self._s),
+            outbox_refused_key(self._s),
+        ]
+        head: list[str | int] = [
+            self._s.result_ttl_s,
+            int(only_if_absent),
+            self.channel,
+            now,
+            self._s.outbox_max_entries,
+        ]
         verdicts: list[int] = []
         for at in range(0, len(sent), ADVANCE_CHUNK):
             keys, args = list(shared), list(head)
@@ -73,6 +102,7 @@ class Writes(Reads):
                     results_json(result),
                     sid,
                     int(self._s.tenant_quota(result.tenant)[1] > 0),
+                    deliveries.get(sid, "") if deliveries else "",
                 ]
             verdicts += [int(v) for v in self._advance(keys=keys, args=args)]
         written = []
@@ -86,14 +116,20 @@ class Writes(Reads):
         self.observer.results_written(written)
         return verdicts
 
-    def fail_owned(self, items: Sequence[tuple[Sequence[str], InferenceResult]]) -> list[bool]:
+    def fail_owned(
+        self,
+        items: Sequence[tuple[Sequence[str], InferenceResult]],
+        deliveries: dict[str, str] | None = None,
+    ) -> list[bool]:
         """Write each ``failed`` result (the intake's answer to a record it dead-lettered) where its
         id is unknown, or over a ``queued`` record whose digest is one of the given ones (the same
         content: the API admits a request before it publishes exactly its wire JSON), releasing
         its in-flight count like any end (:meth:`advance`); refused otherwise. True where written.
 
         The read and the write are two steps: a queued record of that content has no hand-off
-        (the intake refused the record, so no worker can hold it), so nothing moves it between."""
+        (the intake refused the record, so no worker can hold it), so nothing moves it between.
+        ``deliveries`` (scoped id → targets JSON) go with a result written where the id was unknown
+        (a queued record keeps the targets it was admitted with)."""
         if not items:
             return []
         pipe = self.client.pipeline(transaction=False)
@@ -122,7 +158,7 @@ class Writes(Reads):
             else:
                 where.append(("refused", 0))
         done = {
-            "absent": self.advance(absent, only_if_absent=True) if absent else [],
+            "absent": self.advance(absent, only_if_absent=True, deliveries=deliveries) if absent else [],
             "owned": self.advance(owned) if owned else [],
         }
         return [kind != "refused" and done[kind][n] for kind, n in where]
@@ -131,7 +167,13 @@ class Writes(Reads):
         """End as ``expired`` every queued request whose deadline passed; returns their results."""
         error = DeadlineExpired("deadline passed before the request reached the model").info()
         bodies = self._expire_due(
-            keys=[deadlines_key(self._s), self.inflight_key, pending_key(self._s)],
+            keys=[
+                deadlines_key(self._s),
+                self.inflight_key,
+                pending_key(self._s),
+                outbox_key(self._s),
+                outbox_refused_key(self._s),
+            ],
             args=[
                 repr(now_ms() if now is None else now),
                 result_key(self._s, ""),
@@ -140,6 +182,7 @@ class Writes(Reads):
                 error.model_dump_json(),
                 limit,
                 tenant_key_prefix(self._s),
+                self._s.outbox_max_entries,
             ],
         )
         results = [InferenceResult.model_validate_json(b) for b in bodies]
@@ -168,13 +211,18 @@ class Writes(Reads):
         )
         verdict = as_text(
             self._cancel(
-                keys=self._keys(sid, current.model, tenant),
+                keys=[
+                    *self._keys(sid, current.model, tenant),
+                    outbox_key(self._s),
+                    outbox_refused_key(self._s),
+                ],
                 args=[
                     cancelled.model_dump_json(),
                     self.channel,
                     sid,
                     repr(now_ms()),
                     int(self._s.tenant_quota(tenant)[1] > 0),
+                    self._s.outbox_max_entries,
                 ],
             )
         )

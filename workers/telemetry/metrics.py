@@ -144,3 +144,15 @@ def record_step(model: str, running: int) -> None:
     """One decode step over ``running`` rows: one token each."""
     GENERATED_TOKENS.labels(model).inc(running)
     DECODE_RUNNING.labels(model).observe(running)
+
+
+DELIVERIES = Counter(
+    "inferq_deliveries",
+    "Tries to deliver a terminal result beyond Redis (reply topics, webhooks), by sink and outcome: "
+    "sent, retried (failed, tried again later), failed (given up: undeliverable)",
+    ["sink", "outcome"],
+)
+
+
+def record_delivery(sink: str, outcome: str, n: int = 1) -> None:
+    DELIVERIES.labels(sink, outcome).inc(n)

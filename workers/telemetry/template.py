@@ -87,6 +87,8 @@ PROPERTIES: dict[str, Any] = {
         # per generate request: tokens generated, and why each input ended
         generated_tokens=INT,
         finish_reason=KEYWORD,
+        # per delivery beyond Redis (workers.delivery): reply topics, webhooks
+        delivery=_obj(sink=KEYWORD, outcome=KEYWORD, reason=KEYWORD, attempt=INT),
         # per batch
         batch=_obj(
             size=INT,
@@ -99,7 +101,6 @@ PROPERTIES: dict[str, Any] = {
         ),
         # per delivery attempt of a result to a reply topic or webhook (issue 19; the Kibana panels
         # in ops/kibana/dashboards.py read these): sink kafka|webhook, outcome sent|retried|failed
-        delivery=_obj(sink=KEYWORD, outcome=KEYWORD, reason=KEYWORD),
     ),
 }
 

@@ -62,6 +62,7 @@ def test_compose_has_every_service_the_issue_names():
         "prometheus",
         "grafana",
         "intake",
+        "delivery",
         "api",
         "exporter",
         "worker-gpu",

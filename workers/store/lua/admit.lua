@@ -4,7 +4,8 @@
 -- sizes: consecutive), then the requests' result hashes, one per request, last. ARGV[1]: one JSON
 -- document {"now": ms, "ttl_s": s, "requests": [[digest, queued body, deadline ms ('' = none),
 -- scoped id, hand-off JSON ('' = none), tenant's most in flight (0 = off), tenant's most stored
--- result bytes (0 = off), index of the tenant's first key, index of the model's in-flight key]]}
+-- result bytes (0 = off), index of the tenant's first key, index of the model's in-flight key,
+-- delivery targets JSON ('' = none: kept as the hash's 'deliver' field, read when it ends)]]}
 -- (numbers that reach Redis as text are sent as text, so no precision is lost). A queued request's
 -- hand-off (its Celery queue, priority and message item) is kept with it until it starts, so a
 -- message lost on the way to a worker can be sent again (ADMIT/CLAIM_STALE). A new request over its
@@ -19,7 +20,8 @@
 -- as one ZADD per key. A tenant's in-flight set is added to at once where it has an in-flight limit,
 -- so its quota check stays exact.
 -- Inside, K holds a request's keys in the order the scripts share (workers/store/scripts.py) and A
--- its values: digest, queued body, ttl_s, deadline, scoped id, hand-off, now, the two limits.
+-- its values: digest, queued body, ttl_s, deadline, scoped id, hand-off, now, the two limits, the
+-- delivery targets.
 local pruned, clean_bytes, adds, ttls = {}, {}, {}, {}
 
 local function prune(key, now)
@@ -64,6 +66,7 @@ local function admit_new(K, A)
   else
     redis.call('HSET', K[1], 'status', 'queued', 'body', A[2], 'digest', A[1])
   end
+  if A[10] ~= '' then redis.call('HSET', K[1], 'deliver', A[10]) end
   redis.call('EXPIRE', K[1], A[3])
   if not late then
     local expiry = now + tonumber(A[3]) * 1000
@@ -105,7 +108,7 @@ local first_result = #KEYS - #requests
 local verdicts = {}
 for i, r in ipairs(requests) do
   local K = {KEYS[first_result + i], KEYS[1], KEYS[r[9]], KEYS[2], KEYS[3], KEYS[r[8]], KEYS[r[8] + 1], KEYS[r[8] + 2]}
-  verdicts[i] = admit_one(K, {r[1], r[2], ttl, r[3], r[4], r[5], now, r[6], r[7]})
+  verdicts[i] = admit_one(K, {r[1], r[2], ttl, r[3], r[4], r[5], now, r[6], r[7], r[10] or ''})
 end
 for key, a in pairs(adds) do redis.call('ZADD', key, unpack(a)) end
 for key, ttl in pairs(ttls) do redis.call('EXPIRE', key, ttl) end

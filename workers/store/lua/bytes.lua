@@ -26,3 +26,17 @@ local function text_or_empty(v)
   if type(v) == 'string' then return v end
   return ''
 end
+-- A result just made terminal goes to the outbox when its record names delivery targets
+-- ('deliver'); a full outbox (ARGV's most entries) refuses it and counts the refusal instead. It is
+-- called by the script that wrote the terminal status, once per result (a terminal status is never
+-- written again), so each terminal result has at most one entry. redis.pcall: the outbox never
+-- fails the result write.
+local function outbox_add(rkey, sid, outbox, refused, most)
+  if redis.call('HEXISTS', rkey, 'deliver') == 0 then return end
+  local n = redis.pcall('XLEN', outbox)
+  if type(n) == 'number' and n >= most then
+    redis.pcall('INCR', refused)
+  else
+    redis.pcall('XADD', outbox, '*', 'id', sid)
+  end
+end

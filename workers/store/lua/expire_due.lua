@@ -1,5 +1,6 @@
--- KEYS[1] deadlines, KEYS[2] in flight (all), KEYS[3] pending; ARGV: now ms, result key prefix,
--- in-flight key prefix (per model), done channel, error JSON, most to end, tenant key prefix. Ends
+-- KEYS[1] deadlines, KEYS[2] in flight (all), KEYS[3] pending, KEYS[4] the outbox stream, KEYS[5]
+-- its refused counter; ARGV: now ms, result key prefix, in-flight key prefix (per model), done
+-- channel, error JSON, most to end, tenant key prefix, the outbox's most entries. Ends
 -- every request past its deadline that is still queued (its message may wait anywhere: Celery, a
 -- worker's prefetch); returns their new bodies. Members are scoped ids; the expired ones are
 -- announced in one PUBLISH, joined by a space (schemas.naming.done_ids reads it).
@@ -26,6 +27,7 @@ for _, id in ipairs(due) do
     if redis.call('EXISTS', tenant .. 'sizes') == 1 then
       keep_bytes(tenant .. 'bytes', tenant .. 'sizes', id, #text, tonumber(ARGV[1]), redis.call('PTTL', key))
     end
+    outbox_add(key, id, KEYS[4], KEYS[5], tonumber(ARGV[8]))
     table.insert(out, text)
   end
 end

@@ -1,0 +1,5 @@
+"""``python -m workers.delivery``: run one delivery process."""
+
+from workers.delivery.service import main
+
+main()

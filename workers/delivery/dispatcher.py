@@ -1,0 +1,252 @@
+"""The delivery service's core: take outbox entries, send each result to its targets, retry what
+failed with exponential backoff, give up after a bound, acknowledge what is finished.
+
+One entry is one terminal result and its targets (Kafka topics, a webhook URL). An entry is
+acknowledged (and deleted from the outbox) once every target is delivered or given up; until then
+it stays pending in the consumer group, so if this process dies another takes it over and sends
+it again (:mod:`workers.store.outbox`). The body sent is the stored result exactly (the same bytes
+on every try and from every process), so a reader that dedups on the key sees one content.
+
+A target is given up when its sink says it never will succeed (``DeliveryFailed(retryable=False)``)
+or when the next try would fall past ``delivery_max_s`` after the result became terminal (the
+stream id's time, so the bound holds across process restarts). Every outcome is counted
+(``inferq_deliveries{sink,outcome}``); a target given up is also an ECS record
+(``event.dataset: inferq.delivery``). Nothing here touches the Redis result.
+"""
+
+from __future__ import annotations
+
+import logging
+import re
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+from schemas.naming import unscoped_id
+from schemas.replies import Targets
+from schemas.settings import Settings
+from workers.delivery.sink import Delivery, DeliveryFailed, Sink
+from workers.store.outbox import Entry
+
+log = logging.getLogger(__name__)
+
+# the result's trace id, as the result JSON writes it (a quote inside a string is escaped, so the
+# unescaped pattern is the field itself)
+_TRACE_ID = re.compile(rb'"trace_id":"([0-9a-f]{32})"')
+
+
+class OutboxLike(Protocol):
+    """What the dispatcher needs of :class:`workers.store.outbox.Outbox` (a fake in unit tests)."""
+
+    def read(self, count: int, block_ms: int | None, *, mine: bool = False) -> list[Entry]: ...
+
+    def reclaim(self, count: int) -> list[Entry]: ...
+
+    def touch(self, entry_ids: Sequence[str]) -> None: ...
+
+    def done(self, entry_ids: Sequence[str]) -> None: ...
+
+
+class DeliveryReport(Protocol):
+    """Told of every outcome (metrics and ECS records in the service; a list in tests)."""
+
+    def outcome(self, delivery: Delivery, sink: str, outcome: str, reason: str = "") -> None: ...
+
+    def flush(self) -> None:
+        """The outcomes of one round are all told: write what was gathered (metrics)."""
+
+
+@dataclass
+class Target:
+    """One target of one held entry: its sink kind, address and tries so far."""
+
+    kind: str
+    address: str
+    attempts: int = 0
+    due_s: float = 0.0  # monotonic seconds: when to try next
+
+
+@dataclass
+class Held:
+    """An entry this process holds until all its targets are finished."""
+
+    entry: Entry
+    targets: list[Target] = field(default_factory=list)
+
+    def delivery(self, target: Target) -> Delivery:
+        tenant, request_id = unscoped_id(self.entry.sid)
+        body = self.entry.body or b""
+        trace = _TRACE_ID.findall(body)
+        return Delivery(
+            request_id=request_id,
+            tenant=tenant,
+            target=target.address,
+            body=body,
+            attempt=target.attempts,
+            trace_id=trace[-1].decode() if trace else None,
+        )
+
+
+def targets_of(entry: Entry) -> list[Target]:
+    """The sinks an entry goes to (``kafka`` per topic, ``webhook`` for a URL)."""
+    stored = Targets.from_json(entry.deliver)
+    out = [Target("kafka", t) for t in stored.topics]
+    if stored.url:
+        out.append(Target("webhook", stored.url))
+    return out
+
+
+class Dispatcher:
+    """Holds up to ``delivery_batch_max_entries`` entries; each :meth:`step` reads, sends what is
+    due and acknowledges what is finished."""
+
+    def __init__(
+        self,
+        outbox: OutboxLike,
+        sinks: Mapping[str, Sink],
+        settings: Settings,
+        report: DeliveryReport,
+        *,
+        clock: Callable[[], float] = time.monotonic,
+        wall_ms: Callable[[], float] = lambda: time.time() * 1000,
+    ) -> None:
+        self._outbox = outbox
+        self._sinks = sinks
+        self._s = settings
+        self._report = report
+        self._clock = clock
+        self._wall_ms = wall_ms
+        self.held: dict[str, Held] = {}
+        self._touched_s = clock()
+        self._reclaimed_s = float("-inf")
+        self._resumed = False  # this consumer's own unfinished entries, from before a restart
+
+    def step(self, block_ms: int = 1_000) -> int:
+        """One round: keep held entries ours, take over abandoned ones, read new ones (waiting up
+        to ``block_ms``, less when a retry is due sooner), send what is due. Returns deliveries tried."""
+        now = self._clock()
+        room = self._s.delivery_batch_max_entries - len(self.held)
+        if not self._resumed:
+            self._take(self._outbox.read(room, None, mine=True))
+            self._resumed = True
+            room = self._s.delivery_batch_max_entries - len(self.held)
+        if self.held and now - self._touched_s >= self._s.delivery_claim_idle_s / 3:
+            self._outbox.touch(list(self.held))
+            self._touched_s = now
+        if room > 0 and now - self._reclaimed_s >= self._s.delivery_claim_idle_s / 2:
+            self._reclaimed_s = now
+            self._take(self._outbox.reclaim(room))
+            room = self._s.delivery_batch_max_entries - len(self.held)
+        if room > 0:
+            wait = self._wait_ms(block_ms)
+            self._take(self._outbox.read(room, wait))
+        elif (wait := self._wait_ms(block_ms)) > 0:
+            time.sleep(wait / 1000)  # full of entries backing off: nothing to read, nothing due yet
+        return self._send_due()
+
+    def _wait_ms(self, block_ms: int) -> int:
+        """How long a read may wait: until the next retry is due, at most ``block_ms``."""
+        dues = [t.due_s for h in self.held.values() for t in h.targets]
+        if not dues:
+            return block_ms
+        return max(0, min(block_ms, int((min(dues) - self._clock()) * 1000)))
+
+    def _take(self, entries: Sequence[Entry]) -> None:
+        """Hold new entries; one whose record is gone or names no target is finished at once."""
+        finished: list[str] = []
+        for entry in entries:
+            if entry.entry_id in self.held:
+                continue
+            held = Held(entry, targets_of(entry))
+            if entry.body is None:  # expired (INFERQ_RESULT_TTL_S) or forgotten before delivery
+                for t in held.targets:
+                    self._report.outcome(held.delivery(t), t.kind, "failed", "result_gone")
+                finished.append(entry.entry_id)
+            elif not held.targets:
+                finished.append(entry.entry_id)
+            else:
+                self.held[entry.entry_id] = held
+        self._outbox.done(finished)
+        self._report.flush()
+
+    def _send_due(self) -> int:
+        """Send every due target, a batch per sink kind; settle each outcome; acknowledge the
+        entries with nothing left."""
+        now = self._clock()
+        by_kind: dict[str, list[tuple[Held, Target]]] = {}
+        for held in self.held.values():
+            for t in held.targets:
+                if t.due_s <= now:
+                    by_kind.setdefault(t.kind, []).append((held, t))
+        tried = 0
+        for kind, due in by_kind.items():
+            for t in (t for _, t in due):
+                t.attempts += 1
+            deliveries = [h.delivery(t) for h, t in due]
+            outcomes = self._send(kind, deliveries)
+            tried += len(due)
+            for (held, target), delivery, failed in zip(due, deliveries, outcomes, strict=True):
+                self._settle(held, target, delivery, failed)
+        finished = [eid for eid, h in self.held.items() if not h.targets]
+        for eid in finished:
+            del self.held[eid]
+        self._outbox.done(finished)
+        self._report.flush()
+        return tried
+
+    def _send(self, kind: str, deliveries: list[Delivery]) -> list[DeliveryFailed | None]:
+        """Each delivery's failure (None = sent), through the sink of ``kind``; a batch at once
+        where the sink can (``send_many``), else one by one."""
+        sink = self._sinks.get(kind)
+        if sink is None:
+            return [DeliveryFailed(f"no_{kind}_sink", retryable=False) for _ in deliveries]
+        many = getattr(sink, "send_many", None)
+        if many is not None:
+            try:
+                return list(many(deliveries))
+            except Exception as e:  # a sink bug must not kill the service: retried like a blip
+                log.exception("%s sink failed a batch", kind)
+                return [DeliveryFailed(f"error_{type(e).__name__}", retryable=True) for _ in deliveries]
+        out: list[DeliveryFailed | None] = []
+        for d in deliveries:
+            try:
+                sink.send(d)
+                out.append(None)
+            except DeliveryFailed as e:
+                out.append(e)
+            except Exception as e:
+                log.exception("%s sink failed a delivery", kind)
+                out.append(DeliveryFailed(f"error_{type(e).__name__}", retryable=True))
+        return out
+
+    def _settle(self, held: Held, target: Target, delivery: Delivery, failed: DeliveryFailed | None) -> None:
+        """Sent: done. Failed and retryable within the bound: try again after the backoff.
+        Otherwise: given up (undeliverable)."""
+        if failed is None:
+            self._report.outcome(delivery, target.kind, "sent")
+            held.targets.remove(target)
+            return
+        backoff_s = self.backoff_s(target.attempts)
+        give_up_ms = held.entry.terminal_ms + self._s.delivery_max_s * 1000
+        if failed.retryable and self._wall_ms() + backoff_s * 1000 <= give_up_ms:
+            self._report.outcome(delivery, target.kind, "retried", failed.reason)
+            target.due_s = self._clock() + backoff_s
+            return
+        reason = failed.reason if not failed.retryable else f"gave_up_{failed.reason}"
+        self._report.outcome(delivery, target.kind, "failed", reason)
+        held.targets.remove(target)
+
+    def backoff_s(self, attempts: int) -> float:
+        """Wait after the ``attempts``-th failed try: doubling from the initial wait, capped."""
+        return min(
+            self._s.delivery_retry_max_s,
+            self._s.delivery_retry_initial_s * 2 ** min(max(0, attempts - 1), 30),
+        )
+
+    def close(self) -> None:
+        for sink in self._sinks.values():
+            try:
+                sink.close()
+            except Exception:
+                log.warning("closing a sink failed", exc_info=True)
