@@ -25,8 +25,9 @@ from schemas.errors import (
     Unauthorized,
 )
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id
+from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id, version_queue
 from schemas.validation import parse_request
+from schemas.versions import Route
 from schemas.work import Handoff, Source, WorkItem
 from workers.intake.refuse import (
     LETTER_WAIT_S,
@@ -57,7 +58,8 @@ class Admissions(Refusals):
         except Exception:
             return True
         deadline = request.deadline_ms()
-        return (deadline is not None and deadline <= now_ms()) or request.model not in self.served.available()
+        route = self.route(request)
+        return (deadline is not None and deadline <= now_ms()) or route.served_as not in self.served.available()
 
     def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
         """Validate and hand off one poll, its dead letters sent and acknowledged; returns the
@@ -118,14 +120,15 @@ class Admissions(Refusals):
         A request for a model no live worker serves (past the grace, :mod:`workers.store.presence`) is
         answered ``model_unavailable`` and dead-lettered; one over its tenant's limits is answered
         ``quota_exceeded``. Neither is admitted, so neither holds any capacity."""
-        accepted = self._served_only(accepted)
+        routes = {id(req): self.route(req) for _, req, _ in accepted}
+        accepted = self._served_only(accepted, routes)
         if not accepted:
             return
         queued = now_ms()
         for _, _, t in accepted:
             t["queued_ms"] = queued
         sids = [scoped_id(req.tenant, req.request_id) for _, req, _ in accepted]
-        handoffs = [self._handoff(rec, req, t) for rec, req, t in accepted]
+        handoffs = [self._handoff(rec, req, t, routes[id(req)]) for rec, req, t in accepted]
         # the store's by scoped id: a poll may hold one id twice (a retry, or another payload under
         # the same id); the first record is the one admitted, so its values must be the ones kept
         # (a later one's hand-off would send the other payload under the admitted record)
@@ -170,19 +173,40 @@ class Admissions(Refusals):
         self.store.advance(late)
         self._send(by_queue)
 
+    def route(self, req: InferenceRequest) -> Route:
+        """Where a request goes (:mod:`schemas.versions`): its pinned version, else where its model's
+        rollout sends its id (a canary no live worker serves yet: the current version instead)."""
+        if req.model_version is not None:
+            return Route(req.model, req.model_version)
+        rollout = self.rollouts.get(req.model)
+        if rollout is None:
+            return Route(req.model)
+        route = Route(req.model, rollout.choose(scoped_id(req.tenant, req.request_id)))
+        if route.version is not None and route.version == rollout.canary != rollout.current:
+            if route.served_as not in self.served.available():
+                return Route(req.model, rollout.current)
+        return route
+
     def _served_only(
-        self, accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]
+        self,
+        accepted: list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]],
+        routes: dict[int, Route],
     ) -> list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]:
-        """The requests for models a live worker serves; the others are answered
+        """The requests for models (and versions) a live worker serves; the others are answered
         ``model_unavailable`` and dead-lettered, never admitted."""
         available = self.served.available() if accepted else frozenset()
-        for rec, req, t in [a for a in accepted if a[1].model not in available]:
-            unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
+        for rec, req, t in [a for a in accepted if routes[id(a[1])].served_as not in available]:
+            version = routes[id(req)].version
+            unserved = ModelUnavailable(
+                f"no live worker serves model {req.model!r}"
+                if version is None
+                else f"no live worker serves version {version!r} of model {req.model!r}"
+            )
             failed = results.result(req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved)
             # over the API's ``queued`` record of this content too: it must not stay queued for ever
             self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
             self.reject(rec, unserved, t["received_ms"], answer=False)
-        return [a for a in accepted if a[1].model in available]
+        return [a for a in accepted if routes[id(a[1])].served_as in available]
 
     def _received(self, req: InferenceRequest) -> None:
         """A new request admitted: counted, and (opt-in, masked: never the text itself) logged."""
@@ -217,14 +241,17 @@ class Admissions(Refusals):
                     kwargsrepr="{}",
                 )
 
-    def _handoff(self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any]) -> Handoff:
+    def _handoff(
+        self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any], route: Route
+    ) -> Handoff:
         """Where a request goes in Celery and the item its message carries (kept by the store
         while the request is queued, so a lost message can be sent again)."""
         # the key bounded: a key may be as large as the broker allows, beside a small request
         key = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace") if rec.key else None
         source = Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=key)
-        item = WorkItem(request=req, timings=Timings(**timings), source=source)
-        return Handoff.of(model_queue(self.s, req.model), CELERY_PRIORITY[req.priority], item)
+        item = WorkItem(request=req, timings=Timings(**timings), source=source, version=route.version)
+        queue = model_queue(self.s, req.model) if route.version is None else version_queue(self.s, route.model, route.version)
+        return Handoff.of(queue, CELERY_PRIORITY[req.priority], item)
 
 
 def _admitted(rec: ConsumerRecord) -> bool:

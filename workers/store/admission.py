@@ -124,6 +124,7 @@ class Admissions(StoreBase):
                     "" if handoff is None else handoff.model_dump_json(),
                     *tenant,
                     models[model],
+                    "" if handoff is None else (handoff.item.get("version") or ""),
                 ]
             )
             results.append(result_key(self._s, sid))

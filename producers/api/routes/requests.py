@@ -50,7 +50,15 @@ def decode_body(raw: bytes) -> dict[str, Any]:
 def admit_and_publish(ctx: ApiContext, request: InferenceRequest) -> None:
     """Record the request ``queued`` (so its result URL answers at once), then publish it."""
     s, store = ctx.settings, ctx.store
-    if request.model not in ctx.served.available():  # what the intake would answer, said at once
+    available = ctx.served.available()
+    if request.model_version is not None:  # pinned: that version must be served (schemas.versions)
+        pinned = f"{request.model}@{request.model_version}"
+        if pinned not in available:
+            raise ModelUnavailable(
+                f"no live worker serves version {request.model_version!r} of model {request.model!r}"
+            )
+    elif request.model not in available and not any(m.startswith(f"{request.model}@") for m in available):
+        # what the intake would answer, said at once (it routes unpinned ones by the rollout)
         raise ModelUnavailable(f"no live worker serves model {request.model!r}")
     # the intake pauses at this bound; the API must not go on storing requests past it (each
     # holds its body twice in Redis until read: the queued record and the hand-off copy)
