@@ -58,8 +58,8 @@ class Admissions(Refusals):
         except Exception:
             return True
         deadline = request.deadline_ms()
-        route = self.route(request)
-        return (deadline is not None and deadline <= now_ms()) or route.served_as not in self.served.available()
+        served_as = self.route(request).served_as
+        return (deadline is not None and deadline <= now_ms()) or served_as not in self.served.available()
 
     def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
         """Validate and hand off one poll, its dead letters sent and acknowledged; returns the
@@ -182,9 +182,9 @@ class Admissions(Refusals):
         if rollout is None:
             return Route(req.model)
         route = Route(req.model, rollout.choose(scoped_id(req.tenant, req.request_id)))
-        if route.version is not None and route.version == rollout.canary != rollout.current:
-            if route.served_as not in self.served.available():
-                return Route(req.model, rollout.current)
+        canary = route.version is not None and route.version == rollout.canary != rollout.current
+        if canary and route.served_as not in self.served.available():
+            return Route(req.model, rollout.current)
         return route
 
     def _served_only(
@@ -250,7 +250,11 @@ class Admissions(Refusals):
         key = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace") if rec.key else None
         source = Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=key)
         item = WorkItem(request=req, timings=Timings(**timings), source=source, version=route.version)
-        queue = model_queue(self.s, req.model) if route.version is None else version_queue(self.s, route.model, route.version)
+        queue = (
+            model_queue(self.s, req.model)
+            if route.version is None
+            else version_queue(self.s, route.model, route.version)
+        )
         return Handoff.of(queue, CELERY_PRIORITY[req.priority], item)
 
 

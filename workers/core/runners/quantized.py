@@ -27,7 +27,6 @@ from schemas.settings import Settings
 from workers.core.runners.device import choose_device, configure_threads
 from workers.core.runners.embed import HFEncoder, _Pooled, minilm_path
 
-
 # chosen as the module docstring says (cosine to fp32 over 99 demo texts: >= 0.993, 0.998 mean)
 INT8_LAYERS: tuple[str, ...] = (
     *(f"encoder.layer.{i}.attention.self.{p}" for i in range(6) for p in ("query", "key")),
