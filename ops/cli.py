@@ -8,6 +8,7 @@ inferq-ops bench --ceiling [--profile]   # the pipeline's own top req/s and CPU 
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
 inferq-ops kibana --url http://localhost:5601 --user elastic --password-stdin   # dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
+inferq-ops rollout start MODEL VERSION --share 10 | promote MODEL | rollback MODEL | status | watch
 inferq-ops reference # regenerate docs/configuration.md and docs/redis-keys.md from the code
 inferq-ops down      # stops exactly what `up` started
 """
@@ -34,6 +35,8 @@ from ops.drill.faults import FAULTS
 from ops.drill.run import POISON, DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
 from ops.reference import main as reference_main
+from ops.rollout import add_args as rollout_args
+from ops.rollout import run as run_rollout
 from ops.stack import Stack
 from producers.auth import check_tenant, digest, new_key
 from schemas.connections import redact_url
@@ -60,6 +63,7 @@ def parser() -> argparse.ArgumentParser:
         "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
     )
     a.add_argument("--tenant", required=True)
+    rollout_args(sub.add_parser("rollout", help="canary, promote, roll back model versions (no restarts)"))
     r = sub.add_parser("reference", help="write docs/configuration.md and docs/redis-keys.md from the code")
     r.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file drifted")
     return p
@@ -323,6 +327,7 @@ COMMANDS: dict[str, Callable[[Run], int]] = {
     "api-key": cmd_api_key,
     "kibana": cmd_kibana,
     "demo": cmd_demo,
+    "rollout": lambda run: run_rollout(run.args, run.settings, run.console),
 }
 
 

@@ -107,10 +107,10 @@ class WorkerRuntime:
             for entry in self.entries():
                 if entry.partition("@")[0] == model:
                     self.loops.get(entry)
-        entry = self._versions.get((model, version))
-        if entry is None:
+        serving = self._versions.get((model, version))
+        if serving is None:
             raise ModelUnavailable(f"this worker does not serve version {version!r} of model {model!r}")
-        return self.loops.get(entry)
+        return self.loops.get(serving)
 
     # -- lifecycle --------------------------------------------------------------------------
     def claim(self, hostname: str) -> None:

@@ -66,6 +66,32 @@ def write_rollout(client: redis.Redis, settings: Settings, model: str, rollout: 
     pipe.execute()
 
 
+def update_rollout(
+    client: redis.Redis,
+    settings: Settings,
+    model: str,
+    change: Callable[[Rollout | None], Rollout | None],
+) -> Rollout | None:
+    """Read a model's rollout, apply ``change`` (which may raise to refuse) and write the outcome,
+    all or nothing: a concurrent change in between makes it read and apply again (WATCH)."""
+    key = rollout_key(settings, model)
+    with client.pipeline(transaction=True) as pipe:
+        while True:
+            try:
+                pipe.watch(key)
+                raw = pipe.hgetall(key)
+                old = Rollout.from_fields({as_text(k): as_text(v) for k, v in raw.items()}) if raw else None
+                new = change(old)
+                pipe.multi()
+                pipe.delete(key)
+                if new is not None:
+                    pipe.hset(key, mapping=new.fields())  # type: ignore[arg-type]
+                pipe.execute()
+                return new
+            except redis.WatchError:
+                continue
+
+
 class Rollouts:
     """A cached view of every catalogue model's rollout (refreshed at most every :data:`CACHE_S`)."""
 

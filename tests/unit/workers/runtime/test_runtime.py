@@ -38,6 +38,8 @@ class RuntimeStore(FakeStore):
 class DoneLoop:
     """A loop that answers every item at once (``unwritten`` when told to)."""
 
+    version = "m@test"
+
     def __init__(self, unwritten: bool = False) -> None:
         self.submitted: list[tuple[list[WorkItem], bool]] = []
         self.unwritten = unwritten

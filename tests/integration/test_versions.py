@@ -1,0 +1,124 @@
+"""Model versions on the real stack (issue 20): the session worker serves all-MiniLM-L6-v2's default
+(fp32) build and its int8 build (tests/stack.py); requests pin either, and ``inferq-ops rollout``
+moves unpinned ones between them (canary, promote, rollback) without restarting anything."""
+
+from __future__ import annotations
+
+import secrets
+from collections.abc import Callable, Iterator
+
+import numpy as np
+import pytest
+
+from ops import rollout
+from producers.client import InferqClient
+from schemas.errors import ErrorCode
+from schemas.messages import InferenceRequest, ResultStatus
+from schemas.naming import result_key, rollout_key
+from schemas.settings import Settings
+from schemas.versions import BUCKETS, bucket, version_of
+from tests.stack import eventually
+from workers.store.presence import ServedModels
+
+MODEL = "all-MiniLM-L6-v2"
+TEXTS = ["where is my parcel?", "how do I reset my password", "the quick brown fox jumps over the lazy dog"]
+
+
+@pytest.fixture(scope="module")
+def versions(stack, settings: Settings) -> Iterator[tuple[str, str]]:
+    """(default version, int8 version) of MiniLM, once the worker advertises both; the model's
+    rollout is removed afterwards (other tests expect the default build)."""
+    with InferqClient(settings) as c:
+        served = ServedModels(c.store.client, settings)
+
+        def both() -> list[str] | None:
+            found = sorted(m.partition("@")[2] for m in served.served() if m.startswith(f"{MODEL}@"))
+            return found if len(found) == 2 else None
+
+        eventually(both, timeout_s=120, what="the worker to advertise both MiniLM versions")
+        default = version_of(c.wait(c.submit("embed", MODEL, "which version am I?")).model_version)
+        assert default is not None
+        others = [v for v in both() or [] if v != default]
+        assert len(others) == 1
+        try:
+            yield default, others[0]
+        finally:
+            c.store.client.delete(rollout_key(settings, MODEL))
+
+
+def ids(n: int) -> list[str]:
+    return [f"ver-{secrets.token_hex(12)}" for _ in range(n)]
+
+
+def served_by(client: InferqClient, rids: list[str]) -> dict[str, str | None]:
+    done = client.wait_all(rids, timeout_s=60)
+    assert {r.status for r in done.values()} == {ResultStatus.DONE}
+    return {rid: version_of(r.model_version) for rid, r in done.items()}
+
+
+def test_int8_version_is_served_when_pinned_and_close_to_fp32(client, settings, versions):
+    default, int8 = versions
+    fp32 = client.wait(client.submit("embed", f"{MODEL}@{default}", TEXTS))
+    # pinned by the model_version field, here as a whole result's model_version string
+    pinned = InferenceRequest(task="embed", model=MODEL, model_version=f"{MODEL}@{int8}", inputs=TEXTS)
+    client.publish(pinned)
+    quant = client.wait(pinned.request_id)
+    assert fp32.model_version == f"{MODEL}@{default}" and quant.model_version == f"{MODEL}@{int8}"
+    a = np.array([o.embedding for o in fp32.outputs or []])  # type: ignore[union-attr]
+    b = np.array([o.embedding for o in quant.outputs or []])  # type: ignore[union-attr]
+    assert a.shape == b.shape == (3, 384)
+    assert (a != b).any()  # another computation, not a copy
+    assert ((a * b).sum(axis=1) > 0.99).all()
+
+
+def test_a_version_nobody_serves_is_answered_model_unavailable(client, versions):
+    rid = client.submit("embed", f"{MODEL}@0000deadbeef", "pinned to nothing")
+    res = client.wait(rid)
+    assert res.status is ResultStatus.FAILED
+    assert res.error is not None and res.error.code is ErrorCode.MODEL_UNAVAILABLE
+    assert "0000deadbeef" in res.error.message
+
+
+def test_canary_split_is_sticky_then_promote_and_rollback_move_unpinned_traffic(client, settings, versions):
+    default, int8 = versions
+    r = client.store.client
+    share_bp = 3_000
+    rollout.start(r, settings, MODEL, int8, share_bp * 100 / BUCKETS)
+    # wait for the intake to read it: a probe in the canary's buckets goes to int8
+    eventually(lambda: _probe(client, lambda b: b < share_bp) == int8, timeout_s=20, what="the canary routed")
+    batch = ids(300)
+    for rid in batch:
+        client.submit("embed", MODEL, "canary or not", request_id=rid)
+    got = served_by(client, batch)
+    expected = {rid: int8 if bucket(rid) < share_bp else default for rid in batch}
+    assert got == expected  # each id where its hash says, and served by the version it was routed to
+    canary = sum(v == int8 for v in got.values())
+    assert 60 <= canary <= 120  # 30 % of 300 = 90, ± ~4 standard deviations
+    # the route chosen at admission is kept with the result; a retry of an id is the same request
+    again = batch[0]
+    route = r.hget(result_key(settings, again), "route")  # "" = the default queue
+    assert route is not None and route.decode() == (int8 if expected[again] == int8 else "")
+    client.submit("embed", MODEL, "canary or not", request_id=again)
+    client.flush()
+    assert served_by(client, [again])[again] == expected[again]
+
+    rollout.promote(r, settings, MODEL)
+    eventually(lambda: _probe(client, lambda b: b >= share_bp) == int8, timeout_s=20, what="promoted")
+    promoted = ids(40)
+    for rid in promoted:
+        client.submit("embed", MODEL, "after the promotion", request_id=rid)
+    assert set(served_by(client, promoted).values()) == {int8}
+
+    assert rollout.rollback(r, settings, MODEL) is None  # back to the default build
+    eventually(lambda: _probe(client, lambda b: True) == default, timeout_s=20, what="rolled back")
+    back = ids(40)
+    for rid in back:
+        client.submit("embed", MODEL, "after the rollback", request_id=rid)
+    assert set(served_by(client, back).values()) == {default}
+
+
+def _probe(client: InferqClient, want_bucket: Callable[[int], bool]) -> str | None:
+    """Where a fresh unpinned request whose id's bucket ``want_bucket`` accepts is served."""
+    rid = next(rid for rid in iter(lambda: ids(1)[0], None) if want_bucket(bucket(rid)))
+    client.submit("embed", MODEL, "probe", request_id=rid)
+    return served_by(client, [rid])[rid]
