@@ -59,7 +59,7 @@ class Admissions(Refusals):
             return True
         deadline = request.deadline_ms()
         served_as = self.route(request).served_as
-        return (deadline is not None and deadline <= now_ms()) or served_as not in self.served.available()
+        return (deadline is not None and deadline <= now_ms()) or not self.served.is_available(served_as)
 
     def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
         """Validate and hand off one poll, its dead letters sent and acknowledged; returns the
@@ -183,7 +183,7 @@ class Admissions(Refusals):
             return Route(req.model)
         route = Route(req.model, rollout.choose(scoped_id(req.tenant, req.request_id)))
         canary = route.version is not None and route.version == rollout.canary != rollout.current
-        if canary and route.served_as not in self.served.available():
+        if canary and not self.served.is_available(route.served_as):
             return Route(req.model, rollout.current)
         return route
 
@@ -194,8 +194,10 @@ class Admissions(Refusals):
     ) -> list[tuple[ConsumerRecord, InferenceRequest, dict[str, Any]]]:
         """The requests for models (and versions) a live worker serves; the others are answered
         ``model_unavailable`` and dead-lettered, never admitted."""
-        available = self.served.available() if accepted else frozenset()
-        for rec, req, t in [a for a in accepted if routes[id(a[1])].served_as not in available]:
+        unserved_ids = {
+            id(req) for _, req, _ in accepted if not self.served.is_available(routes[id(req)].served_as)
+        }
+        for rec, req, t in [a for a in accepted if id(a[1]) in unserved_ids]:
             version = routes[id(req)].version
             unserved = ModelUnavailable(
                 f"no live worker serves model {req.model!r}"
@@ -206,7 +208,7 @@ class Admissions(Refusals):
             # over the API's ``queued`` record of this content too: it must not stay queued for ever
             self.store.fail_owned([([request_digest(req), bytes_digest(rec.value or b"")], failed)])
             self.reject(rec, unserved, t["received_ms"], answer=False)
-        return [a for a in accepted if routes[id(a[1])].served_as in available]
+        return [a for a in accepted if id(a[1]) not in unserved_ids]
 
     def _received(self, req: InferenceRequest) -> None:
         """A new request admitted: counted, and (opt-in, masked: never the text itself) logged."""

@@ -171,7 +171,7 @@ def requeue_stale(
         if model in live:
             send(h)
             counts["requeued"] += 1
-        elif model in available:
+        elif model in available or (model is not None and served.is_available(model)):
             counts["waiting"] += 1
         elif (job := _unavailable(h)) is not None:
             failed.append(job)

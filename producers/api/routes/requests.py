@@ -53,7 +53,7 @@ def admit_and_publish(ctx: ApiContext, request: InferenceRequest) -> None:
     available = ctx.served.available()
     if request.model_version is not None:  # pinned: that version must be served (schemas.versions)
         pinned = f"{request.model}@{request.model_version}"
-        if pinned not in available:
+        if not ctx.served.is_available(pinned):
             raise ModelUnavailable(
                 f"no live worker serves version {request.model_version!r} of model {request.model!r}"
             )
