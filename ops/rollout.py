@@ -75,28 +75,47 @@ def normalise_version(model: str, version: str) -> str:
     return version
 
 
+def started(old: Rollout | None, model: str, version: str, share_pct: float) -> Rollout:
+    """The rollout once ``version`` takes ``share_pct`` % of unpinned request ids as the canary."""
+    if not 0.0 <= share_pct <= 100.0:
+        raise ConfigurationError(f"--share is a percentage (0-100), not {share_pct}")
+    old = old or Rollout()
+    if version == old.current:
+        raise ConfigurationError(f"{version} is already the current version of {model}")
+    share_bp = round(share_pct * BUCKETS / 100.0)
+    return Rollout(current=old.current, canary=version, canary_share_bp=share_bp, previous=old.previous)
+
+
+def promoted(old: Rollout | None, model: str) -> Rollout:
+    """The rollout once its canary is the current version."""
+    if old is None or old.canary is None:
+        raise ConfigurationError(f"{model} has no canary to promote", hint="inferq-ops rollout start first")
+    return Rollout(current=old.canary, previous=old.current)
+
+
+def rolled_back(old: Rollout | None, model: str) -> Rollout | None:
+    """The rollout without its canary; with none, back to the version before the last promotion
+    (None: no rollout, the model's default build)."""
+    if old is None:
+        raise ConfigurationError(f"{model} has no rollout to roll back (it serves its default build)")
+    back = (
+        Rollout(current=old.current, previous=old.previous) if old.canary else Rollout(current=old.previous)
+    )
+    return None if back == Rollout() else back
+
+
 def start(
     client: redis.Redis, s: Settings, model: str, version: str, share_pct: float, force: bool = False
 ) -> Rollout:
     """Route ``share_pct`` % of the model's unpinned request ids to ``version`` (the canary)."""
     _check_model(model)
     version = normalise_version(model, version)
-    if not 0.0 <= share_pct <= 100.0:
-        raise ConfigurationError(f"--share is a percentage (0-100), not {share_pct}")
     if not force and f"{model}@{version}" not in ServedModels(client, s).served():
         raise ConfigurationError(
             f"no live worker serves {model}@{version}",
             hint="start workers with INFERQ_WORKER_MODELS naming that build first (or pass --force)",
         )
-
-    def change(old: Rollout | None) -> Rollout:
-        old = old or Rollout()
-        if version == old.current:
-            raise ConfigurationError(f"{version} is already the current version of {model}")
-        share_bp = round(share_pct * BUCKETS / 100.0)
-        return Rollout(current=old.current, canary=version, canary_share_bp=share_bp, previous=old.previous)
-
-    new = update_rollout(client, s, model, change)
+    new = update_rollout(client, s, model, lambda old: started(old, model, version, share_pct))
     assert new is not None
     return new
 
@@ -104,34 +123,15 @@ def start(
 def promote(client: redis.Redis, s: Settings, model: str) -> Rollout:
     """The canary becomes the current version (every unpinned request goes to it)."""
     _check_model(model)
-
-    def change(old: Rollout | None) -> Rollout:
-        if old is None or old.canary is None:
-            raise ConfigurationError(
-                f"{model} has no canary to promote", hint="inferq-ops rollout start first"
-            )
-        return Rollout(current=old.canary, previous=old.current)
-
-    new = update_rollout(client, s, model, change)
+    new = update_rollout(client, s, model, lambda old: promoted(old, model))
     assert new is not None
     return new
 
 
 def rollback(client: redis.Redis, s: Settings, model: str) -> Rollout | None:
-    """Drop the canary; with none, make the version before the last promotion current again (None:
-    the model's default queue)."""
+    """Drop the canary; with none, make the version before the last promotion current again."""
     _check_model(model)
-
-    def change(old: Rollout | None) -> Rollout | None:
-        if old is None:
-            raise ConfigurationError(f"{model} has no rollout to roll back (it serves its default build)")
-        if old.canary is not None:
-            back = Rollout(current=old.current, previous=old.previous)
-        else:
-            back = Rollout(current=old.previous)
-        return None if back == Rollout() else back
-
-    return update_rollout(client, s, model, change)
+    return update_rollout(client, s, model, lambda old: rolled_back(old, model))
 
 
 @dataclasses.dataclass(frozen=True)
