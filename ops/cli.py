@@ -32,6 +32,7 @@ from ops.bench.peers import PEERS
 from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
 from ops.drill.faults import FAULTS
+from ops.drill.rollout import ROLLOUT
 from ops.drill.run import POISON, DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
 from ops.reference import main as reference_main
@@ -126,7 +127,7 @@ def _drill_args(dr: argparse.ArgumentParser) -> None:
     dr.add_argument(
         "--only",
         default=",".join(FAULTS),
-        help=f"comma-separated drills ({', '.join([*FAULTS, POISON])}); '' for none",
+        help=f"comma-separated drills ({', '.join([*FAULTS, POISON, ROLLOUT])}); '' for none",
     )
     dr.add_argument(
         "--overload-s", type=float, default=60.0, help="seconds at 3 × capacity after the drills; 0 = skip"
@@ -270,9 +271,10 @@ def _layouts(value: str) -> tuple[tuple[int, int], ...]:
 def cmd_drill(run: Run) -> int:
     args = run.args
     drills = _names(args.only)
-    unknown = sorted(set(drills) - {*FAULTS, POISON})
+    unknown = sorted(set(drills) - {*FAULTS, POISON, ROLLOUT})
     if unknown:
-        run.parser.error(f"unknown drill(s) {', '.join(unknown)}; choose from {', '.join([*FAULTS, POISON])}")
+        known = ", ".join([*FAULTS, POISON, ROLLOUT])
+        run.parser.error(f"unknown drill(s) {', '.join(unknown)}; choose from {known}")
     drill_plan = DrillPlan(tuple(drills), args.requests, args.rate, overload_s=args.overload_s)
     drilled = run_drills(run.settings, drill_plan, args.out, run.console)
     run.console.print(f"wrote {args.out / 'drill.json'}")

@@ -27,6 +27,7 @@ from rich.table import Table
 from ops.drill.faults import FAULTS, counter_totals, inject
 from ops.drill.overload import run_overload
 from ops.drill.poison import run_poison
+from ops.drill.rollout import ROLLOUT, run_rollout
 from ops.drill.traffic import Ledger, Publisher, keys_in_log
 from ops.stack import Stack, on_free_ports
 from schemas.naming import metrics_dir
@@ -39,7 +40,7 @@ COUNTERS = ("inferq_redeliveries_total", "inferq_duplicate_results_refused_total
 
 @dataclass(frozen=True)
 class DrillPlan:
-    drills: Sequence[str] = tuple(FAULTS)  # and/or POISON
+    drills: Sequence[str] = tuple(FAULTS)  # and/or POISON, ROLLOUT
     requests: int = 10_000
     rate_per_s: float = 150.0
     fault_at: float = 0.3  # share of the requests accepted before the fault
@@ -63,7 +64,7 @@ def run_drills(
     console = console or Console(quiet=True)
     report: dict[str, Any] = {"plan": {**plan.__dict__, "drills": list(plan.drills)}, "drills": []}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"))
-    faults = [d for d in plan.drills if d != POISON]
+    faults = [d for d in plan.drills if d not in (POISON, ROLLOUT)]
     if faults or plan.overload_s:
         _fault_drills(settings, dataclasses.replace(plan, drills=faults), report, columns, console)
     if POISON in plan.drills:
@@ -76,11 +77,28 @@ def run_drills(
             progress.console.print(
                 f"poison: {p['requests']} requests, lost {p['lost']}, intake restarts {p['intake_restarts']}"
             )
+    if ROLLOUT in plan.drills:
+        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+            bar = progress.add_task("rollout: canary 10 %, promote, roll back", total=plan.requests)
+            report["rollout"] = run_rollout(
+                settings,
+                plan.requests,
+                plan.rate_per_s,
+                plan.timeout_s,
+                lambda n: progress.update(bar, completed=n),
+            )
+            ro = report["rollout"]
+            progress.console.print(
+                f"rollout: {ro['requests']} requests, lost {ro['lost']}, duplicated {ro['duplicated']}, "
+                f"misrouted {ro['misrouted']}"
+            )
     # ``lost``: accepted requests without a terminal result at the end, after the producer re-sent
     # what the broker had dropped (``lost_by_broker``, reported apart)
-    report["ok"] = all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"]) and report.get(
-        "poison", {}
-    ).get("ok", True)
+    report["ok"] = (
+        all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"])
+        and report.get("poison", {}).get("ok", True)
+        and report.get("rollout", {}).get("ok", True)
+    )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
         (out / "drill.json").write_text(json.dumps(report, indent=2) + "\n")
@@ -208,3 +226,5 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
         console.print_json(data=report["overload"])
     if "poison" in report:
         console.print_json(data=report["poison"])
+    if "rollout" in report:
+        console.print_json(data=report["rollout"])
