@@ -25,7 +25,7 @@ from ops.stack import Stack, on_free_ports
 from producers.client import InferqClient
 from schemas.naming import result_key
 from schemas.settings import Settings
-from schemas.versions import version_of
+from schemas.versions import Rollout, version_of
 from workers.store.presence import ServedModels
 
 ROLLOUT = "rollout"
@@ -131,19 +131,15 @@ def _steps(
                 if progress is not None:
                     progress(len(pub.accepted))
                 time.sleep(0.05)
+            new: Rollout | None
             if step == "start":
                 new = rollout.start(r, rs, MODEL, canary, SHARE_PCT)
             elif step == "promote":
                 new = rollout.promote(r, rs, MODEL)
             else:
-                new = rollout.rollback(r, rs, MODEL)  # type: ignore[assignment]
-            done.append(
-                {
-                    "step": step,
-                    "after_accepted": len(pub.accepted),
-                    "rollout": new.model_dump() if new else None,
-                }
-            )
+                new = rollout.rollback(r, rs, MODEL)
+            state = new.model_dump() if new is not None else None
+            done.append({"step": step, "after_accepted": len(pub.accepted), "rollout": state})
     if progress is not None:
         progress(len(pub.accepted))
     return done
