@@ -64,8 +64,8 @@ def test_int8_version_is_served_when_pinned_and_close_to_fp32(client, settings, 
     client.publish(pinned)
     quant = client.wait(pinned.request_id)
     assert fp32.model_version == f"{MODEL}@{default}" and quant.model_version == f"{MODEL}@{int8}"
-    a = np.array([o.embedding for o in fp32.outputs or []])  # type: ignore[union-attr]
-    b = np.array([o.embedding for o in quant.outputs or []])  # type: ignore[union-attr]
+    a = np.array([o.embedding for o in fp32.outputs or []])
+    b = np.array([o.embedding for o in quant.outputs or []])
     assert a.shape == b.shape == (3, 384)
     assert (a != b).any()  # another computation, not a copy
     assert ((a * b).sum(axis=1) > 0.99).all()
