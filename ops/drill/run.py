@@ -221,7 +221,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             f"{d['back_after_s']:.1f}",
             f"{d['wall_s']:.0f}",
         )
-    console.print(t)
+    if report["drills"]:
+        console.print(t)
     if "overload" in report:
         console.print_json(data=report["overload"])
     if "poison" in report:
