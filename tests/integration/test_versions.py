@@ -19,6 +19,7 @@ from schemas.settings import Settings
 from schemas.versions import BUCKETS, bucket, version_of
 from tests.stack import eventually
 from workers.store.presence import ServedModels
+from workers.store.versions import VersionCounts
 
 MODEL = "all-MiniLM-L6-v2"
 TEXTS = ["where is my parcel?", "how do I reset my password", "the quick brown fox jumps over the lazy dog"]
@@ -132,3 +133,25 @@ def _probe(client: InferqClient, want_bucket: Callable[[int], bool]) -> str | No
     rid = next(rid for rid in iter(lambda: ids(1)[0], None) if want_bucket(bucket(rid)))
     client.submit("embed", MODEL, "probe", request_id=rid)
     return served_by(client, [rid])[rid]
+
+
+def test_watch_rolls_back_a_canary_whose_error_rate_passes_its_threshold(client, settings, versions):
+    default, int8 = versions
+    r = client.store.client
+    rollout.start(r, settings, MODEL, int8, 10)
+    healthy = rollout.judge(r, settings, 2, max_error_rate=0.5, max_p99_ms=60_000, min_requests=1)
+    assert [(v.model, v.version, v.reason) for v in healthy] == [(MODEL, int8, "")]
+    # the counts workers keep per version, as a canary failing every request would leave them
+    failing = [
+        InferenceResult(
+            request_id=rid, status=ResultStatus.FAILED, model=MODEL, model_version=f"{MODEL}@{int8}"
+        )
+        for rid in ids(200)
+    ]
+    VersionCounts(r, settings).results_written(failing)
+    verdicts = rollout.judge(r, settings, 2, max_error_rate=0.5, max_p99_ms=60_000, min_requests=1)
+    assert len(verdicts) == 1 and verdicts[0].reason.startswith("error rate")
+    assert r.exists(rollout_key(settings, MODEL)) == 0  # rolled back: the default build again
+    rows = {row["model"]: row for row in rollout.status(r, settings, 2)}
+    assert rows[MODEL]["counts"][int8]["failed"] >= 200
+    assert set(rows[MODEL]["served_versions"]) == {default, int8}
