@@ -13,13 +13,17 @@ import pytest
 from ops import rollout
 from producers.client import InferqClient
 from schemas.errors import ErrorCode
-from schemas.messages import InferenceRequest, InferenceResult, ResultStatus
-from schemas.naming import result_key, rollout_key
+from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings
+from schemas.naming import result_key, rollout_key, version_queue
+from schemas.results import queued_result
 from schemas.settings import Settings
 from schemas.versions import BUCKETS, bucket, version_of
+from schemas.work import Handoff, WorkItem
 from tests.stack import eventually
 from workers.store.presence import ServedModels
+from workers.store.store import Admission, request_digest
 from workers.store.versions import VersionCounts
+from workers.transport.app import CELERY_PRIORITY
 
 MODEL = "all-MiniLM-L6-v2"
 TEXTS = ["where is my parcel?", "how do I reset my password", "the quick brown fox jumps over the lazy dog"]
@@ -155,3 +159,23 @@ def test_watch_rolls_back_a_canary_whose_error_rate_passes_its_threshold(client,
     rows = {row["model"]: row for row in rollout.status(r, settings, 2)}
     assert rows[MODEL]["counts"][int8]["failed"] >= 200
     assert set(rows[MODEL]["served_versions"]) == {default, int8}
+
+
+def test_a_request_read_again_keeps_the_version_it_was_first_routed_to(client, settings, versions):
+    """A record read twice while its request is queued (an intake replay) after the rollout changed
+    in between: ADMIT keeps the first hand-off (and route), and the intake re-sends that one."""
+    default, int8 = versions
+    store = client.store
+    req = InferenceRequest(task="embed", model=MODEL, inputs="read twice")
+
+    def handoff(version: str) -> Handoff:
+        item = WorkItem(request=req, timings=Timings(queued_ms=1.0), version=version)
+        return Handoff.of(version_queue(settings, MODEL, version), CELERY_PRIORITY[req.priority], item)
+
+    first, second = handoff(int8), handoff(default)
+    queued = [(request_digest(req), queued_result(req, {}))]
+    assert store.admit(queued, None, {req.request_id: first}) == [Admission.NEW]
+    assert store.admit(queued, None, {req.request_id: second}) == [Admission.PENDING]
+    assert store.kept([req.request_id]) == {req.request_id: first}
+    assert store.client.hget(result_key(settings, req.request_id), "route") == int8.encode()
+    client.cancel(req.request_id)  # never sent to a worker: not left queued

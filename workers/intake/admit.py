@@ -144,6 +144,10 @@ class Admissions(Refusals):
             deadlines,
             kept,
         )
+        # a request read again goes where it went the first time, whatever the rollout says now
+        pending = [sid for sid, v in zip(sids, verdicts, strict=True) if v is Admission.PENDING]
+        kept_before = self.store.kept(pending)
+        handoffs = [kept_before.get(sid, h) for sid, h in zip(sids, handoffs, strict=True)]
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         sent: set[str] = set()  # a scoped id goes to Celery once per poll, however often it was read
         late: list[InferenceResult] = []

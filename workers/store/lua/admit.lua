@@ -94,7 +94,8 @@ local function admit_one(K, A)
   end
   if cur ~= A[1] then return 'conflict' end
   if st == 'queued' and A[6] ~= '' then
-    redis.call('HSET', K[1], 'handoff', A[6])
+    -- a hand-off kept already (a record read again) stays: its version is where the request went
+    redis.call('HSETNX', K[1], 'handoff', A[6])
     redis.call('HSETNX', K[1], 'route', A[10])
     add_later(K[5], A[7], A[5])
   end
