@@ -7,6 +7,7 @@ from __future__ import annotations
 import secrets
 from collections.abc import Callable, Iterator
 
+import httpx
 import numpy as np
 import pytest
 
@@ -179,3 +180,24 @@ def test_a_request_read_again_keeps_the_version_it_was_first_routed_to(client, s
     assert store.kept([req.request_id]) == {req.request_id: first}
     assert store.client.hget(result_key(settings, req.request_id), "route") == int8.encode()
     client.cancel(req.request_id)  # never sent to a worker: not left queued
+
+
+def test_the_http_api_takes_a_pinned_version(settings, versions):
+    _, int8 = versions
+    base = f"http://{settings.api_host}:{settings.api_port}"
+    with httpx.Client(base_url=base, timeout=10) as api:
+        body = {
+            "schema_version": 1,
+            "task": "embed",
+            "model": MODEL,
+            "model_version": int8,
+            "inputs": "pinned",
+        }
+        r = api.post("/v1/requests", json=body)
+        assert r.status_code == 202, r.text
+
+        def done() -> dict | None:
+            got = api.get(r.json()["result_url"]).json()
+            return got if got["status"] == ResultStatus.DONE.value else None
+
+        assert eventually(done, 60, "the pinned HTTP request")["model_version"] == f"{MODEL}@{int8}"
