@@ -8,6 +8,7 @@ inferq-ops bench --ceiling [--profile]   # the pipeline's own top req/s and CPU 
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
 inferq-ops kibana --url http://localhost:5601 --user elastic --password-stdin   # dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
+inferq-ops rollout start MODEL VERSION --share 10 | promote MODEL | rollback MODEL | status | watch
 inferq-ops reference # regenerate docs/configuration.md and docs/redis-keys.md from the code
 inferq-ops down      # stops exactly what `up` started
 """
@@ -32,9 +33,12 @@ from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
 from ops.drill.faults import FAULTS
 from ops.drill.replies import REPLY_DRILLS
+from ops.drill.rollout import ROLLOUT
 from ops.drill.run import POISON, DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
 from ops.reference import main as reference_main
+from ops.rollout import add_args as rollout_args
+from ops.rollout import run as run_rollout
 from ops.stack import Stack
 from producers.auth import check_tenant, digest, new_key
 from schemas.connections import redact_url
@@ -61,6 +65,7 @@ def parser() -> argparse.ArgumentParser:
         "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
     )
     a.add_argument("--tenant", required=True)
+    rollout_args(sub.add_parser("rollout", help="canary, promote, roll back model versions (no restarts)"))
     r = sub.add_parser("reference", help="write docs/configuration.md and docs/redis-keys.md from the code")
     r.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file drifted")
     return p
@@ -123,7 +128,7 @@ def _drill_args(dr: argparse.ArgumentParser) -> None:
     dr.add_argument(
         "--only",
         default=",".join(FAULTS),
-        help=f"comma-separated drills ({', '.join([*FAULTS, POISON, *REPLY_DRILLS])}); '' for none",
+        help=f"comma-separated drills ({', '.join([*FAULTS, POISON, *REPLY_DRILLS, ROLLOUT])}); '' for none",
     )
     dr.add_argument(
         "--overload-s", type=float, default=60.0, help="seconds at 3 × capacity after the drills; 0 = skip"
@@ -267,9 +272,9 @@ def _layouts(value: str) -> tuple[tuple[int, int], ...]:
 def cmd_drill(run: Run) -> int:
     args = run.args
     drills = _names(args.only)
-    unknown = sorted(set(drills) - {*FAULTS, POISON, *REPLY_DRILLS})
+    unknown = sorted(set(drills) - {*FAULTS, POISON, *REPLY_DRILLS, ROLLOUT})
     if unknown:
-        known = ", ".join([*FAULTS, POISON, *REPLY_DRILLS])
+        known = ", ".join([*FAULTS, POISON, *REPLY_DRILLS, ROLLOUT])
         run.parser.error(f"unknown drill(s) {', '.join(unknown)}; choose from {known}")
     drill_plan = DrillPlan(tuple(drills), args.requests, args.rate, overload_s=args.overload_s)
     drilled = run_drills(run.settings, drill_plan, args.out, run.console)
@@ -325,6 +330,7 @@ COMMANDS: dict[str, Callable[[Run], int]] = {
     "api-key": cmd_api_key,
     "kibana": cmd_kibana,
     "demo": cmd_demo,
+    "rollout": lambda run: run_rollout(run.args, run.settings, run.console),
 }
 
 

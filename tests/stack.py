@@ -35,6 +35,9 @@ def settings(tmp_path_factory) -> Settings:
         torch_threads=1,
         worker_processes=1,
         transport_batch_size=32,
+        # model versions (tests/integration/test_versions.py): the worker also serves MiniLM's int8
+        # build as a version of its own (loaded in the same process: ~3 s more at start)
+        worker_models="all-MiniLM-L6-v2,minilm-intent,tiny-lm,smollm2-135m-instruct,all-MiniLM-L6-v2@int8",
         # in every process's settings (unused with PLAINTEXT): no log may ever show them. Drawn at
         # run time: Hypothesis (the API fuzz test) feeds string constants of local modules into
         # generated requests, so a literal here would reach the access log as a fuzzed URL.

@@ -88,7 +88,13 @@ def _setup_logging(**kw: Any) -> None:
 
 @signals.worker_ready.connect
 def _warm_up(sender: Any = None, **kw: Any) -> None:
-    runtime().warm_up(_hostname(sender))
+    rt = runtime()
+    rt.warm_up(_hostname(sender))
+    # the queues of the versions just loaded (their names are their digests, known only now);
+    # ``sender`` is the worker's consumer, which starts reading them at once
+    for queue in rt.version_queues():
+        if hasattr(sender, "add_task_queue"):
+            sender.add_task_queue(queue)
     freeze_startup_heap()
 
 

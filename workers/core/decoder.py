@@ -149,6 +149,11 @@ class Decoder:
             log.exception("the outlet failed on refused request %s", job.request.request_id)
         self._write([job])
 
+    @property
+    def version(self) -> str:
+        """The served model's version (``<model>@<digest>``), stamped on its results."""
+        return str(self.runner.version)
+
     def warm_up(self) -> None:
         """A prefill and a decode step (on the caller's thread, before any request arrives)."""
         prompts = self.runner.tokenize(["warm up", "a longer warm up prompt"])

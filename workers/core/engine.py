@@ -91,6 +91,11 @@ class Engine:
         self.batcher.put_many(entries)  # one wake-up of the model thread per message
         return jobs
 
+    @property
+    def version(self) -> str:
+        """The served model's version (``<model>@<digest>``), stamped on its results."""
+        return str(self.runner.version)
+
     def warm_up(self) -> None:
         """One real forward pass, so the first request pays no lazy initialisation; then a few timed
         passes at two batch sizes and two lengths fit the cost model the batcher decides by."""
