@@ -43,8 +43,10 @@ def result(
     *,
     model_version: str | None = None,
     outputs: Sequence[Any] | None = None,
+    cached: Sequence[int] | None = None,
 ) -> InferenceResult:
-    """The result of ``request``: ``outputs`` when the model ran, ``error`` when it failed."""
+    """The result of ``request``: ``outputs`` when the model ran, ``error`` when it failed;
+    ``cached``: indices of the outputs read from the result cache (left out when none were)."""
     return InferenceResult(
         request_id=request.request_id,
         status=status,
@@ -53,6 +55,7 @@ def result(
         model_version=model_version,
         tenant=request.tenant,
         outputs=list(outputs) if outputs is not None else None,
+        cached=sorted(cached) if cached and outputs is not None else None,
         error=error.info() if error else None,
         timings=Timings(**timings),
     )

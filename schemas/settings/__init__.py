@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.settings.admission import AdmissionSettings
+from schemas.settings.cache import CacheSettings
 from schemas.settings.kafka import KafkaSettings
 from schemas.settings.services import ServiceSettings
 from schemas.settings.workers import WorkerSettings
@@ -25,10 +26,18 @@ from schemas.settings.workers import WorkerSettings
 ENV_PREFIX = "INFERQ_"
 
 # in reference order (docs/configuration.md)
-CONCERNS: tuple[type[BaseModel], ...] = (KafkaSettings, AdmissionSettings, WorkerSettings, ServiceSettings)
+CONCERNS: tuple[type[BaseModel], ...] = (
+    KafkaSettings,
+    AdmissionSettings,
+    WorkerSettings,
+    CacheSettings,
+    ServiceSettings,
+)
 
 
-class Settings(ServiceSettings, WorkerSettings, AdmissionSettings, KafkaSettings, BaseSettings):
+class Settings(
+    ServiceSettings, CacheSettings, WorkerSettings, AdmissionSettings, KafkaSettings, BaseSettings
+):
     """Configuration for the whole pipeline; each field is ``INFERQ_<FIELD>`` in the environment."""
 
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")

@@ -29,14 +29,16 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from schemas.errors import DeadlineExpired, ModelError
-from schemas.messages import InferenceResult, ResultStatus, now_ms
+from schemas.messages import InferenceResult, Output, ResultStatus, now_ms
 from schemas.observer import BatchStats, Observer
 from schemas.work import WorkItem
 from workers.core.batcher import Batcher, BatchPolicy, padded_tokens
+from workers.core.cache import CacheKeys, Lookup, encode_output, look_up
 from workers.core.jobs import PRIORITY_RANK, Job, Piece, distinct, start_jobs, write_results
 from workers.core.loop import Outlet
 from workers.core.runners.base import Runner
 from workers.core.wait_policy import CostModel, FixedWait, WaitPolicy
+from workers.store.cache import ResultCache
 from workers.store.store import TRANSIENT_ERRORS, ResultStore
 
 log = logging.getLogger(__name__)
@@ -55,10 +57,15 @@ class Engine:
         max_attempts: int = 3,
         observer: Observer | None = None,
         outlet: Outlet | None = None,
+        cache: ResultCache | None = None,
+        cache_keys: CacheKeys | None = None,
     ) -> None:
         """``outlet`` is told of each job failed as poison (started more than ``max_attempts``
-        times): the worker dead-letters it."""
+        times): the worker dead-letters it. ``cache_keys`` (with the result ``cache``, which may
+        be down) key each input: hits skip the model, identical inputs of a batch run once."""
         self.runner = runner
+        self.cache = cache
+        self.cache_keys = cache_keys
         self.observer = observer or Observer()
         self.outlet = outlet or Outlet()
         self.store = store
@@ -84,9 +91,10 @@ class Engine:
         entries: list[tuple[Piece, int, int, str]] = []
         for job in jobs:
             rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
-            for i in range(job.remaining):
-                ids = next(all_ids)
-                entries.append((Piece(job, i, ids), len(ids), rank, tenant))
+            ids_of = [next(all_ids) for _ in range(job.remaining)]
+            keys = self.cache_keys.keys(job.request, ids_of) if self.cache_keys else [None] * len(ids_of)
+            for i, (ids, key) in enumerate(zip(ids_of, keys, strict=True)):
+                entries.append((Piece(job, i, ids, key), len(ids), rank, tenant))
         self.batcher.put_many(entries)  # one wake-up of the model thread per message
         return jobs
 
@@ -136,27 +144,49 @@ class Engine:
             marking = self._marker.submit(self._mark_running, live, start, batch_id)
         elif live:
             live = self._mark_running(live, start, batch_id)
-        forwarded = [len(p.ids) for p in live]
+        found = look_up(self.cache, live) if self.cache_keys else Lookup(compute=live)
+        compute = found.compute
+        forwarded = [len(p.ids) for p in compute]
         forward_start = now_ms()
-        rows = self._forward_isolated([p.ids for p in live]) if live else []
+        rows = self._forward_isolated([p.ids for p in compute]) if compute else []
         compute_ms = now_ms() - forward_start
-        if marking is not None:  # keep the rows of the jobs the store let start
+        pairs: list[tuple[Piece, Any]] = [
+            (twin, row) for p, row in zip(compute, rows, strict=True) for twin in [p, *found.twins.get(p, ())]
+        ]
+        if marking is not None:  # keep what the jobs the store let start computed
             kept = set(marking.result())
-            pairs = [(p, r) for p, r in zip(live, rows, strict=True) if p in kept]
-            live, rows = [p for p, _ in pairs], [r for _, r in pairs]
+            pairs = [(p, r) for p, r in pairs if p in kept]
+            found.hits = [(p, o) for p, o in found.hits if p in kept]
         # expired, and failed as poison: their results are written with this batch's
         ended = [p.job for p in pieces if p.job.finished and not p.job.done.is_set()]
         failed = 0
-        for piece, row in zip(live, rows, strict=True):
+        fresh: dict[str, Output] = {}  # computed outputs to put in the cache, by key
+        for piece, output in found.hits:
+            self._take(piece, output, cached=True)
+            ended.append(piece.job)
+        for piece, row in pairs:
             failed += self._absorb(piece, row)
-            if piece.job.finished:
-                ended.append(piece.job)
+            if piece.key is not None and not isinstance(row, Exception) and piece.key not in fresh:
+                done = piece.job.outputs[piece.index]
+                if done is not None:
+                    fresh[piece.key] = done
+            ended.append(piece.job)
         for piece in pieces:  # skipped jobs end here without a write: the store has their answer
             if piece.job.skipped and not piece.job.done.is_set():
                 piece.job.done.set()
-        self._write([j for j in distinct(ended) if not j.skipped])
+        self._write([j for j in distinct(ended) if j.finished and not j.skipped])
+        if self.cache_keys is not None:
+            self._remember(fresh, found)
         if forwarded:
             self._observe(batch_id, forwarded, compute_ms, failed)
+
+    def _remember(self, fresh: dict[str, Output], found: Lookup) -> None:
+        """Put what this batch computed in the cache (one pipelined round trip), after the results
+        were written; tell the observer the hits and misses."""
+        stored = self.cache.put_many({k: encode_output(o) for k, o in fresh.items()}) if self.cache else True
+        errors = int(found.failed) + int(not stored)
+        if found.hits or found.misses or errors:
+            self.observer.cache_used(self.runner.name, len(found.hits), found.misses, errors)
 
     def _observe(self, batch_id: str, lengths: list[int], compute_ms: float, failed: int) -> None:
         """Feed the cost model and the observer (metrics, logs) with a forward pass just run
@@ -240,14 +270,24 @@ class Engine:
         try:
             if isinstance(row, Exception):
                 raise row
-            job.outputs[piece.index] = self.runner.output(row, job.request)
+            output = self.runner.output(row, job.request)
         except Exception as e:
             job.finish(ResultStatus.FAILED, ModelError(f"input {piece.index} failed in the model: {e!r}"))
             return 1
+        self._take(piece, output)
+        return 0
+
+    def _take(self, piece: Piece, output: Output, cached: bool = False) -> None:
+        """One input's output is ready (``cached``: read from the result cache)."""
+        job = piece.job
+        if job.finished or job.outputs[piece.index] is not None:
+            return
+        job.outputs[piece.index] = output
+        if cached:
+            job.cached.append(piece.index)
         job.remaining -= 1
         if job.remaining == 0:
             job.finish(ResultStatus.DONE)
-        return 0
 
     def _refused(self, job: Job) -> None:
         try:

@@ -78,6 +78,7 @@ class Job:
     # its Celery message came for the first time (not put back after a worker died): no earlier
     # start can have made it poison, so its ``running`` mark may overlap its forward pass
     first_delivery: bool = False
+    cached: list[int] = field(default_factory=list)  # indices of inputs answered from the result cache
 
     @classmethod
     def new(cls, items: Sequence[WorkItem], first_delivery: bool = False) -> list[Job]:
@@ -103,7 +104,13 @@ class Job:
     ) -> InferenceResult:
         """Its result as it stands (status, timings, error), with the model's ``outputs`` if any."""
         return results.result(
-            self.request, self.status, self.timings, self.error, model_version=model_version, outputs=outputs
+            self.request,
+            self.status,
+            self.timings,
+            self.error,
+            model_version=model_version,
+            outputs=outputs,
+            cached=self.cached,
         )
 
 
@@ -119,6 +126,7 @@ class Piece:
     job: Job
     index: int
     ids: list[int]
+    key: str | None = None  # its result-cache key; None: not cached (no cache, or not deterministic)
 
 
 def start_jobs(

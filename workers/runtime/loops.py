@@ -14,6 +14,7 @@ from collections.abc import Callable
 from schemas.observer import Observer
 from schemas.settings import Settings
 from workers.core.batcher import BatchPolicy
+from workers.core.cache import CacheKeys
 from workers.core.decoder import Decoder
 from workers.core.engine import Engine
 from workers.core.loop import ModelLoop, Outlet
@@ -21,16 +22,23 @@ from workers.core.runners import load_runner
 from workers.core.runners.causal import CausalLM
 from workers.core.sequences import DecodePolicy
 from workers.core.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
+from workers.store.cache import ResultCache
 from workers.store.store import ResultStore
 
 log = logging.getLogger(__name__)
 
 
 def build_loop(
-    model: str, settings: Settings, store: ResultStore, observer: Observer, outlet: Outlet
+    model: str,
+    settings: Settings,
+    store: ResultStore,
+    observer: Observer,
+    outlet: Outlet,
+    cache: ResultCache | None = None,
 ) -> ModelLoop:
     """Load ``model``'s runner and start the loop that serves it (raises
-    :class:`~schemas.errors.InferqError` when this worker cannot serve the model)."""
+    :class:`~schemas.errors.InferqError` when this worker cannot serve the model). ``cache``: the
+    result cache (None: off); encoders' loops use it."""
     s = settings
     runner = load_runner(model, s)
     if isinstance(runner, CausalLM):
@@ -51,7 +59,8 @@ def build_loop(
         if s.batch_wait == "adaptive"
         else FixedWait(s.max_wait_ms)
     )
-    return Engine(runner, store, batch, wait, cost, s.max_attempts, observer, outlet)
+    keys = CacheKeys(s, runner.version) if cache is not None else None
+    return Engine(runner, store, batch, wait, cost, s.max_attempts, observer, outlet, cache, keys)
 
 
 class ModelLoops:

@@ -35,6 +35,7 @@ from workers.runtime.identity import Instance
 from workers.runtime.loops import ModelLoops, build_loop
 from workers.runtime.publish import Publisher
 from workers.runtime.recovery import Recovery
+from workers.store.cache import ResultCache
 from workers.store.store import ResultStore
 from workers.transport.app import make_app
 
@@ -67,12 +68,14 @@ class WorkerRuntime:
         self.app = app or make_app(settings)
         self.store = store or ResultStore.from_settings(settings, observer)
         self.publisher = Publisher(settings)
+        # the result cache (None: off); refuses an instance that could evict results (issue 20)
+        self.cache = ResultCache.from_settings(settings, self.store.client)
         self.instance = Instance(self.store.client, settings)
         self.loops = ModelLoops(self._build)
         self.recovery = Recovery(settings, self.store, self.instance, self.app, self.publisher, observer)
 
     def _build(self, model: str) -> ModelLoop:
-        return build_loop(model, self.settings, self.store, self.observer, self.publisher)
+        return build_loop(model, self.settings, self.store, self.observer, self.publisher, self.cache)
 
     # -- lifecycle --------------------------------------------------------------------------
     def claim(self, hostname: str) -> None:

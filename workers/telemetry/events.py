@@ -57,6 +57,7 @@ def request_fields(result: InferenceResult) -> dict[str, Any]:
         "inferq.batch.size": t.batch_size,
         "inferq.error_code": result.error.code.value if result.error else None,
         "inferq.inputs": len(result.outputs) if result.outputs else None,
+        "inferq.cache.hits": len(result.cached) if result.cached else None,
     }
     fields.update({f"inferq.duration_ms.{k}": v for k, v in durations.items()})
     generated = [o for o in result.outputs or [] if isinstance(o, GenerationOutput)]
