@@ -120,7 +120,7 @@ def decode_output(raw: bytes) -> Output | None:
             return results.embedding(text.decode(), EmbeddingEncoding(encoding.decode()))
         if kind == _JSON:
             return _OUTPUT.validate_json(rest)
-    except ValueError:  # pydantic's ValidationError and UnicodeDecodeError are ValueErrors
+    except Exception:  # whatever is in the instance, a value that does not read is a miss
         log.warning("a cached value could not be read; computing the input again", exc_info=True)
     return None
 

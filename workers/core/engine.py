@@ -183,7 +183,13 @@ class Engine:
     def _remember(self, fresh: dict[str, Output], found: Lookup) -> None:
         """Put what this batch computed in the cache (one pipelined round trip), after the results
         were written; tell the observer the hits and misses."""
-        stored = self.cache.put_many({k: encode_output(o) for k, o in fresh.items()}) if self.cache else True
+        try:
+            stored = (
+                self.cache.put_many({k: encode_output(o) for k, o in fresh.items()}) if self.cache else True
+            )
+        except Exception:  # the cache never fails a batch: its results are written already
+            log.exception("could not put %d outputs in the result cache", len(fresh))
+            stored = False
         errors = int(found.failed) + int(not stored)
         if found.hits or found.misses or errors:
             self.observer.cache_used(self.runner.name, len(found.hits), found.misses, errors)

@@ -93,9 +93,16 @@ def check_instance(info: Mapping[str, object], results_run_id: str | None = None
 class ResultCache:
     """Reads and writes cached outputs (bytes) by key, one round trip per batch, never raising."""
 
-    def __init__(self, client: redis.Redis, ttl_s: int) -> None:
+    def __init__(
+        self, client: redis.Redis, ttl_s: int, results_run_id: str | None = None, verified: bool = True
+    ) -> None:
+        """``verified`` False: the instance was not reachable at start; it is checked
+        (:func:`check_instance`) at first contact, and the cache turned off if it fails."""
         self.client = client
         self.ttl_s = ttl_s
+        self._results_run_id = results_run_id
+        self._verified = verified
+        self._off = False  # the instance failed its check: never used
         self._lock = threading.Lock()
         self._skip_until = 0.0  # monotonic seconds: after a failure, leave the cache alone till then
 
@@ -108,30 +115,29 @@ class ResultCache:
         if not settings.cache_redis_url:
             return None
         check_separate(settings)
-        client = redis_client(
-            settings,
-            settings.cache_redis_url,
-            ride_out=False,
-            socket_timeout=TIMEOUT_S,
-            socket_connect_timeout=TIMEOUT_S,
-        )
-        try:
-            info = client.info()
-        except redis.RedisError as e:
-            log.warning(
-                "result cache %s not reachable at start (%r); computing without it till it is",
-                redact_url(settings.cache_redis_url),
-                e,
-            )
-            return cls(client, settings.cache_ttl_s)
+        url = settings.cache_redis_url
+        timeout = {"socket_timeout": TIMEOUT_S, "socket_connect_timeout": TIMEOUT_S}
+        client = redis_client(settings, url, ride_out=False, **timeout)
         run_id = None
         if results is not None:
             try:
                 run_id = str(results.info("server").get("run_id", "")) or None
             except redis.RedisError:
                 run_id = None
+        probe = redis_client(settings, url, ride_out=False, socket_timeout=2.0, socket_connect_timeout=2.0)
+        try:
+            info = probe.info()
+        except redis.RedisError as e:
+            log.warning(
+                "result cache %s not reachable at start (%r); computing without it till it is",
+                redact_url(url),
+                e,
+            )
+            return cls(client, settings.cache_ttl_s, run_id, verified=False)
+        finally:
+            probe.close()
         check_instance(info, run_id)
-        return cls(client, settings.cache_ttl_s)
+        return cls(client, settings.cache_ttl_s, run_id)
 
     def get_many(self, keys: Sequence[str]) -> list[bytes | None] | None:
         """The value under each key (None: absent), in one MGET; None when the cache did not answer."""
@@ -159,7 +165,20 @@ class ResultCache:
             return False
 
     def _usable(self) -> bool:
-        return time.monotonic() >= self._skip_until
+        if self._off or time.monotonic() < self._skip_until:
+            return False
+        if not self._verified:
+            try:
+                check_instance(self.client.info(), self._results_run_id)
+            except ConfigurationError as e:
+                log.error("result cache turned off: %s (%s)", e, e.hint)
+                self._off = True
+                return False
+            except redis.RedisError as e:
+                self._failed("check", e)
+                return False
+            self._verified = True
+        return True
 
     def _failed(self, what: str, error: Exception) -> None:
         with self._lock:
