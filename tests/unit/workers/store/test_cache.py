@@ -71,13 +71,13 @@ class Stub:
 def test_an_instance_away_at_start_is_checked_at_first_contact(monkeypatch):
     monkeypatch.setattr("workers.store.cache.RETRY_AFTER_S", 0.0)
     stub = Stub(redis.ConnectionError("refused"), GOOD)
-    cache = ResultCache(stub, 60, results_run_id="results", verified=False)  # type: ignore[arg-type]
+    cache = ResultCache(stub, 60, results_run_id="results", verified=False)
     assert cache.get_many(["k"]) is None and stub.mgets == 0  # still away: nothing asked
     assert cache.get_many(["k"]) == [None] and stub.mgets == 1  # checked, then used
 
 
 def test_an_instance_that_fails_its_late_check_turns_the_cache_off():
     stub = Stub({**GOOD, "maxmemory_policy": "noeviction"})
-    cache = ResultCache(stub, 60, verified=False)  # type: ignore[arg-type]
+    cache = ResultCache(stub, 60, verified=False)
     assert cache.get_many(["k"]) is None and cache.put_many({"k": b"v"}) is False
     assert stub.mgets == 0
