@@ -33,6 +33,9 @@ EXPORTER_ONLY = {
     "inferq_exporter_errors_total",
     "inferq_intake_up",  # workers.telemetry.liveness, from the intakes' poll stamps
     "inferq_intake_last_poll_age_seconds",
+    "inferq_cache_used_bytes",  # the result cache's own Redis, read at scrape time
+    "inferq_cache_max_bytes",
+    "inferq_cache_evicted_keys",
 }
 
 
