@@ -59,10 +59,13 @@ def output_params(request: InferenceRequest) -> str | None:
     if request.task is Task.CLASSIFY:
         return f"top_k={request.top_k}"
     params = request.generation_params()
-    if params.temperature > 0 and params.seed is None:
-        return None
     chat = "chat" if request.messages is not None else "text"
-    return f"{chat}:" + params.model_dump_json(exclude={"stream_to_kafka"})
+    if params.temperature == 0:  # greedy: the sampler's seed and nucleus play no part
+        return f"{chat}:greedy:" + params.model_dump_json(include={"max_new_tokens", "stop"})
+    if params.seed is None:
+        return None
+    # each input's own seed (seed + its index, as the sampler takes it) is in its key: see keys()
+    return f"{chat}:" + params.model_dump_json(exclude={"stream_to_kafka", "seed"})
 
 
 def scope(request: InferenceRequest, shared: bool) -> str:
@@ -78,15 +81,27 @@ class CacheKeys:
         self.version = version
         self.shared = settings.cache_shared
 
-    def keys(self, request: InferenceRequest, inputs: Sequence[Sequence[int] | str]) -> list[str | None]:
+    def keys(
+        self,
+        request: InferenceRequest,
+        inputs: Sequence[Sequence[int] | str],
+        limits: Sequence[str] | None = None,
+    ) -> list[str | None]:
         """One key per input of ``request`` (token ids, or the text where there are none); None for
-        each when the request's outputs are not deterministic."""
+        each when the request's outputs are not deterministic. ``limits``: per input, what else
+        bounds its output (a generation's token budget after the operator's caps)."""
         params = output_params(request)
         if params is None:
             return [None] * len(inputs)
-        head = f"{self.version}\0{request.task.value}\0{params}\0".encode()
         where = scope(request, self.shared)
-        return [cache_key(self.settings, where, _digest(head, one)) for one in inputs]
+        seed = request.generation.seed if request.generation and request.generation.temperature else None
+        out: list[str | None] = []
+        for i, one in enumerate(inputs):
+            own = f"{params};seed={(seed + i) % 2**63}" if seed is not None else params
+            limit = limits[i] if limits else ""
+            head = f"{self.version}\0{request.task.value}\0{own}\0{limit}\0".encode()
+            out.append(cache_key(self.settings, where, _digest(head, one)))
+        return out
 
 
 def _digest(head: bytes, model_input: Sequence[int] | str) -> str:

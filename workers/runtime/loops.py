@@ -38,9 +38,10 @@ def build_loop(
 ) -> ModelLoop:
     """Load ``model``'s runner and start the loop that serves it (raises
     :class:`~schemas.errors.InferqError` when this worker cannot serve the model). ``cache``: the
-    result cache (None: off); encoders' loops use it."""
+    result cache (None: off)."""
     s = settings
     runner = load_runner(model, s)
+    keys = CacheKeys(s, runner.version) if cache is not None else None
     if isinstance(runner, CausalLM):
         policy = DecodePolicy(
             s.generate_max_running,
@@ -51,7 +52,16 @@ def build_loop(
             static=s.generate_batching == "static",
             prefill_chunk_tokens=s.generate_prefill_chunk_tokens,
         )
-        return Decoder(runner, store, policy, s.max_attempts, observer=observer, outlet=outlet)
+        return Decoder(
+            runner,
+            store,
+            policy,
+            s.max_attempts,
+            observer=observer,
+            outlet=outlet,
+            cache=cache,
+            cache_keys=keys,
+        )
     batch = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.priority_aging_ms)
     cost = CostModel()
     wait: WaitPolicy = (
@@ -59,7 +69,6 @@ def build_loop(
         if s.batch_wait == "adaptive"
         else FixedWait(s.max_wait_ms)
     )
-    keys = CacheKeys(s, runner.version) if cache is not None else None
     return Engine(runner, store, batch, wait, cost, s.max_attempts, observer, outlet, cache, keys)
 
 

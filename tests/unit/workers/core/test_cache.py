@@ -172,3 +172,52 @@ def test_failed_inputs_are_not_cached():
     engine.close()
     assert store.results[bad.request_id].status is ResultStatus.FAILED
     assert len(cache.entries) == 1  # "fine" (computed in the isolated retry) only
+
+
+def test_a_seeded_requests_inputs_are_keyed_by_their_own_seed():
+    keys = CacheKeys(SETTINGS, "m@1")
+    seeded = InferenceRequest(
+        task="generate", model="m", inputs=["hi", "hi"], generation={"temperature": 0.8, "seed": 7}
+    )
+    first, second = keys.keys(seeded, [IDS, IDS])
+    assert first != second  # input 1 samples with seed 8
+    alone = InferenceRequest(
+        task="generate", model="m", inputs="hi", generation={"temperature": 0.8, "seed": 8}
+    )
+    assert keys.keys(alone, [IDS]) == [second]
+    greedy = InferenceRequest(task="generate", model="m", inputs=["hi", "hi"], generation={"seed": 7})
+    assert len(set(keys.keys(greedy, [IDS, IDS]))) == 1  # greedy: no seed plays a part
+    assert keys.keys(greedy, [IDS]) == [key_of(generate(), version="m@1")]  # greedy with any seed
+    assert keys.keys(greedy, [IDS], ["budget=5"]) != keys.keys(greedy, [IDS], ["budget=6"])
+
+
+def test_a_generation_hit_never_reaches_the_model_and_a_sampled_one_is_never_cached():
+    from tests.tiny_models import tiny_causal_lm
+    from workers.core.decoder import Decoder
+    from workers.core.sequences import DecodePolicy
+
+    lm, cache, store, seen = tiny_causal_lm(), FakeCache(), FakeStore(), Counts()
+    d = Decoder(
+        lm,
+        store,
+        DecodePolicy(stream_interval_ms=0.0),
+        observer=seen,
+        cache=cache,
+        cache_keys=CacheKeys(SETTINGS, lm.version),
+    )
+
+    def run(**params):
+        r = InferenceRequest(task="generate", model="tiny-lm", inputs="reset my password", generation=params)
+        (job,) = d.submit([work(r)])
+        assert job.done.wait(60)
+        return store.results[r.request_id]
+
+    first, again = run(max_new_tokens=6), run(max_new_tokens=6)
+    shorter = run(max_new_tokens=4)
+    sampled = [run(max_new_tokens=6, temperature=0.9) for _ in range(2)]
+    d.close()
+    assert first.cached is None and again.cached == [0] and shorter.cached is None
+    assert again.outputs == first.outputs and first.outputs[0].tokens == 6
+    assert [r.cached for r in sampled] == [None, None]
+    assert len(cache.entries) == 2  # the two greedy budgets; sampled outputs are never stored
+    assert seen.calls.count((1, 0, 0)) == 1  # the one hit
