@@ -98,6 +98,23 @@ def test_entries_are_per_tenant(client):
     assert theirs.outputs[0].floats() == mine.outputs[0].floats()
 
 
+def test_a_greedy_generation_again_comes_from_the_cache_and_a_sampled_one_never(client):
+    prompt = unique("the cache remembers")
+    short = {"max_new_tokens": 6}
+    greedy = [
+        client.wait(client.submit("generate", "tiny-lm", prompt, generation=short), timeout_s=60)
+        for _ in range(2)
+    ]
+    assert greedy[0].cached is None and greedy[1].cached == [0]
+    assert greedy[1].outputs == greedy[0].outputs and greedy[0].status is ResultStatus.DONE
+    sampled = {"max_new_tokens": 6, "temperature": 0.9}
+    again = [
+        client.wait(client.submit("generate", "tiny-lm", prompt, generation=sampled), timeout_s=60)
+        for _ in range(2)
+    ]
+    assert [r.cached for r in again] == [None, None]
+
+
 def echo_engine(settings: Settings, store: ResultStore, shared: bool) -> Engine:
     """An engine in this process on the instant echo model, with the stack's store and cache."""
     s = settings.model_copy(update={"cache_shared": shared})
