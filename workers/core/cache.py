@@ -1,4 +1,5 @@
-"""The result cache's keys and values, and what the engine does with it around one batch.
+"""The result cache's keys and values, and the engine's lookup of one batch (the decoder's is in
+:meth:`workers.core.decoder.Decoder._from_cache`).
 
 A key is per input (so a list of texts shares entries with each text sent alone) and digests
 everything that decides that input's output: the model version the worker serves, the task, the
@@ -11,8 +12,10 @@ output (priority, deadline, request id, reply topic, ...) are left out, so they 
   so a hit costs no float formatting: keying on the encoding stores a vector once per encoding
   asked for, which is cheaper than re-encoding every hit.
 - ``classify``: ``top_k``.
-- ``generate``: only deterministic requests are cached (greedy, ``temperature`` 0, or a fixed
-  ``seed``), with every generation parameter in the key; others get no key.
+- ``generate``: only deterministic requests are cached: greedy (``temperature`` 0: the seed and
+  ``top_p`` play no part), or sampled with a fixed ``seed`` (every sampling parameter, and each
+  input's own seed, seed + index as the sampler takes it, in the key); others get no key. The
+  decoder adds each input's token budget after the operator's caps (``limits``).
 
 Entries are scoped per tenant (``t:<tenant>``): a cache shared across tenants lets one tenant
 time whether another sent a text. ``INFERQ_CACHE_SHARED`` puts them all under ``shared``.
