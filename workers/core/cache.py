@@ -155,6 +155,18 @@ class Lookup:
     failed: bool = False  # the cache did not answer: everything is computed
 
 
+def cached_outputs(cache: ResultCache | None, pieces: Sequence[Piece]) -> dict[str, Output]:
+    """The outputs the cache holds for the pieces' keys (one MGET); empty when it did not answer."""
+    keys = list(dict.fromkeys(p.key for p in pieces if p.key is not None))
+    values = cache.get_many(keys) if cache is not None and keys else None
+    found: dict[str, Output] = {}
+    for key, raw in zip(keys, values or [], strict=False):
+        output = decode_output(raw) if raw is not None else None
+        if output is not None:
+            found[key] = output
+    return found
+
+
 def look_up(cache: ResultCache | None, pieces: Sequence[Piece]) -> Lookup:
     """One MGET for the pieces that have a key; identical keys among the misses computed once."""
     out = Lookup()

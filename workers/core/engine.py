@@ -33,7 +33,7 @@ from schemas.messages import InferenceResult, Output, ResultStatus, now_ms
 from schemas.observer import BatchStats, Observer
 from schemas.work import WorkItem
 from workers.core.batcher import Batcher, BatchPolicy, padded_tokens
-from workers.core.cache import CacheKeys, Lookup, encode_output, look_up
+from workers.core.cache import CacheKeys, Lookup, cached_outputs, encode_output, look_up
 from workers.core.jobs import PRIORITY_RANK, Job, Piece, distinct, start_jobs, write_results
 from workers.core.loop import Outlet
 from workers.core.runners.base import Runner
@@ -85,18 +85,77 @@ class Engine:
 
         ``first_delivery``: the requests' Celery message was not put back after a worker died,
         so their ``running`` mark may overlap the forward pass.
+
+        With the result cache, the message's inputs are looked up here first (one MGET): hits never
+        enter the batcher (they would take a batch's slots from inputs the model must compute), and
+        a request answered whole is written from this thread, the model's never involved.
         """
         jobs = Job.new(items, first_delivery)
         all_ids = iter(self.runner.tokenize([text for job in jobs for text in job.request.texts()]))
-        entries: list[tuple[Piece, int, int, str]] = []
+        pieces: list[Piece] = []
         for job in jobs:
-            rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
             ids_of = [next(all_ids) for _ in range(job.remaining)]
             keys = self.cache_keys.keys(job.request, ids_of) if self.cache_keys else [None] * len(ids_of)
-            for i, (ids, key) in enumerate(zip(ids_of, keys, strict=True)):
-                entries.append((Piece(job, i, ids, key), len(ids), rank, tenant))
-        self.batcher.put_many(entries)  # one wake-up of the model thread per message
+            pieces += [Piece(job, i, ids, key) for i, (ids, key) in enumerate(zip(ids_of, keys, strict=True))]
+        if self.cache is not None:
+            pieces = self._answer_hits(jobs, pieces)
+        if pieces or not jobs:  # one wake-up of the model thread per message (none if all hit)
+            self.batcher.put_many(
+                (p, len(p.ids), PRIORITY_RANK[p.job.request.priority], p.job.request.tenant or "")
+                for p in pieces
+            )
         return jobs
+
+    def _answer_hits(self, jobs: list[Job], pieces: list[Piece]) -> list[Piece]:
+        """Fill in the outputs the cache holds (on the caller's thread, before the model thread sees
+        the jobs); write the requests answered whole. Returns the pieces left to compute."""
+        found = cached_outputs(self.cache, pieces)
+        if not found:
+            return pieces
+        rest = []
+        for p in pieces:
+            output = found.get(p.key) if p.key is not None else None
+            if output is None:
+                rest.append(p)
+                continue
+            p.job.outputs[p.index] = output
+            p.job.cached.append(p.index)
+            p.job.remaining -= 1
+        self.observer.cache_used(self.runner.name, len(pieces) - len(rest), 0, 0)
+        answered = [j for j in jobs if j.remaining == 0]
+        if answered:
+            self._serve_cached(answered)
+        return rest
+
+    def _serve_cached(self, jobs: list[Job]) -> None:
+        """Start and end requests the cache answered whole, as a batch of no forward pass would."""
+        start = now_ms()
+        try:
+            for job in jobs:
+                deadline = job.request.deadline_ms()
+                if deadline is not None and deadline <= start:
+                    job.finish(
+                        ResultStatus.EXPIRED, DeadlineExpired("deadline passed before it was answered")
+                    )
+            fresh = [j for j in jobs if not j.finished]
+            for job in fresh:
+                job.started, job.status = True, ResultStatus.RUNNING
+                job.timings.update(batch_start_ms=start, batch_size=0)
+            for job in start_jobs(self.store, fresh, self._result, self.max_attempts):
+                self._refused(job)
+            for job in fresh:
+                if not job.finished:
+                    job.finish(ResultStatus.DONE)
+        except TRANSIENT_ERRORS:  # Redis gone past the retries: hand the message back
+            log.exception("result store unreachable; these requests go back to the queue")
+            for job in jobs:
+                job.unwritten = True
+                job.done.set()
+            return
+        for job in jobs:
+            if job.skipped:
+                job.done.set()
+        self._write([j for j in jobs if not j.skipped])
 
     def warm_up(self) -> None:
         """One real forward pass, so the first request pays no lazy initialisation; then a few timed

@@ -137,8 +137,15 @@ def test_a_hit_skips_the_model_and_the_result_says_so():
     assert one.cached is None and two.cached == [0, 2]
     assert [o.embedding for o in two.outputs] == [[2.0], [3.0], [3.0]]
     assert '"cached":[0,2]' in result_json(two) and '"cached"' not in result_json(one)
-    assert seen.calls == [(0, 2, 0), (2, 1, 0)]
-    assert cache.reads == 2 and cache.writes == 2  # one round trip each way per batch
+    # hits counted where found (on arrival here), misses where computed
+    assert [sum(c[i] for c in seen.calls) for i in range(3)] == [2, 3, 0]
+    assert cache.reads == 4 and cache.writes == 2  # one lookup per message and per batch
+    whole = req(["de", "abc"])
+    jobs = engine.submit([work(whole)])  # answered on arrival, on this thread: the engine is closed
+    assert jobs[0].done.is_set() and runner.forwarded == [["abc", "de"], ["xyz"]]
+    three = store.results[whole.request_id]
+    assert three.status is ResultStatus.DONE and three.cached == [0, 1] and three.timings.batch_size == 0
+    assert [o.embedding for o in three.outputs] == [[2.0], [3.0]]
 
 
 def test_identical_inputs_waiting_together_are_computed_once():
