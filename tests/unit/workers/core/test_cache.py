@@ -228,3 +228,17 @@ def test_a_generation_hit_never_reaches_the_model_and_a_sampled_one_is_never_cac
     assert [r.cached for r in sampled] == [None, None]
     assert len(cache.entries) == 2  # the two greedy budgets; sampled outputs are never stored
     assert seen.calls.count((1, 0, 0)) == 1  # the one hit
+
+
+def test_a_request_answered_whole_on_arrival_still_expires_and_is_marked_started():
+    cache = FakeCache()
+    engine, runner, store, _ = cached_engine(cache, wait_ms=0)
+    assert engine.submit([work(req("abc"))])[0].done.wait(5)
+    past = datetime.now(timezone.utc) - timedelta(seconds=1)
+    late, fine = req("abc", deadline=past), req("abc")
+    jobs = engine.submit([work(late), work(fine)])
+    engine.close()
+    assert all(j.done.is_set() for j in jobs) and runner.forwarded == [["abc"]]
+    assert store.results[late.request_id].status is ResultStatus.EXPIRED
+    assert store.results[fine.request_id].status is ResultStatus.DONE
+    assert (fine.request_id, ResultStatus.RUNNING) in store.writes  # started as any request is
