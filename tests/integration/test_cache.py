@@ -9,11 +9,14 @@ tests/unit/workers/core/test_cache.py; here each behaviour is shown once through
 from __future__ import annotations
 
 import secrets
+import subprocess
+import sys
 
 import pytest
 import redis
 
 from ops.stack import Stack
+from ops.stack.env import settings_env
 from schemas import results
 from schemas.connections import redis_client
 from schemas.errors import ConfigurationError
@@ -165,6 +168,23 @@ def test_a_cache_that_could_evict_results_is_refused(stack, settings):
         ResultCache.from_settings(settings.model_copy(update={"cache_redis_url": alias}), store.client)
     with pytest.raises(ConfigurationError, match="noeviction"):
         check_instance(store.client.info())  # the results' own policy: it never evicts
+
+
+def test_a_worker_pointed_at_the_results_instance_refuses_to_start(stack, settings, tmp_path):
+    bad = settings.model_copy(
+        update={"cache_redis_url": settings.redis_url.rsplit("/", 1)[0] + "/3", "state_dir": tmp_path}
+    )
+    env = {**stack.env, **settings_env(bad), "INFERQ_LOG_SHIP": "false"}
+    argv = [sys.executable, "-m", "celery", "-A", "workers.celery_adapter", "worker", "--pool", "threads"]
+    proc = subprocess.run(
+        [*argv, "-n", f"refused-{secrets.token_hex(3)}@test"],
+        env=env,
+        capture_output=True,
+        text=True,
+        timeout=90,
+    )
+    assert proc.returncode == 78, proc.stderr[-2000:]  # EX_CONFIG: no restart loop, no message taken
+    assert "worker cannot start" in proc.stderr and "second redis-server" in proc.stderr
 
 
 def test_every_entry_has_a_ttl_and_eviction_stays_in_the_cache(client, settings, cache_redis):
