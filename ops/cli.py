@@ -27,8 +27,10 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ops.bench.cache import CachePlan, bench_cache, print_cache
 from ops.bench.ceiling import CeilingPlan, bench_ceiling
 from ops.bench.peers import PEERS
+from ops.bench.report import write_json
 from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
 from ops.drill.faults import FAULTS
@@ -90,6 +92,12 @@ def _bench_args(b: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only the ceiling: the pipeline's top req/s with the instant model echo-384, CPU per request "
         "by process, and its scaling with intake replicas and worker processes",
+    )
+    b.add_argument(
+        "--cache",
+        action="store_true",
+        help="only the result cache: req/s with it off and on, alternated, on a Zipf mix of repeated "
+        "texts (bench.json `cache`, merged into an existing file)",
     )
     b.add_argument(
         "--profile",
@@ -218,6 +226,8 @@ def cmd_bench(run: Run) -> int:
         run.parser.error("--profile goes with --ceiling")
     if args.ceiling:
         return _bench_ceiling(run)
+    if args.cache:
+        return _bench_cache(run)
     plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
     plan = dataclasses.replace(
         plan,
@@ -226,6 +236,18 @@ def cmd_bench(run: Run) -> int:
         ceiling=None if args.generate == "only" else plan.ceiling,
     )
     run_bench(run.settings, plan, args.out, run.console)
+    return 0
+
+
+def _bench_cache(run: Run) -> int:
+    plan = CachePlan.quick() if run.args.quick else CachePlan()
+    with run.console.status("cache bench") as status:
+        data = bench_cache(run.settings, plan, lambda m: status.update(m))
+    path = run.args.out / "bench.json"
+    merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    write_json(path, {**merged, "cache": data})
+    print_cache(run.console, data)
+    run.console.print(f"wrote {path} (cache)")
     return 0
 
 

@@ -420,6 +420,12 @@ class InferenceResult(_Model):
     model_version: str | None = None
     tenant: str | None = None
     outputs: list[Output] | None = Field(None, description="One per input text, in input order")
+    cached: list[int] | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="Indices of the inputs whose output came from the result cache, in order "
+        "(absent when none did)",
+    )
     error: ErrorInfo | None = None
     timings: Timings = Field(default_factory=Timings)
     trace_id: str | None = Field(

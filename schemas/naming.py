@@ -203,6 +203,13 @@ def delivery_key(settings: Settings, consumer: str) -> str:
 OUTBOX_GROUP = "inferq-delivery"  # the delivery service's consumer group on the outbox stream
 
 
+def cache_key(settings: Settings, scope: str, digest: str) -> str:
+    """One cached model output, in the cache's own Redis (``INFERQ_CACHE_REDIS_URL``, never the
+    result store's): ``scope`` is ``t:<tenant>`` (``t:`` without one) or ``shared``; ``digest`` the
+    hex digest of the model version, task, output-changing parameters and input text."""
+    return f"{settings.key_prefix}:cache:{scope}:{digest}"
+
+
 # a Kafka record header the API puts on requests it admitted before publishing: the intake marks
 # them read (so the republish sweep leaves them alone); other records cost the intake nothing
 ADMITTED_HEADER = "inferq-admitted"
@@ -408,6 +415,15 @@ REDIS_KEYS: tuple[NameDoc, ...] = (
         "results written in that minute by version: `<version>|ok`, `<version>|failed`, and "
         "`<version>|le<ms>` latency buckets (for `inferq-ops rollout status` and `watch`)",
         "2 hours",
+    ),
+    NameDoc(
+        cache_key,
+        ("<scope>", "<digest>"),
+        "string",
+        "in the cache instance only (`INFERQ_CACHE_REDIS_URL`): one input's output as the worker wrote "
+        "it, keyed by a digest of model version, task, the parameters that change the output and the "
+        "text; scope `t:<tenant>` unless `INFERQ_CACHE_SHARED` (then `shared`)",
+        "`INFERQ_CACHE_TTL_S`; evicted least recently used past the instance's `maxmemory`",
     ),
 )
 

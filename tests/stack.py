@@ -50,6 +50,11 @@ def settings(tmp_path_factory) -> Settings:
         # results topic; tenant "acme" may name acme.* topics, anyone replies.* topics
         results_topic=RESULTS_TOPIC,
         reply_topics="acme:acme.*,*:replies.*",
+        # --- result cache (issue 20; tests/integration/test_cache.py): the stack starts its own
+        # redis-server for it (the port is moved to a free one with the others); a small bound so
+        # that a test can fill it past it
+        cache_redis_url="redis://127.0.0.1:1/0",
+        cache_max_bytes=8 * 1024 * 1024,
     )
     return on_free_ports(base, tmp_path_factory.mktemp("inferq-state"))
 

@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.settings.admission import AdmissionSettings
+from schemas.settings.cache import CacheSettings
 from schemas.settings.delivery import DeliverySettings
 from schemas.settings.kafka import KafkaSettings
 from schemas.settings.services import ServiceSettings
@@ -34,6 +35,7 @@ CONCERNS: tuple[type[BaseModel], ...] = (
     ServiceSettings,
     WebhookSettings,
     DeliverySettings,
+    CacheSettings,
 )
 
 
@@ -41,6 +43,7 @@ class Settings(
     WebhookSettings,
     DeliverySettings,
     ServiceSettings,
+    CacheSettings,
     WorkerSettings,
     AdmissionSettings,
     KafkaSettings,

@@ -36,6 +36,7 @@ from workers.runtime.identity import Instance
 from workers.runtime.loops import ModelLoops, build_loop
 from workers.runtime.publish import Publisher
 from workers.runtime.recovery import Recovery
+from workers.store.cache import ResultCache
 from workers.store.store import ResultStore
 from workers.store.versions import VersionCounts
 from workers.transport.app import make_app
@@ -72,6 +73,8 @@ class WorkerRuntime:
             store.observer.add(VersionCounts(store.client, settings))  # per-version counts in Redis
         self.store = store
         self.publisher = Publisher(settings)
+        # the result cache (None: off); refuses an instance that could evict results (issue 20)
+        self.cache = ResultCache.from_settings(settings, self.store.client)
         self.instance = Instance(self.store.client, settings)
         self.loops = ModelLoops(self._build)
         # (model, version) → the INFERQ_WORKER_MODELS entry that serves it, once loaded
@@ -81,7 +84,7 @@ class WorkerRuntime:
     def _build(self, entry: str) -> ModelLoop:
         """The loop of an ``INFERQ_WORKER_MODELS`` entry (``<model>`` or ``<model>@<variant>``),
         recorded under the version it serves."""
-        loop = build_loop(entry, self.settings, self.store, self.observer, self.publisher)
+        loop = build_loop(entry, self.settings, self.store, self.observer, self.publisher, self.cache)
         model, _, version = loop.version.partition("@")
         self._versions[(model, version)] = entry
         return loop

@@ -86,6 +86,15 @@ FIRST_TOKEN = Histogram(
     ["model"],
     buckets=_LATENCY,
 )
+CACHE_HITS = Counter("inferq_cache_hits", "Inputs answered from the result cache", ["model"])
+CACHE_MISSES = Counter(
+    "inferq_cache_misses",
+    "Inputs looked up in the result cache and computed (identical ones once)",
+    ["model"],
+)
+CACHE_ERRORS = Counter(
+    "inferq_cache_errors", "Result cache round trips that failed (the inputs were computed)", ["model"]
+)
 
 
 def record_results(results: Sequence[InferenceResult]) -> None:
@@ -149,6 +158,12 @@ def record_batch(model: str, size: int, tokens: int, padding_waste: float, compu
     BATCH_TOKENS.labels(model).observe(tokens)
     PADDING_WASTE.labels(model).observe(padding_waste)
     COMPUTE.labels(model).observe(compute_ms / 1000.0)
+
+
+def record_cache(model: str, hits: int, misses: int, errors: int) -> None:
+    for counter, n in ((CACHE_HITS, hits), (CACHE_MISSES, misses), (CACHE_ERRORS, errors)):
+        if n:
+            counter.labels(model).inc(n)
 
 
 def record_step(model: str, running: int) -> None:
