@@ -162,7 +162,9 @@ def test_a_receiver_answering_400_is_given_up_at_once_logged_and_counted(
         }
         return search(es, settings, query)
 
-    (doc,) = eventually(failed_record, 30, "the delivery's ECS record")  # type: ignore[misc]
+    docs = eventually(failed_record, 30, "the delivery's ECS record")
+    assert isinstance(docs, list) and len(docs) == 1, docs
+    doc = docs[0]
     delivery = doc["inferq"]["delivery"]
     assert (delivery["sink"], delivery["outcome"], delivery["reason"]) == ("webhook", "failed", "http_400")
     assert doc["event"]["outcome"] == "failure"
