@@ -325,8 +325,10 @@ def _summarise(
     end = max(collected.done_at)
     window: Window = steady_window(collected.done_at)
     whole = trace.between(t0, end)
+    busy_s = {g: end - t0 for g in whole}
     if hooks_done_at is not None:  # the delivery service works on after the last result: its CPU till done
         whole["delivery"] = trace.between(t0, max(end, hooks_done_at))["delivery"]
+        busy_s["delivery"] = max(end, hooks_done_at) - t0
     pub_s = max(p.t1 for p in published) - min(p.t0 for p in published)
     profile: dict[str, Any] = {}
     for name, path in profiles.items():
@@ -347,7 +349,7 @@ def _summarise(
         cpu_ms_per_request=per_request(whole, n),
         steady_cpu_ms_per_request=per_request(trace.between(window.t0, window.t1), window.completions),
         cpu_busy_cores=sum(whole.values()) / 1000.0 / (end - t0),
-        busy_cores_by_process={g: ms / 1000.0 / (end - t0) for g, ms in whole.items()},
+        busy_cores_by_process={g: ms / 1000.0 / busy_s[g] for g, ms in whole.items()},
         load_avg_1m=os.getloadavg()[0],
         cpu_bound_req_per_s=(os.cpu_count() or 1) * 1000.0 / (sum(whole.values()) / n),
         lost=collected.lost,
