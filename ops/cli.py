@@ -8,6 +8,7 @@ inferq-ops bench --ceiling [--profile]   # the pipeline's own top req/s and CPU 
 inferq-ops drill     # kill -9 / restart each service under load: lost and duplicated → drill.json
 inferq-ops kibana --url http://localhost:5601 --user elastic --password-stdin   # dashboards into a Kibana
 inferq-ops api-key --tenant acme   # a result-API key for a tenant, and its INFERQ_API_KEYS entry
+inferq-ops rollout start MODEL VERSION --share 10 | promote MODEL | rollback MODEL | status | watch
 inferq-ops reference # regenerate docs/configuration.md and docs/redis-keys.md from the code
 inferq-ops down      # stops exactly what `up` started
 """
@@ -26,15 +27,20 @@ from rich.console import Console
 from rich.markup import escape
 from rich.table import Table
 
+from ops.bench.cache import CachePlan, bench_cache, print_cache
 from ops.bench.ceiling import CeilingPlan, bench_ceiling
 from ops.bench.peers import PEERS
+from ops.bench.report import write_json
 from ops.bench.run import BenchPlan, run_bench
 from ops.demo import run_demo
 from ops.drill.faults import FAULTS
 from ops.drill.replies import REPLY_DRILLS
+from ops.drill.rollout import ROLLOUT
 from ops.drill.run import POISON, DrillPlan, run_drills
 from ops.kibana.importer import import_dashboards
 from ops.reference import main as reference_main
+from ops.rollout import add_args as rollout_args
+from ops.rollout import run as run_rollout
 from ops.stack import Stack
 from producers.auth import check_tenant, digest, new_key
 from schemas.connections import redact_url
@@ -61,6 +67,7 @@ def parser() -> argparse.ArgumentParser:
         "api-key", help="make an API key for a tenant (prints the key and its INFERQ_API_KEYS entry)"
     )
     a.add_argument("--tenant", required=True)
+    rollout_args(sub.add_parser("rollout", help="canary, promote, roll back model versions (no restarts)"))
     r = sub.add_parser("reference", help="write docs/configuration.md and docs/redis-keys.md from the code")
     r.add_argument("--check", action="store_true", help="write nothing; exit 1 if a file drifted")
     return p
@@ -85,6 +92,12 @@ def _bench_args(b: argparse.ArgumentParser) -> None:
         action="store_true",
         help="only the ceiling: the pipeline's top req/s with the instant model echo-384, CPU per request "
         "by process, and its scaling with intake replicas and worker processes",
+    )
+    b.add_argument(
+        "--cache",
+        action="store_true",
+        help="only the result cache: req/s with it off and on, alternated, on a Zipf mix of repeated "
+        "texts (bench.json `cache`, merged into an existing file)",
     )
     b.add_argument(
         "--profile",
@@ -130,7 +143,7 @@ def _drill_args(dr: argparse.ArgumentParser) -> None:
     dr.add_argument(
         "--only",
         default=",".join(FAULTS),
-        help=f"comma-separated drills ({', '.join([*FAULTS, POISON, *REPLY_DRILLS])}); '' for none",
+        help=f"comma-separated drills ({', '.join([*FAULTS, POISON, *REPLY_DRILLS, ROLLOUT])}); '' for none",
     )
     dr.add_argument(
         "--overload-s", type=float, default=60.0, help="seconds at 3 × capacity after the drills; 0 = skip"
@@ -222,6 +235,8 @@ def cmd_bench(run: Run) -> int:
         run.parser.error("--profile goes with --ceiling")
     if args.ceiling:
         return _bench_ceiling(run)
+    if args.cache:
+        return _bench_cache(run)
     plan = BenchPlan.quick(peers) if args.quick else BenchPlan(peers=peers)
     plan = dataclasses.replace(
         plan,
@@ -230,6 +245,18 @@ def cmd_bench(run: Run) -> int:
         ceiling=None if args.generate == "only" else plan.ceiling,
     )
     run_bench(run.settings, plan, args.out, run.console)
+    return 0
+
+
+def _bench_cache(run: Run) -> int:
+    plan = CachePlan.quick() if run.args.quick else CachePlan()
+    with run.console.status("cache bench") as status:
+        data = bench_cache(run.settings, plan, lambda m: status.update(m))
+    path = run.args.out / "bench.json"
+    merged = json.loads(path.read_text(encoding="utf-8")) if path.is_file() else {}
+    write_json(path, {**merged, "cache": data})
+    print_cache(run.console, data)
+    run.console.print(f"wrote {path} (cache)")
     return 0
 
 
@@ -276,9 +303,9 @@ def _layouts(value: str) -> tuple[tuple[int, int], ...]:
 def cmd_drill(run: Run) -> int:
     args = run.args
     drills = _names(args.only)
-    unknown = sorted(set(drills) - {*FAULTS, POISON, *REPLY_DRILLS})
+    unknown = sorted(set(drills) - {*FAULTS, POISON, *REPLY_DRILLS, ROLLOUT})
     if unknown:
-        known = ", ".join([*FAULTS, POISON, *REPLY_DRILLS])
+        known = ", ".join([*FAULTS, POISON, *REPLY_DRILLS, ROLLOUT])
         run.parser.error(f"unknown drill(s) {', '.join(unknown)}; choose from {known}")
     drill_plan = DrillPlan(tuple(drills), args.requests, args.rate, overload_s=args.overload_s)
     drilled = run_drills(run.settings, drill_plan, args.out, run.console)
@@ -334,6 +361,7 @@ COMMANDS: dict[str, Callable[[Run], int]] = {
     "api-key": cmd_api_key,
     "kibana": cmd_kibana,
     "demo": cmd_demo,
+    "rollout": lambda run: run_rollout(run.args, run.settings, run.console),
 }
 
 

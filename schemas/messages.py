@@ -42,6 +42,9 @@ Name = Annotated[str, StringConstraints(pattern=NAME_PATTERN)]
 Text = Annotated[str, StringConstraints(min_length=1, max_length=100_000)]
 TOPIC_PATTERN = r"^[A-Za-z0-9_-][A-Za-z0-9._-]{0,248}$"  # Kafka's topic names (not starting with a dot)
 TopicName = Annotated[str, StringConstraints(pattern=TOPIC_PATTERN)]
+# a model version: the part of a result's ``model_version`` after ``<model>@`` (a weights digest)
+VERSION_PATTERN = r"^[A-Za-z0-9][A-Za-z0-9_.+-]{0,63}$"
+Version = Annotated[str, StringConstraints(pattern=VERSION_PATTERN)]
 MAX_CALLBACK_URL_CHARS = 2048
 TRACE_ID_PATTERN = r"^[0-9a-f]{32}$"  # W3C trace context (schemas.tracing)
 
@@ -170,7 +173,15 @@ class InferenceRequest(_Model):
         description="Client-supplied (16-128 URL-safe chars, unguessable) or generated",
     )
     task: Task
-    model: Name = Field(description="Registered model name, e.g. all-MiniLM-L6-v2 or minilm-intent")
+    model: Name = Field(
+        description="Registered model name, e.g. all-MiniLM-L6-v2 or minilm-intent (`<name>@<version>` "
+        "pins a version, as `model_version` does)"
+    )
+    model_version: Version | None = Field(
+        None,
+        description="Pin a version of the model: the part after `@` of a result's `model_version` (or "
+        "that whole string); absent = the model's current version (the operator's rollout)",
+    )
     inputs: Text | list[Text] | None = Field(
         None, description="One text, or a non-empty list of texts (exactly one of `inputs` and `messages`)"
     )
@@ -208,6 +219,26 @@ class InferenceRequest(_Model):
         description="Also POST the terminal result to this URL (https; signed with the tenant's "
         "webhook key); hosts outside the configured allow-list are refused",
     )
+
+    @model_validator(mode="before")
+    @classmethod
+    def _split_pinned_version(cls, data: Any) -> Any:
+        """``model: "<name>@<version>"`` and ``model_version: "<name>@<version>"`` are read as
+        ``model: <name>`` + ``model_version: <version>`` (one wire form after validation)."""
+        if not isinstance(data, dict):
+            return data
+        model, pinned = data.get("model"), data.get("model_version")
+        if isinstance(model, str) and "@" in model:
+            model, _, in_model = model.partition("@")
+            if pinned is not None and pinned not in (in_model, f"{model}@{in_model}"):
+                raise ValueError(f"model pins version {in_model!r} but model_version is {pinned!r}")
+            data = {**data, "model": model, "model_version": in_model}
+        elif isinstance(pinned, str) and "@" in pinned:
+            named, _, version = pinned.partition("@")
+            if named != model:
+                raise ValueError(f"model_version {pinned!r} is a version of {named!r}, not of {model!r}")
+            data = {**data, "model_version": version}
+        return data
 
     @model_validator(mode="after")
     def _generation_only_for_generate(self) -> InferenceRequest:
@@ -389,6 +420,12 @@ class InferenceResult(_Model):
     model_version: str | None = None
     tenant: str | None = None
     outputs: list[Output] | None = Field(None, description="One per input text, in input order")
+    cached: list[int] | None = Field(
+        None,
+        exclude_if=lambda v: v is None,
+        description="Indices of the inputs whose output came from the result cache, in order "
+        "(absent when none did)",
+    )
     error: ErrorInfo | None = None
     timings: Timings = Field(default_factory=Timings)
     trace_id: str | None = Field(

@@ -156,6 +156,22 @@ def model_queue(settings: Settings, model: str) -> str:
     return f"{settings.key_prefix}.model.{_UNSAFE.sub('_', model)}"
 
 
+def version_queue(settings: Settings, model: str, version: str) -> str:
+    """The Celery queue of one version of a model (:mod:`schemas.versions`); unsafe characters
+    become ``_``."""
+    return f"{model_queue(settings, model)}.v.{_UNSAFE.sub('_', version)}"
+
+
+def rollout_key(settings: Settings, model: str) -> str:
+    """Hash: how a model's unpinned requests are routed (:class:`schemas.versions.Rollout`)."""
+    return f"{settings.key_prefix}:rollout:{model}"
+
+
+def version_stats_key(settings: Settings, model: str, minute: int) -> str:
+    """Hash: a model's results in one minute (epoch minutes), by version (:mod:`workers.store.versions`)."""
+    return f"{settings.key_prefix}:version-stats:{model}:{minute}"
+
+
 def unseen_key(settings: Settings) -> str:
     """Sorted set: result keys of requests the API admitted and published that no intake has read
     yet, by admission time (epoch ms); their wire JSON is in :func:`unseen_wire_key`."""
@@ -185,6 +201,13 @@ def delivery_key(settings: Settings, consumer: str) -> str:
 
 
 OUTBOX_GROUP = "inferq-delivery"  # the delivery service's consumer group on the outbox stream
+
+
+def cache_key(settings: Settings, scope: str, digest: str) -> str:
+    """One cached model output, in the cache's own Redis (``INFERQ_CACHE_REDIS_URL``, never the
+    result store's): ``scope`` is ``t:<tenant>`` (``t:`` without one) or ``shared``; ``digest`` the
+    hex digest of the model version, task, output-changing parameters and input text."""
+    return f"{settings.key_prefix}:cache:{scope}:{digest}"
 
 
 # a Kafka record header the API puts on requests it admitted before publishing: the intake marks
@@ -217,7 +240,8 @@ REDIS_KEYS: tuple[NameDoc, ...] = (
         "`status` (queued, running, done, failed, expired, cancelled); `body`, the `InferenceResult` JSON; "
         "`digest`, the request's content digest (a duplicate delivery from a conflicting reuse of an id); "
         "`attempts`, how many times a worker started it; while queued `handoff` (Celery queue, priority, "
-        "message item), so a lost message can be sent again; `stop` once a client cancelled a running "
+        "message item), so a lost message can be sent again; `route`, the model version routing chose at "
+        "admission (empty = the model's default queue); `stop` once a client cancelled a running "
         "generation (the worker ends it at its next sync); `deliver`, where the terminal result is also "
         'sent (compact JSON `{"topics": [...], "url": ...}`, absent = nowhere)',
         _RESULT_TTL,
@@ -374,6 +398,33 @@ REDIS_KEYS: tuple[NameDoc, ...] = (
         "if the broker lost the record",
         "none; fields leave with their `unseen` member",
     ),
+    NameDoc(
+        rollout_key,
+        ("<model>",),
+        "hash",
+        "how the model's unpinned requests are routed: `current` (its version; empty = the default "
+        "queue), `canary` and `canary_share_bp` (basis points of request ids, by hash), `previous` "
+        "(where a rollback goes after a promotion); written by `inferq-ops rollout`, read by intakes "
+        "(at most once a second)",
+        "none",
+    ),
+    NameDoc(
+        version_stats_key,
+        ("<model>", "<epoch minute>"),
+        "hash",
+        "results written in that minute by version: `<version>|ok`, `<version>|failed`, and "
+        "`<version>|le<ms>` latency buckets (for `inferq-ops rollout status` and `watch`)",
+        "2 hours",
+    ),
+    NameDoc(
+        cache_key,
+        ("<scope>", "<digest>"),
+        "string",
+        "in the cache instance only (`INFERQ_CACHE_REDIS_URL`): one input's output as the worker wrote "
+        "it, keyed by a digest of model version, task, the parameters that change the output and the "
+        "text; scope `t:<tenant>` unless `INFERQ_CACHE_SHARED` (then `shared`)",
+        "`INFERQ_CACHE_TTL_S`; evicted least recently used past the instance's `maxmemory`",
+    ),
 )
 
 OTHER_NAMES: tuple[NameDoc, ...] = (
@@ -383,6 +434,12 @@ OTHER_NAMES: tuple[NameDoc, ...] = (
         stream_topic, (), "Kafka topic", "`generate` with `stream_to_kafka`: text chunks, key = request id"
     ),
     NameDoc(model_queue, ("<model>",), "Celery queue", "one model's work, in the Celery broker's Redis"),
+    NameDoc(
+        version_queue,
+        ("<model>", "<version>"),
+        "Celery queue",
+        "the work routed to one version of a model (pinned, or by its rollout)",
+    ),
     NameDoc(
         log_index,
         (),

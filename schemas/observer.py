@@ -96,6 +96,10 @@ class Observer:
     def step_done(self, stats: StepStats) -> None:
         """A decoder ran one decode step."""
 
+    def cache_used(self, model: str, hits: int, misses: int, errors: int) -> None:
+        """An engine looked a batch's inputs up in the result cache: ``hits`` skipped the model,
+        ``misses`` were computed (identical ones once); ``errors``: round trips the cache failed."""
+
     def admitted(self, model: str) -> None:
         """A new request was accepted and queued (by the intake or the API)."""
 
@@ -154,6 +158,9 @@ class Observers(Observer):
 
     def step_done(self, stats: StepStats) -> None:
         self._each("step_done", stats)
+
+    def cache_used(self, model: str, hits: int, misses: int, errors: int) -> None:
+        self._each("cache_used", model, hits, misses, errors)
 
     def admitted(self, model: str) -> None:
         self._each("admitted", model)

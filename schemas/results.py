@@ -44,9 +44,11 @@ def result(
     *,
     model_version: str | None = None,
     outputs: Sequence[Any] | None = None,
+    cached: Sequence[int] | None = None,
     trace: TraceContext | None = None,
 ) -> InferenceResult:
     """The result of ``request``: ``outputs`` when the model ran, ``error`` when it failed;
+    ``cached``: indices of the outputs read from the result cache (left out when none were);
     ``trace``: the request's span (its trace id goes in the result, its span id to the log records)."""
     built = InferenceResult(
         request_id=request.request_id,
@@ -56,6 +58,7 @@ def result(
         model_version=model_version,
         tenant=request.tenant,
         outputs=list(outputs) if outputs is not None else None,
+        cached=sorted(cached) if cached and outputs is not None else None,
         error=error.info() if error else None,
         timings=Timings(**timings),
         trace_id=trace.trace_id if trace is not None else None,

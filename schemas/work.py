@@ -56,6 +56,11 @@ class WorkItem(BaseModel):
     timings: Timings = Field(default_factory=Timings)
     source: Source | None = None
     trace: Trace = Field(None, description="the intake's span for the request: its children's parent")
+    version: str | None = Field(
+        None,
+        description="the model version the intake routed it to (pinned, or by the rollout); None = the "
+        "model's default build (:mod:`schemas.versions`)",
+    )
 
     @classmethod
     def parse(cls, raw: object) -> WorkItem:
@@ -134,6 +139,16 @@ class Handoff(BaseModel):
         request = self.item.get("request")
         model = request.get("model") if isinstance(request, dict) else None
         return model if isinstance(model, str) else None
+
+    @property
+    def served_as(self) -> str | None:
+        """The name a worker serving this hand-off advertises: ``<model>`` or ``<model>@<version>``
+        (:class:`schemas.versions.Route`); None when the model cannot be read."""
+        model = self.model
+        version = self.item.get("version")
+        if model is None or not isinstance(version, str):
+            return model
+        return f"{model}@{version}"
 
     def work(self) -> WorkItem:
         """The item, parsed (raises as :meth:`WorkItem.parse`)."""

@@ -150,3 +150,25 @@ class FakeProducer:
     @property
     def values(self) -> list[bytes | None]:
         return [value for _, _, value, _ in self.sent]
+
+
+class FakeCache:
+    """The result cache (:class:`workers.store.cache.ResultCache`) as a dict: ``entries`` by key;
+    ``reads``/``writes`` count round trips; ``down`` makes every round trip fail (it answers None /
+    False, as the real one does when its instance is away)."""
+
+    def __init__(self) -> None:
+        self.entries: dict[str, bytes] = {}
+        self.reads = self.writes = 0
+        self.down = False
+
+    def get_many(self, keys: Sequence[str]) -> list[bytes | None] | None:
+        self.reads += 1
+        return None if self.down else [self.entries.get(k) for k in keys]
+
+    def put_many(self, entries: dict[str, bytes]) -> bool:
+        self.writes += 1
+        if self.down:
+            return False
+        self.entries.update(entries)
+        return True

@@ -49,6 +49,9 @@ def settings(tmp_path_factory, webhook_ca: trustme.CA) -> Settings:
         torch_threads=1,
         worker_processes=1,
         transport_batch_size=32,
+        # model versions (tests/integration/test_versions.py): the worker also serves MiniLM's int8
+        # build as a version of its own (loaded in the same process: ~3 s more at start)
+        worker_models="all-MiniLM-L6-v2,minilm-intent,tiny-lm,smollm2-135m-instruct,all-MiniLM-L6-v2@int8",
         # in every process's settings (unused with PLAINTEXT): no log may ever show them. Drawn at
         # run time: Hypothesis (the API fuzz test) feeds string constants of local modules into
         # generated requests, so a literal here would reach the access log as a fuzzed URL.
@@ -68,6 +71,11 @@ def settings(tmp_path_factory, webhook_ca: trustme.CA) -> Settings:
         # results topic; tenant "acme" may name acme.* topics, anyone replies.* topics
         results_topic=RESULTS_TOPIC,
         reply_topics="acme:acme.*,*:replies.*",
+        # --- result cache (issue 20; tests/integration/test_cache.py): the stack starts its own
+        # redis-server for it (the port is moved to a free one with the others); a small bound so
+        # that a test can fill it past it
+        cache_redis_url="redis://127.0.0.1:1/0",
+        cache_max_bytes=8 * 1024 * 1024,
     )
     return on_free_ports(base, tmp_path_factory.mktemp("inferq-state"))
 

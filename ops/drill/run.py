@@ -28,6 +28,7 @@ from ops.drill.faults import FAULTS, Fault, counter_totals, inject
 from ops.drill.overload import run_overload
 from ops.drill.poison import run_poison
 from ops.drill.replies import REPLY_DRILLS, TOPIC, make_reply_topic, read_replies, reply_report
+from ops.drill.rollout import ROLLOUT, run_rollout
 from ops.drill.traffic import Ledger, Publisher, keys_in_log
 from ops.stack import Stack, on_free_ports
 from schemas.naming import metrics_dir
@@ -40,7 +41,7 @@ COUNTERS = ("inferq_redeliveries_total", "inferq_duplicate_results_refused_total
 
 @dataclass(frozen=True)
 class DrillPlan:
-    drills: Sequence[str] = tuple(FAULTS)  # and/or POISON
+    drills: Sequence[str] = tuple(FAULTS)  # and/or POISON, ROLLOUT
     requests: int = 10_000
     rate_per_s: float = 150.0
     fault_at: float = 0.3  # share of the requests accepted before the fault
@@ -68,7 +69,7 @@ def run_drills(
     console = console or Console(quiet=True)
     report: dict[str, Any] = {"plan": {**plan.__dict__, "drills": list(plan.drills)}, "drills": []}
     columns = (TextColumn("{task.description}"), BarColumn(), TextColumn("{task.completed:.0f}/{task.total}"))
-    faults = [d for d in plan.drills if d != POISON]
+    faults = [d for d in plan.drills if d not in (POISON, ROLLOUT)]
     if faults or plan.overload_s:
         _fault_drills(settings, dataclasses.replace(plan, drills=faults), report, columns, console)
     if POISON in plan.drills:
@@ -81,12 +82,28 @@ def run_drills(
             progress.console.print(
                 f"poison: {p['requests']} requests, lost {p['lost']}, intake restarts {p['intake_restarts']}"
             )
+    if ROLLOUT in plan.drills:
+        with Progress(*columns, TimeElapsedColumn(), console=console) as progress:
+            bar = progress.add_task("rollout: canary 10 %, promote, roll back", total=plan.requests)
+            report["rollout"] = run_rollout(
+                settings,
+                plan.requests,
+                plan.rate_per_s,
+                plan.timeout_s,
+                lambda n: progress.update(bar, completed=n),
+            )
+            ro = report["rollout"]
+            progress.console.print(
+                f"rollout: {ro['requests']} requests, lost {ro['lost']}, duplicated {ro['duplicated']}, "
+                f"misrouted {ro['misrouted']}"
+            )
     # ``lost``: accepted requests without a terminal result at the end, after the producer re-sent
     # what the broker had dropped (``lost_by_broker``, reported apart)
     report["ok"] = (
         all(d["lost"] == 0 and d["duplicated"] == 0 for d in report["drills"])
         and report.get("poison", {}).get("ok", True)
         and all(r["ok"] for r in report.get("reply_topics", {}).values())
+        and report.get("rollout", {}).get("ok", True)
     )
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
@@ -228,7 +245,8 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
             f"{d['back_after_s']:.1f}",
             f"{d['wall_s']:.0f}",
         )
-    console.print(t)
+    if report["drills"]:
+        console.print(t)
     if "overload" in report:
         console.print_json(data=report["overload"])
     if "poison" in report:
@@ -236,3 +254,5 @@ def print_report(console: Console, report: dict[str, Any]) -> None:
     for name, replies in report.get("reply_topics", {}).items():
         console.print(f"{name}: reply topic")
         console.print_json(data=replies)
+    if "rollout" in report:
+        console.print_json(data=report["rollout"])

@@ -57,6 +57,11 @@ class PipelineCollector(Collector):
         self.s = settings
         self.results = redis_client(settings, ride_out=False, socket_timeout=2)
         self.broker = redis_client(settings, settings.celery_broker_url, ride_out=False, socket_timeout=2)
+        self.cache = (
+            redis_client(settings, settings.cache_redis_url, ride_out=False, socket_timeout=2)
+            if settings.cache_redis_url
+            else None
+        )
         self._admin: KafkaAdminClient | None = None
         self._consumer: KafkaConsumer | None = None
 
@@ -66,6 +71,7 @@ class PipelineCollector(Collector):
             ("redis", self._redis),
             ("outbox", self._outbox),
             ("celery", self._celery),
+            ("cache", self._cache),
             ("spool", self._spool),
             ("gpu", self._gpu),
         ):
@@ -150,6 +156,21 @@ class PipelineCollector(Collector):
         )
         full.add_metric([], float(refused or 0))
         yield full
+
+    # -- the result cache's own Redis -------------------------------------------------------------
+    def _cache(self) -> Iterator[Metric]:
+        if self.cache is None:
+            return
+        memory = self.cache.info("memory")
+        used = GaugeMetricFamily("inferq_cache_used_bytes", "Memory the result cache's Redis uses")
+        used.add_metric([], float(memory.get("used_memory", 0)))
+        bound = GaugeMetricFamily("inferq_cache_max_bytes", "The result cache's maxmemory (0: none)")
+        bound.add_metric([], float(memory.get("maxmemory", 0)))
+        evicted = GaugeMetricFamily(
+            "inferq_cache_evicted_keys", "Entries the result cache evicted for memory since it started"
+        )
+        evicted.add_metric([], float(self.cache.info("stats").get("evicted_keys", 0)))
+        yield from (used, bound, evicted)
 
     # -- Celery queues --------------------------------------------------------------------------
     def _celery(self) -> Iterator[Metric]:

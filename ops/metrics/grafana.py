@@ -102,6 +102,18 @@ PANELS: list[tuple[str, str, list[dict[str, str]]]] = [
         ],
     ),
     (
+        "Result cache: share of inputs answered from it",
+        "percentunit",
+        [
+            _q(
+                "sum by (model) (rate(inferq_cache_hits_total[5m])) / (sum by (model) "
+                "(rate(inferq_cache_hits_total[5m])) + sum by (model) (rate(inferq_cache_misses_total[5m])))",
+                "hit ratio {{model}}",
+            ),
+            _q("inferq_cache_used_bytes / inferq_cache_max_bytes", "memory used of its bound"),
+        ],
+    ),
+    (
         "Dead letters per second, by reason",
         "reqps",
         [_q("sum by (code) (rate(inferq_dead_letters_total[5m]))", "{{code}}")],

@@ -31,8 +31,11 @@ def free_port() -> int:
 def on_free_ports(settings: Settings, state_dir: Path) -> Settings:
     """``settings`` with every service on a fresh loopback port and its own state folder."""
     redis_port = free_port()
+    # the result cache's own redis-server moves too, when one is configured (issue 20)
+    cache = {"cache_redis_url": f"redis://127.0.0.1:{free_port()}/0"} if settings.cache_redis_url else {}
     return settings.model_copy(
         update={
+            **cache,
             "state_dir": state_dir,
             "kafka_bootstrap_servers": f"127.0.0.1:{free_port()}",
             "elasticsearch_url": f"http://127.0.0.1:{free_port()}",

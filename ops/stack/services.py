@@ -20,6 +20,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from importlib.resources import files
 from pathlib import Path
+from urllib.parse import urlsplit
 
 import redis
 
@@ -77,6 +78,7 @@ class ServiceTable:
             self._broker(kafka_port),
             *self._tansu(kafka_port),
             self._redis(),
+            *self._cache(),
             *self._workers(),
             *self._intakes(),
             self._delivery(),
@@ -132,6 +134,39 @@ class ServiceTable:
             ],
             lambda: self._redis_ping(),
         )
+
+    def _cache(self) -> list[Service]:
+        """The result cache's own redis-server (issue 20), when ``cache_redis_url`` names a port on
+        127.0.0.1: bounded by ``cache_max_bytes``, evicting least recently used entries, nothing on
+        disk. Apart from ``redis`` so that its eviction can never reach stored results."""
+        url = self.s.cache_redis_url
+        if not url or urlsplit(url).hostname not in ("127.0.0.1", "localhost"):
+            return []
+        return [
+            Service(
+                "cache",
+                [
+                    redis_binary(),
+                    "--port",
+                    str(port_of(url)),
+                    "--bind",
+                    "127.0.0.1",
+                    "--dir",
+                    str(self.data_dir),
+                    "--maxmemory",
+                    str(self.s.cache_max_bytes),
+                    "--maxmemory-policy",
+                    "allkeys-lru",
+                    "--save",
+                    "",
+                    "--appendonly",
+                    "no",
+                    "--protected-mode",
+                    "yes",
+                ],
+                lambda: self._redis_ping(url),
+            )
+        ]
 
     def _api(self) -> Service:
         s = self.s
@@ -305,12 +340,12 @@ class ServiceTable:
             )
         ]
 
-    def _redis_client(self) -> redis.Redis:
-        return redis_client(self.s, ride_out=False, socket_timeout=1.0)
+    def _redis_client(self, url: str | None = None) -> redis.Redis:
+        return redis_client(self.s, url, ride_out=False, socket_timeout=1.0)
 
-    def _redis_ping(self) -> bool:
+    def _redis_ping(self, url: str | None = None) -> bool:
         try:
-            return bool(self._redis_client().ping())
+            return bool(self._redis_client(url).ping())
         except redis.RedisError:
             return False
 

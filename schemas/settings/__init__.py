@@ -18,6 +18,7 @@ from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
 from schemas.settings.admission import AdmissionSettings
+from schemas.settings.cache import CacheSettings
 from schemas.settings.delivery import DeliverySettings
 from schemas.settings.kafka import KafkaSettings
 from schemas.settings.services import ServiceSettings
@@ -34,6 +35,7 @@ CONCERNS: tuple[type[BaseModel], ...] = (
     ServiceSettings,
     WebhookSettings,
     DeliverySettings,
+    CacheSettings,
 )
 
 
@@ -41,6 +43,7 @@ class Settings(
     WebhookSettings,
     DeliverySettings,
     ServiceSettings,
+    CacheSettings,
     WorkerSettings,
     AdmissionSettings,
     KafkaSettings,
@@ -51,7 +54,15 @@ class Settings(
     model_config = SettingsConfigDict(env_prefix=ENV_PREFIX, extra="ignore")
 
     def model_names(self) -> list[str]:
-        """The models this worker serves, in declaration order."""
+        """The models whose default build this worker serves (and whose default queue it reads), in
+        declaration order: the entries of ``INFERQ_WORKER_MODELS`` without an ``@<variant>``."""
+        return [m for m in self._worker_entries() if "@" not in m]
+
+    def model_variants(self) -> list[tuple[str, str]]:
+        """(model, variant) of the other builds this worker serves (``<model>@<variant>`` entries)."""
+        return [(m.partition("@")[0], m.partition("@")[2]) for m in self._worker_entries() if "@" in m]
+
+    def _worker_entries(self) -> list[str]:
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]
 
     def tenant_quota(self, tenant: str | None) -> tuple[int, int]:

@@ -150,7 +150,11 @@ class WorkerSettings(BaseModel):
     # --- Worker ------------------------------------------------------------------------------
     worker_models: str = Field(
         "all-MiniLM-L6-v2,minilm-intent,tiny-lm,smollm2-135m-instruct",
-        description="Models a worker loads at start and serves",
+        description=(
+            "Models a worker loads at start and serves: `<model>` is its default build (read from the "
+            "model's default queue and its version's queue), `<model>@<variant>` another build served "
+            "only as its own version (e.g. `all-MiniLM-L6-v2@int8`: dynamic int8 quantisation)"
+        ),
     )
     worker_concurrency: int = Field(16, ge=1, description="Celery messages a worker holds at once (threads)")
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`")

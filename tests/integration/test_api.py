@@ -133,6 +133,7 @@ def test_cli_submits_from_stdin_and_prints_results(stack, settings):
 def test_ops_status_reports_every_service(stack):
     status = stack.status()
     want = {"broker", "redis", "worker", "intake", "delivery", "api", "exporter", "prometheus", "flower"}
+    want |= {"cache"} if stack.s.cache_redis_url else set()  # the result cache's own redis-server
     assert set(status) == want
     assert all(v["running"] and v["ready"] for v in status.values()), status
     assert requests_topic(stack.s) == "inferq.requests"

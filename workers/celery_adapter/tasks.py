@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import functools
 import gc
+import logging
 import socket
 from collections import Counter
 from typing import Any
@@ -19,6 +20,7 @@ from typing import Any
 from celery import signals
 from celery.exceptions import Reject
 
+from schemas.errors import ConfigurationError
 from schemas.messages import ResultStatus
 from schemas.settings import get_settings
 from schemas.work import WorkItem
@@ -28,6 +30,9 @@ from workers.telemetry.observe import Telemetry
 from workers.transport.app import TASK_INFER, make_app
 from workers.transport.kombu import delivery_tag
 from workers.transport.strategy import STRATEGY
+
+log = logging.getLogger(__name__)
+EX_CONFIG = 78  # sysexits.h: a configuration error (the supervisor should not restart in a loop)
 
 settings = get_settings()
 app = make_app(settings)
@@ -77,7 +82,12 @@ def _release(task_id: str | None = None, **kw: Any) -> None:
 
 @signals.worker_init.connect
 def _claim_instance(sender: Any = None, **kw: Any) -> None:
-    runtime().claim(_hostname(sender))
+    try:
+        rt = runtime()
+    except ConfigurationError as e:  # Celery logs and swallows a handler's Exception: exit instead
+        log.critical("worker cannot start: %s (%s)", e, e.hint)
+        raise SystemExit(EX_CONFIG) from e
+    rt.claim(_hostname(sender))
 
 
 @signals.setup_logging.connect
@@ -88,7 +98,13 @@ def _setup_logging(**kw: Any) -> None:
 
 @signals.worker_ready.connect
 def _warm_up(sender: Any = None, **kw: Any) -> None:
-    runtime().warm_up(_hostname(sender))
+    rt = runtime()
+    rt.warm_up(_hostname(sender))
+    # the queues of the versions just loaded (their names are their digests, known only now);
+    # ``sender`` is the worker's consumer, which starts reading them at once
+    for queue in rt.version_queues():
+        if hasattr(sender, "add_task_queue"):
+            sender.add_task_queue(queue)
     freeze_startup_heap()
 
 

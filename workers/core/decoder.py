@@ -38,11 +38,13 @@ from schemas.errors import Cancelled, DeadlineExpired, InferqError, InvalidReque
 from schemas.messages import FinishReason, GenerationOutput, InferenceResult, ResultStatus, now_ms
 from schemas.observer import Observer, StepStats
 from schemas.work import WorkItem
+from workers.core.cache import CacheKeys, decode_output, encode_output
 from workers.core.jobs import PRIORITY_RANK, Job, distinct, start_jobs, write_results
 from workers.core.loop import Outlet
 from workers.core.runners.causal import CausalLM, KVBatch, Prefill
 from workers.core.sampling import Sampler, StopText, pick_tokens
 from workers.core.sequences import Chunk, DecodePolicy, Seq
+from workers.store.cache import ResultCache
 from workers.store.store import TRANSIENT_ERRORS, ResultStore
 
 log = logging.getLogger(__name__)
@@ -67,11 +69,16 @@ class Decoder:
         wall_ms: Callable[[], float] = now_ms,
         observer: Observer | None = None,
         outlet: Outlet | None = None,
+        cache: ResultCache | None = None,
+        cache_keys: CacheKeys | None = None,
     ) -> None:
         """``clock`` (seconds) paces the syncs; ``wall_ms`` (epoch ms) dates timings and judges
         deadlines. ``outlet`` gets the requests refused before running (poison, prompt too long)
-        and the new text of requests with ``stream_to_kafka``."""
+        and the new text of requests with ``stream_to_kafka``. ``cache``/``cache_keys``: the result
+        cache, for deterministic requests (greedy, or seeded): hits never join the batch."""
         self.runner = runner
+        self.cache = cache
+        self.cache_keys = cache_keys
         self.store = store
         self.policy = policy
         self.max_attempts = max_attempts
@@ -139,6 +146,10 @@ class Decoder:
             )
             sampler, stops = Sampler.for_request(params, i), StopText(params.stop)
             seqs.append(Seq(job, i, prompt, budget, sampler, stops, params.stream_to_kafka))
+        if self.cache_keys is not None:
+            limits = [f"budget={s.budget}" for s in seqs]
+            for s, key in zip(seqs, self.cache_keys.keys(job.request, prompts, limits), strict=True):
+                s.key = key
         return seqs, None
 
     def _reject(self, job: Job, error: InferqError) -> None:
@@ -148,6 +159,11 @@ class Decoder:
         except Exception:  # the failed result is still written; the letter is best effort
             log.exception("the outlet failed on refused request %s", job.request.request_id)
         self._write([job])
+
+    @property
+    def version(self) -> str:
+        """The served model's version (``<model>@<digest>``), stamped on its results."""
+        return str(self.runner.version)
 
     def warm_up(self) -> None:
         """A prefill and a decode step (on the caller's thread, before any request arrives)."""
@@ -209,6 +225,7 @@ class Decoder:
         for job in fresh:
             if job.skipped:  # the store refused it: cancelled while queued, or already answered
                 self._end_job(job, FinishReason.CANCELLED)
+        self._from_cache([s for s in joiners if s.finish is None and not s.job.finished])
         self._complete(jobs)
         live = [s for s in joiners if s.finish is None and not s.job.finished]
         if not live:
@@ -234,6 +251,45 @@ class Decoder:
         self._joining = []
         self._accept(live, pick_tokens(logits, [s.sampler for s in live]))
         return len(live)
+
+    def _from_cache(self, joiners: list[Seq]) -> None:
+        """End the joiners the result cache answers (one MGET); they never reach the model."""
+        keyed = [s for s in joiners if s.key is not None]
+        if self.cache is None or not keyed:
+            return
+        values = self.cache.get_many(list(dict.fromkeys(s.key for s in keyed if s.key is not None)))
+        found = {}
+        for key, raw in zip(dict.fromkeys(s.key for s in keyed), values or [], strict=False):
+            output = decode_output(raw) if raw is not None else None
+            if isinstance(output, GenerationOutput) and output.finish_reason is not None:
+                found[key] = output
+        hits = [s for s in keyed if s.key in found]
+        for s in hits:
+            output = found[s.key]
+            s.text, s.finish, s.cached_tokens = output.text, output.finish_reason, output.tokens
+            s.sent = 0
+            s.job.cached.append(s.index)
+        self._emit(hits)  # a streamed request gets its whole text in one chunk
+        errors = int(values is None)
+        self.observer.cache_used(self.runner.name, len(hits), len(keyed) - len(hits), errors)
+
+    def _remember(self, ended: Sequence[Seq]) -> None:
+        """Put the outputs of sequences that ended on their own (eos, stop, budget) in the cache."""
+        done = (FinishReason.EOS, FinishReason.STOP, FinishReason.LENGTH)
+        fresh = {
+            s.key: GenerationOutput(text=s.text, tokens=len(s.tokens), finish_reason=s.finish)
+            for s in ended
+            if s.key is not None and s.cached_tokens is None and s.finish in done
+        }
+        if self.cache is None or not fresh:
+            return
+        try:
+            stored = self.cache.put_many({k: encode_output(o) for k, o in fresh.items()})
+        except Exception:  # the cache never fails a request
+            log.exception("could not put %d generations in the result cache", len(fresh))
+            stored = False
+        if not stored:
+            self.observer.cache_used(self.runner.name, 0, 0, 1)
 
     def _pending(self, job: Job) -> bool:
         return any(s.finish is None for s in self._seqs.get(job, []))
@@ -297,6 +353,7 @@ class Decoder:
         self._running = [self._running[i] for i in keep]
         self._emit(ended)
         self._complete(distinct(s.job for s in ended))
+        self._remember(ended)
 
     def _complete(self, jobs: Sequence[Job]) -> None:
         """Give each job whose sequences have all ended its terminal status, and write them."""
@@ -309,7 +366,7 @@ class Decoder:
                 status, error = ResultStatus.DONE, None
                 for reason, (st, cls) in _ENDS.items():
                     if any(s.finish is reason for s in seqs):
-                        tokens = sum(len(s.tokens) for s in seqs)
+                        tokens = sum(s.generated for s in seqs)
                         status, error = (
                             st,
                             cls(f"{reason.value} after {tokens} generated tokens; text so far kept"),
@@ -348,7 +405,7 @@ class Decoder:
         for s in seqs:
             if not s.stream or (s.sent == len(s.text) and s.finish is None):
                 continue
-            chunk = Chunk(s.job.request.request_id, s.index, s.text[s.sent :], len(s.tokens), s.finish)
+            chunk = Chunk(s.job.request.request_id, s.index, s.text[s.sent :], s.generated, s.finish)
             s.sent = len(s.text)
             try:
                 self.outlet.chunk(chunk)
@@ -385,6 +442,6 @@ class Decoder:
 
     def _result(self, job: Job) -> InferenceResult:
         seqs = self._seqs.get(job, [])  # built in input order
-        outputs = [GenerationOutput(text=s.text, tokens=len(s.tokens), finish_reason=s.finish) for s in seqs]
+        outputs = [GenerationOutput(text=s.text, tokens=s.generated, finish_reason=s.finish) for s in seqs]
         kept = outputs if job.status is not ResultStatus.FAILED and outputs else None
         return job.result(self.runner.version, kept)

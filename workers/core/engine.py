@@ -29,15 +29,17 @@ from concurrent.futures import Future, ThreadPoolExecutor
 from typing import Any
 
 from schemas.errors import DeadlineExpired, ModelError
-from schemas.messages import InferenceResult, ResultStatus, now_ms
+from schemas.messages import InferenceResult, Output, ResultStatus, now_ms
 from schemas.observer import BatchStats, Observer
 from schemas.tracing import new_span_id
 from schemas.work import WorkItem
 from workers.core.batcher import Batcher, BatchPolicy, padded_tokens
+from workers.core.cache import CacheKeys, Lookup, cached_outputs, encode_output, look_up
 from workers.core.jobs import PRIORITY_RANK, Job, Piece, distinct, start_jobs, write_results
 from workers.core.loop import Outlet
 from workers.core.runners.base import Runner
 from workers.core.wait_policy import CostModel, FixedWait, WaitPolicy
+from workers.store.cache import ResultCache
 from workers.store.store import TRANSIENT_ERRORS, ResultStore
 
 log = logging.getLogger(__name__)
@@ -56,10 +58,15 @@ class Engine:
         max_attempts: int = 3,
         observer: Observer | None = None,
         outlet: Outlet | None = None,
+        cache: ResultCache | None = None,
+        cache_keys: CacheKeys | None = None,
     ) -> None:
         """``outlet`` is told of each job failed as poison (started more than ``max_attempts``
-        times): the worker dead-letters it."""
+        times): the worker dead-letters it. ``cache_keys`` (with the result ``cache``, which may
+        be down) key each input: hits skip the model, identical inputs of a batch run once."""
         self.runner = runner
+        self.cache = cache
+        self.cache_keys = cache_keys
         self.observer = observer or Observer()
         self.outlet = outlet or Outlet()
         self.store = store
@@ -79,17 +86,82 @@ class Engine:
 
         ``first_delivery``: the requests' Celery message was not put back after a worker died,
         so their ``running`` mark may overlap the forward pass.
+
+        With the result cache, the message's inputs are looked up here first (one MGET): hits never
+        enter the batcher (they would take a batch's slots from inputs the model must compute), and
+        a request answered whole is written from this thread, the model's never involved.
         """
         jobs = Job.new(items, first_delivery)
         all_ids = iter(self.runner.tokenize([text for job in jobs for text in job.request.texts()]))
-        entries: list[tuple[Piece, int, int, str]] = []
+        pieces: list[Piece] = []
         for job in jobs:
-            rank, tenant = PRIORITY_RANK[job.request.priority], job.request.tenant or ""
-            for i in range(job.remaining):
-                ids = next(all_ids)
-                entries.append((Piece(job, i, ids), len(ids), rank, tenant))
-        self.batcher.put_many(entries)  # one wake-up of the model thread per message
+            ids_of = [next(all_ids) for _ in range(job.remaining)]
+            keys = self.cache_keys.keys(job.request, ids_of) if self.cache_keys else [None] * len(ids_of)
+            pieces += [Piece(job, i, ids, key) for i, (ids, key) in enumerate(zip(ids_of, keys, strict=True))]
+        if self.cache is not None:
+            pieces = self._answer_hits(jobs, pieces)
+        if pieces or not jobs:  # one wake-up of the model thread per message (none if all hit)
+            self.batcher.put_many(
+                (p, len(p.ids), PRIORITY_RANK[p.job.request.priority], p.job.request.tenant or "")
+                for p in pieces
+            )
         return jobs
+
+    @property
+    def version(self) -> str:
+        """The served model's version (``<model>@<digest>``), stamped on its results."""
+        return str(self.runner.version)
+
+    def _answer_hits(self, jobs: list[Job], pieces: list[Piece]) -> list[Piece]:
+        """Fill in the outputs the cache holds (on the caller's thread, before the model thread sees
+        the jobs); write the requests answered whole. Returns the pieces left to compute."""
+        found = cached_outputs(self.cache, pieces)
+        if not found:
+            return pieces
+        rest = []
+        for p in pieces:
+            output = found.get(p.key) if p.key is not None else None
+            if output is None:
+                rest.append(p)
+                continue
+            p.job.outputs[p.index] = output
+            p.job.cached.append(p.index)
+            p.job.remaining -= 1
+        self.observer.cache_used(self.runner.name, len(pieces) - len(rest), 0, 0)
+        answered = [j for j in jobs if j.remaining == 0]
+        if answered:
+            self._serve_cached(answered)
+        return rest
+
+    def _serve_cached(self, jobs: list[Job]) -> None:
+        """Start and end requests the cache answered whole, as a batch of no forward pass would."""
+        start = now_ms()
+        try:
+            for job in jobs:
+                deadline = job.request.deadline_ms()
+                if deadline is not None and deadline <= start:
+                    job.finish(
+                        ResultStatus.EXPIRED, DeadlineExpired("deadline passed before it was answered")
+                    )
+            fresh = [j for j in jobs if not j.finished]
+            for job in fresh:
+                job.started, job.status = True, ResultStatus.RUNNING
+                job.timings.update(batch_start_ms=start, batch_size=0)
+            for job in start_jobs(self.store, fresh, self._result, self.max_attempts):
+                self._refused(job)
+            for job in fresh:
+                if not job.finished:
+                    job.finish(ResultStatus.DONE)
+        except TRANSIENT_ERRORS:  # Redis gone past the retries: hand the message back
+            log.exception("result store unreachable; these requests go back to the queue")
+            for job in jobs:
+                job.unwritten = True
+                job.done.set()
+            return
+        for job in jobs:
+            if job.skipped:
+                job.done.set()
+        self._write([j for j in jobs if not j.skipped])
 
     def warm_up(self) -> None:
         """One real forward pass, so the first request pays no lazy initialisation; then a few timed
@@ -137,28 +209,56 @@ class Engine:
             marking = self._marker.submit(self._mark_running, live, start, batch_id)
         elif live:
             live = self._mark_running(live, start, batch_id)
-        forwarded = [len(p.ids) for p in live]
-        served = [p.job for p in live]  # the requests the forward pass serves (its span links to each)
+        found = look_up(self.cache, live) if self.cache_keys else Lookup(compute=live)
+        compute = found.compute
+        forwarded = [len(p.ids) for p in compute]
+        served = [p.job for p in live]  # the requests the batch serves (its span links to each)
         forward_start = now_ms()
-        rows = self._forward_isolated([p.ids for p in live]) if live else []
+        rows = self._forward_isolated([p.ids for p in compute]) if compute else []
         compute_ms = now_ms() - forward_start
-        if marking is not None:  # keep the rows of the jobs the store let start
+        pairs: list[tuple[Piece, Any]] = [
+            (twin, row) for p, row in zip(compute, rows, strict=True) for twin in [p, *found.twins.get(p, ())]
+        ]
+        if marking is not None:  # keep what the jobs the store let start computed
             kept = set(marking.result())
-            pairs = [(p, r) for p, r in zip(live, rows, strict=True) if p in kept]
-            live, rows = [p for p, _ in pairs], [r for _, r in pairs]
+            pairs = [(p, r) for p, r in pairs if p in kept]
+            found.hits = [(p, o) for p, o in found.hits if p in kept]
         # expired, and failed as poison: their results are written with this batch's
         ended = [p.job for p in pieces if p.job.finished and not p.job.done.is_set()]
         failed = 0
-        for piece, row in zip(live, rows, strict=True):
+        fresh: dict[str, Output] = {}  # computed outputs to put in the cache, by key
+        for piece, output in found.hits:
+            self._take(piece, output, cached=True)
+            ended.append(piece.job)
+        for piece, row in pairs:
             failed += self._absorb(piece, row)
-            if piece.job.finished:
-                ended.append(piece.job)
+            if piece.key is not None and not isinstance(row, Exception) and piece.key not in fresh:
+                done = piece.job.outputs[piece.index]
+                if done is not None:
+                    fresh[piece.key] = done
+            ended.append(piece.job)
         for piece in pieces:  # skipped jobs end here without a write: the store has their answer
             if piece.job.skipped and not piece.job.done.is_set():
                 piece.job.done.set()
-        self._write([j for j in distinct(ended) if not j.skipped])
+        self._write([j for j in distinct(ended) if j.finished and not j.skipped])
+        if self.cache_keys is not None:
+            self._remember(fresh, found)
         if forwarded:
             self._observe(batch_id, forwarded, compute_ms, failed, served, forward_start)
+
+    def _remember(self, fresh: dict[str, Output], found: Lookup) -> None:
+        """Put what this batch computed in the cache (one pipelined round trip), after the results
+        were written; tell the observer the hits and misses."""
+        try:
+            stored = (
+                self.cache.put_many({k: encode_output(o) for k, o in fresh.items()}) if self.cache else True
+            )
+        except Exception:  # the cache never fails a batch: its results are written already
+            log.exception("could not put %d outputs in the result cache", len(fresh))
+            stored = False
+        errors = int(found.failed) + int(not stored)
+        if found.hits or found.misses or errors:
+            self.observer.cache_used(self.runner.name, len(found.hits), found.misses, errors)
 
     def _observe(
         self,
@@ -255,14 +355,24 @@ class Engine:
         try:
             if isinstance(row, Exception):
                 raise row
-            job.outputs[piece.index] = self.runner.output(row, job.request)
+            output = self.runner.output(row, job.request)
         except Exception as e:
             job.finish(ResultStatus.FAILED, ModelError(f"input {piece.index} failed in the model: {e!r}"))
             return 1
+        self._take(piece, output)
+        return 0
+
+    def _take(self, piece: Piece, output: Output, cached: bool = False) -> None:
+        """One input's output is ready (``cached``: read from the result cache)."""
+        job = piece.job
+        if job.finished or job.outputs[piece.index] is not None:
+            return
+        job.outputs[piece.index] = output
+        if cached:
+            job.cached.append(piece.index)
         job.remaining -= 1
         if job.remaining == 0:
             job.finish(ResultStatus.DONE)
-        return 0
 
     def _refused(self, job: Job) -> None:
         try:

@@ -80,6 +80,7 @@ class Job:
     # its Celery message came for the first time (not put back after a worker died): no earlier
     # start can have made it poison, so its ``running`` mark may overlap its forward pass
     first_delivery: bool = False
+    cached: list[int] = field(default_factory=list)  # indices of inputs answered from the result cache
 
     @classmethod
     def new(cls, items: Sequence[WorkItem], first_delivery: bool = False) -> list[Job]:
@@ -120,6 +121,7 @@ class Job:
             model_version=model_version,
             outputs=outputs,
             trace=self.trace,
+            cached=self.cached,
         )
 
 
@@ -135,6 +137,7 @@ class Piece:
     job: Job
     index: int
     ids: list[int]
+    key: str | None = None  # its result-cache key; None: not cached (no cache, or not deterministic)
 
 
 def start_jobs(

@@ -28,6 +28,11 @@ class ModelLoop(Protocol):
         mark with the model's work)."""
         ...
 
+    @property
+    def version(self) -> str:
+        """The served model's version (``<model>@<digest>``), stamped on its results."""
+        ...
+
     def warm_up(self) -> None:
         """One real pass through the model, so the first request pays no lazy initialisation."""
         ...

@@ -40,10 +40,17 @@ class Seq:
     text: str = ""  # visible text so far (held-back stop prefixes excluded)
     sent: int = 0  # characters of ``text`` already handed to the outlet
     finish: FinishReason | None = None
+    key: str | None = None  # its result-cache key (None: not cached)
+    cached_tokens: int | None = None  # answered from the result cache: the tokens its output counted
 
     @property
     def reserve(self) -> int:
         return len(self.prompt) + self.budget
+
+    @property
+    def generated(self) -> int:
+        """Tokens generated for it (as counted when cached)."""
+        return len(self.tokens) if self.cached_tokens is None else self.cached_tokens
 
 
 @dataclass(frozen=True)

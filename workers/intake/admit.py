@@ -25,11 +25,12 @@ from schemas.errors import (
     Unauthorized,
 )
 from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Timings, now_ms
-from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id
+from schemas.naming import ADMITTED_HEADER, model_queue, scoped_id, version_queue
 from schemas.observer import INTAKE_SPAN, RequestSpan
 from schemas.replies import targets_json
 from schemas.tracing import TraceContext
 from schemas.validation import parse_request
+from schemas.versions import Route
 from schemas.work import Handoff, Source, WorkItem
 from workers.intake.refuse import (
     LETTER_WAIT_S,
@@ -69,7 +70,8 @@ class Admissions(Refusals):
         except Exception:
             return True
         deadline = request.deadline_ms()
-        return (deadline is not None and deadline <= now_ms()) or request.model not in self.served.available()
+        served_as = self.route(request).served_as
+        return (deadline is not None and deadline <= now_ms()) or not self.served.is_available(served_as)
 
     def handle(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
         """Validate and hand off one poll, its dead letters sent and acknowledged; returns the
@@ -131,14 +133,15 @@ class Admissions(Refusals):
         A request for a model no live worker serves (past the grace, :mod:`workers.store.presence`) is
         answered ``model_unavailable`` and dead-lettered; one over its tenant's limits is answered
         ``quota_exceeded``. Neither is admitted, so neither holds any capacity."""
-        accepted = self._served_only(accepted)
+        routes = {id(a.request): self.route(a.request) for a in accepted}
+        accepted = self._served_only(accepted, routes)
         if not accepted:
             return
         queued = now_ms()
         for a in accepted:
             a.timings["queued_ms"] = queued
         sids = [scoped_id(a.request.tenant, a.request.request_id) for a in accepted]
-        handoffs = [self._handoff(*a) for a in accepted]
+        handoffs = [self._handoff(*a, routes[id(a.request)]) for a in accepted]
         # the store's by scoped id: a poll may hold one id twice (a retry, or another payload under
         # the same id); the first record is the one admitted, so its values must be the ones kept
         # (a later one's hand-off would send the other payload under the admitted record)
@@ -158,6 +161,10 @@ class Admissions(Refusals):
             kept,
             deliveries,
         )
+        # a request read again goes where it went the first time, whatever the rollout says now
+        pending = [sid for sid, v in zip(sids, verdicts, strict=True) if v is Admission.PENDING]
+        kept_before = self.store.kept(pending)
+        handoffs = [kept_before.get(sid, h) for sid, h in zip(sids, handoffs, strict=True)]
         by_queue: dict[tuple[str, int], list[dict[str, Any]]] = {}
         sent: set[str] = set()  # a scoped id goes to Celery once per poll, however often it was read
         late: list[InferenceResult] = []
@@ -202,12 +209,33 @@ class Admissions(Refusals):
         if spans:
             self.observer.request_spans(spans)
 
-    def _served_only(self, accepted: list[Accepted]) -> list[Accepted]:
-        """The requests for models a live worker serves; the others are answered
+    def route(self, req: InferenceRequest) -> Route:
+        """Where a request goes (:mod:`schemas.versions`): its pinned version, else where its model's
+        rollout sends its id (a canary no live worker serves yet: the current version instead)."""
+        if req.model_version is not None:
+            return Route(req.model, req.model_version)
+        rollout = self.rollouts.get(req.model)
+        if rollout is None:
+            return Route(req.model)
+        route = Route(req.model, rollout.choose(scoped_id(req.tenant, req.request_id)))
+        canary = route.version is not None and route.version == rollout.canary != rollout.current
+        if canary and not self.served.is_available(route.served_as):
+            return Route(req.model, rollout.current)
+        return route
+
+    def _served_only(self, accepted: list[Accepted], routes: dict[int, Route]) -> list[Accepted]:
+        """The requests for models (and versions) a live worker serves; the others are answered
         ``model_unavailable`` and dead-lettered, never admitted."""
-        available = self.served.available() if accepted else frozenset()
-        for rec, req, t, trace in [a for a in accepted if a.request.model not in available]:
-            unserved = ModelUnavailable(f"no live worker serves model {req.model!r}")
+        unserved_ids = {
+            id(a.request) for a in accepted if not self.served.is_available(routes[id(a.request)].served_as)
+        }
+        for rec, req, t, trace in [a for a in accepted if id(a.request) in unserved_ids]:
+            version = routes[id(req)].version
+            unserved = ModelUnavailable(
+                f"no live worker serves model {req.model!r}"
+                if version is None
+                else f"no live worker serves version {version!r} of model {req.model!r}"
+            )
             failed = results.result(
                 req, ResultStatus.FAILED, {**t, "done_ms": now_ms()}, unserved, trace=trace
             )
@@ -217,7 +245,7 @@ class Admissions(Refusals):
             digests = [request_digest(req), bytes_digest(rec.value or b"")]
             self.store.fail_owned([(digests, failed)], {sid: targets} if targets else None)
             self.reject(rec, unserved, t["received_ms"], answer=False, trace=trace)
-        return [a for a in accepted if a.request.model in available]
+        return [a for a in accepted if id(a.request) not in unserved_ids]
 
     def _received(self, req: InferenceRequest, trace: TraceContext) -> None:
         """A new request admitted: counted, and (opt-in, masked: never the text itself) logged."""
@@ -255,15 +283,27 @@ class Admissions(Refusals):
                 )
 
     def _handoff(
-        self, rec: ConsumerRecord, req: InferenceRequest, timings: dict[str, Any], trace: TraceContext
+        self,
+        rec: ConsumerRecord,
+        req: InferenceRequest,
+        timings: dict[str, Any],
+        trace: TraceContext,
+        route: Route,
     ) -> Handoff:
         """Where a request goes in Celery and the item its message carries (kept by the store
         while the request is queued, so a lost message can be sent again)."""
         # the key bounded: a key may be as large as the broker allows, beside a small request
         key = rec.key[: results.KEY_MAX_BYTES].decode("utf-8", "replace") if rec.key else None
         source = Source(topic=rec.topic, partition=rec.partition, offset=rec.offset, key=key)
-        item = WorkItem(request=req, timings=Timings(**timings), source=source, trace=trace)
-        return Handoff.of(model_queue(self.s, req.model), CELERY_PRIORITY[req.priority], item)
+        item = WorkItem(
+            request=req, timings=Timings(**timings), source=source, trace=trace, version=route.version
+        )
+        queue = (
+            model_queue(self.s, req.model)
+            if route.version is None
+            else version_queue(self.s, route.model, route.version)
+        )
+        return Handoff.of(queue, CELERY_PRIORITY[req.priority], item)
 
 
 def _admitted(rec: ConsumerRecord) -> bool:

@@ -43,6 +43,7 @@ from workers.intake.truncation import TruncationWatch
 from workers.store.doorbell import Doorbell
 from workers.store.presence import ServedModels
 from workers.store.store import ResultStore
+from workers.store.versions import Rollouts
 from workers.telemetry.observe import Telemetry
 from workers.transport.app import make_app
 
@@ -76,6 +77,7 @@ class Intake(Admissions):
         self.store = store
         self.celery = celery
         self.served = ServedModels(store.client, settings)
+        self.rollouts = Rollouts(store.client, settings)  # where unpinned requests go (schemas.versions)
         self.backpressure = Backpressure(
             store.in_flight_by_model,
             sorted(CATALOG),

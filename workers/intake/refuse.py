@@ -36,6 +36,7 @@ from workers.intake.backpressure import PartitionHold
 from workers.intake.consumer import new_reader
 from workers.store.presence import ServedModels
 from workers.store.store import TRANSIENT_ERRORS, ResultStore, bytes_digest, request_digest
+from workers.store.versions import Rollouts
 from workers.transport import letters
 
 log = logging.getLogger(__name__)
@@ -70,6 +71,7 @@ class Refusals:
     store: ResultStore
     celery: Celery
     served: ServedModels
+    rollouts: Rollouts
     hold: PartitionHold
     tenancy: TenantAuth
     strikes: dict[Where, int]

@@ -14,6 +14,7 @@ from collections.abc import Callable
 from schemas.observer import Observer
 from schemas.settings import Settings
 from workers.core.batcher import BatchPolicy
+from workers.core.cache import CacheKeys
 from workers.core.decoder import Decoder
 from workers.core.engine import Engine
 from workers.core.loop import ModelLoop, Outlet
@@ -21,18 +22,26 @@ from workers.core.runners import load_runner
 from workers.core.runners.causal import CausalLM
 from workers.core.sequences import DecodePolicy
 from workers.core.wait_policy import AdaptiveWait, CostModel, FixedWait, WaitPolicy
+from workers.store.cache import ResultCache
 from workers.store.store import ResultStore
 
 log = logging.getLogger(__name__)
 
 
 def build_loop(
-    model: str, settings: Settings, store: ResultStore, observer: Observer, outlet: Outlet
+    model: str,
+    settings: Settings,
+    store: ResultStore,
+    observer: Observer,
+    outlet: Outlet,
+    cache: ResultCache | None = None,
 ) -> ModelLoop:
     """Load ``model``'s runner and start the loop that serves it (raises
-    :class:`~schemas.errors.InferqError` when this worker cannot serve the model)."""
+    :class:`~schemas.errors.InferqError` when this worker cannot serve the model). ``cache``: the
+    result cache (None: off)."""
     s = settings
     runner = load_runner(model, s)
+    keys = CacheKeys(s, runner.version) if cache is not None else None
     if isinstance(runner, CausalLM):
         policy = DecodePolicy(
             s.generate_max_running,
@@ -43,7 +52,16 @@ def build_loop(
             static=s.generate_batching == "static",
             prefill_chunk_tokens=s.generate_prefill_chunk_tokens,
         )
-        return Decoder(runner, store, policy, s.max_attempts, observer=observer, outlet=outlet)
+        return Decoder(
+            runner,
+            store,
+            policy,
+            s.max_attempts,
+            observer=observer,
+            outlet=outlet,
+            cache=cache,
+            cache_keys=keys,
+        )
     batch = BatchPolicy(s.max_batch_size, s.max_batch_tokens, s.max_wait_ms, s.priority_aging_ms)
     cost = CostModel()
     wait: WaitPolicy = (
@@ -51,7 +69,7 @@ def build_loop(
         if s.batch_wait == "adaptive"
         else FixedWait(s.max_wait_ms)
     )
-    return Engine(runner, store, batch, wait, cost, s.max_attempts, observer, outlet)
+    return Engine(runner, store, batch, wait, cost, s.max_attempts, observer, outlet, cache, keys)
 
 
 class ModelLoops:

@@ -167,11 +167,11 @@ def requeue_stale(
     failed: list[Job] = []
     live, available = served.served(), served.available()
     for h in store.claim_stale(older_than_s):
-        model = h.model
+        model = h.served_as  # its version's name when it was routed to one (schemas.versions)
         if model in live:
             send(h)
             counts["requeued"] += 1
-        elif model in available:
+        elif model in available or (model is not None and served.is_available(model)):
             counts["waiting"] += 1
         elif (job := _unavailable(h)) is not None:
             failed.append(job)
@@ -193,6 +193,6 @@ def _unavailable(h: Handoff) -> Job | None:
     except (TypeError, KeyError, ValidationError):
         return None
     job.finish(
-        ResultStatus.FAILED, ModelUnavailable(f"no live worker has served model {h.model!r} for a while")
+        ResultStatus.FAILED, ModelUnavailable(f"no live worker has served model {h.served_as!r} for a while")
     )
     return job

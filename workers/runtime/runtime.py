@@ -23,8 +23,9 @@ from celery import Celery
 from pydantic import ValidationError
 
 from schemas import results, tracing
-from schemas.errors import InferqError, InvalidRequest
+from schemas.errors import InferqError, InvalidRequest, ModelUnavailable
 from schemas.messages import ErrorInfo, ResultStatus, Timings, now_ms
+from schemas.naming import version_queue
 from schemas.observer import Observer
 from schemas.settings import Settings
 from schemas.validation import readable_request_id
@@ -35,7 +36,9 @@ from workers.runtime.identity import Instance
 from workers.runtime.loops import ModelLoops, build_loop
 from workers.runtime.publish import Publisher
 from workers.runtime.recovery import Recovery
+from workers.store.cache import ResultCache
 from workers.store.store import ResultStore
+from workers.store.versions import VersionCounts
 from workers.transport.app import make_app
 
 log = logging.getLogger(__name__)
@@ -65,14 +68,52 @@ class WorkerRuntime:
         self.settings = settings
         self.observer = observer
         self.app = app or make_app(settings)
-        self.store = store or ResultStore.from_settings(settings, observer)
+        if store is None:
+            store = ResultStore.from_settings(settings, observer)
+            store.observer.add(VersionCounts(store.client, settings))  # per-version counts in Redis
+        self.store = store
         self.publisher = Publisher(settings)
+        # the result cache (None: off); refuses an instance that could evict results (issue 20)
+        self.cache = ResultCache.from_settings(settings, self.store.client)
         self.instance = Instance(self.store.client, settings)
         self.loops = ModelLoops(self._build)
+        # (model, version) → the INFERQ_WORKER_MODELS entry that serves it, once loaded
+        self._versions: dict[tuple[str, str], str] = {}
         self.recovery = Recovery(settings, self.store, self.instance, self.app, self.publisher, observer)
 
-    def _build(self, model: str) -> ModelLoop:
-        return build_loop(model, self.settings, self.store, self.observer, self.publisher)
+    def _build(self, entry: str) -> ModelLoop:
+        """The loop of an ``INFERQ_WORKER_MODELS`` entry (``<model>`` or ``<model>@<variant>``),
+        recorded under the version it serves."""
+        loop = build_loop(entry, self.settings, self.store, self.observer, self.publisher, self.cache)
+        model, _, version = loop.version.partition("@")
+        self._versions[(model, version)] = entry
+        return loop
+
+    def entries(self) -> list[str]:
+        """What this worker serves: its default builds, then its other builds (``<model>@<variant>``)."""
+        return [*self.settings.model_names(), *(f"{m}@{v}" for m, v in self.settings.model_variants())]
+
+    def served_versions(self) -> list[str]:
+        """The ``<model>@<version>`` of every loaded entry (what results are stamped with)."""
+        return sorted(f"{m}@{v}" for m, v in self._versions)
+
+    def version_queues(self) -> list[str]:
+        """The Celery queues of the versions this worker loaded (read besides its default queues)."""
+        return sorted(version_queue(self.settings, m, v) for m, v in self._versions)
+
+    def loop_for(self, model: str, version: str | None) -> ModelLoop:
+        """The loop serving ``version`` of ``model`` (None: its default build). Raises
+        :class:`~schemas.errors.InferqError` when this worker cannot serve it."""
+        if version is None:
+            return self.loops.get(model)
+        if (model, version) not in self._versions:  # not loaded yet: load this model's entries
+            for entry in self.entries():
+                if entry.partition("@")[0] == model:
+                    self.loops.get(entry)
+        serving = self._versions.get((model, version))
+        if serving is None:
+            raise ModelUnavailable(f"this worker does not serve version {version!r} of model {model!r}")
+        return self.loops.get(serving)
 
     # -- lifecycle --------------------------------------------------------------------------
     def claim(self, hostname: str) -> None:
@@ -82,11 +123,12 @@ class WorkerRuntime:
     def warm_up(self, hostname: str) -> None:
         """Load every declared model with one real pass, then advertise the worker and start the
         recovery threads (Celery's ``worker_ready``): a worker is advertised only once ready."""
-        models = self.settings.model_names()
-        for model in models:
-            self.loops.get(model).warm_up()
-        self.recovery.start(hostname, models)
-        log.info("worker %s ready: %s", hostname, ", ".join(models))
+        for entry in self.entries():
+            self.loops.get(entry).warm_up()
+        # advertised: the default builds by model name (their default queues), every build by version
+        served = [*self.settings.model_names(), *self.served_versions()]
+        self.recovery.start(hostname, served)
+        log.info("worker %s ready: %s", hostname, ", ".join(served))
 
     def drain(self, timeout_s: float = 5.0) -> None:
         """Finish waiting batches, withdraw the worker and flush the producer (at shutdown)."""
@@ -108,14 +150,14 @@ class WorkerRuntime:
         (``skipped``: the store already held the request's end). Raises :class:`Unwritten` when
         some result could not be written, ``TimeoutError`` when one is not done within the
         visibility timeout. ``first_delivery``: the message was not put back after a worker died."""
-        by_model: dict[str, list[WorkItem]] = {}
+        by_version: dict[tuple[str, str | None], list[WorkItem]] = {}
         for item in items:
-            by_model.setdefault(item.request.model, []).append(item)
+            by_version.setdefault((item.request.model, item.version), []).append(item)
         counts = Counter[str]()
         jobs: list[Job] = []
-        for model, group in by_model.items():
+        for (model, version), group in by_version.items():
             try:
-                loop = self.loops.get(model)
+                loop = self.loop_for(model, version)
             except InferqError as e:  # this worker cannot serve the model: answer, don't retry forever
                 log.error("cannot serve %s: %s", model, e)
                 self._fail(group, e)

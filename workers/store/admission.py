@@ -128,6 +128,7 @@ class Admissions(StoreBase):
                     "" if handoff is None else handoff.model_dump_json(),
                     *tenant,
                     models[model],
+                    "" if handoff is None else (handoff.item.get("version") or ""),
                     deliveries.get(sid, "") if deliveries else "",
                 ]
             )

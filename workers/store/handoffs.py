@@ -52,6 +52,23 @@ class Handoffs(StoreBase):
         """A hand-off was published again: it counts as new (found again only if lost again)."""
         self.client.zadd(unseen_key(self._s), {key: now_ms()}, xx=True)
 
+    def kept(self, sids: Sequence[str]) -> dict[str, Handoff]:
+        """The hand-offs kept for these scoped ids (queued requests; one round trip): a record read
+        again is sent where its first reading sent it (its version, :mod:`schemas.versions`)."""
+        if not sids:
+            return {}
+        pipe = self.client.pipeline(transaction=False)
+        for sid in sids:
+            pipe.hget(result_key(self._s, sid), "handoff")
+        found: dict[str, Handoff] = {}
+        for sid, raw in zip(sids, pipe.execute(), strict=True):
+            if raw:
+                try:
+                    found[sid] = Handoff.model_validate_json(raw)
+                except ValueError:  # unreadable (a newer writer?): the fresh hand-off goes instead
+                    continue
+        return found
+
     def claim_stale(self, older_than_s: float, limit: int = 500) -> list[Handoff]:
         """Hand-offs of requests still queued ``older_than_s`` after admission, claimed (each is
         returned to one caller per period): send them to Celery again. A duplicate message is

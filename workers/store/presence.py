@@ -87,5 +87,14 @@ class ServedModels:
         self._refresh(now_s)
         return frozenset(self._lapse_ms)
 
+    def is_available(self, name: str, now_s: float | None = None) -> bool:
+        """Whether ``name`` (a model, or ``<model>@<version>``: :class:`schemas.versions.Route`) is
+        worth admitting, as :meth:`available` says; while this reader is younger than the grace, so
+        is every version of a catalogue model (its workers may be loading it)."""
+        now_s = self._clock() if now_s is None else now_s
+        if now_s - self.started_s < self._s.unserved_model_grace_s:
+            return name.partition("@")[0] in CATALOG
+        return name in self.available(now_s)
+
 
 __all__ = ["ServedModels", "advertise", "withdraw"]

@@ -62,6 +62,7 @@ def request_fields(result: InferenceResult) -> dict[str, Any]:
         "inferq.inputs": len(result.outputs) if result.outputs else None,
         "trace.id": result.trace_id,
         "span.id": result.span_id,
+        "inferq.cache.hits": len(result.cached) if result.cached else None,
     }
     fields.update({f"inferq.duration_ms.{k}": v for k, v in durations.items()})
     generated = [o for o in result.outputs or [] if isinstance(o, GenerationOutput)]

@@ -29,7 +29,11 @@ DUPLICATES_REFUSED = Counter(
     "Terminal results not written because the request had already ended (a duplicate delivery)",
     ["status"],
 )
-RESULTS = Counter("inferq_results", "Terminal results written, by status", ["model", "status"])
+# ``version``: the served model version (the part after ``@`` of ``model_version``; "none" for a
+# result no model made). Bounded: the versions workers load, never a value read from a request.
+RESULTS = Counter(
+    "inferq_results", "Terminal results written, by status and model version", ["model", "status", "version"]
+)
 TRACE_IGNORED = Counter(
     "inferq_traceparent_ignored",
     "Requests whose traceparent header was invalid or repeated, ignored (the request started a new trace)",
@@ -65,8 +69,8 @@ QUEUE_WAIT = Histogram(
 )
 LATENCY = Histogram(
     "inferq_request_latency_seconds",
-    "Published to Kafka → result written, by final status",
-    ["model", "status"],
+    "Published to Kafka → result written, by final status and model version",
+    ["model", "status", "version"],
     buckets=_LATENCY,
 )
 GENERATED_TOKENS = Counter("inferq_generated_tokens", "Tokens generated (task generate)", ["model"])
@@ -82,31 +86,47 @@ FIRST_TOKEN = Histogram(
     ["model"],
     buckets=_LATENCY,
 )
+CACHE_HITS = Counter("inferq_cache_hits", "Inputs answered from the result cache", ["model"])
+CACHE_MISSES = Counter(
+    "inferq_cache_misses",
+    "Inputs looked up in the result cache and computed (identical ones once)",
+    ["model"],
+)
+CACHE_ERRORS = Counter(
+    "inferq_cache_errors", "Result cache round trips that failed (the inputs were computed)", ["model"]
+)
 
 
 def record_results(results: Sequence[InferenceResult]) -> None:
     """The results one store call wrote, as :func:`record_result` each would, with one metric write
     per (metric, labels, bucket) for the whole call: in multiprocess mode every write takes a lock
     and touches an mmap, tens of microseconds per request when made one by one."""
-    latency: dict[tuple[str, str], list[float]] = defaultdict(list)
+    latency: dict[tuple[str, str, str], list[float]] = defaultdict(list)
     queue_wait: dict[str, list[float]] = defaultdict(list)
     first_token: dict[str, list[float]] = defaultdict(list)
     for r in results:
         model, t = r.model or "unknown", r.timings
         if t.done_ms is not None and t.published_ms is not None:
-            latency[(model, r.status.value)].append(max(0.0, t.done_ms - t.published_ms) / 1000.0)
+            key = (model, r.status.value, _version(r))
+            latency[key].append(max(0.0, t.done_ms - t.published_ms) / 1000.0)
         if t.batch_start_ms is not None and t.queued_ms is not None:
             queue_wait[model].append(max(0.0, t.batch_start_ms - t.queued_ms) / 1000.0)
         if t.first_token_ms is not None and t.published_ms is not None:
             first_token[model].append(max(0.0, t.first_token_ms - t.published_ms) / 1000.0)
-    for (model, status), n in Tally((r.model or "unknown", r.status.value) for r in results).items():
-        RESULTS.labels(model, status).inc(n)
+    for labels, n in Tally((r.model or "unknown", r.status.value, _version(r)) for r in results).items():
+        RESULTS.labels(*labels).inc(n)
     for key, seconds in latency.items():
         observe_many(LATENCY.labels(*key), seconds)
     for model, seconds in queue_wait.items():
         observe_many(QUEUE_WAIT.labels(model), seconds)
     for model, seconds in first_token.items():
         observe_many(FIRST_TOKEN.labels(model), seconds)
+
+
+def _version(result: InferenceResult) -> str:
+    """The ``version`` label: the part of ``model_version`` after ``@`` ("none" without one)."""
+    mv = result.model_version
+    return mv.partition("@")[2] or "none" if mv else "none"
 
 
 def observe_many(histogram: Histogram, amounts: Sequence[float]) -> None:
@@ -138,6 +158,12 @@ def record_batch(model: str, size: int, tokens: int, padding_waste: float, compu
     BATCH_TOKENS.labels(model).observe(tokens)
     PADDING_WASTE.labels(model).observe(padding_waste)
     COMPUTE.labels(model).observe(compute_ms / 1000.0)
+
+
+def record_cache(model: str, hits: int, misses: int, errors: int) -> None:
+    for counter, n in ((CACHE_HITS, hits), (CACHE_MISSES, misses), (CACHE_ERRORS, errors)):
+        if n:
+            counter.labels(model).inc(n)
 
 
 def record_step(model: str, running: int) -> None:

@@ -72,6 +72,9 @@ class Telemetry(Observer):
         # no log record: a step is a few ms; each request's record carries its totals
         metrics.record_step(stats.model, stats.running)
 
+    def cache_used(self, model: str, hits: int, misses: int, errors: int) -> None:
+        metrics.record_cache(model, hits, misses, errors)
+
     def admitted(self, model: str) -> None:
         metrics.ADMITTED.labels(model).inc()
 

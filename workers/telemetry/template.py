@@ -77,6 +77,8 @@ PROPERTIES: dict[str, Any] = {
         priority=KEYWORD,
         error_code=KEYWORD,
         inputs=INT,
+        # per request: how many of its inputs came from the result cache
+        cache=_obj(hits=INT),
         input_preview=KEYWORD,
         source=_obj(topic=KEYWORD, partition=INT, offset=LONG),
         celery_task=KEYWORD,

@@ -18,7 +18,7 @@ from kombu import Queue
 
 from schemas.connections import celery_broker_ssl
 from schemas.messages import Priority
-from schemas.naming import model_queue
+from schemas.naming import model_queue, version_queue
 from schemas.settings import Settings, get_settings
 from workers.transport.kombu import harden_channel
 from workers.transport.serializer import NAME as ORJSON
@@ -31,15 +31,19 @@ CELERY_PRIORITY = {Priority.HIGH: 0, Priority.NORMAL: 3, Priority.LOW: 6}
 
 
 def router(settings: Settings) -> Any:
-    """Celery's router: ``inferq.infer`` to its model's queue (the intake also names the queue
-    directly), read from the first item's wire form."""
+    """Celery's router: ``inferq.infer`` to its model's queue, or its version's when the intake
+    routed it to one (the intake also names the queue directly), read from the first item's wire form."""
 
     def route_by_model(
         name: str, args: Any, kwargs: Any, options: Any, task: Any = None, **kw: Any
     ) -> dict | None:
         if name != TASK_INFER or not args or not args[0]:
             return None
-        return {"queue": model_queue(settings, args[0][0]["request"]["model"])}
+        first = args[0][0]
+        model, version = first["request"]["model"], first.get("version")
+        if isinstance(version, str):  # routed to a version (schemas.versions)
+            return {"queue": version_queue(settings, model, version)}
+        return {"queue": model_queue(settings, model)}
 
     return route_by_model
 

@@ -54,7 +54,15 @@ def admit_and_publish(ctx: ApiContext, request: InferenceRequest, trace: TraceCo
     """Record the request ``queued`` (so its result URL answers at once), then publish it;
     ``trace``: the API's span for it (the record's ``traceparent`` continues it)."""
     s, store, start_ms = ctx.settings, ctx.store, now_ms()
-    if request.model not in ctx.served.available():  # what the intake would answer, said at once
+    available = ctx.served.available()
+    if request.model_version is not None:  # pinned: that version must be served (schemas.versions)
+        pinned = f"{request.model}@{request.model_version}"
+        if not ctx.served.is_available(pinned):
+            raise ModelUnavailable(
+                f"no live worker serves version {request.model_version!r} of model {request.model!r}"
+            )
+    elif request.model not in available and not any(m.startswith(f"{request.model}@") for m in available):
+        # what the intake would answer, said at once (it routes unpinned ones by the rollout)
         raise ModelUnavailable(f"no live worker serves model {request.model!r}")
     # the intake pauses at this bound; the API must not go on storing requests past it (each
     # holds its body twice in Redis until read: the queued record and the hand-off copy)

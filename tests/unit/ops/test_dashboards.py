@@ -35,6 +35,10 @@ EXPORTER_ONLY: dict[str, frozenset[str]] = {
     # workers.telemetry.liveness, from the intakes' poll stamps
     "inferq_intake_up": frozenset({"replica"}),
     "inferq_intake_last_poll_age_seconds": frozenset({"replica"}),
+    # the result cache's own Redis, read at scrape time
+    "inferq_cache_used_bytes": frozenset(),
+    "inferq_cache_max_bytes": frozenset(),
+    "inferq_cache_evicted_keys": frozenset(),
 }
 # Metrics and labels the dashboard reads that other work of issues 19 and 20 adds: allowed absent
 # only while no instrument in workers.telemetry.metrics declares them; once one does, they are

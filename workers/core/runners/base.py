@@ -62,16 +62,30 @@ LOADERS: dict[str, str] = {
 }
 
 
+# "<model>@<variant>" → "module:function": other builds of a catalogue model, served as their own
+# versions beside (or instead of) its default build (INFERQ_WORKER_MODELS, schemas.versions)
+VARIANTS: dict[str, str] = {
+    "all-MiniLM-L6-v2@int8": "workers.core.runners.quantized:load_minilm_int8",
+}
+
+
 def load_runner(name: str, settings: Settings) -> Runner:
-    """Load catalogue model ``name`` with its registered loader."""
-    if name not in CATALOG or name not in LOADERS:
+    """Load catalogue model ``name`` (or a variant, ``<model>@<variant>``) with its registered loader."""
+    if "@" in name:
+        if name not in VARIANTS:
+            known = ", ".join(sorted(VARIANTS)) or "none"
+            raise UnknownModel(f"this worker was asked to load unknown variant {name!r}; known: {known}")
+        spec = VARIANTS[name]
+    elif name not in CATALOG or name not in LOADERS:
         raise UnknownModel(f"this worker was asked to load unknown model {name!r}")
-    module_name, _, func_name = LOADERS[name].partition(":")
+    else:
+        spec = LOADERS[name]
+    module_name, _, func_name = spec.partition(":")
     try:
         loader = getattr(importlib.import_module(module_name), func_name)
     except (ImportError, AttributeError) as e:
         raise ConfigurationError(
-            f"loader {LOADERS[name]!r} of model {name!r} cannot be imported",
+            f"loader {spec!r} of model {name!r} cannot be imported",
             hint="install the package that ships this model's weights (see setup.cfg)",
         ) from e
     runner: Runner = loader(settings)

@@ -5,7 +5,8 @@
 -- document {"now": ms, "ttl_s": s, "requests": [[digest, queued body, deadline ms ('' = none),
 -- scoped id, hand-off JSON ('' = none), tenant's most in flight (0 = off), tenant's most stored
 -- result bytes (0 = off), index of the tenant's first key, index of the model's in-flight key,
--- delivery targets JSON ('' = none: kept as the hash's 'deliver' field, read when it ends)]]}
+-- the model version the hand-off goes to ('' = the model's default queue), delivery targets JSON
+-- ('' = none: kept as the hash's 'deliver' field, read when it ends)]]}
 -- (numbers that reach Redis as text are sent as text, so no precision is lost). A queued request's
 -- hand-off (its Celery queue, priority and message item) is kept with it until it starts, so a
 -- message lost on the way to a worker can be sent again (ADMIT/CLAIM_STALE). A new request over its
@@ -18,10 +19,11 @@
 -- same 'now', and a member added here lapses after it), the sets' EXPIRE is set once at the end,
 -- and the additions to the shared sorted sets (in flight, per model, deadlines, pending) are sent
 -- as one ZADD per key. A tenant's in-flight set is added to at once where it has an in-flight limit,
--- so its quota check stays exact.
+-- so its quota check stays exact. With a hand-off, the version it goes to is kept as 'route' for the
+-- life of the result (the version routing chose at admission; the rollout drill checks it).
 -- Inside, K holds a request's keys in the order the scripts share (workers/store/scripts.py) and A
 -- its values: digest, queued body, ttl_s, deadline, scoped id, hand-off, now, the two limits, the
--- delivery targets.
+-- route, the delivery targets.
 local pruned, clean_bytes, adds, ttls = {}, {}, {}, {}
 
 local function prune(key, now)
@@ -61,12 +63,12 @@ local function admit_new(K, A)
   -- never holds a place in flight (a backlog of them counted for a moment past the bound)
   local late = A[4] ~= '' and tonumber(A[4]) <= now
   if A[6] ~= '' and not late then
-    redis.call('HSET', K[1], 'status', 'queued', 'body', A[2], 'digest', A[1], 'handoff', A[6])
+    redis.call('HSET', K[1], 'status', 'queued', 'body', A[2], 'digest', A[1], 'handoff', A[6], 'route', A[10])
     add_later(K[5], A[7], A[5])
   else
     redis.call('HSET', K[1], 'status', 'queued', 'body', A[2], 'digest', A[1])
   end
-  if A[10] ~= '' then redis.call('HSET', K[1], 'deliver', A[10]) end
+  if A[11] ~= '' then redis.call('HSET', K[1], 'deliver', A[11]) end
   redis.call('EXPIRE', K[1], A[3])
   if not late then
     local expiry = now + tonumber(A[3]) * 1000
@@ -95,7 +97,9 @@ local function admit_one(K, A)
   end
   if cur ~= A[1] then return 'conflict' end
   if st == 'queued' and A[6] ~= '' then
-    redis.call('HSET', K[1], 'handoff', A[6])
+    -- a hand-off kept already (a record read again) stays: its version is where the request went
+    redis.call('HSETNX', K[1], 'handoff', A[6])
+    redis.call('HSETNX', K[1], 'route', A[10])
     add_later(K[5], A[7], A[5])
   end
   if st == 'queued' or st == 'running' then return 'pending' end
@@ -108,7 +112,7 @@ local first_result = #KEYS - #requests
 local verdicts = {}
 for i, r in ipairs(requests) do
   local K = {KEYS[first_result + i], KEYS[1], KEYS[r[9]], KEYS[2], KEYS[3], KEYS[r[8]], KEYS[r[8] + 1], KEYS[r[8] + 2]}
-  verdicts[i] = admit_one(K, {r[1], r[2], ttl, r[3], r[4], r[5], now, r[6], r[7], r[10] or ''})
+  verdicts[i] = admit_one(K, {r[1], r[2], ttl, r[3], r[4], r[5], now, r[6], r[7], r[10] or '', r[11] or ''})
 end
 for key, a in pairs(adds) do redis.call('ZADD', key, unpack(a)) end
 for key, ttl in pairs(ttls) do redis.call('EXPIRE', key, ttl) end

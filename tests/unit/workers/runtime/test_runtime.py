@@ -38,6 +38,8 @@ class RuntimeStore(FakeStore):
 class DoneLoop:
     """A loop that answers every item at once (``unwritten`` when told to)."""
 
+    version = "m@test"
+
     def __init__(self, unwritten: bool = False) -> None:
         self.submitted: list[tuple[list[WorkItem], bool]] = []
         self.unwritten = unwritten
@@ -161,3 +163,33 @@ def test_unreadable_items_are_answered_by_kind() -> None:
     assert unreadable_error(invalid.value).code is ErrorCode.VALIDATION_ERROR
     malformed = unreadable_error(TypeError("not an object"))
     assert malformed.code is ErrorCode.INTERNAL_ERROR and malformed.detail == {"exception": "TypeError"}
+
+
+def test_items_go_to_the_version_they_were_routed_to_and_an_unserved_one_is_answered(monkeypatch) -> None:
+    """``<model>@<variant>`` entries are loops of their own, found by the version they serve; an item
+    routed to a version this worker does not load is answered ``model_unavailable``, not retried."""
+    loops: dict[str, DoneLoop] = {}
+
+    def build_loop(entry: str, *args: Any) -> DoneLoop:
+        loops[entry] = DoneLoop()
+        loops[entry].version = "a@fp32digest" if entry == "a" else "a@int8digest"
+        return loops[entry]
+
+    monkeypatch.setattr("workers.runtime.runtime.build_loop", build_loop)
+    store = RuntimeStore()
+    settings = Settings(worker_models="a,a@int8")
+    rt = WorkerRuntime(settings, Observer(), app=Celery("test"), store=store)  # type: ignore[arg-type]
+    assert rt.entries() == ["a", "a@int8"]
+
+    def routed(version: str | None) -> WorkItem:
+        return WorkItem(request=InferenceRequest(task="embed", model="a", inputs="x"), version=version)
+
+    counts = rt.serve([routed(None), routed("int8digest"), routed("fp32digest"), routed("elsewhere")])
+    assert counts == {"done": 3, "failed": 1}
+    assert [len(items) for items, _ in loops["a"].submitted] == [1, 1]  # default queue, and pinned
+    assert [len(items) for items, _ in loops["a@int8"].submitted] == [1]
+    (failed,) = store.written
+    assert failed.error is not None and failed.error.code is ErrorCode.MODEL_UNAVAILABLE
+    assert "elsewhere" in failed.error.message
+    assert rt.served_versions() == ["a@fp32digest", "a@int8digest"]
+    assert rt.version_queues() == ["inferq.model.a.v.fp32digest", "inferq.model.a.v.int8digest"]
