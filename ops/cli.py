@@ -123,6 +123,13 @@ def _bench_args(b: argparse.ArgumentParser) -> None:
         "client publishes slower than the pipeline takes)",
     )
     b.add_argument(
+        "--ceiling-webhooks",
+        action="store_true",
+        help="with --ceiling: every request names a callback_url to a local HTTPS receiver (its own "
+        "process, its CPU reported apart); CPU per request counts the delivery service until the last "
+        "webhook arrived",
+    )
+    b.add_argument(
         "--burst-s",
         type=_burst_s,
         default=None,
@@ -222,6 +229,8 @@ def cmd_bench(run: Run) -> int:
     if unknown:
         run.parser.error(f"unknown peer(s) {', '.join(unknown)}; choose from {', '.join(PEERS)}")
     args.out.mkdir(parents=True, exist_ok=True)
+    if args.ceiling_webhooks and not args.ceiling:
+        run.parser.error("--ceiling-webhooks goes with --ceiling")
     if args.profile and not args.ceiling:
         run.parser.error("--profile goes with --ceiling")
     if args.ceiling:
@@ -254,7 +263,7 @@ def _bench_cache(run: Run) -> int:
 def _bench_ceiling(run: Run) -> int:
     args = run.args
     plan = CeilingPlan.quick() if args.quick else CeilingPlan()
-    plan = dataclasses.replace(plan, profile=args.profile)
+    plan = dataclasses.replace(plan, profile=args.profile, webhooks=args.ceiling_webhooks)
     if args.ceiling_layouts is not None:
         plan = dataclasses.replace(plan, layouts=args.ceiling_layouts)
     if args.generators is not None:

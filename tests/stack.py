@@ -17,6 +17,7 @@ from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
+import trustme
 
 from ops.drill.letters import read_dead_letters
 from ops.stack import Stack, on_free_ports
@@ -28,7 +29,20 @@ RESULTS_TOPIC = "test-results"  # the session stack's INFERQ_RESULTS_TOPIC
 
 
 @pytest.fixture(scope="session")
-def settings(tmp_path_factory) -> Settings:
+def webhook_ca() -> trustme.CA:
+    """The CA the session stack's delivery service trusts for webhooks (``INFERQ_WEBHOOK_CA_CERTS``):
+    a receiver made with it (``tests.webhooks.receiver(folder, ca=webhook_ca)``) is reachable."""
+    return trustme.CA()
+
+
+def webhook_ca_file(ca: trustme.CA, folder: Path) -> Path:
+    path = folder / "webhook-ca.pem"
+    ca.cert_pem.write_to_path(str(path))
+    return path
+
+
+@pytest.fixture(scope="session")
+def settings(tmp_path_factory, webhook_ca: trustme.CA) -> Settings:
     base = Settings(
         kafka_partitions=3,
         kafka_session_timeout_ms=6_000,
@@ -43,9 +57,16 @@ def settings(tmp_path_factory) -> Settings:
         # generated requests, so a literal here would reach the access log as a fuzzed URL.
         kafka_sasl_password=f"sasl-{secrets.token_hex(12)}",
         flower_password=f"flower-{secrets.token_hex(12)}",
-        # issue 19, webhooks: a signing key for requests without a tenant (webhooks stay off: no
-        # INFERQ_WEBHOOK_ALLOW_HOSTS), so test_api_security checks that no service log shows it
-        webhook_keys=f":whk-{secrets.token_hex(12)}",
+        # issue 19, webhooks (tests/integration/test_webhook_delivery.py): on, to the loopback test
+        # receiver (tests/webhooks.py) only, whose certificate the session's CA signs; signing keys
+        # for requests without a tenant and for tenant "acme" (test_api_security checks that no
+        # service log shows them); retries 0.1 s apart, doubling, so a receiver failing twice costs
+        # 0.3 s of test time
+        webhook_allow_hosts="localhost,127.0.0.0/8,::1/128",
+        webhook_allow_ports="*",
+        webhook_keys=f":whk-{secrets.token_hex(12)},acme:whk-acme-{secrets.token_hex(12)}",
+        webhook_ca_certs=str(webhook_ca_file(webhook_ca, tmp_path_factory.mktemp("webhook-ca"))),
+        delivery_retry_initial_s=0.1,
         # reply topics (tests/integration/test_reply_topics.py): every result also goes to the
         # results topic; tenant "acme" may name acme.* topics, anyone replies.* topics
         results_topic=RESULTS_TOPIC,

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import contextlib
 import os
+import secrets
 import shutil
 import time
 from collections.abc import Callable, Sequence
@@ -27,6 +28,7 @@ from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
+from pydantic import SecretStr
 from rich.console import Console
 from rich.progress import Progress, SpinnerColumn, TextColumn, TimeElapsedColumn
 
@@ -34,7 +36,9 @@ from ops.bench.ceiling_report import capacity, print_ceiling
 from ops.bench.corpus import bench_texts
 from ops.bench.cputrace import CpuTrace, Window, per_request, steady_window
 from ops.bench.loadgen import Collected, LoadPool, Published
+from ops.bench.procstat import all_stats, tree_ms
 from ops.bench.pyspy import record_all, top_of_file
+from ops.bench.receiver import WebhookReceiver
 from ops.bench.report import write_json
 from ops.stack import Stack, on_free_ports
 from schemas.errors import StackError
@@ -56,6 +60,7 @@ class CeilingPlan:
     generators: int = 1  # load-generator processes
     layouts: Sequence[tuple[int, int]] = ((1, 1), (2, 1), (1, 2), (2, 2))  # (intakes, worker processes)
     profile: bool = False  # py-spy on the intake(s) and worker(s) during the headline burst
+    webhooks: bool = False  # every request names a callback_url to a local HTTPS receiver
 
     @classmethod
     def quick(cls) -> CeilingPlan:
@@ -93,6 +98,12 @@ class LayoutRun:
     by_status: dict[str, int]
     profile: dict[str, Any] = field(default_factory=dict)
     stack_up_s: float = 0.0  # starting this layout's stack (not part of any figure)
+    # webhooks-on runs (CeilingPlan.webhooks): POSTs the receiver got for this burst, seconds from
+    # the first publish to the last of them (the delivery group's CPU is counted up to then), and
+    # the receiver's own CPU per request (apart: in no group, no total)
+    webhooks_received: int = 0
+    webhooks_s: float = 0.0
+    receiver_cpu_ms_per_request: float = 0.0
 
     def scaling_row(self) -> dict[str, Any]:
         return {
@@ -170,6 +181,34 @@ def measure_layout(
             "worker_processes": workers,
         }
     )
+    with contextlib.ExitStack() as hooks:
+        receiver = None
+        if plan.webhooks:
+            receiver = hooks.enter_context(WebhookReceiver(bs.state_dir / "bench-webhooks"))
+            bs = bs.model_copy(update=webhook_settings(receiver))
+        run = _measure(bs, burst_s, plan, pool, profile_dir, receiver)
+    run.intake_replicas, run.worker_processes = intakes, workers
+    return run
+
+
+def webhook_settings(receiver: WebhookReceiver) -> dict[str, Any]:
+    """The bench stack's settings that let its requests' callbacks reach ``receiver``."""
+    return {
+        "webhook_allow_hosts": "127.0.0.0/8",
+        "webhook_allow_ports": "*",
+        "webhook_keys": SecretStr(f":bench-{secrets.token_hex(16)}"),
+        "webhook_ca_certs": str(receiver.ca_file),
+    }
+
+
+def _measure(
+    bs: Settings,
+    burst_s: float,
+    plan: CeilingPlan,
+    pool: LoadPool,
+    profile_dir: Path | None,
+    receiver: WebhookReceiver | None,
+) -> LayoutRun:
     stack = Stack(bs)
     _discard(stack)  # what a run that crashed left in this folder (pids checked by start time)
     shutil.rmtree(stack.data_dir, ignore_errors=True)  # an empty broker log and store each time
@@ -177,16 +216,16 @@ def measure_layout(
         t_up = time.monotonic()
         stack.up(only=[svc.name for svc in stack.services() if svc.name not in SKIPPED])
         t_up = time.monotonic() - t_up
-        warm = _burst(bs, stack, pool, plan.warm_requests, None, 60.0 + plan.warm_requests / 20)
+        warm = _burst(bs, stack, pool, plan.warm_requests, None, 60.0 + plan.warm_requests / 20, receiver)
         rate = max(warm.req_per_s, 50.0)
         n = int(min(max(rate * burst_s, plan.min_requests), plan.max_requests))
-        run = _burst(bs, stack, pool, n, None, 60.0 + 5 * n / rate)
+        run = _burst(bs, stack, pool, n, None, 60.0 + 5 * n / rate, receiver)
         if profile_dir is not None:  # a burst of its own: py-spy's CPU would lower the figures above
             m = max(n // 2, plan.min_requests)
-            run.profile = _burst(bs, stack, pool, m, profile_dir, 60.0 + 5 * m / rate).profile
+            run.profile = _burst(bs, stack, pool, m, profile_dir, 60.0 + 5 * m / rate, receiver).profile
     finally:
         _discard(stack)
-    run.intake_replicas, run.worker_processes, run.stack_up_s = intakes, workers, t_up
+    run.stack_up_s = t_up
     return run
 
 
@@ -217,8 +256,12 @@ def _burst(
     n: int,
     profile_dir: Path | None,
     timeout_s: float,
+    receiver: WebhookReceiver | None = None,
 ) -> LayoutRun:
-    pool.prepare(settings, MODEL, n, timeout_s)
+    """One burst of ``n``; with a ``receiver``, also until it got every request's webhook (or
+    ``timeout_s`` more), so the next burst starts with no deliveries behind."""
+    pool.prepare(settings, MODEL, n, timeout_s, callback_url=receiver.url if receiver else None)
+    hooks = _Hooks(receiver, n)
     trace = CpuTrace(_groups(stack, pool.pids))
     trace.start()
     profiled = {
@@ -233,10 +276,39 @@ def _burst(
     try:
         t0 = pool.go()
         published, collected = pool.wait()
+        hooks.wait(timeout_s)
     finally:
         trace.stop()
         files = {r.name: r.stop() for r in recordings}
-    return _summarise(n, t0, trace, published, collected, files)
+    run = _summarise(n, t0, trace, published, collected, files, hooks.done_at)
+    return hooks.fill(run, t0)
+
+
+class _Hooks:
+    """A burst's webhooks at the receiver: how many came and when the last did; its CPU apart."""
+
+    def __init__(self, receiver: WebhookReceiver | None, n: int) -> None:
+        self.receiver, self.n = receiver, n
+        self.first = receiver.received if receiver else 0
+        self.cpu0 = tree_ms([receiver.pid], all_stats()) if receiver else 0.0
+        self.done_at: float | None = None
+
+    def wait(self, timeout_s: float) -> None:
+        if self.receiver is None:
+            return
+        give_up = time.monotonic() + timeout_s
+        while self.receiver.received - self.first < self.n and time.monotonic() < give_up:
+            time.sleep(0.02)
+        self.done_at = time.monotonic()
+
+    def fill(self, run: LayoutRun, t0: float) -> LayoutRun:
+        if self.receiver is None or self.done_at is None:
+            return run
+        run.webhooks_received = self.receiver.received - self.first
+        run.webhooks_s = self.done_at - t0
+        cpu = tree_ms([self.receiver.pid], all_stats()) - self.cpu0
+        run.receiver_cpu_ms_per_request = cpu / self.n
+        return run
 
 
 def _summarise(
@@ -246,12 +318,17 @@ def _summarise(
     published: list[Published],
     collected: Collected,
     profiles: dict[str, Path | None],
+    hooks_done_at: float | None = None,
 ) -> LayoutRun:
     if not collected.done_at:
         raise RuntimeError(f"no result of the {n} published requests came back")
     end = max(collected.done_at)
     window: Window = steady_window(collected.done_at)
     whole = trace.between(t0, end)
+    busy_s = {g: end - t0 for g in whole}
+    if hooks_done_at is not None:  # the delivery service works on after the last result: its CPU till done
+        whole["delivery"] = trace.between(t0, max(end, hooks_done_at))["delivery"]
+        busy_s["delivery"] = max(end, hooks_done_at) - t0
     pub_s = max(p.t1 for p in published) - min(p.t0 for p in published)
     profile: dict[str, Any] = {}
     for name, path in profiles.items():
@@ -272,7 +349,7 @@ def _summarise(
         cpu_ms_per_request=per_request(whole, n),
         steady_cpu_ms_per_request=per_request(trace.between(window.t0, window.t1), window.completions),
         cpu_busy_cores=sum(whole.values()) / 1000.0 / (end - t0),
-        busy_cores_by_process={g: ms / 1000.0 / (end - t0) for g, ms in whole.items()},
+        busy_cores_by_process={g: ms / 1000.0 / busy_s[g] for g, ms in whole.items()},
         load_avg_1m=os.getloadavg()[0],
         cpu_bound_req_per_s=(os.cpu_count() or 1) * 1000.0 / (sum(whole.values()) / n),
         lost=collected.lost,

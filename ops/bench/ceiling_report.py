@@ -46,6 +46,14 @@ def print_ceiling(console: Console, data: dict[str, Any]) -> None:
     t.add_row("req/s the CPU per request allows on all cores, free", f"{head['cpu_bound_req_per_s']:.0f}")
     t.add_row("machine load average (1 min, at the end)", f"{head['load_avg_1m']:.1f}")
     t.add_row("lost / duplicated (all layouts)", f"{data['ceiling_lost']} / {data['ceiling_duplicated']}")
+    if head.get("webhooks_received"):  # --ceiling-webhooks
+        rate = head["webhooks_received"] / head["webhooks_s"] if head["webhooks_s"] else float("nan")
+        t.add_row(
+            "webhooks received / seconds to the last",
+            f"{head['webhooks_received']} / {head['webhooks_s']:.1f}",
+        )
+        t.add_row("webhooks/s (first publish to last webhook)", f"{rate:.0f}")
+        t.add_row("receiver CPU ms/request (in no group)", f"{head['receiver_cpu_ms_per_request']:.3f}")
     odd = {k: v for k, v in head["by_status"].items() if k != "done"}
     if odd:
         t.add_row("[red]not done[/red]", ", ".join(f"{k} {v}" for k, v in odd.items()))

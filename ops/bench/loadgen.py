@@ -84,6 +84,7 @@ class Burst:
     n: int
     generators: int
     timeout_s: float
+    callback_url: str | None = None  # every request names it (the bench's webhooks-on runs)
 
 
 def _collect(order: Burst, report: mp.Queue) -> Collected:
@@ -150,7 +151,11 @@ def _generator_main(index: int, texts: Sequence[str], commands: mp.Queue, report
             t0 = time.monotonic()
             for i, rid in enumerate(ids):
                 request = InferenceRequest(
-                    task="embed", model=order.model, inputs=texts[i % len(texts)], request_id=rid
+                    task="embed",
+                    model=order.model,
+                    inputs=texts[i % len(texts)],
+                    request_id=rid,
+                    callback_url=order.callback_url,
                 )
                 client.publish(request)
             client.flush()
@@ -211,12 +216,18 @@ class LoadPool:
         return {f"client-{p.name.removeprefix('ceiling-')}": p.pid for p in self._procs if p.pid is not None}
 
     def prepare(
-        self, settings: Settings, model: str, n: int, timeout_s: float, ready_s: float = 120.0
+        self,
+        settings: Settings,
+        model: str,
+        n: int,
+        timeout_s: float,
+        ready_s: float = 120.0,
+        callback_url: str | None = None,
     ) -> None:
         """Give every process the next burst and wait until each is connected (the collector
         subscribed to the ``done`` channel before anything is published)."""
         tag = f"ceil{os.getpid()}x{time.monotonic_ns() % 10**12}"
-        self._order = Burst(settings, model, tag, n, self.generators, timeout_s)
+        self._order = Burst(settings, model, tag, n, self.generators, timeout_s, callback_url)
         for q in self._commands:
             q.put(self._order)
         self._expect("ready", len(self._procs), ready_s)

@@ -27,6 +27,7 @@ def test_ceiling_runs_end_to_end_with_a_tiny_burst(fresh_settings, tmp_path: Pat
     out = tmp_path / "out"
     argv = ["bench", "--ceiling", "--quick", "--ceiling-layouts", "1x1", "--burst-s", "2", "--profile"]
     argv += ["--generators", "2"]  # two publishers: each id of the burst from exactly one
+    argv += ["--ceiling-webhooks"]  # every request names a callback_url to the bench's receiver
     assert main([*argv, "--out", str(out)]) == 0
 
     data = json.loads((out / "bench.json").read_text())
@@ -40,6 +41,9 @@ def test_ceiling_runs_end_to_end_with_a_tiny_burst(fresh_settings, tmp_path: Pat
     assert (row["intake_replicas"], row["worker_processes"]) == (1, 1) and row["req_per_s"] > 0
     head = data["ceiling"]["headline"]
     assert head["by_status"] == {"done": head["requests"]}  # every request, exactly once, done
+    # --ceiling-webhooks: each request's result POSTed to the receiver (whose CPU is in no group)
+    assert head["webhooks_received"] == head["requests"] and head["webhooks_s"] > 0
+    assert head["receiver_cpu_ms_per_request"] > 0 and cpu["delivery"] > 0
 
     for name in (
         "intake",

@@ -169,11 +169,19 @@ def test_a_private_callback_url_is_refused_at_admission_over_http(stack, setting
         assert r.status_code == 202, r.text
 
 
-def test_a_callback_url_is_refused_by_the_intake_where_webhooks_are_off(client: InferqClient):
+def test_a_callback_url_is_refused_by_the_intake_for_a_tenant_without_a_key(client: InferqClient):
+    """The session stack allows webhooks to loopback and has keys for no tenant and "acme" only
+    (webhooks off altogether is the same refusal: tests/unit/schemas/test_callbacks.py)."""
     request = InferenceRequest.model_validate(
-        {"task": "embed", "model": MODEL, "inputs": "hook me", "callback_url": "https://hooks.example.com/h"}
+        {
+            "task": "embed",
+            "model": MODEL,
+            "inputs": "hook me",
+            "tenant": "keyless",
+            "callback_url": "https://localhost:1/h",
+        }
     )
     client.publish(request).get(10)
-    result = client.wait(request.request_id, timeout_s=30)
+    result = client.wait(request.request_id, timeout_s=30, tenant="keyless")
     assert result.status is ResultStatus.FAILED and result.error is not None
-    assert result.error.code.value == "callback_refused" and "webhooks are off" in result.error.message
+    assert result.error.code.value == "callback_refused" and "no webhook signing key" in result.error.message
