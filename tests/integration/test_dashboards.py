@@ -22,10 +22,12 @@ import time
 import uuid
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta, timezone
+from pathlib import Path
 from typing import Any
 
 import httpx
 import pytest
+import trustme
 from elasticsearch import Elasticsearch
 from osmem_server import OsmemServer
 
@@ -39,6 +41,7 @@ from schemas.messages import InferenceRequest, InferenceResult, ResultStatus
 from schemas.naming import log_index
 from tests.stack import eventually
 from tests.unit.ops.test_dashboards import AWAITED_LABELS, declared, unknown_references
+from tests.webhooks import Answer, receiver
 from workers.telemetry.template import index_template
 
 EMBED, CLASSIFY, GENERATE, CHAT = "all-MiniLM-L6-v2", "minilm-intent", "tiny-lm", "smollm2-135m-instruct"
@@ -49,7 +52,7 @@ NOT_SERVED_HERE = {
     "inferq_gpu_memory_used_bytes": "served only with a GPU and NVML",
     "inferq_gpu_memory_total_bytes": "served only with a GPU and NVML",
     "inferq_log_records_dropped_total": "counted only when a log record is dropped",
-    "inferq_deliveries_total": "this traffic names no reply topic or webhook",
+    "inferq_deliveries_total": "served once the stack delivered something (the traffic makes one of each)",
 }
 # one synthetic delivery attempt per (sink, outcome, reason): the records issue 19's delivery
 # service ships (fields fixed in its brief and in the index template)
@@ -120,6 +123,17 @@ def _burst(settings, tenant: str) -> Traffic:
         results[cancel.request_id] = _expect(client.result(cancel.request_id), ResultStatus.CANCELLED)
     for rid in done:
         _expect(results[rid], ResultStatus.DONE)
+    with InferqClient(settings) as client:  # a text sent again: answered from the result cache
+
+        def cached_again() -> InferenceResult | None:  # once the first one's output was put there
+            again = client.wait(
+                client.submit("embed", EMBED, "dashboard text 0", tenant=tenant), timeout_s=60
+            )
+            return again if _expect(again, ResultStatus.DONE).cached == [0] else None
+
+        hit = eventually(cached_again, 30, "a text sent again to be answered from the result cache")
+        assert isinstance(hit, InferenceResult)
+        results[hit.request_id] = hit
     _expect(results[refused], ResultStatus.FAILED)
     _expect(results[late.request_id], ResultStatus.EXPIRED)
     _expect(results[over["request_id"]], ResultStatus.FAILED)
@@ -173,9 +187,22 @@ def _all_shipped(es: Elasticsearch, settings, traffic: Traffic) -> bool:
     )
 
 
+def _refused_webhook(settings, ca: trustme.CA, folder: Path) -> None:
+    """One real webhook the receiver refuses (400): the delivery service gives it up, so the
+    "undeliverable" panels have a series (every result is also sent to the results topic: "sent")."""
+    with receiver(folder, ca=ca) as rx, InferqClient(settings) as client:
+        rx.answer(Answer(400))
+        req = InferenceRequest(task="embed", model=EMBED, inputs="hook refused", callback_url=rx.url("/no"))
+        client.publish(req)
+        client.flush()
+        _expect(client.wait(req.request_id, timeout_s=60), ResultStatus.DONE)
+        eventually(lambda: rx.received, 30, "the refused webhook's POST")
+
+
 @pytest.fixture(scope="module")
-def traffic(stack, settings, es) -> Traffic:
+def traffic(stack, settings, es, webhook_ca, tmp_path_factory) -> Traffic:
     t = _burst(settings, f"dash-{uuid.uuid4().hex[:8]}")
+    _refused_webhook(settings, webhook_ca, tmp_path_factory.mktemp("dash-rx"))
     _index_deliveries(es, settings, t)
     eventually(lambda: _all_shipped(es, settings, t), 60, "every request's record in the log store")
     return t
