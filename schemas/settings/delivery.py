@@ -77,6 +77,26 @@ class DeliverySettings(BaseModel):
             "stack sets `delivery@<host>`). Empty = `<host>-<pid>`"
         ),
     )
+    delivery_concurrency: int = Field(
+        32,
+        ge=1,
+        le=1024,
+        description=(
+            "Webhook tries one delivery process runs at once (threads); the dispatcher never waits on "
+            "them, so a slow receiver holds a thread, not the other deliveries"
+        ),
+    )
+    delivery_max_per_host: int = Field(
+        8,
+        ge=1,
+        le=1024,
+        description=(
+            "Webhook tries in flight to one callback host at once, per delivery process; a process "
+            "holds at most 4x this many entries for one host and leaves the rest pending in the outbox "
+            "(taken up again after `delivery_claim_idle_s`), so one slow or hostile receiver cannot "
+            "take the room other tenants' deliveries need"
+        ),
+    )
     delivery_send_timeout_s: float = Field(
         10.0, gt=0, description="Longest the delivery service waits for one batch of sends to be acknowledged"
     )

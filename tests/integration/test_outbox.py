@@ -107,3 +107,21 @@ def test_the_reader_reads_takes_over_resumes_and_deletes(redis_only):
     second.done([e.entry_id for e in taken])
     assert store.client.xpending(outbox_key(store._s), OUTBOX_GROUP)["pending"] == 0
     assert second.backlog() == (1, 0)  # the third, not read yet
+
+
+def test_takeover_scans_go_round_the_stream_past_entries_left_pending(redis_only):
+    """Entries a process leaves pending on purpose (a busy callback host's) must not hide the ones
+    behind them: each takeover scan goes on from where the last stopped."""
+    store = store_with(redis_only, delivery_claim_idle_s=0.001)
+    reqs = [req(i) for i in range(3)]
+    admit(store, reqs)
+    store.advance([result(r, ResultStatus.DONE, {"done_ms": now_ms()}) for r in reqs])
+    reader = Outbox(store.client, store._s, "a")
+    reader.ensure_group()
+    assert len(reader.read(3, None)) == 3  # all pending now, none held (as if left for later)
+    seen = []
+    for _ in range(3):
+        got = stack.eventually(lambda: reader.reclaim(1), 5, "an entry to take over")
+        assert isinstance(got, list) and len(got) == 1
+        seen.append(got[0].sid)
+    assert seen == [scoped_id("acme", r.request_id) for r in reqs]  # not the first one three times

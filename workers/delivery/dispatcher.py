@@ -12,16 +12,27 @@ or when the next try would fall past ``delivery_max_s`` after the result became 
 stream id's time, so the bound holds across process restarts). Every outcome is counted
 (``inferq_deliveries{sink,outcome}``); a target given up is also an ECS record
 (``event.dataset: inferq.delivery``). Nothing here touches the Redis result.
+
+Sinks that declare ``concurrent = True`` (webhooks: one HTTP try each, up to its total timeout) are
+not waited on: their tries run on a pool of ``delivery_concurrency`` threads, at most
+``delivery_max_per_host`` at once per callback host, and are settled in a later round. So a slow
+receiver holds threads, not the round; and an entry whose callback host already has
+``4 * delivery_max_per_host`` entries held here is left pending in the outbox (taken up again by a
+later takeover scan), so one receiver cannot fill the room every other tenant's deliveries need.
 """
 
 from __future__ import annotations
 
 import logging
+import math
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Protocol
+from urllib.parse import urlsplit
 
 from schemas.naming import unscoped_id
 from schemas.replies import Targets
@@ -88,6 +99,14 @@ class Held:
         )
 
 
+def host_of(address: str) -> str:
+    """The callback host a webhook target is capped by (its URL was checked at admission)."""
+    try:
+        return (urlsplit(address).hostname or "").lower()
+    except ValueError:
+        return ""
+
+
 def targets_of(entry: Entry) -> list[Target]:
     """The sinks an entry goes to (``kafka`` per topic, ``webhook`` for a URL)."""
     stored = Targets.from_json(entry.deliver)
@@ -118,6 +137,10 @@ class Dispatcher:
         self._clock = clock
         self._wall_ms = wall_ms
         self.held: dict[str, Held] = {}
+        # tries of concurrent sinks under way: settled by a later round, never waited on
+        self._flying: dict[Future[None], tuple[Held, Target, Delivery]] = {}
+        self._pool: ThreadPoolExecutor | None = None
+        self._in_flight: Counter[str] = Counter()  # callback host -> tries under way
         self._touched_s = clock()
         self._reclaimed_s = float("-inf")
         self._resumed = False  # this consumer's own unfinished entries, from before a restart
@@ -147,7 +170,9 @@ class Dispatcher:
 
     def _wait_ms(self, block_ms: int) -> int:
         """How long a read may wait: until the next retry is due, at most ``block_ms``."""
-        dues = [t.due_s for h in self.held.values() for t in h.targets]
+        if self._flying:  # a try may end any moment: look again soon
+            block_ms = min(block_ms, 20)
+        dues = [t.due_s for h in self.held.values() for t in h.targets if t.due_s != math.inf]
         if not dues:
             return block_ms
         return max(0, min(block_ms, int((min(dues) - self._clock()) * 1000)))
@@ -155,10 +180,15 @@ class Dispatcher:
     def _take(self, entries: Sequence[Entry]) -> None:
         """Hold new entries; one whose record is gone or names no target is finished at once."""
         finished: list[str] = []
+        holding = self._held_per_host()
         for entry in entries:
             if entry.entry_id in self.held:
                 continue
             held = Held(entry, targets_of(entry))
+            hosts = {host_of(t.address) for t in held.targets if t.kind == "webhook"}
+            if entry.body is not None and any(holding[h] >= 4 * self._s.delivery_max_per_host for h in hosts):
+                continue  # left pending (not touched): a later takeover scan brings it back
+            holding.update(hosts)
             if entry.body is None:  # expired (INFERQ_RESULT_TTL_S) or forgotten before delivery
                 for t in held.targets:
                     self._report.outcome(held.delivery(t), t.kind, "failed", "result_gone")
@@ -170,9 +200,15 @@ class Dispatcher:
         self._outbox.done(finished)
         self._report.flush()
 
+    def _held_per_host(self) -> Counter[str]:
+        return Counter(
+            host_of(t.address) for h in self.held.values() for t in h.targets if t.kind == "webhook"
+        )
+
     def _send_due(self) -> int:
-        """Send every due target, a batch per sink kind; settle each outcome; acknowledge the
-        entries with nothing left."""
+        """Send every due target, a batch per sink kind (concurrent sinks: started, settled by a later
+        round); settle each outcome; acknowledge the entries with nothing left."""
+        self._collect()
         now = self._clock()
         by_kind: dict[str, list[tuple[Held, Target]]] = {}
         for held in self.held.values():
@@ -181,6 +217,10 @@ class Dispatcher:
                     by_kind.setdefault(t.kind, []).append((held, t))
         tried = 0
         for kind, due in by_kind.items():
+            sink = self._sinks.get(kind)
+            if sink is not None and getattr(sink, "concurrent", False):
+                tried += self._start(sink, due)
+                continue
             for t in (t for _, t in due):
                 t.attempts += 1
             deliveries = [h.delivery(t) for h, t in due]
@@ -194,6 +234,43 @@ class Dispatcher:
         self._outbox.done(finished)
         self._report.flush()
         return tried
+
+    def _start(self, sink: Sink, due: list[tuple[Held, Target]]) -> int:
+        """Start the due tries of a concurrent sink, at most ``delivery_max_per_host`` under way per
+        host (a target over it waits for the next round); returns how many were started."""
+        if self._pool is None:
+            self._pool = ThreadPoolExecutor(self._s.delivery_concurrency, thread_name_prefix="inferq-send")
+        started = 0
+        for held, target in due:
+            host = host_of(target.address)
+            if self._in_flight[host] >= self._s.delivery_max_per_host:
+                continue  # stays due: started when a try to this host ends
+            target.attempts += 1
+            target.due_s = math.inf  # under way
+            delivery = held.delivery(target)
+            self._in_flight[host] += 1
+            self._flying[self._pool.submit(sink.send, delivery)] = (held, target, delivery)
+            started += 1
+        return started
+
+    def _collect(self) -> None:
+        """Settle the tries of concurrent sinks that have ended."""
+        for future in [f for f in self._flying if f.done()]:
+            held, target, delivery = self._flying.pop(future)
+            host = host_of(target.address)
+            self._in_flight[host] -= 1
+            if self._in_flight[host] <= 0:
+                del self._in_flight[host]
+            error = future.exception()
+            failed: DeliveryFailed | None
+            if error is None:
+                failed = None
+            elif isinstance(error, DeliveryFailed):
+                failed = error
+            else:  # a sink bug must not kill the service: retried like a blip
+                log.error("%s sink failed a delivery: %r", target.kind, error)
+                failed = DeliveryFailed(f"error_{type(error).__name__}", retryable=True)
+            self._settle(held, target, delivery, failed)
 
     def _send(self, kind: str, deliveries: list[Delivery]) -> list[DeliveryFailed | None]:
         """Each delivery's failure (None = sent), through the sink of ``kind``; a batch at once
@@ -245,6 +322,8 @@ class Dispatcher:
         )
 
     def close(self) -> None:
+        if self._pool is not None:  # tries under way end within the sink's own timeout
+            self._pool.shutdown(wait=True, cancel_futures=True)
         for sink in self._sinks.values():
             try:
                 sink.close()

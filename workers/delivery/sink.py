@@ -36,7 +36,10 @@ class DeliveryFailed(Exception):
 
 
 class Sink(Protocol):
-    """Sends deliveries of one kind (``kafka`` or ``webhook``); raises :class:`DeliveryFailed`."""
+    """Sends deliveries of one kind (``kafka`` or ``webhook``); raises :class:`DeliveryFailed`.
+
+    A sink whose tries are slow and independent sets a class attribute ``concurrent = True`` (and
+    is thread-safe): the dispatcher then runs its tries on a pool and never waits on one."""
 
     kind: str
 

@@ -98,6 +98,7 @@ class WebhookSink:
     425, 429 and 5xx)."""
 
     kind = "webhook"
+    concurrent = True  # one try can take the total timeout: the dispatcher runs tries on its pool
 
     def __init__(self, settings: Settings) -> None:
         self._s = settings

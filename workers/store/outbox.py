@@ -49,6 +49,7 @@ class Outbox:
         self._s = settings
         self.key = outbox_key(settings)
         self.consumer = consumer
+        self._cursor = "0-0"  # where the next takeover scan starts (a scan goes round the stream)
 
     def ensure_group(self) -> None:
         """Create the consumer group (from the stream's start: entries added before the first
@@ -76,14 +77,18 @@ class Outbox:
         return self._load(rows)
 
     def reclaim(self, count: int) -> list[Entry]:
-        """Take over up to ``count`` entries other processes read and have not touched for
-        ``delivery_claim_idle_s`` (they died holding them)."""
+        """Take over up to ``count`` entries no process has touched for ``delivery_claim_idle_s``
+        (their process died, or this one left them pending for later); each call scans on from
+        where the last one stopped, round the stream."""
         if count <= 0:
             return []
         idle_ms = int(self._s.delivery_claim_idle_s * 1000)
         answer: Any = self.client.xautoclaim(
-            self.key, OUTBOX_GROUP, self.consumer, idle_ms, "0-0", count=count
+            self.key, OUTBOX_GROUP, self.consumer, idle_ms, self._cursor, count=count
         )
+        # the next scan goes on from here: entries left pending on purpose (a busy callback host's,
+        # workers.delivery.dispatcher) must not hide the ones behind them from every scan
+        self._cursor = as_text(answer[0]) if answer and answer[0] else "0-0"
         rows = [row for row in answer[1] if row and row[1]]  # a deleted entry comes back empty
         gone = [as_text(row[0]) for row in answer[1] if row and not row[1]]
         if gone:

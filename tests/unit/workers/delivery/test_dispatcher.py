@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+import threading
+import time
+from collections.abc import Callable, Sequence
 
 from schemas.settings import Settings
 from workers.delivery.dispatcher import Dispatcher
@@ -188,3 +190,79 @@ def test_a_full_dispatcher_reads_nothing_new():
     d.step(block_ms=0)
     d.step(block_ms=0)
     assert len(d.held) == 2 and len(outbox.new) == 3
+
+
+class SlowHooks:
+    """A concurrent sink: tries to ``slow.example`` block until ``release`` is set; others send."""
+
+    kind = "webhook"
+    concurrent = True
+
+    def __init__(self) -> None:
+        self.release = threading.Event()
+        self.started: list[str] = []
+        self.sent: list[str] = []
+        self.lock = threading.Lock()
+
+    def send(self, delivery: Delivery) -> None:
+        with self.lock:
+            self.started.append(delivery.target)
+        if "slow.example" in delivery.target:
+            assert self.release.wait(10)
+        with self.lock:
+            self.sent.append(delivery.target)
+
+    def close(self) -> None:
+        self.release.set()
+
+
+def hook(n: int, host: str) -> Entry:
+    return entry(n, deliver=b'{"topics":["replies"],"url":"https://%s/h%d"}' % (host.encode(), n))
+
+
+def settle(d: Dispatcher, until: Callable[[], bool]) -> None:
+    give_up = time.monotonic() + 10
+    while not until():
+        assert time.monotonic() < give_up, "the dispatcher never settled"
+        d.step(block_ms=0)
+        time.sleep(0.005)
+
+
+def test_a_slow_receiver_holds_neither_the_round_nor_other_hosts_deliveries():
+    outbox = FakeOutbox([hook(1, "slow.example"), hook(2, "fast.example")])
+    kafka, hooks = FakeSink("kafka"), SlowHooks()
+    d, report, _ = dispatcher(outbox, {"kafka": kafka, "webhook": hooks})
+    try:
+        d.step(block_ms=0)  # returns while the slow try is under way
+        assert len(kafka.sent) == 2  # both results on their topics at once
+        settle(d, lambda: outbox.acked == [f"{T0_MS}-2"])  # the fast host's entry finished
+        assert [o for o in report.outcomes if o[1] == "webhook"] == [
+            ("https://fast.example/h2", "webhook", "sent", "")
+        ]
+        hooks.release.set()
+        settle(d, lambda: len(outbox.acked) == 2)
+        assert ("https://slow.example/h1", "webhook", "sent", "") in report.outcomes
+    finally:
+        hooks.release.set()
+        d.close()
+
+
+def test_one_host_gets_a_bounded_share_of_tries_and_of_held_entries():
+    per_host = 2
+    outbox = FakeOutbox([hook(n, "slow.example") for n in range(20)] + [hook(99, "fast.example")])
+    hooks = SlowHooks()
+    d, _, _ = dispatcher(
+        outbox,
+        {"kafka": FakeSink("kafka"), "webhook": hooks},
+        delivery_max_per_host=per_host,
+        delivery_batch_max_entries=64,
+    )
+    try:
+        settle(d, lambda: f"{T0_MS}-99" in outbox.acked)  # the other host's entry went through
+        slow = [t for t in hooks.started if "slow.example" in t]
+        assert len(slow) == per_host  # no more tries under way to one host
+        held_slow = [e for e in d.held if e != f"{T0_MS}-99"]
+        assert len(held_slow) == 4 * per_host  # the rest left pending in the outbox, not held
+    finally:
+        hooks.release.set()
+        d.close()
