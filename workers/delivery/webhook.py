@@ -31,7 +31,7 @@ import secrets
 import socket
 import ssl
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -62,6 +62,7 @@ RETRYABLE_STATUS = frozenset({408, 425, 429})
 USER_AGENT = "inferq-webhook/1"
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 DNS_THREADS = 4  # lookups in flight at once; one stuck past its timeout holds a thread, not a sender
+MAX_SENDERS = 256  # tries in flight at once (one thread each, made as needed)
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
@@ -104,11 +105,34 @@ class WebhookSink:
         self._ssl = ssl.create_default_context(cafile=settings.webhook_ca_certs or None)
         self._ssl.set_alpn_protocols(["http/1.1"])
         self._dns = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="webhook-dns")
+        senders = min(MAX_SENDERS, settings.delivery_batch_max_entries)
+        self._senders = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="webhook-send")
         # replaceable in tests (a resolver that answers what a rebinding DNS server would)
         self.resolve: Callable[[str, int], list[IPAddress]] = resolve
 
     def close(self) -> None:
         self._dns.shutdown(wait=False, cancel_futures=True)
+        self._senders.shutdown(wait=False, cancel_futures=True)
+
+    def send_many(self, deliveries: Sequence[Delivery]) -> list[DeliveryFailed | None]:
+        """One try of each delivery, all at once: each failure (None = delivered), in order.
+
+        Why at once: a receiver may hold every try to ``INFERQ_WEBHOOK_TOTAL_TIMEOUT_S``; one by one,
+        a tenant whose callbacks all do that would hold up every other delivery (and the outbox
+        touches that keep its entries this process's) for that timeout times its backlog. At once,
+        a batch of up to ``MAX_SENDERS`` tries ends within about one total timeout."""
+        futures = [self._senders.submit(self._try, d) for d in deliveries]
+        return [f.result() for f in futures]
+
+    def _try(self, delivery: Delivery) -> DeliveryFailed | None:
+        try:
+            self.send(delivery)
+        except DeliveryFailed as e:
+            return e
+        except Exception as e:  # a sink bug must not fail the other tries of the batch
+            log.exception("webhook of %s failed", delivery.request_id)
+            return DeliveryFailed(f"error_{type(e).__name__}", retryable=True)
+        return None
 
     def send(self, delivery: Delivery) -> None:
         """One try; returns when the receiver answered 2xx, raises :class:`DeliveryFailed` otherwise."""
