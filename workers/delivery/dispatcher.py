@@ -12,6 +12,10 @@ or when the next try would fall past ``delivery_max_s`` after the result became 
 stream id's time, so the bound holds across process restarts). Every outcome is counted
 (``inferq_deliveries{sink,outcome}``); a target given up is also an ECS record
 (``event.dataset: inferq.delivery``). Nothing here touches the Redis result.
+
+One tenant may hold at most half the slots with entries backing off; the rest of its entries wait
+pending in the outbox (taken over again once idle), so targets that never answer cannot keep
+every other tenant's results unread until ``delivery_max_s``.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from __future__ import annotations
 import logging
 import re
 import time
+from collections import Counter
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
@@ -73,6 +78,15 @@ class Held:
 
     entry: Entry
     targets: list[Target] = field(default_factory=list)
+
+    @property
+    def tenant(self) -> str | None:
+        return unscoped_id(self.entry.sid)[0]
+
+    @property
+    def backing_off(self) -> bool:
+        """Whether a try of it failed and it waits to try again."""
+        return any(t.attempts > 0 for t in self.targets)
 
     def delivery(self, target: Target) -> Delivery:
         tenant, request_id = unscoped_id(self.entry.sid)
@@ -153,8 +167,11 @@ class Dispatcher:
         return max(0, min(block_ms, int((min(dues) - self._clock()) * 1000)))
 
     def _take(self, entries: Sequence[Entry]) -> None:
-        """Hold new entries; one whose record is gone or names no target is finished at once."""
+        """Hold new entries; one whose record is gone or names no target is finished at once. An
+        entry of a tenant that already holds its share of entries backing off is not held (see
+        :meth:`_release_over_share`), unless it is past its bound (its last try, then given up)."""
         finished: list[str] = []
+        backing = Counter(h.tenant for h in self.held.values() if h.backing_off)
         for entry in entries:
             if entry.entry_id in self.held:
                 continue
@@ -165,6 +182,8 @@ class Dispatcher:
                 finished.append(entry.entry_id)
             elif not held.targets:
                 finished.append(entry.entry_id)
+            elif backing[held.tenant] >= self._share() and not self._past_bound(entry):
+                continue  # left pending and untouched: taken over again once idle (delivery_claim_idle_s)
             else:
                 self.held[entry.entry_id] = held
         self._outbox.done(finished)
@@ -191,9 +210,32 @@ class Dispatcher:
         finished = [eid for eid, h in self.held.items() if not h.targets]
         for eid in finished:
             del self.held[eid]
+        self._release_over_share()
         self._outbox.done(finished)
         self._report.flush()
         return tried
+
+    def _share(self) -> int:
+        """Entries one tenant may hold backing off: half the slots (at least one)."""
+        return max(1, self._s.delivery_batch_max_entries // 2)
+
+    def _past_bound(self, entry: Entry) -> bool:
+        return self._wall_ms() >= entry.terminal_ms + self._s.delivery_max_s * 1000
+
+    def _release_over_share(self) -> None:
+        """Let go of a tenant's entries backing off past its share (the newest first), unless past
+        their bound. Why: targets that never answer (a black-holed callback, a topic that times
+        out) would otherwise fill every slot until ``delivery_max_s`` and no other tenant's result
+        would be read for that long. A released entry stays pending, untouched, and is taken over
+        again (by any process) once idle for ``delivery_claim_idle_s``."""
+        share = self._share()
+        counted: Counter[str | None] = Counter()
+        for eid, held in list(self.held.items()):
+            if not held.backing_off:
+                continue
+            counted[held.tenant] += 1
+            if counted[held.tenant] > share and not self._past_bound(held.entry):
+                del self.held[eid]
 
     def _send(self, kind: str, deliveries: list[Delivery]) -> list[DeliveryFailed | None]:
         """Each delivery's failure (None = sent), through the sink of ``kind``; a batch at once

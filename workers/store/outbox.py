@@ -49,6 +49,9 @@ class Outbox:
         self._s = settings
         self.key = outbox_key(settings)
         self.consumer = consumer
+        # where the next takeover scan starts: entries this process left pending on purpose (over
+        # a tenant's share) must not hide the idle entries after them from every scan
+        self._cursor = "0-0"
 
     def ensure_group(self) -> None:
         """Create the consumer group (from the stream's start: entries added before the first
@@ -82,8 +85,9 @@ class Outbox:
             return []
         idle_ms = int(self._s.delivery_claim_idle_s * 1000)
         answer: Any = self.client.xautoclaim(
-            self.key, OUTBOX_GROUP, self.consumer, idle_ms, "0-0", count=count
+            self.key, OUTBOX_GROUP, self.consumer, idle_ms, self._cursor, count=count
         )
+        self._cursor = as_text(answer[0]) or "0-0"  # "0-0" again once the scan reached the end
         rows = [row for row in answer[1] if row and row[1]]  # a deleted entry comes back empty
         gone = [as_text(row[0]) for row in answer[1] if row and not row[1]]
         if gone:
