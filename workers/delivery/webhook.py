@@ -30,7 +30,9 @@ import re
 import secrets
 import socket
 import ssl
+import threading
 import time
+from collections import Counter
 from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
@@ -61,7 +63,10 @@ MAX_ANSWER_BYTES = 4096  # read of the receiver's answer body, then the connecti
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 USER_AGENT = "inferq-webhook/1"
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-DNS_THREADS = 4  # lookups in flight at once; one stuck past its timeout holds a thread, not a sender
+DNS_THREADS = 8  # lookups in flight at once; one stuck past its timeout holds a thread, not a sender
+# lookups one tenant may have in flight (stuck ones included): a tenant whose callback host's DNS
+# never answers holds at most these threads, never every lookup of the other tenants
+DNS_PER_TENANT = DNS_THREADS // 2
 MAX_SENDERS = 256  # tries in flight at once (one thread each, made as needed)
 
 
@@ -93,8 +98,8 @@ class WebhookSink:
     each :meth:`send` has its own connection; the TLS context and the lookup threads are shared.
 
     :class:`DeliveryFailed` reasons (a bounded set, fit for a metric label but for the status):
-    ``no_key``, ``refused_url``, ``refused_address`` (not retryable); ``dns_timeout``, ``dns_error``,
-    ``timeout``, ``connect_error``, ``connection_error``, ``tls_error`` (retryable);
+    ``no_key``, ``refused_url``, ``refused_address`` (not retryable); ``dns_timeout``, ``dns_busy``,
+    ``dns_error``, ``timeout``, ``connect_error``, ``connection_error``, ``tls_error`` (retryable);
     ``tls_certificate``, ``protocol_error`` (not retryable); ``http_<status>`` (retryable for 408,
     425, 429 and 5xx)."""
 
@@ -105,6 +110,8 @@ class WebhookSink:
         self._ssl = ssl.create_default_context(cafile=settings.webhook_ca_certs or None)
         self._ssl.set_alpn_protocols(["http/1.1"])
         self._dns = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="webhook-dns")
+        self._dns_lock = threading.Lock()
+        self._dns_busy: Counter[str | None] = Counter()  # lookups in flight by tenant
         senders = min(MAX_SENDERS, settings.delivery_batch_max_entries)
         self._senders = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="webhook-send")
         # replaceable in tests (a resolver that answers what a rebinding DNS server would)
@@ -148,26 +155,19 @@ class WebhookSink:
         except CallbackRefused as e:
             log.warning("webhook of %s refused by the URL policy: %s", delivery.request_id, e.message)
             raise DeliveryFailed("refused_url", retryable=False) from None
-        address = self._vetted_address(url, delivery.request_id, deadline)
+        address = self._vetted_address(url, delivery, deadline)
         status = self._post(url, address, self._headers(delivery, url, key), delivery.body, deadline)
         if 200 <= status < 300:
             return
         retryable = status in RETRYABLE_STATUS or 500 <= status < 600
         raise DeliveryFailed(f"http_{status}", retryable=retryable)
 
-    def _vetted_address(self, url: CallbackUrl, request_id: str, deadline: float) -> IPAddress:
+    def _vetted_address(self, url: CallbackUrl, delivery: Delivery, deadline: float) -> IPAddress:
+        request_id = delivery.request_id
         if url.address is not None:
             candidates = [canonical(url.address)]
         else:
-            wait = min(self._s.webhook_connect_timeout_s, max(0.0, deadline - time.monotonic()))
-            future = self._dns.submit(self.resolve, url.host, url.port)
-            try:
-                candidates = future.result(timeout=wait)
-            except FutureTimeout:
-                future.cancel()
-                raise DeliveryFailed("dns_timeout", retryable=True) from None
-            except (OSError, UnicodeError, ValueError):
-                raise DeliveryFailed("dns_error", retryable=True) from None
+            candidates = self._lookup(url, delivery.tenant, deadline)
         allowed = parse_allow_hosts(self._s.webhook_allow_hosts)
         reasons = []
         for address in candidates:
@@ -182,6 +182,41 @@ class WebhookSink:
             ", ".join(reasons[:4]) or "none",
         )
         raise DeliveryFailed("refused_address", retryable=False)
+
+    def _lookup(self, url: CallbackUrl, tenant: str | None, deadline: float) -> list[IPAddress]:
+        """The host's addresses, looked up on the DNS threads within the connect timeout; a tenant
+        with :data:`DNS_PER_TENANT` lookups still in flight gets a retryable ``dns_busy`` at once."""
+        with self._dns_lock:
+            if self._dns_busy[tenant] >= DNS_PER_TENANT:
+                raise DeliveryFailed("dns_busy", retryable=True)
+            self._dns_busy[tenant] += 1
+
+        def lookup() -> list[IPAddress]:
+            try:
+                return self.resolve(url.host, url.port)
+            finally:
+                self._release_dns(tenant)
+
+        wait = min(self._s.webhook_connect_timeout_s, max(0.0, deadline - time.monotonic()))
+        try:
+            future = self._dns.submit(lookup)
+        except RuntimeError:  # closed
+            self._release_dns(tenant)
+            raise DeliveryFailed("dns_error", retryable=True) from None
+        try:
+            return future.result(timeout=wait)
+        except FutureTimeout:
+            if future.cancel():  # never started: its count is ours to give back
+                self._release_dns(tenant)
+            raise DeliveryFailed("dns_timeout", retryable=True) from None
+        except (OSError, UnicodeError, ValueError):
+            raise DeliveryFailed("dns_error", retryable=True) from None
+
+    def _release_dns(self, tenant: str | None) -> None:
+        with self._dns_lock:
+            self._dns_busy[tenant] -= 1
+            if self._dns_busy[tenant] <= 0:
+                del self._dns_busy[tenant]
 
     def _headers(self, delivery: Delivery, url: CallbackUrl, key: bytes) -> list[tuple[bytes, bytes]]:
         timestamp = int(time.time())
