@@ -64,8 +64,8 @@ RETRYABLE_STATUS = frozenset({408, 425, 429})
 USER_AGENT = "inferq-webhook/1"
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
 DNS_THREADS = 8  # lookups in flight at once; one stuck past its timeout holds a thread, not a sender
-# lookups one tenant may have in flight (stuck ones included): a tenant whose callback host's DNS
-# never answers holds at most these threads, never every lookup of the other tenants
+# lookups one tenant may have in flight (stuck ones included; more wait their turn): a tenant whose
+# callback host's DNS never answers holds at most these threads, never every other tenant's lookup
 DNS_PER_TENANT = DNS_THREADS // 2
 MAX_SENDERS = 256  # tries in flight at once (one thread each, made as needed)
 
@@ -110,7 +110,7 @@ class WebhookSink:
         self._ssl = ssl.create_default_context(cafile=settings.webhook_ca_certs or None)
         self._ssl.set_alpn_protocols(["http/1.1"])
         self._dns = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="webhook-dns")
-        self._dns_lock = threading.Lock()
+        self._dns_turn = threading.Condition()
         self._dns_busy: Counter[str | None] = Counter()  # lookups in flight by tenant
         senders = min(MAX_SENDERS, settings.delivery_batch_max_entries)
         self._senders = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="webhook-send")
@@ -184,10 +184,17 @@ class WebhookSink:
         raise DeliveryFailed("refused_address", retryable=False)
 
     def _lookup(self, url: CallbackUrl, tenant: str | None, deadline: float) -> list[IPAddress]:
-        """The host's addresses, looked up on the DNS threads within the connect timeout; a tenant
-        with :data:`DNS_PER_TENANT` lookups still in flight gets a retryable ``dns_busy`` at once."""
-        with self._dns_lock:
-            if self._dns_busy[tenant] >= DNS_PER_TENANT:
+        """The host's addresses, looked up on the DNS threads within the connect timeout. A tenant
+        has at most :data:`DNS_PER_TENANT` lookups in flight; a try that gets no turn within the
+        timeout fails ``dns_busy`` (retryable)."""
+        wait_until = time.monotonic() + min(
+            self._s.webhook_connect_timeout_s, max(0.0, deadline - time.monotonic())
+        )
+        with self._dns_turn:
+            turn = self._dns_turn.wait_for(
+                lambda: self._dns_busy[tenant] < DNS_PER_TENANT, max(0.0, wait_until - time.monotonic())
+            )
+            if not turn:
                 raise DeliveryFailed("dns_busy", retryable=True)
             self._dns_busy[tenant] += 1
 
@@ -197,7 +204,7 @@ class WebhookSink:
             finally:
                 self._release_dns(tenant)
 
-        wait = min(self._s.webhook_connect_timeout_s, max(0.0, deadline - time.monotonic()))
+        wait = max(0.0, wait_until - time.monotonic())
         try:
             future = self._dns.submit(lookup)
         except RuntimeError:  # closed
@@ -213,10 +220,11 @@ class WebhookSink:
             raise DeliveryFailed("dns_error", retryable=True) from None
 
     def _release_dns(self, tenant: str | None) -> None:
-        with self._dns_lock:
+        with self._dns_turn:
             self._dns_busy[tenant] -= 1
             if self._dns_busy[tenant] <= 0:
                 del self._dns_busy[tenant]
+            self._dns_turn.notify_all()
 
     def _headers(self, delivery: Delivery, url: CallbackUrl, key: bytes) -> list[tuple[bytes, bytes]]:
         timestamp = int(time.time())
