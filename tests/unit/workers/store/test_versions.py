@@ -56,7 +56,7 @@ def test_expired_and_cancelled_results_are_not_errors_of_the_version():
     from schemas.settings import Settings
     from workers.store.versions import VersionCounts
 
-    req = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=["x"], model_version="canary1")
+    req = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=["x"])  # routed to the canary
     t = {"received_ms": 1_000.0, "done_ms": 1_020.0}
     mv = "all-MiniLM-L6-v2@canary1"
     written = [
@@ -68,3 +68,26 @@ def test_expired_and_cancelled_results_are_not_errors_of_the_version():
     client = _Client()
     VersionCounts(client, Settings()).results_written(written)
     assert client.fields == {"canary1|ok": 1, "canary1|failed": 1, "canary1|le25": 1}
+
+
+def test_results_of_pinned_requests_do_not_judge_the_version():
+    """A canary is judged on the unpinned traffic the rollout sends it. A tenant pinning it could
+    otherwise bury its errors under its own successes (so a broken canary is promoted) or queue
+    slow requests on it to push its p99 past the threshold (so a healthy one is rolled back)."""
+    from schemas import results
+    from schemas.errors import ModelError
+    from schemas.messages import InferenceRequest, ResultStatus
+    from schemas.settings import Settings
+    from workers.store.versions import VersionCounts
+
+    mv = "all-MiniLM-L6-v2@canary1"
+    pinned = InferenceRequest(task="embed", model=mv, inputs=["x"])
+    routed = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=["x"])
+    slow = {"received_ms": 0.0, "done_ms": 60_000.0}
+    written = [
+        *[results.result(pinned, ResultStatus.DONE, slow, model_version=mv, outputs=[])] * 50,
+        results.result(routed, ResultStatus.FAILED, slow, ModelError("boom"), model_version=mv),
+    ]
+    client = _Client()
+    VersionCounts(client, Settings()).results_written(written)
+    assert client.fields == {"canary1|failed": 1}
