@@ -17,6 +17,7 @@ from __future__ import annotations
 
 import argparse
 import dataclasses
+import secrets
 import threading
 from typing import Any
 
@@ -83,7 +84,12 @@ def started(old: Rollout | None, model: str, version: str, share_pct: float) -> 
     if version == old.current:
         raise ConfigurationError(f"{version} is already the current version of {model}")
     share_bp = round(share_pct * BUCKETS / 100.0)
-    return Rollout(current=old.current, canary=version, canary_share_bp=share_bp, previous=old.previous)
+    # a new canary gets a new key for the split; the same canary at another share keeps its own,
+    # so the ids already on it stay there
+    salt = old.salt if old.canary == version and old.salt else secrets.token_hex(8)
+    return Rollout(
+        current=old.current, canary=version, canary_share_bp=share_bp, previous=old.previous, salt=salt
+    )
 
 
 def promoted(old: Rollout | None, model: str) -> Rollout:

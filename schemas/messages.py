@@ -437,10 +437,17 @@ class InferenceResult(_Model):
     # the span the request's log records name (`span.id`): the receiving service's span for it;
     # internal, never serialized (kept by the object its writer built)
     _span_id: str | None = PrivateAttr(None)
+    # whether its request pinned its version (internal, never serialized): per-version counts that
+    # judge a canary leave pinned results out (workers.store.versions)
+    _pinned: bool = PrivateAttr(False)
 
     @property
     def span_id(self) -> str | None:
         return self._span_id
+
+    @property
+    def pinned(self) -> bool:
+        return self._pinned
 
 
 class StreamChunk(_Model):

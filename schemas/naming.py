@@ -403,8 +403,9 @@ REDIS_KEYS: tuple[NameDoc, ...] = (
         ("<model>",),
         "hash",
         "how the model's unpinned requests are routed: `current` (its version; empty = the default "
-        "queue), `canary` and `canary_share_bp` (basis points of request ids, by hash), `previous` "
-        "(where a rollback goes after a promotion); written by `inferq-ops rollout`, read by intakes "
+        "queue), `canary` and `canary_share_bp` (basis points of request ids, by hash), `salt` (keys that "
+        "hash: new for each canary), `previous` (where a rollback goes after a promotion); written "
+        "by `inferq-ops rollout`, read by intakes "
         "(at most once a second)",
         "none",
     ),

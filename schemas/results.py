@@ -63,6 +63,7 @@ def result(
         timings=Timings(**timings),
         trace_id=trace.trace_id if trace is not None else None,
     )
+    built._pinned = request.model_version is not None
     return traced(built, trace)
 
 

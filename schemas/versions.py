@@ -11,7 +11,9 @@ model's :class:`Rollout` (kept in Redis, changed by ``inferq-ops rollout``) says
 version (none set: the model's default queue, read by the workers that load the default build), or,
 for ``canary_share_bp`` in 10 000 of request ids, its ``canary``. The split is a hash of the scoped
 request id (:func:`bucket`), so the same id always lands on the same side: a retry, or a record
-read twice, goes to the version it went to first while the rollout is unchanged.
+read twice, goes to the version it went to first while the rollout is unchanged. The hash is keyed
+with the rollout's ``salt`` (random, made when a canary starts, kept in Redis): without it a tenant
+could pick request ids that land on the canary (or avoid it) and sway how it is judged.
 """
 
 from __future__ import annotations
@@ -39,10 +41,11 @@ def version_of(model_version: str | None) -> str | None:
     return model_version.partition("@")[2]
 
 
-def bucket(scoped_id: str) -> int:
-    """A request id's place in ``[0, BUCKETS)``: the first 8 bytes of its sha256, mod BUCKETS (the
-    same on every intake and every run, unlike Python's salted ``hash``)."""
-    return int.from_bytes(hashlib.sha256(scoped_id.encode()).digest()[:8], "big") % BUCKETS
+def bucket(scoped_id: str, salt: str = "") -> int:
+    """A request id's place in ``[0, BUCKETS)``: the first 8 bytes of the sha256 of ``salt`` and
+    the id, mod BUCKETS (the same on every intake and every run, unlike Python's salted ``hash``)."""
+    keyed = f"{salt}\0{scoped_id}" if salt else scoped_id
+    return int.from_bytes(hashlib.sha256(keyed.encode()).digest()[:8], "big") % BUCKETS
 
 
 class Rollout(BaseModel):
@@ -57,10 +60,14 @@ class Rollout(BaseModel):
     canary: str | None = Field(None, pattern=VERSION_PATTERN)
     canary_share_bp: int = Field(0, ge=0, le=BUCKETS)
     previous: str | None = Field(None, pattern=VERSION_PATTERN)
+    salt: str = Field("", pattern=r"^[0-9a-f]{0,32}$")  # keys the split's hash (never shown to tenants)
+
+    def bucket(self, scoped_id: str) -> int:
+        return bucket(scoped_id, self.salt)
 
     def choose(self, scoped_id: str) -> str | None:
         """The version an unpinned request with this scoped id goes to (None: the default queue)."""
-        if self.canary is not None and bucket(scoped_id) < self.canary_share_bp:
+        if self.canary is not None and self.bucket(scoped_id) < self.canary_share_bp:
             return self.canary
         return self.current
 
@@ -71,6 +78,7 @@ class Rollout(BaseModel):
             "canary": self.canary or "",
             "canary_share_bp": str(self.canary_share_bp),
             "previous": self.previous or "",
+            "salt": self.salt,
         }
 
     @classmethod
@@ -81,6 +89,7 @@ class Rollout(BaseModel):
             canary=raw.get("canary") or None,
             canary_share_bp=int(raw.get("canary_share_bp") or 0),
             previous=raw.get("previous") or None,
+            salt=raw.get("salt") or "",
         )
 
 

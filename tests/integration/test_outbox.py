@@ -4,6 +4,7 @@ outbox refuses and counts; the reader takes over, resumes and deletes entries.""
 
 from __future__ import annotations
 
+import time
 from collections.abc import Iterator
 from typing import Any
 
@@ -109,19 +110,21 @@ def test_the_reader_reads_takes_over_resumes_and_deletes(redis_only):
     assert second.backlog() == (1, 0)  # the third, not read yet
 
 
-def test_takeover_scans_go_round_the_stream_past_entries_left_pending(redis_only):
-    """Entries a process leaves pending on purpose (a busy callback host's) must not hide the ones
-    behind them: each takeover scan goes on from where the last stopped."""
-    store = store_with(redis_only, delivery_claim_idle_s=0.001)
+def test_takeover_scans_on_past_the_entries_it_took_before(redis_only):
+    """The delivery service leaves a tenant's entries past its share pending (they go idle and are
+    taken over again): a scan that always started at the stream's head would find only those, and
+    never reach the idle entries after them (a dead process's)."""
+    idle_s = 0.2
+    store = store_with(redis_only, delivery_claim_idle_s=idle_s)
     reqs = [req(i) for i in range(3)]
     admit(store, reqs)
     store.advance([result(r, ResultStatus.DONE, {"done_ms": now_ms()}) for r in reqs])
-    reader = Outbox(store.client, store._s, "a")
-    reader.ensure_group()
-    assert len(reader.read(3, None)) == 3  # all pending now, none held (as if left for later)
-    seen = []
+    dead = Outbox(store.client, store._s, "dead")
+    dead.ensure_group()
+    held = [e.entry_id for e in dead.read(3, None)]
+    second = Outbox(store.client, store._s, "b")
+    taken: list[str] = []
     for _ in range(3):
-        got = stack.eventually(lambda: reader.reclaim(1), 5, "an entry to take over")
-        assert isinstance(got, list) and len(got) == 1
-        seen.append(got[0].sid)
-    assert seen == [scoped_id("acme", r.request_id) for r in reqs]  # not the first one three times
+        time.sleep(idle_s * 1.5)  # every entry idle past the claim time, the one taken last too
+        taken += [e.entry_id for e in second.reclaim(1)]  # taken, then left pending
+    assert taken == held

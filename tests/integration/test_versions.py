@@ -18,7 +18,7 @@ from schemas.messages import InferenceRequest, InferenceResult, ResultStatus, Ti
 from schemas.naming import result_key, rollout_key, version_queue
 from schemas.results import queued_result
 from schemas.settings import Settings
-from schemas.versions import BUCKETS, bucket, version_of
+from schemas.versions import BUCKETS, version_of
 from schemas.work import Handoff, WorkItem
 from tests.stack import eventually
 from workers.store.presence import ServedModels
@@ -99,14 +99,18 @@ def test_canary_split_is_sticky_then_promote_and_rollback_move_unpinned_traffic(
     default, int8 = versions
     r = client.store.client
     share_bp = 3_000
-    rollout.start(r, settings, MODEL, int8, share_bp * 100 / BUCKETS)
+    split = rollout.start(r, settings, MODEL, int8, share_bp * 100 / BUCKETS)  # its salt keys the split
     # wait for the intake to read it: a probe in the canary's buckets goes to int8
-    eventually(lambda: _probe(client, lambda b: b < share_bp) == int8, timeout_s=20, what="the canary routed")
+    eventually(
+        lambda: _probe(client, split.bucket, lambda b: b < share_bp) == int8,
+        timeout_s=20,
+        what="the canary routed",
+    )
     batch = ids(300)
     for rid in batch:
         client.submit("embed", MODEL, "canary or not", request_id=rid)
     got = served_by(client, batch)
-    expected = {rid: int8 if bucket(rid) < share_bp else default for rid in batch}
+    expected = {rid: int8 if split.bucket(rid) < share_bp else default for rid in batch}
     assert got == expected  # each id where its hash says, and served by the version it was routed to
     canary = sum(v == int8 for v in got.values())
     assert 60 <= canary <= 120  # 30 % of 300 = 90, ± ~4 standard deviations
@@ -119,21 +123,27 @@ def test_canary_split_is_sticky_then_promote_and_rollback_move_unpinned_traffic(
     assert served_by(client, [again])[again] == expected[again]
 
     rollout.promote(r, settings, MODEL)
-    eventually(lambda: _probe(client, lambda b: b >= share_bp) == int8, timeout_s=20, what="promoted")
+    eventually(
+        lambda: _probe(client, split.bucket, lambda b: b >= share_bp) == int8, timeout_s=20, what="promoted"
+    )
     promoted = ids(40)
     for rid in promoted:
         client.submit("embed", MODEL, "after the promotion", request_id=rid)
     assert set(served_by(client, promoted).values()) == {int8}
 
     assert rollout.rollback(r, settings, MODEL) is None  # back to the default build
-    eventually(lambda: _probe(client, lambda b: True) == default, timeout_s=20, what="rolled back")
+    eventually(
+        lambda: _probe(client, split.bucket, lambda b: True) == default, timeout_s=20, what="rolled back"
+    )
     back = ids(40)
     for rid in back:
         client.submit("embed", MODEL, "after the rollback", request_id=rid)
     assert set(served_by(client, back).values()) == {default}
 
 
-def _probe(client: InferqClient, want_bucket: Callable[[int], bool]) -> str | None:
+def _probe(
+    client: InferqClient, bucket: Callable[[str], int], want_bucket: Callable[[int], bool]
+) -> str | None:
     """Where a fresh unpinned request whose id's bucket ``want_bucket`` accepts is served."""
     rid = next(rid for rid in iter(lambda: ids(1)[0], None) if want_bucket(bucket(rid)))
     client.submit("embed", MODEL, "probe", request_id=rid)

@@ -185,3 +185,30 @@ def test_a_callback_url_is_refused_by_the_intake_for_a_tenant_without_a_key(clie
     result = client.wait(request.request_id, timeout_s=30, tenant="keyless")
     assert result.status is ResultStatus.FAILED and result.error is not None
     assert result.error.code.value == "callback_refused" and "no webhook signing key" in result.error.message
+
+
+def test_receivers_holding_every_try_to_the_timeout_hold_up_a_round_only_once(rx):
+    """A tenant whose callbacks all trickle to the total timeout: a dispatcher round with eight of
+    them ends in about one timeout, not eight (one by one, every other tenant's deliveries and the
+    outbox touches waited behind them: eight times the timeout per round)."""
+    from tests.unit.workers.delivery.test_dispatcher import FakeOutbox, Report
+    from workers.delivery.dispatcher import Dispatcher
+    from workers.store.outbox import Entry
+
+    settings = sink_settings(rx, webhook_read_timeout_s=1.0, webhook_total_timeout_s=0.8)
+    slow = WebhookSink(settings)
+    rx.answer(*[Answer(trickle_s=0.05) for _ in range(8)])
+    deliver = json.dumps({"url": rx.url("/slow")}).encode()
+    entries = [Entry(f"{int(time.time() * 1000)}-{i}", new_request_id(), b"{}", deliver) for i in range(8)]
+    report = Report()
+    dispatcher = Dispatcher(FakeOutbox(entries), {"webhook": slow}, settings, report)
+    started = time.monotonic()
+    try:
+        assert dispatcher.step(block_ms=0) == 8  # all eight under way: the round does not wait
+        assert time.monotonic() - started < 0.5
+        while len(report.outcomes) < 8 and time.monotonic() - started < 5:
+            dispatcher.step(block_ms=20)
+    finally:
+        dispatcher.close()
+    assert time.monotonic() - started < 3.0  # one by one: 8 x 0.8 s
+    assert [o[2:] for o in report.outcomes] == [("retried", "timeout")] * 8

@@ -19,6 +19,10 @@ not waited on: their tries run on a pool of ``delivery_concurrency`` threads, at
 receiver holds threads, not the round; and an entry whose callback host already has
 ``4 * delivery_max_per_host`` entries held here is left pending in the outbox (taken up again by a
 later takeover scan), so one receiver cannot fill the room every other tenant's deliveries need.
+
+One tenant may hold at most half the slots with entries backing off; the rest of its entries wait
+pending in the outbox (taken over again once idle), so targets that never answer cannot keep
+every other tenant's results unread until ``delivery_max_s``.
 """
 
 from __future__ import annotations
@@ -84,6 +88,16 @@ class Held:
 
     entry: Entry
     targets: list[Target] = field(default_factory=list)
+
+    @property
+    def tenant(self) -> str | None:
+        return unscoped_id(self.entry.sid)[0]
+
+    @property
+    def backing_off(self) -> bool:
+        """Whether a try of it failed and it waits to try again (none of its tries under way: an
+        entry with a try under way is never let go, or its outcome would be settled on nothing)."""
+        return all(t.due_s != math.inf for t in self.targets) and any(t.attempts > 0 for t in self.targets)
 
     def delivery(self, target: Target) -> Delivery:
         tenant, request_id = unscoped_id(self.entry.sid)
@@ -178,25 +192,31 @@ class Dispatcher:
         return max(0, min(block_ms, int((min(dues) - self._clock()) * 1000)))
 
     def _take(self, entries: Sequence[Entry]) -> None:
-        """Hold new entries; one whose record is gone or names no target is finished at once."""
+        """Hold new entries; one whose record is gone or names no target is finished at once. An
+        entry of a tenant that already holds its share of entries backing off, or whose callback
+        host already has ``4 * delivery_max_per_host`` entries held, is not held (see
+        :meth:`_release_over_share`), unless it is past its bound (its last try, then given up)."""
         finished: list[str] = []
         holding = self._held_per_host()
+        backing = Counter(h.tenant for h in self.held.values() if h.backing_off)
         for entry in entries:
             if entry.entry_id in self.held:
                 continue
             held = Held(entry, targets_of(entry))
-            hosts = {host_of(t.address) for t in held.targets if t.kind == "webhook"}
-            if entry.body is not None and any(holding[h] >= 4 * self._s.delivery_max_per_host for h in hosts):
-                continue  # left pending (not touched): a later takeover scan brings it back
-            holding.update(hosts)
             if entry.body is None:  # expired (INFERQ_RESULT_TTL_S) or forgotten before delivery
                 for t in held.targets:
                     self._report.outcome(held.delivery(t), t.kind, "failed", "result_gone")
                 finished.append(entry.entry_id)
-            elif not held.targets:
+                continue
+            if not held.targets:
                 finished.append(entry.entry_id)
-            else:
-                self.held[entry.entry_id] = held
+                continue
+            hosts = {host_of(t.address) for t in held.targets if t.kind == "webhook"}
+            busy = any(holding[h] >= 4 * self._s.delivery_max_per_host for h in hosts)
+            if (busy or backing[held.tenant] >= self._share()) and not self._past_bound(entry):
+                continue  # left pending and untouched: taken over again once idle (delivery_claim_idle_s)
+            holding.update(hosts)
+            self.held[entry.entry_id] = held
         self._outbox.done(finished)
         self._report.flush()
 
@@ -231,6 +251,7 @@ class Dispatcher:
         finished = [eid for eid, h in self.held.items() if not h.targets]
         for eid in finished:
             del self.held[eid]
+        self._release_over_share()
         self._outbox.done(finished)
         self._report.flush()
         return tried
@@ -271,6 +292,28 @@ class Dispatcher:
                 log.error("%s sink failed a delivery: %r", target.kind, error)
                 failed = DeliveryFailed(f"error_{type(error).__name__}", retryable=True)
             self._settle(held, target, delivery, failed)
+
+    def _share(self) -> int:
+        """Entries one tenant may hold backing off: half the slots (at least one)."""
+        return max(1, self._s.delivery_batch_max_entries // 2)
+
+    def _past_bound(self, entry: Entry) -> bool:
+        return self._wall_ms() >= entry.terminal_ms + self._s.delivery_max_s * 1000
+
+    def _release_over_share(self) -> None:
+        """Let go of a tenant's entries backing off past its share (the newest first), unless past
+        their bound. Why: targets that never answer (a black-holed callback, a topic that times
+        out) would otherwise fill every slot until ``delivery_max_s`` and no other tenant's result
+        would be read for that long. A released entry stays pending, untouched, and is taken over
+        again (by any process) once idle for ``delivery_claim_idle_s``."""
+        share = self._share()
+        counted: Counter[str | None] = Counter()
+        for eid, held in list(self.held.items()):
+            if not held.backing_off:
+                continue
+            counted[held.tenant] += 1
+            if counted[held.tenant] > share and not self._past_bound(held.entry):
+                del self.held[eid]
 
     def _send(self, kind: str, deliveries: list[Delivery]) -> list[DeliveryFailed | None]:
         """Each delivery's failure (None = sent), through the sink of ``kind``; a batch at once

@@ -15,6 +15,7 @@ from __future__ import annotations
 import logging
 import secrets
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any
 
@@ -47,6 +48,16 @@ def failure(error: BaseException) -> DeliveryFailed:
     if isinstance(error, KafkaError):
         return DeliveryFailed(f"kafka_{name}", retryable=bool(getattr(error, "retriable", False)))
     return DeliveryFailed(f"error_{name}", retryable=True)
+
+
+def _has_metadata(producer: Any, topic: str) -> bool:
+    """Whether kafka-python's producer knows ``topic``'s partitions (a send to it will not wait for
+    metadata); True where the producer does not say (another client: tried in order)."""
+    cluster = getattr(producer, "_metadata", None)
+    try:
+        return cluster is None or cluster.partitions_for_topic(topic) is not None
+    except Exception:
+        return True
 
 
 class KafkaSink:
@@ -112,12 +123,25 @@ class KafkaSink:
             log.warning("no Kafka producer for reply topics: %r", e)
             return [o or DeliveryFailed("broker_unavailable", retryable=True) for o in out]
         futures: list[Any] = [None] * len(deliveries)
-        for i, d in enumerate(deliveries):
+        # a send to a topic the producer has no metadata for waits up to the send timeout for it
+        # (a topic that does not exist, on a broker that does not create topics): the known
+        # topics go first, and once the batch has spent its send timeout no unknown one is tried
+        known = {d.target: _has_metadata(producer, d.target) for d in deliveries}
+        spent_by = time.monotonic() + self._s.delivery_send_timeout_s
+        stalled: set[str] = set()
+        for i in sorted(range(len(deliveries)), key=lambda i: not known[deliveries[i].target]):
+            d = deliveries[i]
             if out[i] is not None:
+                continue
+            if d.target in stalled or (not known[d.target] and time.monotonic() >= spent_by):
+                out[i] = DeliveryFailed("timeout", retryable=True)
                 continue
             headers = [("traceparent", traceparent(d.trace_id))] if d.trace_id else None
             try:
                 futures[i] = producer.send(d.target, key=d.request_id.encode(), value=d.body, headers=headers)
+            except KafkaTimeoutError as e:
+                out[i] = failure(e)
+                stalled.add(d.target)
             except Exception as e:
                 out[i] = failure(e)
         try:

@@ -30,8 +30,10 @@ import re
 import secrets
 import socket
 import ssl
+import threading
 import time
-from collections.abc import Callable
+from collections import Counter
+from collections.abc import Callable, Sequence
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -61,7 +63,11 @@ MAX_ANSWER_BYTES = 4096  # read of the receiver's answer body, then the connecti
 RETRYABLE_STATUS = frozenset({408, 425, 429})
 USER_AGENT = "inferq-webhook/1"
 _TRACE_ID = re.compile(r"^[0-9a-f]{32}$")
-DNS_THREADS = 4  # lookups in flight at once; one stuck past its timeout holds a thread, not a sender
+DNS_THREADS = 8  # lookups in flight at once; one stuck past its timeout holds a thread, not a sender
+# lookups one tenant may have in flight (stuck ones included; more wait their turn): a tenant whose
+# callback host's DNS never answers holds at most these threads, never every other tenant's lookup
+DNS_PER_TENANT = DNS_THREADS // 2
+MAX_SENDERS = 256  # tries in flight at once (one thread each, made as needed)
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
@@ -92,8 +98,8 @@ class WebhookSink:
     each :meth:`send` has its own connection; the TLS context and the lookup threads are shared.
 
     :class:`DeliveryFailed` reasons (a bounded set, fit for a metric label but for the status):
-    ``no_key``, ``refused_url``, ``refused_address`` (not retryable); ``dns_timeout``, ``dns_error``,
-    ``timeout``, ``connect_error``, ``connection_error``, ``tls_error`` (retryable);
+    ``no_key``, ``refused_url``, ``refused_address`` (not retryable); ``dns_timeout``, ``dns_busy``,
+    ``dns_error``, ``timeout``, ``connect_error``, ``connection_error``, ``tls_error`` (retryable);
     ``tls_certificate``, ``protocol_error`` (not retryable); ``http_<status>`` (retryable for 408,
     425, 429 and 5xx)."""
 
@@ -105,11 +111,36 @@ class WebhookSink:
         self._ssl = ssl.create_default_context(cafile=settings.webhook_ca_certs or None)
         self._ssl.set_alpn_protocols(["http/1.1"])
         self._dns = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="webhook-dns")
+        self._dns_turn = threading.Condition()
+        self._dns_busy: Counter[str | None] = Counter()  # lookups in flight by tenant
+        senders = min(MAX_SENDERS, settings.delivery_batch_max_entries)
+        self._senders = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="webhook-send")
         # replaceable in tests (a resolver that answers what a rebinding DNS server would)
         self.resolve: Callable[[str, int], list[IPAddress]] = resolve
 
     def close(self) -> None:
         self._dns.shutdown(wait=False, cancel_futures=True)
+        self._senders.shutdown(wait=False, cancel_futures=True)
+
+    def send_many(self, deliveries: Sequence[Delivery]) -> list[DeliveryFailed | None]:
+        """One try of each delivery, all at once: each failure (None = delivered), in order.
+
+        Why at once: a receiver may hold every try to ``INFERQ_WEBHOOK_TOTAL_TIMEOUT_S``; one by one,
+        a tenant whose callbacks all do that would hold up every other delivery (and the outbox
+        touches that keep its entries this process's) for that timeout times its backlog. At once,
+        a batch of up to ``MAX_SENDERS`` tries ends within about one total timeout."""
+        futures = [self._senders.submit(self._try, d) for d in deliveries]
+        return [f.result() for f in futures]
+
+    def _try(self, delivery: Delivery) -> DeliveryFailed | None:
+        try:
+            self.send(delivery)
+        except DeliveryFailed as e:
+            return e
+        except Exception as e:  # a sink bug must not fail the other tries of the batch
+            log.exception("webhook of %s failed", delivery.request_id)
+            return DeliveryFailed(f"error_{type(e).__name__}", retryable=True)
+        return None
 
     def send(self, delivery: Delivery) -> None:
         """One try; returns when the receiver answered 2xx, raises :class:`DeliveryFailed` otherwise."""
@@ -125,26 +156,19 @@ class WebhookSink:
         except CallbackRefused as e:
             log.warning("webhook of %s refused by the URL policy: %s", delivery.request_id, e.message)
             raise DeliveryFailed("refused_url", retryable=False) from None
-        address = self._vetted_address(url, delivery.request_id, deadline)
+        address = self._vetted_address(url, delivery, deadline)
         status = self._post(url, address, self._headers(delivery, url, key), delivery.body, deadline)
         if 200 <= status < 300:
             return
         retryable = status in RETRYABLE_STATUS or 500 <= status < 600
         raise DeliveryFailed(f"http_{status}", retryable=retryable)
 
-    def _vetted_address(self, url: CallbackUrl, request_id: str, deadline: float) -> IPAddress:
+    def _vetted_address(self, url: CallbackUrl, delivery: Delivery, deadline: float) -> IPAddress:
+        request_id = delivery.request_id
         if url.address is not None:
             candidates = [canonical(url.address)]
         else:
-            wait = min(self._s.webhook_connect_timeout_s, max(0.0, deadline - time.monotonic()))
-            future = self._dns.submit(self.resolve, url.host, url.port)
-            try:
-                candidates = future.result(timeout=wait)
-            except FutureTimeout:
-                future.cancel()
-                raise DeliveryFailed("dns_timeout", retryable=True) from None
-            except (OSError, UnicodeError, ValueError):
-                raise DeliveryFailed("dns_error", retryable=True) from None
+            candidates = self._lookup(url, delivery.tenant, deadline)
         allowed = parse_allow_hosts(self._s.webhook_allow_hosts)
         reasons = []
         for address in candidates:
@@ -159,6 +183,49 @@ class WebhookSink:
             ", ".join(reasons[:4]) or "none",
         )
         raise DeliveryFailed("refused_address", retryable=False)
+
+    def _lookup(self, url: CallbackUrl, tenant: str | None, deadline: float) -> list[IPAddress]:
+        """The host's addresses, looked up on the DNS threads within the connect timeout. A tenant
+        has at most :data:`DNS_PER_TENANT` lookups in flight; a try that gets no turn within the
+        timeout fails ``dns_busy`` (retryable)."""
+        wait_until = time.monotonic() + min(
+            self._s.webhook_connect_timeout_s, max(0.0, deadline - time.monotonic())
+        )
+        with self._dns_turn:
+            turn = self._dns_turn.wait_for(
+                lambda: self._dns_busy[tenant] < DNS_PER_TENANT, max(0.0, wait_until - time.monotonic())
+            )
+            if not turn:
+                raise DeliveryFailed("dns_busy", retryable=True)
+            self._dns_busy[tenant] += 1
+
+        def lookup() -> list[IPAddress]:
+            try:
+                return self.resolve(url.host, url.port)
+            finally:
+                self._release_dns(tenant)
+
+        wait = max(0.0, wait_until - time.monotonic())
+        try:
+            future = self._dns.submit(lookup)
+        except RuntimeError:  # closed
+            self._release_dns(tenant)
+            raise DeliveryFailed("dns_error", retryable=True) from None
+        try:
+            return future.result(timeout=wait)
+        except FutureTimeout:
+            if future.cancel():  # never started: its count is ours to give back
+                self._release_dns(tenant)
+            raise DeliveryFailed("dns_timeout", retryable=True) from None
+        except (OSError, UnicodeError, ValueError):
+            raise DeliveryFailed("dns_error", retryable=True) from None
+
+    def _release_dns(self, tenant: str | None) -> None:
+        with self._dns_turn:
+            self._dns_busy[tenant] -= 1
+            if self._dns_busy[tenant] <= 0:
+                del self._dns_busy[tenant]
+            self._dns_turn.notify_all()
 
     def _headers(self, delivery: Delivery, url: CallbackUrl, key: bytes) -> list[tuple[bytes, bytes]]:
         timestamp = int(time.time())

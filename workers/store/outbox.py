@@ -49,7 +49,9 @@ class Outbox:
         self._s = settings
         self.key = outbox_key(settings)
         self.consumer = consumer
-        self._cursor = "0-0"  # where the next takeover scan starts (a scan goes round the stream)
+        # where the next takeover scan starts: entries this process left pending on purpose (over
+        # a tenant's share) must not hide the idle entries after them from every scan
+        self._cursor = "0-0"
 
     def ensure_group(self) -> None:
         """Create the consumer group (from the stream's start: entries added before the first
@@ -86,9 +88,7 @@ class Outbox:
         answer: Any = self.client.xautoclaim(
             self.key, OUTBOX_GROUP, self.consumer, idle_ms, self._cursor, count=count
         )
-        # the next scan goes on from here: entries left pending on purpose (a busy callback host's,
-        # workers.delivery.dispatcher) must not hide the ones behind them from every scan
-        self._cursor = as_text(answer[0]) if answer and answer[0] else "0-0"
+        self._cursor = as_text(answer[0]) or "0-0"  # "0-0" again once the scan reached the end
         rows = [row for row in answer[1] if row and row[1]]  # a deleted entry comes back empty
         gone = [as_text(row[0]) for row in answer[1] if row and not row[1]]
         if gone:

@@ -7,6 +7,11 @@ while it is served, was served within ``INFERQ_UNSERVED_MODEL_GRACE_S``, or the 
 started less than that ago (workers may still be loading their models). Requests for a model that
 is not available are answered ``model_unavailable`` instead of waiting in a queue nobody reads,
 and backpressure does not count such a model, so they can never pause other models' traffic.
+
+While the reader is young, a *version* (``<model>@<version>``) is worth admitting only when some
+stored advertisement (live or lapsed, not yet forgotten) or the model's rollout names it: a
+made-up version would go to a Celery queue of its own that no worker ever reads, and its messages
+would stay in the broker for good.
 """
 
 from __future__ import annotations
@@ -20,6 +25,8 @@ from schemas.catalog import CATALOG
 from schemas.messages import now_ms
 from schemas.naming import presence_key
 from schemas.settings import Settings
+from workers.store.base import as_text
+from workers.store.versions import read_rollouts
 
 CACHE_S = 1.0  # a reading serves this long (one ZRANGEBYSCORE a second per process)
 
@@ -56,6 +63,8 @@ class ServedModels:
         self._s = settings
         self._clock = clock  # epoch seconds
         self.started_s = clock()
+        self._known: frozenset[str] = frozenset()  # versions a worker or a rollout names (while young)
+        self._known_read_s = float("-inf")
         self._read_s = float("-inf")
         self._lapse_ms: dict[str, float] = {}  # model → when its last live advertisement lapses
 
@@ -93,8 +102,19 @@ class ServedModels:
         is every version of a catalogue model (its workers may be loading it)."""
         now_s = self._clock() if now_s is None else now_s
         if now_s - self.started_s < self._s.unserved_model_grace_s:
-            return name.partition("@")[0] in CATALOG
+            model, at, _ = name.partition("@")
+            return model in CATALOG and (not at or name in self._known_versions(now_s))
         return name in self.available(now_s)
+
+    def _known_versions(self, now_s: float) -> frozenset[str]:
+        """``<model>@<version>`` names some stored advertisement or some model's rollout holds."""
+        if now_s - self._known_read_s >= CACHE_S:
+            members: list[bytes | str] = self._client.zrange(presence_key(self._s), 0, -1)  # type: ignore[assignment]
+            known = {as_text(m).rpartition("|")[0] for m in members}
+            for model, rollout in read_rollouts(self._client, self._s, CATALOG).items():
+                known |= {f"{model}@{v}" for v in (rollout.current, rollout.canary, rollout.previous) if v}
+            self._known, self._known_read_s = frozenset(known), now_s
+        return self._known
 
 
 __all__ = ["ServedModels", "advertise", "withdraw"]

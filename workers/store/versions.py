@@ -141,6 +141,9 @@ class MinuteCounts:
         return float("inf")
 
 
+_SENDERS_DOING = frozenset({ResultStatus.EXPIRED, ResultStatus.CANCELLED})  # not the version's fault
+
+
 def _bucket(ms: float) -> int:
     return next((b for b in LATENCY_BUCKETS_MS if ms <= b), 0)
 
@@ -148,7 +151,14 @@ def _bucket(ms: float) -> int:
 class VersionCounts(Observer):
     """Counts each result a worker writes under its model, minute and version (one pipelined
     HINCRBY per field per batch). Failures only count results that carry a version (the model
-    ran, or was about to); a request refused before reaching a version has none."""
+    ran, or was about to); a request refused before reaching a version has none. Expired and
+    cancelled results are not counted at all: their sender chose the deadline or the cancel, so
+    counted as errors they would let any tenant make a healthy canary look broken (and ``rollout
+    watch`` roll it back for everyone) by pinning it with requests it cancels or lets expire.
+    Results of pinned requests are not counted either: a canary is judged on the unpinned traffic
+    the rollout sends it, or a tenant pinning it could bury its errors under its own successes (a
+    broken canary promoted) or queue slow requests on it to push its p99 up (a healthy one rolled
+    back)."""
 
     def __init__(self, client: redis.Redis, settings: Settings) -> None:
         self._client = client
@@ -159,7 +169,7 @@ class VersionCounts(Observer):
         tally: Counter[tuple[str, str]] = Counter()
         for r in results:
             version = version_of(r.model_version)
-            if r.model is None or version is None:
+            if r.model is None or version is None or r.status in _SENDERS_DOING or r.pinned:
                 continue
             ok = r.status is ResultStatus.DONE
             tally[(r.model, f"{version}|{'ok' if ok else 'failed'}")] += 1

@@ -13,7 +13,8 @@ M = "all-MiniLM-L6-v2"
 
 def test_start_promote_rollback_walk_forward_and_back():
     canary = started(None, M, "int8abc", 10)
-    assert canary == Rollout(current=None, canary="int8abc", canary_share_bp=1_000)
+    assert len(canary.salt) == 16  # a new key for the split
+    assert canary == Rollout(current=None, canary="int8abc", canary_share_bp=1_000, salt=canary.salt)
     live = promoted(canary, M)
     assert live == Rollout(current="int8abc", previous=None)
     assert rolled_back(live, M) is None  # back to the default build: no rollout left
@@ -45,3 +46,14 @@ def test_what_makes_no_sense_is_refused_with_a_reason(call):
 def test_a_result_s_model_version_names_a_version():
     assert normalise_version(M, f"{M}@53aa51172d14") == "53aa51172d14"
     assert normalise_version(M, "53aa51172d14") == "53aa51172d14"
+
+
+def test_a_new_canary_gets_a_new_key_for_its_split_and_a_new_share_keeps_it():
+    """Request ids cannot be picked to land on a canary (or avoid it): the split is keyed with a
+    salt tenants never see, new for each canary, kept while only its share changes (the ids
+    already on it stay there)."""
+    first = started(None, M, "v2", 10)
+    wider = started(first, M, "v2", 50)
+    other = started(first, M, "v3", 10)
+    assert wider.salt == first.salt and other.salt != first.salt
+    assert Rollout.from_fields(first.fields()) == first  # kept in Redis with the rollout

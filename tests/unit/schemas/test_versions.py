@@ -56,3 +56,13 @@ def test_routes_name_what_workers_advertise():
     assert Route(M).served_as == M
     assert Route(M, "abc").served_as == f"{M}@abc"
     assert version_of(f"{M}@abc") == "abc" and version_of(None) is None and version_of(M) is None
+
+
+def test_the_split_depends_on_the_rollouts_salt():
+    """Ids a tenant found to land on the canary under one rollout tell nothing under another salt."""
+    rids = [secrets.token_hex(12) for _ in range(2_000)]
+    a = Rollout(canary="v2", canary_share_bp=5_000, salt="00" * 8)
+    b = Rollout(canary="v2", canary_share_bp=5_000, salt="ff" * 8)
+    same = sum(a.choose(r) == b.choose(r) for r in rids) / len(rids)
+    assert 0.4 < same < 0.6  # independent halves agree half the time
+    assert all(a.bucket(r) == bucket(r, a.salt) for r in rids[:10])

@@ -184,7 +184,9 @@ def test_abandoned_entries_are_taken_over_and_held_ones_kept_touched():
 
 
 def test_a_full_dispatcher_reads_nothing_new():
-    outbox = FakeOutbox([entry(n) for n in range(5)])
+    outbox = FakeOutbox(
+        [Entry(f"{T0_MS}-{n}", f"t{n}~r{n}", BODY, b'{"topics":["replies"]}') for n in range(5)]
+    )
     kafka = FakeSink("kafka", fail=10**6)
     d, _, _ = dispatcher(outbox, {"kafka": kafka}, delivery_batch_max_entries=2)
     d.step(block_ms=0)
@@ -266,3 +268,55 @@ def test_one_host_gets_a_bounded_share_of_tries_and_of_held_entries():
     finally:
         hooks.release.set()
         d.close()
+
+
+class DownFor:
+    """Fails every try of the targets in ``down`` (retryable), sends the others."""
+
+    kind = "kafka"
+
+    def __init__(self, down: set[str]) -> None:
+        self.down = down
+        self.sent: list[Delivery] = []
+
+    def send(self, delivery: Delivery) -> None:
+        if delivery.target in self.down:
+            raise DeliveryFailed("timeout", retryable=True)
+        self.sent.append(delivery)
+
+    def close(self) -> None:
+        pass
+
+
+def test_one_tenants_failing_targets_never_fill_the_dispatcher_for_the_others():
+    """A tenant whose targets never answer (a black-holed callback, a topic that times out) used to
+    fill every slot with entries backing off until ``delivery_max_s``: nobody else's result was
+    read for that long. A tenant may keep at most half the slots backing off; the rest of its
+    entries are left pending (taken over again later) and the others' results flow."""
+    bad = b'{"topics":["mallory.out"]}'
+    mallory = [Entry(f"{T0_MS}-{n}", f"mallory~m{n}", BODY, bad) for n in range(1, 9)]
+    victim = Entry(f"{T0_MS}-99", "acme~r99", BODY, b'{"topics":["acme.out"]}')
+    outbox = FakeOutbox([*mallory, victim])
+    sink = DownFor({"mallory.out"})
+    d, _, clock = dispatcher(outbox, {"kafka": sink}, delivery_batch_max_entries=4, delivery_max_s=600.0)
+    run_until(d, clock, outbox, 30)
+    assert [s.request_id for s in sink.sent] == ["r99"]
+    assert sum(1 for h in d.held.values() if h.entry.sid.startswith("mallory~")) <= 2
+
+
+def test_a_tenants_entry_past_its_delivery_bound_is_taken_for_its_last_try_even_over_its_share():
+    """Entries left pending over a tenant's share are not deferred for ever: once past
+    ``delivery_max_s`` one is taken again, tried once and given up (the backlog drains)."""
+    bad = b'{"topics":["mallory.out"]}'
+    mallory = [Entry(f"{T0_MS}-{n}", f"mallory~m{n}", BODY, bad) for n in range(1, 4)]
+    outbox = FakeOutbox(mallory)
+    d, report, clock = dispatcher(outbox, {"kafka": DownFor({"mallory.out"})}, delivery_batch_max_entries=4)
+    d.step(block_ms=0)  # three tries failed: mallory keeps its share (2 of 4) and lets one go
+    assert sorted(d.held) == [f"{T0_MS}-1", f"{T0_MS}-2"] and not outbox.acked
+    outbox.abandoned = [mallory[2]]  # left untouched, it went idle: taken over again later
+    clock.s += 25  # past delivery_max_s (20 s)
+    d.step(block_ms=0)
+    assert [o for o in report.outcomes if o[2] == "failed"] == [
+        ("mallory.out", "kafka", "failed", "gave_up_timeout")
+    ] * 3
+    assert sorted(outbox.acked) == [e.entry_id for e in mallory]

@@ -114,3 +114,41 @@ def test_refusals_log_neither_the_secret_nor_the_body_nor_the_path(caplog):
     assert "refused" in caplog.text and "hooks.example.com" in caplog.text
     for private in ("PATHTOKEN", "BODYTEXT", SECRET):
         assert private not in caplog.text
+
+
+def test_a_tenant_whose_dns_never_answers_holds_only_its_share_of_the_lookups():
+    """Lookups of a host whose DNS never answers stay stuck past their timeout. One tenant's such
+    callbacks used to take every lookup thread, so every other tenant's webhook timed out in DNS;
+    now a tenant has at most half of them in flight and gets ``dns_busy`` past that."""
+    import threading
+
+    from workers.delivery.webhook import DNS_THREADS
+
+    settings = Settings(
+        webhook_allow_hosts="stuck.example.com,hooks.example.com",
+        webhook_keys=SecretStr(f"mallory:{SECRET},acme:{SECRET}"),
+        webhook_connect_timeout_s=0.2,
+    )
+    sink = WebhookSink(settings)
+    unstick = threading.Event()
+
+    def resolver(host: str, port: int):
+        if host == "stuck.example.com":
+            unstick.wait(10)
+        return [ipaddress.ip_address("10.0.0.1")]  # refused: nothing is ever connected to
+
+    sink.resolve = resolver
+    try:
+        stuck = [
+            Delivery(f"m-{i}", "mallory", "https://stuck.example.com/h", b"{}") for i in range(DNS_THREADS)
+        ]
+        reasons = [f.reason if f else None for f in sink.send_many(stuck)]
+        assert set(reasons) == {"dns_timeout", "dns_busy"}
+        # many at once of one tenant whose DNS answers: each waits its turn, none is refused busy
+        honest = [
+            Delivery(f"a-{i}", "acme", "https://hooks.example.com/h", b"{}") for i in range(3 * DNS_THREADS)
+        ]
+        assert {f.reason if f else None for f in sink.send_many(honest)} == {"refused_address"}
+    finally:
+        unstick.set()
+        sink.close()

@@ -72,3 +72,42 @@ def test_backpressure_counts_only_the_models_it_is_told_are_served():
     assert bp.room(now_s=2.0) == 0 and bp.paused and bp.saturated == ["unserved"]
     counted.clear()
     assert bp.room(now_s=3.0) == 100 and not bp.paused
+
+
+class FakePresenceAndRollouts(FakePresence):
+    """Also the reads of every stored member (ZRANGE) and of the models' rollouts (HGETALL)."""
+
+    def __init__(self, rollouts: dict[str, dict[str, str]]) -> None:
+        super().__init__()
+        self.rollouts = rollouts
+
+    def zrange(self, key, start, end):
+        return [m.encode() for m in self.members]
+
+    def pipeline(self, transaction=False):
+        client, asked = self, []
+
+        class Pipe:
+            def hgetall(self, key):
+                asked.append(key.rpartition(":")[2])
+
+            def execute(self):
+                return [client.rollouts.get(model, {}) for model in asked]
+
+        return Pipe()
+
+
+def test_while_young_only_versions_a_worker_or_a_rollout_names_are_worth_admitting():
+    """A young intake admits every catalogue model (its workers may be loading). It used to admit
+    any version too: a tenant pinning made-up versions in the minute after an intake started had
+    each sent to a Celery queue of its own that no worker would ever read, where the messages
+    stayed for good. A version is worth waiting for only when an advertisement (live or lapsed)
+    or a model's rollout names it."""
+    model = "all-MiniLM-L6-v2"
+    presence = FakePresenceAndRollouts({model: {"current": "v2", "canary": "v3", "canary_share_bp": "10"}})
+    presence.members[f"{model}@int8|w1"] = 1.0  # lapsed long ago, not yet forgotten
+    served = ServedModels(presence, Settings(unserved_model_grace_s=30.0), clock=Clock(1_000.0))
+    assert served.is_available(model)
+    assert all(served.is_available(f"{model}@{v}") for v in ("int8", "v2", "v3"))
+    assert not served.is_available(f"{model}@made-up-1")
+    assert not served.is_available("not-a-model@v2")
