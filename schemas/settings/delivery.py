@@ -77,6 +77,15 @@ class DeliverySettings(BaseModel):
             "stack sets `delivery@<host>`). Empty = `<host>-<pid>`"
         ),
     )
+    delivery_create_topics: bool = Field(
+        False,
+        description=(
+            "Let the delivery service's producer ask the broker to create a reply topic that does not "
+            "exist (where the broker allows it). Off: an operator creates reply topics, so a tenant "
+            "allowed a prefix (`acme.*`) cannot make one topic per request; a send to a missing topic "
+            "is retried, then recorded undeliverable"
+        ),
+    )
     delivery_concurrency: int = Field(
         32,
         ge=1,

@@ -105,6 +105,8 @@ class KafkaSink:
                     max_request_size=self._s.kafka_max_request_bytes,
                     max_block_ms=timeout_ms,
                     request_timeout_ms=timeout_ms,
+                    # a tenant allowed a prefix must not make the broker create a topic per request
+                    allow_auto_create_topics=self._s.delivery_create_topics,
                 )
             return self._producer
 
