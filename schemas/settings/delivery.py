@@ -100,10 +100,8 @@ class DeliverySettings(BaseModel):
         ge=1,
         le=1024,
         description=(
-            "Webhook tries in flight to one callback host at once, per delivery process; a process "
-            "holds at most 4x this many entries for one host and leaves the rest pending in the outbox "
-            "(taken up again after `delivery_claim_idle_s`), so one slow or hostile receiver cannot "
-            "take the room other tenants' deliveries need"
+            "Webhook tries in flight to one callback host at once, per delivery process (a slow or "
+            "hostile receiver holds at most this many of the `delivery_concurrency` threads)"
         ),
     )
     delivery_send_timeout_s: float = Field(

@@ -128,3 +128,14 @@ def test_takeover_scans_on_past_the_entries_it_took_before(redis_only):
         time.sleep(idle_s * 1.5)  # every entry idle past the claim time, the one taken last too
         taken += [e.entry_id for e in second.reclaim(1)]  # taken, then left pending
     assert taken == held
+
+
+def test_a_read_asked_not_to_wait_does_not_wait(redis_only):
+    """``block_ms=0`` (a retry is due now) returns at once: Redis reads ``BLOCK 0`` as for ever, and
+    the retry would then wait for the next new entry."""
+    store = store_with(redis_only)
+    reader = Outbox(store.client, store._s, "a")
+    reader.ensure_group()
+    started = time.monotonic()
+    assert reader.read(10, 0) == []
+    assert time.monotonic() - started < 1.0

@@ -16,9 +16,7 @@ stream id's time, so the bound holds across process restarts). Every outcome is 
 Sinks that declare ``concurrent = True`` (webhooks: one HTTP try each, up to its total timeout) are
 not waited on: their tries run on a pool of ``delivery_concurrency`` threads, at most
 ``delivery_max_per_host`` at once per callback host, and are settled in a later round. So a slow
-receiver holds threads, not the round; and an entry whose callback host already has
-``4 * delivery_max_per_host`` entries held here is left pending in the outbox (taken up again by a
-later takeover scan), so one receiver cannot fill the room every other tenant's deliveries need.
+receiver holds a few threads, not the round, nor the Kafka deliveries and the other hosts' tries.
 
 One tenant may hold at most half the slots with entries backing off; the rest of its entries wait
 pending in the outbox (taken over again once idle), so targets that never answer cannot keep
@@ -186,18 +184,23 @@ class Dispatcher:
         """How long a read may wait: until the next retry is due, at most ``block_ms``."""
         if self._flying:  # a try may end any moment: look again soon
             block_ms = min(block_ms, 20)
-        dues = [t.due_s for h in self.held.values() for t in h.targets if t.due_s != math.inf]
+        now = self._clock()
+        # a due try waiting for its host's tries under way to end is not due yet (no spinning)
+        dues = [
+            t.due_s
+            for h in self.held.values()
+            for t in h.targets
+            if t.due_s != math.inf and not (t.due_s <= now and self._host_full(t))
+        ]
         if not dues:
             return block_ms
-        return max(0, min(block_ms, int((min(dues) - self._clock()) * 1000)))
+        return max(0, min(block_ms, int((min(dues) - now) * 1000)))
 
     def _take(self, entries: Sequence[Entry]) -> None:
         """Hold new entries; one whose record is gone or names no target is finished at once. An
-        entry of a tenant that already holds its share of entries backing off, or whose callback
-        host already has ``4 * delivery_max_per_host`` entries held, is not held (see
+        entry of a tenant that already holds its share of entries backing off is not held (see
         :meth:`_release_over_share`), unless it is past its bound (its last try, then given up)."""
         finished: list[str] = []
-        holding = self._held_per_host()
         backing = Counter(h.tenant for h in self.held.values() if h.backing_off)
         for entry in entries:
             if entry.entry_id in self.held:
@@ -211,19 +214,11 @@ class Dispatcher:
             if not held.targets:
                 finished.append(entry.entry_id)
                 continue
-            hosts = {host_of(t.address) for t in held.targets if t.kind == "webhook"}
-            busy = any(holding[h] >= 4 * self._s.delivery_max_per_host for h in hosts)
-            if (busy or backing[held.tenant] >= self._share()) and not self._past_bound(entry):
+            if backing[held.tenant] >= self._share() and not self._past_bound(entry):
                 continue  # left pending and untouched: taken over again once idle (delivery_claim_idle_s)
-            holding.update(hosts)
             self.held[entry.entry_id] = held
         self._outbox.done(finished)
         self._report.flush()
-
-    def _held_per_host(self) -> Counter[str]:
-        return Counter(
-            host_of(t.address) for h in self.held.values() for t in h.targets if t.kind == "webhook"
-        )
 
     def _send_due(self) -> int:
         """Send every due target, a batch per sink kind (concurrent sinks: started, settled by a later
@@ -256,6 +251,11 @@ class Dispatcher:
         self._report.flush()
         return tried
 
+    def _host_full(self, target: Target) -> bool:
+        """Whether ``target`` is a concurrent sink's whose host has all its tries under way."""
+        concurrent = getattr(self._sinks.get(target.kind), "concurrent", False)
+        return bool(concurrent) and self._in_flight[host_of(target.address)] >= self._s.delivery_max_per_host
+
     def _start(self, sink: Sink, due: list[tuple[Held, Target]]) -> int:
         """Start the due tries of a concurrent sink, at most ``delivery_max_per_host`` under way per
         host (a target over it waits for the next round); returns how many were started."""
@@ -263,9 +263,9 @@ class Dispatcher:
             self._pool = ThreadPoolExecutor(self._s.delivery_concurrency, thread_name_prefix="inferq-send")
         started = 0
         for held, target in due:
-            host = host_of(target.address)
-            if self._in_flight[host] >= self._s.delivery_max_per_host:
+            if self._host_full(target):
                 continue  # stays due: started when a try to this host ends
+            host = host_of(target.address)
             target.attempts += 1
             target.due_s = math.inf  # under way
             delivery = held.delivery(target)

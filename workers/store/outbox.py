@@ -70,7 +70,8 @@ class Outbox:
         if count <= 0:
             return []
         streams: dict[Any, Any] = {self.key: "0" if mine else ">"}
-        block = None if mine else block_ms
+        # BLOCK 0 would wait for ever (a retry due now would wait for the next new entry): 0 = no wait
+        block = None if mine or not block_ms else block_ms
         got: Any = self.client.xreadgroup(OUTBOX_GROUP, self.consumer, streams, count=count, block=block)
         rows = [row for _, entries in got or [] for row in entries if row and row[1]]
         gone = [as_text(row[0]) for _, entries in got or [] for row in entries if row and not row[1]]

@@ -249,7 +249,7 @@ def test_a_slow_receiver_holds_neither_the_round_nor_other_hosts_deliveries():
         d.close()
 
 
-def test_one_host_gets_a_bounded_share_of_tries_and_of_held_entries():
+def test_one_host_gets_a_bounded_share_of_the_tries_under_way():
     per_host = 2
     outbox = FakeOutbox([hook(n, "slow.example") for n in range(20)] + [hook(99, "fast.example")])
     hooks = SlowHooks()
@@ -263,8 +263,7 @@ def test_one_host_gets_a_bounded_share_of_tries_and_of_held_entries():
         settle(d, lambda: f"{T0_MS}-99" in outbox.acked)  # the other host's entry went through
         slow = [t for t in hooks.started if "slow.example" in t]
         assert len(slow) == per_host  # no more tries under way to one host
-        held_slow = [e for e in d.held if e != f"{T0_MS}-99"]
-        assert len(held_slow) == 4 * per_host  # the rest left pending in the outbox, not held
+        assert len(d.held) == 20  # the rest wait their turn, held (a healthy busy host is not shed)
     finally:
         hooks.release.set()
         d.close()
