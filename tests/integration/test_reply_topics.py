@@ -6,6 +6,7 @@ tenant's allow-list refused with the typed error; the Kafka sink's failures when
 from __future__ import annotations
 
 import contextlib
+import json
 import secrets
 import socket
 import threading
@@ -92,7 +93,10 @@ def reply_topic(stack, settings) -> Iterator[str]:
 def test_a_reply_topic_gets_the_stored_result_once_keyed_by_request_id_and_so_does_the_results_topic(
     client, settings, reply_topic
 ):
-    ids = [client.submit("embed", MODEL, f"reply {i}", reply_topic=reply_topic) for i in range(3)]
+    trace = secrets.token_hex(16)  # the producer's trace: the record on the reply topic carries it
+    traceparent = f"00-{trace}-{secrets.token_hex(8)}-01"
+    ids = [client.submit("embed", MODEL, "reply traced", reply_topic=reply_topic, traceparent=traceparent)]
+    ids += [client.submit("embed", MODEL, f"reply {i}", reply_topic=reply_topic) for i in range(2)]
     plain = client.submit("embed", MODEL, "no reply topic")
     results = client.wait_all([*ids, plain], timeout_s=60)
     assert all(r.status is ResultStatus.DONE for r in results.values())
@@ -100,6 +104,7 @@ def test_a_reply_topic_gets_the_stored_result_once_keyed_by_request_id_and_so_do
 
     on_reply = records(settings, reply_topic, set(ids))
     assert {k: v for k, v in on_reply.items()} == {rid: [bodies[rid]] for rid in ids}
+    assert json.loads(on_reply[ids[0]][0])["trace_id"] == trace
     # INFERQ_RESULTS_TOPIC: every result, with or without a reply topic
     on_all = records(settings, RESULTS_TOPIC, {*ids, plain})
     assert on_all == {rid: [bodies[rid]] for rid in [*ids, plain]}
