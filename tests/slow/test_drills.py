@@ -14,6 +14,7 @@ import json
 import pytest
 
 from ops.drill.faults import FAULTS
+from ops.drill.replies import REPLIES
 from ops.drill.run import DrillPlan, run_drills
 from schemas.settings import Settings
 
@@ -35,11 +36,13 @@ def report(tmp_path_factory) -> dict:
         transport_batch_size=32,
         backpressure_max_inflight=BOUND,
     )
-    result = run_drills(base, DrillPlan(requests=REQUESTS, rate_per_s=200.0, overload_s=12.0), out)
+    # and the worker kill again with every request naming a reply topic (issue 19)
+    plan = DrillPlan(drills=(*FAULTS, REPLIES), requests=REQUESTS, rate_per_s=200.0, overload_s=12.0)
+    result = run_drills(base, plan, out)
     return {**result, "written": json.loads((out / "drill.json").read_text())}
 
 
-@pytest.mark.parametrize("name", list(FAULTS))
+@pytest.mark.parametrize("name", [*FAULTS, REPLIES])
 def test_a_fault_loses_and_duplicates_nothing(report: dict, name: str) -> None:
     drill = next(d for d in report["drills"] if d["name"] == name)
     assert drill["requests"] == REQUESTS
@@ -52,8 +55,18 @@ def test_a_fault_loses_and_duplicates_nothing(report: dict, name: str) -> None:
     assert drill["lost_by_broker"] == broker_lost <= REQUESTS // 20
     assert drill["resent_after_broker_loss"] == broker_lost
     assert drill["back_after_s"] > 0
-    if name == "worker-kill":
+    if name in ("worker-kill", REPLIES):
         assert drill["running_at_fault"] > 0  # killed in the middle of a batch
+
+
+def test_a_worker_killed_mid_batch_still_puts_one_distinct_result_per_request_on_its_reply_topic(
+    report: dict,
+) -> None:
+    replies = report["reply_topics"][REPLIES]
+    assert replies["requests"] == REQUESTS and replies["missing"] == 0
+    assert replies["distinct_keys"] == REQUESTS  # dedup on the key: exactly one result each …
+    assert replies["keys_with_differing_values"] == 0  # … and a repeat (if any) is the same bytes
+    assert replies["values_not_equal_to_redis"] == 0 and replies["ok"] is True
 
 
 def test_overload_keeps_the_backlog_in_kafka_and_ends_every_request(report: dict) -> None:
@@ -71,7 +84,7 @@ def test_overload_keeps_the_backlog_in_kafka_and_ends_every_request(report: dict
 def test_drill_json_holds_the_report(report: dict) -> None:
     written = report["written"]
     assert written["ok"] is True
-    assert [d["name"] for d in written["drills"]] == list(FAULTS)
+    assert [d["name"] for d in written["drills"]] == [*FAULTS, REPLIES]
     for drill in written["drills"]:
         assert {"requests", "lost", "duplicated", "by_status"} <= set(drill)
     assert written["overload"]["memory_mb"]["worker_rss_mb"]["peak"] is not None
