@@ -111,6 +111,16 @@ class Held:
         )
 
 
+def failure_of(error: BaseException | None, kind: str) -> DeliveryFailed | None:
+    """A try's outcome as :meth:`Dispatcher._settle` takes it: None (sent), the sink's own
+    :class:`DeliveryFailed`, or any other exception (a sink bug must not kill the service) as a
+    retryable failure, like a blip."""
+    if error is None or isinstance(error, DeliveryFailed):
+        return error
+    log.error("%s sink failed a delivery: %r", kind, error, exc_info=error)
+    return DeliveryFailed(f"error_{type(error).__name__}", retryable=True)
+
+
 def host_of(address: str) -> str:
     """The callback host a webhook target is capped by (its URL was checked at admission)."""
     try:
@@ -282,16 +292,7 @@ class Dispatcher:
             self._in_flight[host] -= 1
             if self._in_flight[host] <= 0:
                 del self._in_flight[host]
-            error = future.exception()
-            failed: DeliveryFailed | None
-            if error is None:
-                failed = None
-            elif isinstance(error, DeliveryFailed):
-                failed = error
-            else:  # a sink bug must not kill the service: retried like a blip
-                log.error("%s sink failed a delivery: %r", target.kind, error)
-                failed = DeliveryFailed(f"error_{type(error).__name__}", retryable=True)
-            self._settle(held, target, delivery, failed)
+            self._settle(held, target, delivery, failure_of(future.exception(), target.kind))
 
     def _share(self) -> int:
         """Entries one tenant may hold backing off: half the slots (at least one)."""
@@ -333,11 +334,8 @@ class Dispatcher:
             try:
                 sink.send(d)
                 out.append(None)
-            except DeliveryFailed as e:
-                out.append(e)
             except Exception as e:
-                log.exception("%s sink failed a delivery", kind)
-                out.append(DeliveryFailed(f"error_{type(e).__name__}", retryable=True))
+                out.append(failure_of(e, kind))
         return out
 
     def _settle(self, held: Held, target: Target, delivery: Delivery, failed: DeliveryFailed | None) -> None:

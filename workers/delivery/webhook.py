@@ -33,7 +33,7 @@ import ssl
 import threading
 import time
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
 from concurrent.futures import TimeoutError as FutureTimeout
 
@@ -67,7 +67,6 @@ DNS_THREADS = 8  # lookups in flight at once; one stuck past its timeout holds a
 # lookups one tenant may have in flight (stuck ones included; more wait their turn): a tenant whose
 # callback host's DNS never answers holds at most these threads, never every other tenant's lookup
 DNS_PER_TENANT = DNS_THREADS // 2
-MAX_SENDERS = 256  # tries in flight at once (one thread each, made as needed)
 
 
 def resolve(host: str, port: int) -> list[IPAddress]:
@@ -113,34 +112,11 @@ class WebhookSink:
         self._dns = ThreadPoolExecutor(max_workers=DNS_THREADS, thread_name_prefix="webhook-dns")
         self._dns_turn = threading.Condition()
         self._dns_busy: Counter[str | None] = Counter()  # lookups in flight by tenant
-        senders = min(MAX_SENDERS, settings.delivery_batch_max_entries)
-        self._senders = ThreadPoolExecutor(max_workers=senders, thread_name_prefix="webhook-send")
         # replaceable in tests (a resolver that answers what a rebinding DNS server would)
         self.resolve: Callable[[str, int], list[IPAddress]] = resolve
 
     def close(self) -> None:
         self._dns.shutdown(wait=False, cancel_futures=True)
-        self._senders.shutdown(wait=False, cancel_futures=True)
-
-    def send_many(self, deliveries: Sequence[Delivery]) -> list[DeliveryFailed | None]:
-        """One try of each delivery, all at once: each failure (None = delivered), in order.
-
-        Why at once: a receiver may hold every try to ``INFERQ_WEBHOOK_TOTAL_TIMEOUT_S``; one by one,
-        a tenant whose callbacks all do that would hold up every other delivery (and the outbox
-        touches that keep its entries this process's) for that timeout times its backlog. At once,
-        a batch of up to ``MAX_SENDERS`` tries ends within about one total timeout."""
-        futures = [self._senders.submit(self._try, d) for d in deliveries]
-        return [f.result() for f in futures]
-
-    def _try(self, delivery: Delivery) -> DeliveryFailed | None:
-        try:
-            self.send(delivery)
-        except DeliveryFailed as e:
-            return e
-        except Exception as e:  # a sink bug must not fail the other tries of the batch
-            log.exception("webhook of %s failed", delivery.request_id)
-            return DeliveryFailed(f"error_{type(e).__name__}", retryable=True)
-        return None
 
     def send(self, delivery: Delivery) -> None:
         """One try; returns when the receiver answered 2xx, raises :class:`DeliveryFailed` otherwise."""
