@@ -45,14 +45,14 @@ def test_ceiling_runs_end_to_end_with_a_tiny_burst(fresh_settings, tmp_path: Pat
     assert head["webhooks_received"] == head["requests"] and head["webhooks_s"] > 0
     assert head["receiver_cpu_ms_per_request"] > 0 and cpu["delivery"] > 0
 
-    for name in (
-        "intake",
-        "worker",
-        "client-generator-0",
-    ):  # the profile: collapsed stacks and a top list per process
+    for name in ("intake", "worker"):  # the profile: collapsed stacks and a top list per process
         prof = head["profile"][name]
         assert prof["samples"] > 0 and prof["top"], prof
         assert Path(prof["file"]).is_file()
+    # each generator publishes its share in about 0.1 s (py-spy at 97 Hz, idle frames dropped): one of
+    # them may get no sample at all; the client's processes together always do
+    client = [p for n, p in head["profile"].items() if n.startswith("client-")]
+    assert sum(p["samples"] for p in client) > 0 and any(p["top"] for p in client), client
 
     # the stack is gone
     ceiling = Stack(Settings(state_dir=tmp_path / "state" / "ceiling"))
