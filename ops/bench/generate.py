@@ -6,9 +6,8 @@ The model is smollm2-135m-instruct; every request is a chat turn (``messages``: 
 decoded greedily, so the pipeline and the raw model produce the same answers. For each mode a
 stack of its own (broker, Redis, worker serving the model, intake) takes the same
 closed-loop loads: ``concurrency`` clients, each publishing a ``generate`` request to Kafka and the
-next one as soon as its result is terminal, until ``requests`` have finished — once with as many
-clients as the running batch holds (at capacity: continuous batching never makes anyone wait),
-once with twice as many (oversubscribed: requests queue in both modes). Each request asks
+next one as soon as its result is terminal, until ``requests`` have finished — once with 16
+clients, once with 32, the running batch capped at ``max_running`` in both modes. Each request asks
 for a different number of tokens (drawn once, with a fixed seed, between ``min_new_tokens`` and
 ``max_new_tokens``), so short and long generations share the batch: static batching holds every
 member until the longest is done; continuous batching lets members leave and newcomers join
@@ -52,10 +51,10 @@ MODES = ("continuous", "static")
 @dataclass(frozen=True)
 class GeneratePlan:
     requests: int = 96
-    concurrency: tuple[int, ...] = (16, 32)  # the running batch's size, then twice it
+    concurrency: tuple[int, ...] = (16, 32)
     min_new_tokens: int = 8
     max_new_tokens: int = 256
-    max_running: int = 16
+    max_running: int = 32
     seed: int = 7
     stall: bool = True
 
@@ -275,7 +274,15 @@ def print_generate(console: Console, data: dict[str, Any]) -> None:
                 )
             )
     for s in data.get("stall", []):
+        chunk = s["prefill_chunk_tokens"]
+        how = (
+            "whole"
+            if not chunk
+            else f"≤{chunk} tokens costing ≤{s['prefill_stall_steps']:g} steps"
+            if s.get("prefill_stall_steps")
+            else f"{chunk} tokens"
+        )
         console.print(
-            f"prefill stall, chunk {s['prefill_chunk_tokens'] or 'whole'}: {s['stall_ms']:.0f} ms "
+            f"prefill stall, chunks {how}: {s['stall_ms']:.0f} ms "
             f"= {s['stall_steps']:.1f} decode steps of {s['decode_step_ms']:.0f} ms"
         )

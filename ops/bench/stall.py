@@ -5,7 +5,8 @@ decoder's schedule, not Redis): ``running`` sequences decode with long budgets; 
 going, a prompt of ``prompt_tokens`` joins. Every decode step's end is timed through the
 decoder's observer; the stall is the longest gap between two consecutive decode steps of the
 running sequences after the join, also given in median decode steps. Measured with the whole
-prompt prefilled at once (``prefill_chunk_tokens=0``, the behaviour before chunking) and chunked.
+prompt prefilled at once (``prefill_chunk_tokens=0``, the behaviour before chunking), in fixed
+chunks (``prefill_stall_steps=0``), and in chunks sized by the fitted cost of a pass (the default).
 """
 
 from __future__ import annotations
@@ -52,7 +53,8 @@ class StepClock(Observer):
 class StallPlan:
     running: int = 8
     prompt_tokens: int = 1_000
-    chunks: tuple[int, ...] = (0, 256, 128)
+    # (most tokens per chunk, what a chunk may cost in decode steps; 0 = fixed chunks)
+    chunks: tuple[tuple[int, float], ...] = ((0, 0.0), (128, 0.0), (512, 2.0))
 
 
 def _request(model: str, text: str, tokens: int, chat: bool = False) -> WorkItem:
@@ -67,12 +69,18 @@ def _request(model: str, text: str, tokens: int, chat: bool = False) -> WorkItem
     )
 
 
-def stall_once(runner: CausalLM, plan: StallPlan, chunk: int) -> dict[str, float]:
+def stall_once(runner: CausalLM, plan: StallPlan, chunk: int, stall_steps: float) -> dict[str, float]:
     """One measurement: the longest gap between decode steps once the long prompt joined."""
     clock = StepClock()
-    policy = DecodePolicy(max_running=plan.running + 1, stream_interval_ms=1e9, prefill_chunk_tokens=chunk)
+    policy = DecodePolicy(
+        max_running=plan.running + 1,
+        stream_interval_ms=1e9,
+        prefill_chunk_tokens=chunk,
+        prefill_stall_steps=stall_steps,
+    )
     d = Decoder(runner, NullStore(), policy, observer=clock)  # type: ignore[arg-type]
     try:
+        d.warm_up()  # as a worker does at start: the chunk sizer is calibrated
         story = "Tell me a long story about a lighthouse keeper and a storm."
         chat = bool(getattr(runner.tokenizer, "chat_template", None))
         running = d.submit([_request(runner.name, story, 60, chat) for _ in range(plan.running)])
@@ -94,6 +102,7 @@ def stall_once(runner: CausalLM, plan: StallPlan, chunk: int) -> dict[str, float
     stall_ms = max(after) * 1e3
     return {
         "prefill_chunk_tokens": chunk,
+        "prefill_stall_steps": stall_steps,
         "decode_step_ms": step_ms,
         "stall_ms": stall_ms,
         "stall_steps": stall_ms / step_ms,
@@ -101,5 +110,5 @@ def stall_once(runner: CausalLM, plan: StallPlan, chunk: int) -> dict[str, float
 
 
 def measure_stall(runner: CausalLM, plan: StallPlan) -> list[dict[str, float]]:
-    """The stall with each chunk size of the plan (0 = the whole prompt at once)."""
-    return [stall_once(runner, plan, chunk) for chunk in plan.chunks]
+    """The stall with each chunking of the plan (chunk 0 = the whole prompt at once)."""
+    return [stall_once(runner, plan, chunk, steps) for chunk, steps in plan.chunks]

@@ -225,7 +225,7 @@ class ServiceTable:
                         "--pool",
                         "threads",
                         "--concurrency",
-                        str(self.s.worker_concurrency),
+                        str(self.s.celery_threads()),
                         "-n",
                         node,
                         "-E",

@@ -17,6 +17,8 @@ from urllib.parse import urlsplit
 from pydantic import BaseModel
 from pydantic_settings import BaseSettings, SettingsConfigDict
 
+from schemas.catalog import CATALOG
+from schemas.messages import Task
 from schemas.settings.admission import AdmissionSettings
 from schemas.settings.cache import CacheSettings
 from schemas.settings.delivery import DeliverySettings
@@ -61,6 +63,16 @@ class Settings(
     def model_variants(self) -> list[tuple[str, str]]:
         """(model, variant) of the other builds this worker serves (``<model>@<variant>`` entries)."""
         return [(m.partition("@")[0], m.partition("@")[2]) for m in self._worker_entries() if "@" in m]
+
+    def celery_threads(self) -> int:
+        """Celery messages (threads) a worker holds: ``worker_concurrency``, raised to
+        ``generate_max_running`` + a few when it serves a ``generate`` model, since each request
+        being decoded holds its message until its result is written."""
+        served = {m.partition("@")[0] for m in self._worker_entries()}
+        generates = any(CATALOG[m].task is Task.GENERATE for m in served if m in CATALOG)
+        if not generates:
+            return self.worker_concurrency
+        return max(self.worker_concurrency, self.generate_max_running + 8)
 
     def _worker_entries(self) -> list[str]:
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]

@@ -96,7 +96,15 @@ class WorkerSettings(BaseModel):
             "(kept for comparison)"
         ),
     )
-    generate_max_running: int = Field(16, ge=1, description="Sequences decoded together in one step")
+    generate_max_running: int = Field(
+        32,
+        ge=1,
+        description=(
+            "Most sequences decoded together in one step (the KV budget may admit fewer); a worker "
+            "serving a `generate` model holds at least this many Celery messages, whatever "
+            "`INFERQ_WORKER_CONCURRENCY` says, so its running batch can fill"
+        ),
+    )
     generate_max_batch_tokens: int = Field(
         16_384,
         ge=16,
@@ -118,13 +126,30 @@ class WorkerSettings(BaseModel):
             "dead-lettered) in the worker"
         ),
     )
-    generate_prefill_chunk_tokens: int = Field(
-        128,
+    generate_static_wait_ms: float = Field(
+        100.0,
         ge=0,
         description=(
-            "Prompt tokens prefilled per decode step while other sequences run: a long prompt joining "
-            "is run in chunks between steps, so running generations pause one chunk at a time, not for "
-            "the whole prompt; `0` = whole prompts at once"
+            "`static` batching only: a new batch waits up to this long after its first request for "
+            "more to fill it (the classic dynamic batcher's queue delay), then runs to completion"
+        ),
+    )
+    generate_prefill_chunk_tokens: int = Field(
+        512,
+        ge=0,
+        description=(
+            "Most prompt tokens prefilled per decode step while other sequences run: a long prompt "
+            "joining is run in chunks between steps, so running generations pause one chunk at a time, "
+            "not for the whole prompt; `0` = whole prompts at once"
+        ),
+    )
+    generate_prefill_stall_steps: float = Field(
+        2.0,
+        ge=0,
+        description=(
+            "What one prefill chunk may cost, in decode steps of the running batch: the chunk is sized "
+            "by the timed cost of forward passes (big on a GPU, small on a CPU), up to "
+            "`INFERQ_GENERATE_PREFILL_CHUNK_TOKENS`; `0` = always that many tokens"
         ),
     )
     generate_stream_interval_ms: float = Field(
@@ -156,7 +181,14 @@ class WorkerSettings(BaseModel):
             "only as its own version (e.g. `all-MiniLM-L6-v2@int8`: dynamic int8 quantisation)"
         ),
     )
-    worker_concurrency: int = Field(16, ge=1, description="Celery messages a worker holds at once (threads)")
+    worker_concurrency: int = Field(
+        16,
+        ge=1,
+        description=(
+            "Celery messages a worker holds at once (threads); a worker serving a `generate` model "
+            "holds at least `INFERQ_GENERATE_MAX_RUNNING` + 8"
+        ),
+    )
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`")
     local_kafka: Literal["noida", "tansu"] = Field(
         "noida",

@@ -10,8 +10,9 @@ runs one loop, one iteration per decode step:
    appended to the batch (:class:`~workers.core.runners.causal.KVBatch`). While others run, the
    prefill goes ``prefill_chunk_tokens`` at a time, one chunk per iteration, so a long prompt
    joining delays the running sequences' next token by one chunk, not by the whole prompt. With
-   ``static`` batching nobody joins until the whole running batch has finished (the classic
-   scheme, kept to compare).
+   ``static`` batching nobody joins until the whole running batch has finished, and a new batch
+   waits up to ``static_wait_ms`` from its first request to fill (the classic scheme, kept to
+   compare).
 2. **step** — one token for every running sequence: one forward pass over the batch, then each
    sequence's own sampler (:mod:`workers.core.sampling`).
 3. **leave** — sequences that produced their end-of-sequence token, a stop sequence, their last
@@ -39,6 +40,7 @@ from schemas.messages import FinishReason, GenerationOutput, InferenceResult, Re
 from schemas.observer import Observer, StepStats
 from schemas.work import WorkItem
 from workers.core.cache import CacheKeys, decode_output, encode_output
+from workers.core.chunking import ChunkSizer
 from workers.core.jobs import PRIORITY_RANK, Job, distinct, start_jobs, write_results
 from workers.core.loop import Outlet
 from workers.core.runners.causal import CausalLM, KVBatch, Prefill
@@ -90,6 +92,7 @@ class Decoder:
         self._running: list[Seq] = []
         self._joining: list[Seq] = []  # taken from the queue, not yet running (a failure ends them too)
         self._kv: KVBatch | None = None
+        self.chunks = ChunkSizer(policy.prefill_chunk_tokens, policy.prefill_stall_steps)
         self._prefill: tuple[list[Seq], Prefill] | None = None  # joiners part-way through their prefill
         self._seqs: dict[Job, list[Seq]] = {}  # each job's sequences
         self._cond = threading.Condition()
@@ -122,6 +125,8 @@ class Decoder:
                 continue
             with self._cond:
                 self._seqs[job] = seqs
+                for s in seqs:
+                    s.queued_s = self._clock()
                 self._waiting[PRIORITY_RANK[request.priority]].extend(seqs)
                 self._cond.notify()
         return jobs
@@ -170,6 +175,16 @@ class Decoder:
         prompts = self.runner.tokenize(["warm up", "a longer warm up prompt"])
         _, kv = self.runner.prefill(prompts)
         self.runner.decode(kv, [p[-1] for p in prompts])
+        if self.policy.prefill_chunk_tokens and self.policy.prefill_stall_steps:
+            self.chunks.calibrate(self._time_prefill)
+
+    def _time_prefill(self, rows: int, columns: int) -> float:
+        """ms of one prefill of ``rows`` prompts of ``columns`` tokens (the chunk sizer's calibration)."""
+        token = min(self.runner.eos_ids, default=0) + 1
+        started = self._clock()
+        self.runner.prefill([[token] * columns] * rows)
+        self.runner.synchronize()
+        return (self._clock() - started) * 1e3
 
     def close(self, timeout_s: float = 60.0) -> None:
         """Finish what runs and waits, then stop the thread."""
@@ -186,6 +201,10 @@ class Decoder:
                     self._cond.wait(1.0)
                 if self._closed and not self._busy():
                     return
+                fill_s = self._fill_wait_s()
+                if fill_s > 0:  # static: let the next batch fill (an arrival re-checks at once)
+                    self._cond.wait(fill_s)
+                    continue
             try:
                 joined = self._join()
                 if self._running:
@@ -197,6 +216,20 @@ class Decoder:
             except Exception as e:  # never let one step kill the model thread
                 log.exception("decode step failed; its requests are failed")
                 self._abandon(error=ModelError(f"generation failed in the model: {e!r}"))
+
+    def _fill_wait_s(self) -> float:
+        """Static batching between batches: how much longer (s) to wait for the next batch to fill
+        (up to ``max_running`` sequences or the KV budget), counted from its oldest waiting
+        sequence's arrival; 0 = start it now. Called holding the condition."""
+        p = self.policy
+        if not p.static or p.static_wait_ms <= 0 or self._running or self._prefill is not None:
+            return 0.0
+        waiting = [s for queue in self._waiting for s in queue if s.finish is None]
+        full = len(waiting) >= p.max_running or sum(s.reserve for s in waiting) >= p.max_batch_tokens
+        if not waiting or full:
+            return 0.0
+        oldest = min(s.queued_s for s in waiting)
+        return max(0.0, oldest + p.static_wait_ms / 1000.0 - self._clock())
 
     def _busy(self) -> bool:
         return bool(self._running) or self._prefill is not None or any(self._waiting)
@@ -239,9 +272,11 @@ class Decoder:
         join the running batch with their first token. Returns how many joined."""
         assert self._prefill is not None
         live, prefill = self._prefill
-        chunk = self.policy.prefill_chunk_tokens
-        whole = not self._running or not chunk
-        logits = self.runner.prefill_chunk(prefill, prefill.width if whole else max(1, chunk // prefill.rows))
+        columns = self.chunks.columns(prefill.rows, len(self._running), prefill.width - prefill.done)
+        started = self._clock()
+        logits = self.runner.prefill_chunk(prefill, columns)
+        self.runner.synchronize()  # timed to the end of the pass, not of its launch
+        self.chunks.observe(prefill.rows, columns, (self._clock() - started) * 1e3)
         if logits is None:
             return 0
         self._prefill = None
@@ -317,7 +352,9 @@ class Decoder:
         assert self._kv is not None
         started, rows = self._clock(), len(self._running)
         logits, self._kv = self.runner.decode(self._kv, [s.tokens[-1] for s in self._running])
-        self._accept(self._running, pick_tokens(logits, [s.sampler for s in self._running]))
+        picks = pick_tokens(logits, [s.sampler for s in self._running])  # waits for the device
+        self.chunks.observe(rows, 1, (self._clock() - started) * 1e3)
+        self._accept(self._running, picks)
         stats = StepStats(self.runner.name, rows, joined, (self._clock() - started) * 1e3)
         self.observer.step_done(stats)
 

@@ -21,8 +21,11 @@ class DecodePolicy:
     max_prompt_tokens: int = 1_024
     stream_interval_ms: float = 50.0
     static: bool = False  # join only when the running batch is empty
-    # prompt tokens prefilled per iteration while others run (0 = a joiner's whole prompt at once)
-    prefill_chunk_tokens: int = 128
+    static_wait_ms: float = 0.0  # static: how long a new batch waits to fill
+    # most prompt tokens prefilled per iteration while others run (0 = a joiner's whole prompt at once)
+    prefill_chunk_tokens: int = 512
+    # what a chunk may cost, in decode steps of the running batch (0 = always prefill_chunk_tokens)
+    prefill_stall_steps: float = 2.0
 
 
 @dataclass(eq=False)
@@ -42,6 +45,7 @@ class Seq:
     finish: FinishReason | None = None
     key: str | None = None  # its result-cache key (None: not cached)
     cached_tokens: int | None = None  # answered from the result cache: the tokens its output counted
+    queued_s: float = 0.0  # when it was queued (the decoder's clock, s)
 
     @property
     def reserve(self) -> int:

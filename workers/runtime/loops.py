@@ -50,7 +50,9 @@ def build_loop(
             s.generate_max_prompt_tokens,
             s.generate_stream_interval_ms,
             static=s.generate_batching == "static",
+            static_wait_ms=s.generate_static_wait_ms,
             prefill_chunk_tokens=s.generate_prefill_chunk_tokens,
+            prefill_stall_steps=s.generate_prefill_stall_steps,
         )
         return Decoder(
             runner,

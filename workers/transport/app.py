@@ -72,7 +72,7 @@ def make_app(settings: Settings) -> Celery:
         task_queues=[Queue(model_queue(settings, m)) for m in settings.model_names()],
         task_create_missing_queues=True,
         worker_prefetch_multiplier=1,  # each thread holds one message; concurrency sizes the pool
-        worker_concurrency=settings.worker_concurrency,
+        worker_concurrency=settings.celery_threads(),
         worker_pool="threads",
         worker_send_task_events=True,  # Flower shows every message's real state
         # Flower lists a task from its arrival at a worker; the sent event, sent by the intake for

@@ -18,3 +18,13 @@ def test_port_of():
     assert port_of("127.0.0.1:9092,127.0.0.1:9093") == 9092
     with pytest.raises(ValueError):
         port_of("redis://localhost/0")
+
+
+def test_a_worker_serving_generate_holds_enough_messages_to_fill_its_running_batch():
+    embed_only = Settings(worker_models="all-MiniLM-L6-v2,minilm-intent", worker_concurrency=16)
+    assert embed_only.celery_threads() == 16
+    gen = Settings(worker_models="all-MiniLM-L6-v2,tiny-lm", worker_concurrency=16, generate_max_running=32)
+    assert gen.celery_threads() == 40  # every sequence being decoded holds its message
+    assert Settings(worker_models="tiny-lm", worker_concurrency=100).celery_threads() == 100
+    small = Settings(worker_models="tiny-lm@int8", worker_concurrency=4, generate_max_running=2)
+    assert small.celery_threads() == 10

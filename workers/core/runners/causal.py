@@ -262,6 +262,12 @@ class CausalLM:
         p.done = end
         return logits if p.finished else None
 
+    def synchronize(self) -> None:
+        """Wait until the device has run every pass queued so far (a GPU runs them asynchronously);
+        nothing to wait for on a CPU."""
+        if self._device.type == "cuda":
+            torch.cuda.synchronize(self._device)
+
     @torch.inference_mode()
     def decode(self, batch: KVBatch, tokens: Sequence[int]) -> tuple[torch.Tensor, KVBatch]:
         """Feed one token per row; returns the next-token logits and the batch one column longer."""

@@ -322,3 +322,49 @@ def test_redis_gone_while_joining_hands_the_requests_back_unwritten(lm):
     wait(d.submit([work(second)]))
     d.close()
     assert store.results[second.request_id].status is ResultStatus.DONE
+
+
+def test_a_static_batch_waits_to_fill_and_starts_as_soon_as_it_is_full(lm):
+    d, _, steps = decoder(lm, static=True, static_wait_ms=30_000.0, max_running=2)
+    a, b = gen(PROMPTS[0], max_new_tokens=4), gen(PROMPTS[1], max_new_tokens=4)
+    first = d.submit([work(a)])
+    assert not first[0].done.wait(0.3) and not steps  # alone, it waits for a second request
+    jobs = first + d.submit([work(b)])
+    wait(jobs, timeout_s=20)  # full at two: it starts long before the 30 s wait is up
+    d.close()
+    assert steps[0].running == 2 and max(s.running for s in steps) == 2
+
+
+def test_a_static_batch_that_does_not_fill_starts_when_its_wait_is_up(lm):
+    d, store, steps = decoder(lm, static=True, static_wait_ms=200.0, max_running=8)
+    a = gen(PROMPTS[0], max_new_tokens=3)
+    submitted_ms = now_ms()
+    wait(d.submit([work(a)]))
+    d.close()
+    assert steps[0].running == 1
+    # it waited (most of) the 200 ms for company, then ran alone
+    assert store.results[a.request_id].timings.batch_start_ms - submitted_ms >= 190
+
+
+def test_continuous_batching_never_waits_to_fill(lm):
+    d, store, steps = decoder(lm, static_wait_ms=30_000.0, max_running=8)
+    a = gen(PROMPTS[0], max_new_tokens=3)
+    wait(d.submit([work(a)]), timeout_s=20)
+    d.close()
+    assert store.results[a.request_id].status is ResultStatus.DONE and steps[0].running == 1
+
+
+def test_warm_up_calibrates_the_prefill_chunks_and_chunks_stay_within_their_cap(lm):
+    d, store, steps = decoder(lm, prefill_chunk_tokens=4, prefill_stall_steps=2.0)
+    d.warm_up()
+    assert d.chunks.cost.rates() is not None  # the first chunk is sized by a fitted model
+    running = gen(PROMPTS[3], max_new_tokens=30)
+    long = gen(" ".join(["word"] * 40), max_new_tokens=2)
+    later: list = []
+    taps_of(d).append(lambda st: later.extend(d.submit([work(long)])) if len(steps) == 2 else None)
+    wait(d.submit([work(running)]))
+    wait(later)
+    d.close()
+    joined_at = next(i for i, s in enumerate(steps) if s.joined and i > 0)
+    assert joined_at - 2 >= 40 // 4 - 1  # chunks of at most 4 tokens: ten or more steps in between
+    assert store.results[long.request_id].outputs[0].text == lm.detokenize(alone(lm, long.inputs, 2))

@@ -1,0 +1,59 @@
+"""Prefill chunks sized by the fitted cost of a forward pass (workers/core/chunking.py): pure
+decisions on a cost model fed by hand."""
+
+from __future__ import annotations
+
+import pytest
+
+from workers.core.chunking import ChunkSizer
+
+
+def fed(
+    per_token_ms: float,
+    per_pass_ms: float,
+    max_tokens: int = 512,
+    stall_steps: float = 2.0,
+) -> ChunkSizer:
+    sizer = ChunkSizer(max_tokens, stall_steps)
+    for rows, columns in ((1, 1), (8, 1), (16, 1), (1, 64), (1, 128), (4, 32), (2, 200), (32, 1)) * 2:
+        sizer.observe(rows, columns, per_pass_ms + per_token_ms * rows * columns)
+    return sizer
+
+
+def test_on_a_cpu_like_device_a_chunk_costs_about_the_allowed_decode_steps():
+    sizer = fed(per_token_ms=1.5, per_pass_ms=55.0)
+    columns = sizer.columns(joining_rows=1, running_rows=8, width=1000)
+    step_ms, chunk_ms = 55.0 + 1.5 * 8, 55.0 + 1.5 * columns
+    assert chunk_ms <= 2.0 * step_ms + 1.5 and chunk_ms > 1.8 * step_ms
+    assert 40 <= columns <= 60  # far below the 512 a GPU gets
+
+
+def test_on_a_gpu_like_device_the_chunk_is_the_largest_allowed():
+    sizer = fed(per_token_ms=0.002, per_pass_ms=12.0)
+    assert sizer.columns(joining_rows=1, running_rows=8, width=1000) == 512
+    assert sizer.columns(joining_rows=4, running_rows=8, width=1000) == 128  # 512 tokens over 4 rows
+    assert sizer.columns(joining_rows=1, running_rows=8, width=90) == 90  # never past the prompt
+
+
+def test_with_nobody_running_or_chunking_off_the_prompt_goes_whole():
+    sizer = fed(per_token_ms=1.5, per_pass_ms=55.0)
+    assert sizer.columns(joining_rows=3, running_rows=0, width=700) == 700
+    assert fed(1.5, 55.0, max_tokens=0).columns(joining_rows=1, running_rows=8, width=700) == 700
+
+
+@pytest.mark.parametrize("stall_steps", [0.0, 2.0])
+def test_fixed_chunks_until_fitted_or_when_asked(stall_steps):
+    unfitted = ChunkSizer(128, stall_steps)
+    assert unfitted.columns(joining_rows=2, running_rows=8, width=1000) == 64
+    assert fed(1.5, 55.0, max_tokens=128, stall_steps=0.0).columns(1, 8, 1000) == 128
+
+
+def test_a_chunk_is_at_least_one_column_whatever_the_rates():
+    sizer = fed(per_token_ms=50.0, per_pass_ms=0.0, stall_steps=0.1)
+    assert sizer.columns(joining_rows=16, running_rows=1, width=1000) == 1
+
+
+def test_calibration_fits_the_model_before_the_first_chunk():
+    sizer = ChunkSizer(512, 2.0)
+    sizer.calibrate(lambda rows, columns: 55.0 + 1.5 * rows * columns)
+    assert 40 <= sizer.columns(joining_rows=1, running_rows=8, width=1000) <= 60
