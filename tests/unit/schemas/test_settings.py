@@ -28,3 +28,11 @@ def test_a_worker_serving_generate_holds_enough_messages_to_fill_its_running_bat
     assert Settings(worker_models="tiny-lm", worker_concurrency=100).celery_threads() == 100
     small = Settings(worker_models="tiny-lm@int8", worker_concurrency=4, generate_max_running=2)
     assert small.celery_threads() == 10
+
+
+def test_a_worker_serving_two_generate_builds_holds_messages_to_fill_both_batches():
+    two = Settings(worker_models=" tiny-lm , smollm2-135m-instruct,all-MiniLM-L6-v2", generate_max_running=32)
+    assert two.celery_threads() == 2 * 32 + 8  # each build has its own decoder of 32
+    assert Settings(worker_models="tiny-lm,tiny-lm@int8", generate_max_running=4).celery_threads() == 16
+    assert Settings(worker_models="tiny-lm,tiny-lm", generate_max_running=4).celery_threads() == 16
+    assert Settings(worker_models="nope,,  ", worker_concurrency=3).celery_threads() == 3

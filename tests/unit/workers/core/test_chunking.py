@@ -57,3 +57,12 @@ def test_calibration_fits_the_model_before_the_first_chunk():
     sizer = ChunkSizer(512, 2.0)
     sizer.calibrate(lambda rows, columns: 55.0 + 1.5 * rows * columns)
     assert 40 <= sizer.columns(joining_rows=1, running_rows=8, width=1000) <= 60
+
+
+def test_a_window_of_like_passes_does_not_turn_the_per_pass_cost_into_per_token():
+    # a GPU-like device: a lone sequence decodes 300 steps (every pass one token), then a prompt joins
+    sizer = ChunkSizer(512, 2.0)
+    sizer.calibrate(lambda rows, columns: 12.0 + 0.002 * rows * columns)
+    for _ in range(300):
+        sizer.observe(1, 1, 12.0)
+    assert sizer.columns(joining_rows=1, running_rows=1, width=1000) == 512  # not 2

@@ -8,6 +8,7 @@ row removals are shown not to change what a sequence computes.
 
 from __future__ import annotations
 
+import time
 from datetime import datetime, timedelta, timezone
 
 import pytest
@@ -368,3 +369,34 @@ def test_warm_up_calibrates_the_prefill_chunks_and_chunks_stay_within_their_cap(
     joined_at = next(i for i, s in enumerate(steps) if s.joined and i > 0)
     assert joined_at - 2 >= 40 // 4 - 1  # chunks of at most 4 tokens: ten or more steps in between
     assert store.results[long.request_id].outputs[0].text == lm.detokenize(alone(lm, long.inputs, 2))
+
+
+def test_a_static_batch_does_not_wait_to_fill_past_a_waiting_requests_deadline(lm):
+    d, store, steps = decoder(lm, static=True, static_wait_ms=30_000.0, max_running=8)
+    soon = datetime.now(timezone.utc) + timedelta(seconds=5)
+    r = gen(PROMPTS[0], max_new_tokens=3).model_copy(update={"deadline": soon})
+    wait(d.submit([work(r)]), timeout_s=20)  # the wait would expire it: it starts at once instead
+    d.close()
+    assert store.results[r.request_id].status is ResultStatus.DONE
+
+
+def test_closing_does_not_wait_for_a_static_batch_to_fill(lm):
+    d, store, _ = decoder(lm, static=True, static_wait_ms=30_000.0, max_running=8)
+    r = gen(PROMPTS[0], max_new_tokens=3)
+    jobs = d.submit([work(r)])
+    started = time.monotonic()
+    d.close(timeout_s=60)
+    assert time.monotonic() - started < 10 and jobs[0].done.is_set()
+    assert store.results[r.request_id].status is ResultStatus.DONE
+
+
+def test_warm_up_calibrates_a_model_whose_end_of_sequence_is_its_last_id(lm):
+    # GPT-2's end of sequence is the last id of its vocabulary: the calibration prompts must not use id + 1
+    last = CausalLM("eos-last", lm.model, lm.tokenizer, lm._device, "eos-last@x", bos_id=lm.bos_id,
+                    eos_ids=[lm.vocab_size - 1])  # fmt: skip
+    d, _, _ = decoder(last)
+    try:
+        d.warm_up()
+    finally:
+        d.close()
+    assert d.chunks.cost.rates() is not None
