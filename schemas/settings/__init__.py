@@ -66,13 +66,15 @@ class Settings(
 
     def celery_threads(self) -> int:
         """Celery messages (threads) a worker holds: ``worker_concurrency``, raised to
-        ``generate_max_running`` + a few when it serves a ``generate`` model, since each request
-        being decoded holds its message until its result is written."""
-        served = {m.partition("@")[0] for m in self._worker_entries()}
-        generates = any(CATALOG[m].task is Task.GENERATE for m in served if m in CATALOG)
-        if not generates:
+        ``generate_max_running`` for each ``generate`` build it serves (each has its own decoder) + a
+        few, since each request being decoded holds its message until its result is written."""
+        builds = dict.fromkeys(self._worker_entries())  # each entry is a loop of its own
+        decoders = sum(
+            CATALOG[m].task is Task.GENERATE for m in (b.partition("@")[0] for b in builds) if m in CATALOG
+        )
+        if not decoders:
             return self.worker_concurrency
-        return max(self.worker_concurrency, self.generate_max_running + 8)
+        return max(self.worker_concurrency, self.generate_max_running * decoders + 8)
 
     def _worker_entries(self) -> list[str]:
         return [m.strip() for m in self.worker_models.split(",") if m.strip()]

@@ -186,7 +186,7 @@ class WorkerSettings(BaseModel):
         ge=1,
         description=(
             "Celery messages a worker holds at once (threads); a worker serving a `generate` model "
-            "holds at least `INFERQ_GENERATE_MAX_RUNNING` + 8"
+            "holds at least `INFERQ_GENERATE_MAX_RUNNING` per `generate` model it serves, + 8"
         ),
     )
     device: str = Field("auto", description="`auto`, `cpu`, `cuda` or `cuda:N`")

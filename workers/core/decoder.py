@@ -180,7 +180,9 @@ class Decoder:
 
     def _time_prefill(self, rows: int, columns: int) -> float:
         """ms of one prefill of ``rows`` prompts of ``columns`` tokens (the chunk sizer's calibration)."""
-        token = min(self.runner.eos_ids, default=0) + 1
+        # any id in the vocabulary but an end of sequence (GPT-2's is the last id), never past the context
+        token = next(t for t in range(self.runner.vocab_size) if t not in self.runner.eos_ids)
+        columns = max(1, min(columns, self.runner.max_context_tokens - 1))
         started = self._clock()
         self.runner.prefill([[token] * columns] * rows)
         self.runner.synchronize()
@@ -220,16 +222,23 @@ class Decoder:
     def _fill_wait_s(self) -> float:
         """Static batching between batches: how much longer (s) to wait for the next batch to fill
         (up to ``max_running`` sequences or the KV budget), counted from its oldest waiting
-        sequence's arrival; 0 = start it now. Called holding the condition."""
+        sequence's arrival; 0 = start it now: closing, or a waiting request's deadline would pass
+        before the wait is up. Called holding the condition."""
         p = self.policy
-        if not p.static or p.static_wait_ms <= 0 or self._running or self._prefill is not None:
+        if not p.static or p.static_wait_ms <= 0 or self._closed:
+            return 0.0
+        if self._running or self._prefill is not None:
             return 0.0
         waiting = [s for queue in self._waiting for s in queue if s.finish is None]
         full = len(waiting) >= p.max_running or sum(s.reserve for s in waiting) >= p.max_batch_tokens
         if not waiting or full:
             return 0.0
         oldest = min(s.queued_s for s in waiting)
-        return max(0.0, oldest + p.static_wait_ms / 1000.0 - self._clock())
+        wait_s = max(0.0, oldest + p.static_wait_ms / 1000.0 - self._clock())
+        deadlines = [d for d in (s.job.request.deadline_ms() for s in waiting) if d is not None]
+        if deadlines and min(deadlines) <= self._wall_ms() + wait_s * 1000.0:
+            return 0.0  # waiting would expire a request that could still run
+        return wait_s
 
     def _busy(self) -> bool:
         return bool(self._running) or self._prefill is not None or any(self._waiting)

@@ -98,7 +98,10 @@ class CostModel:
             else self._prior + list(self._samples)
         )
         self._coef = _fit(samples) or self._coef
-        two = _fit([(padded, 0.0, ms) for padded, _, ms in samples])
+        # one padded size in every sample (a lone sequence decoding, a full batch of like texts) cannot
+        # tell the per-token from the per-pass cost: the fit would call all of it per-token; keep the last
+        spread = len({padded for padded, _, _ in samples}) > 1
+        two = _fit([(padded, 0.0, ms) for padded, _, ms in samples]) if spread else None
         self._rates = (two[0], two[2]) if two else self._rates
         self._since_fit = 0
 

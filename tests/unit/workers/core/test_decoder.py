@@ -372,7 +372,7 @@ def test_warm_up_calibrates_the_prefill_chunks_and_chunks_stay_within_their_cap(
 
 
 def test_a_static_batch_does_not_wait_to_fill_past_a_waiting_requests_deadline(lm):
-    d, store, steps = decoder(lm, static=True, static_wait_ms=30_000.0, max_running=8)
+    d, store, _ = decoder(lm, static=True, static_wait_ms=30_000.0, max_running=8)
     soon = datetime.now(timezone.utc) + timedelta(seconds=5)
     r = gen(PROMPTS[0], max_new_tokens=3).model_copy(update={"deadline": soon})
     wait(d.submit([work(r)]), timeout_s=20)  # the wait would expire it: it starts at once instead
