@@ -285,7 +285,7 @@ class Decoder:
         started = self._clock()
         logits = self.runner.prefill_chunk(prefill, columns)
         self.runner.synchronize()  # timed to the end of the pass, not of its launch
-        self.chunks.observe(prefill.rows, columns, (self._clock() - started) * 1e3)
+        self.chunks.observe_prefill(prefill.rows, columns, (self._clock() - started) * 1e3)
         if logits is None:
             return 0
         self._prefill = None
@@ -362,7 +362,7 @@ class Decoder:
         started, rows = self._clock(), len(self._running)
         logits, self._kv = self.runner.decode(self._kv, [s.tokens[-1] for s in self._running])
         picks = pick_tokens(logits, [s.sampler for s in self._running])  # waits for the device
-        self.chunks.observe(rows, 1, (self._clock() - started) * 1e3)
+        self.chunks.observe_step((self._clock() - started) * 1e3)
         self._accept(self._running, picks)
         stats = StepStats(self.runner.name, rows, joined, (self._clock() - started) * 1e3)
         self.observer.step_done(stats)
