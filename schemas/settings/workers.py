@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from typing import Literal
 
-from pydantic import BaseModel, Field
+from pydantic import BaseModel, Field, field_validator
 
 
 class WorkerSettings(BaseModel):
@@ -149,9 +149,17 @@ class WorkerSettings(BaseModel):
         description=(
             "What one prefill chunk may cost, in decode steps of the running batch: the chunk is sized "
             "by the timed cost of forward passes (big on a GPU, small on a CPU), up to "
-            "`INFERQ_GENERATE_PREFILL_CHUNK_TOKENS`; `0` = always that many tokens"
+            "`INFERQ_GENERATE_PREFILL_CHUNK_TOKENS`; `0` = always that many tokens; otherwise at least 1"
         ),
     )
+
+    @field_validator("generate_prefill_stall_steps")
+    @classmethod
+    def _stall_steps_reachable(cls, value: float) -> float:
+        if 0 < value < 1:  # a chunk is a pass of its own: it cannot cost less than one step
+            raise ValueError("must be 0 (fixed chunks) or at least 1: a prefill chunk costs at least a step")
+        return value
+
     generate_stream_interval_ms: float = Field(
         50.0,
         gt=0,

@@ -29,6 +29,7 @@ from workers.core.wait_policy import CostModel
 # each twice (the first pass at a shape can pay one-off allocation)
 CALIBRATION: tuple[tuple[int, int], ...] = ((1, 8), (1, 64), (4, 8), (1, 128)) * 2
 STEP_WEIGHT = 0.2  # of the latest decode step in the moving average
+MAX_SLOWDOWN = 8.0  # how far one pass's overrun may scale the next chunk, either way
 
 
 class ChunkSizer:
@@ -41,6 +42,9 @@ class ChunkSizer:
         self.stall_steps = stall_steps
         self.cost = cost or CostModel()  # prefill passes only
         self.step_ms: float | None = None  # decode steps: moving average
+        # the last prefill pass's time over the fit's prediction: a prompt's later chunks also attend
+        # over everything before them, which a fit linear in new tokens does not see
+        self.slowdown = 1.0
 
     def calibrate(
         self, run_ms: Callable[[int, int], float], shapes: Sequence[tuple[int, int]] = CALIBRATION
@@ -50,18 +54,24 @@ class ChunkSizer:
 
     def observe_prefill(self, rows: int, columns: int, ms: float) -> None:
         """A prefill pass of ``rows`` × ``columns`` new tokens took ``ms``."""
-        if math.isfinite(ms) and ms > 0:
-            self.cost.observe(rows * columns, rows, ms)
+        if not (math.isfinite(ms) and ms > 0):
+            return
+        rates = self.cost.rates()
+        if rates is not None and rates[0] > 0:
+            predicted = rates[1] + rates[0] * rows * columns
+            self.slowdown = min(MAX_SLOWDOWN, max(1.0 / MAX_SLOWDOWN, ms / predicted))
+        self.cost.observe(rows * columns, rows, ms)
 
     def observe_step(self, ms: float) -> None:
         """A decode step of the running batch took ``ms``."""
         if math.isfinite(ms) and ms > 0:
             self.step_ms = ms if self.step_ms is None else (1 - STEP_WEIGHT) * self.step_ms + STEP_WEIGHT * ms
 
-    def columns(self, joining_rows: int, running_rows: int, width: int) -> int:
-        """Columns of a ``width``-column prefill of ``joining_rows`` to run in the next iteration,
-        while ``running_rows`` sequences wait for their next token: all of it when nobody runs, or
-        when more join than run (a burst arriving behind a few running sequences)."""
+    def columns(self, joining_rows: int, running_rows: int, width: int, done: int = 0) -> int:
+        """Columns of a prefill of ``joining_rows`` with ``width`` columns left (``done`` already
+        run) to run in the next iteration, while ``running_rows`` sequences wait for their next
+        token: all of it when nobody runs, or when more join than run (a burst arriving behind a
+        few running sequences). A later chunk is scaled by how far the last pass overran the fit."""
         if running_rows == 0 or self.max_tokens <= 0 or joining_rows > running_rows:
             return width  # chunks would hold up more joiners than the running sequences they spare
         cap = max(1, self.max_tokens // joining_rows)
@@ -69,5 +79,6 @@ class ChunkSizer:
         if self.stall_steps <= 0 or rates is None or rates[0] <= 0 or step_ms is None:
             return min(width, cap)
         per_token, per_pass = rates
-        fits = int((self.stall_steps * step_ms - per_pass) / per_token) // joining_rows
+        budget_ms = self.stall_steps * step_ms / (self.slowdown if done else 1.0)
+        fits = int((budget_ms - per_pass) / per_token) // joining_rows
         return min(width, cap, max(1, fits))

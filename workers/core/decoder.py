@@ -8,8 +8,9 @@ runs one loop, one iteration per decode step:
    sequences, and ``max_batch_tokens`` of KV cache reserved: prompt + max new tokens each, so a
    running sequence never runs out of room). They are prefilled together and their KV rows
    appended to the batch (:class:`~workers.core.runners.causal.KVBatch`). While others run, the
-   prefill goes ``prefill_chunk_tokens`` at a time, one chunk per iteration, so a long prompt
-   joining delays the running sequences' next token by one chunk, not by the whole prompt. With
+   prefill goes one chunk per iteration (sized by :mod:`workers.core.chunking` to cost about
+   ``prefill_stall_steps`` decode steps), so a long prompt joining delays the running sequences'
+   next token by one chunk, not by the whole prompt. With
    ``static`` batching nobody joins until the whole running batch has finished, and a new batch
    waits up to ``static_wait_ms`` from its first request to fill (the classic scheme, kept to
    compare).
@@ -281,7 +282,9 @@ class Decoder:
         join the running batch with their first token. Returns how many joined."""
         assert self._prefill is not None
         live, prefill = self._prefill
-        columns = self.chunks.columns(prefill.rows, len(self._running), prefill.width - prefill.done)
+        columns = self.chunks.columns(
+            prefill.rows, len(self._running), prefill.width - prefill.done, prefill.done
+        )
         started = self._clock()
         logits = self.runner.prefill_chunk(prefill, columns)
         self.runner.synchronize()  # timed to the end of the pass, not of its launch

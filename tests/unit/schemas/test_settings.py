@@ -36,3 +36,10 @@ def test_a_worker_serving_two_generate_builds_holds_messages_to_fill_both_batche
     assert Settings(worker_models="tiny-lm,tiny-lm@int8", generate_max_running=4).celery_threads() == 16
     assert Settings(worker_models="tiny-lm,tiny-lm", generate_max_running=4).celery_threads() == 16
     assert Settings(worker_models="nope,,  ", worker_concurrency=3).celery_threads() == 3
+
+
+def test_a_prefill_chunk_may_not_be_asked_to_cost_less_than_a_step():
+    assert Settings(generate_prefill_stall_steps=0).generate_prefill_stall_steps == 0
+    assert Settings(generate_prefill_stall_steps=1.5).generate_prefill_stall_steps == 1.5
+    with pytest.raises(ValueError, match="at least 1"):
+        Settings(generate_prefill_stall_steps=0.5)

@@ -89,3 +89,13 @@ def test_decode_steps_do_not_move_the_prefill_fit_and_bad_timings_are_ignored():
     assert sizer.step_ms == pytest.approx(55.0 + 1.5 * 32)
     # a bigger batch decodes slower, so a chunk may be bigger for the same stall in steps
     assert sizer.columns(joining_rows=1, running_rows=32, width=1000) > fed(1.5, 55.0).columns(1, 8, 1000)
+
+
+def test_a_later_chunk_shrinks_by_how_far_the_last_pass_overran_the_fit():
+    sizer = fed(per_token_ms=1.5, per_pass_ms=55.0)
+    first = sizer.columns(joining_rows=1, running_rows=8, width=1000, done=0)
+    # deep into a long prompt the pass also attends over what came before: twice the predicted time
+    sizer.observe_prefill(1, first, 2 * (55.0 + 1.5 * first))
+    later = sizer.columns(joining_rows=1, running_rows=8, width=1000 - first, done=first)
+    assert 55.0 + 1.5 * later <= (55.0 + 1.5 * first) / 2 + 1.5  # its predicted cost halved
+    assert sizer.columns(joining_rows=1, running_rows=8, width=1000, done=0) == first  # a new prompt
