@@ -27,6 +27,11 @@ from schemas.naming import metrics_dir
 from schemas.settings import Settings
 
 SETTLE_S = 1.5  # after readiness, how long `up` watches what it started for an early death
+# a service restarted on its port may find it taken for a moment: while it was down, a client
+# reconnecting to it can get that port as the local end of an outgoing connection (the ports the
+# stack picks lie in the kernel's ephemeral range); such a start is tried again after a pause
+PORT_TAKEN = "already in use"
+PORT_RETRY_PAUSE_S = 0.5
 
 
 class Stack(ServiceTable):
@@ -40,6 +45,7 @@ class Stack(ServiceTable):
         self.root = settings.state_dir.resolve()
         self.run_dir, self.log_dir, self.data_dir = self.root / "run", self.root / "logs", self.root / "data"
         self.flower_password_file: Path | None = None
+        self._log_from: dict[str, int] = {}  # each service's log size when it was last started
         if not settings.flower_password.get_secret_value():  # no default password: one per folder
             self.flower_password_file = self.root / FLOWER_PASSWORD_FILE
             password = SecretStr(read_password(self.flower_password_file))  # written by `up`
@@ -170,6 +176,8 @@ class Stack(ServiceTable):
         return processes.read_pid(self.run_dir / f"{name}.pid")
 
     def _spawn(self, svc: Service) -> None:
+        log = self.log_dir / f"{svc.name}.log"
+        self._log_from[svc.name] = log.stat().st_size if log.exists() else 0
         processes.spawn(
             svc.argv,
             {**self.env, **(svc.env or {})},
@@ -183,6 +191,10 @@ class Stack(ServiceTable):
         pause = 0.05
         while not svc.ready():
             if self.pid(svc.name) is None:
+                if self._port_was_taken(svc) and time.monotonic() + PORT_RETRY_PAUSE_S < give_up:
+                    time.sleep(PORT_RETRY_PAUSE_S)
+                    self._spawn(svc)
+                    continue
                 raise StackError(f"{svc.name} exited while starting:\n{self.tail(svc.name)}")
             if time.monotonic() > give_up:
                 raise StackError(
@@ -190,6 +202,15 @@ class Stack(ServiceTable):
                 )
             time.sleep(pause)
             pause = min(pause * 1.5, 0.5)
+
+    def _port_was_taken(self, svc: Service) -> bool:
+        """Whether the last start of ``svc`` ended because its port was in use (its own log since then)."""
+        log = self.log_dir / f"{svc.name}.log"
+        if not log.exists():
+            return False
+        with log.open("rb") as f:
+            f.seek(self._log_from.get(svc.name, 0))
+            return PORT_TAKEN in f.read(65_536).decode(errors="replace").lower()
 
     def tail(self, name: str, lines: int = 30) -> str:
         path = self.log_dir / f"{name}.log"

@@ -6,9 +6,11 @@ from __future__ import annotations
 import json
 import os
 import signal
+import socket
 import stat
 import subprocess
 import sys
+import threading
 import time
 from pathlib import Path
 
@@ -167,3 +169,53 @@ def test_the_state_folder_and_flower_password_are_private(tmp_path):
     assert other.s.flower_password.get_secret_value() != password
     chosen = Stack(Settings(state_dir=tmp_path / "x", flower_password="mine-123456"))
     assert chosen.flower_login()["password_file"] is None
+
+
+def test_a_start_that_finds_its_port_taken_is_tried_again_once_the_port_is_free(tmp_path):
+    # a restarted broker's port held a moment by a client's outgoing connection (seen in a drill run)
+    settings = Settings(state_dir=tmp_path / "state")
+    holder = socket.socket()
+    holder.bind(("127.0.0.1", 0))
+    port = holder.getsockname()[1]
+    listen = (
+        "import socket, time\n"
+        "s = socket.socket()\n"
+        "try:\n"
+        f"    s.bind(('127.0.0.1', {port}))\n"
+        "except OSError:\n"
+        f"    print('error: port {port} is already in use', flush=True)\n"
+        "    raise SystemExit(1)\n"
+        "s.listen()\n"
+        "time.sleep(60)\n"
+    )
+
+    def listening() -> bool:
+        with socket.socket() as probe:
+            return probe.connect_ex(("127.0.0.1", port)) == 0
+
+    server = Service("server", [sys.executable, "-c", listen], listening, ready_timeout_s=20.0)
+    st = FakeStack(settings, [server])
+    lets_go = threading.Timer(1.5, holder.close)  # the client lets go of the port
+    lets_go.start()
+    try:
+        st.up(settle_s=0.5)
+        assert st.healthy() and listening()
+        assert st.tail("server").count("already in use") >= 2  # refused, tried again, then up
+    finally:
+        lets_go.cancel()
+        holder.close()
+        st.down()
+
+
+def test_a_start_that_fails_for_another_reason_is_not_tried_again(tmp_path):
+    settings = Settings(state_dir=tmp_path / "state")
+    boom = Service(
+        "boom", [sys.executable, "-c", "print('bad config', flush=True); raise SystemExit(2)"], lambda: False
+    )
+    st = FakeStack(settings, [boom])
+    try:
+        with pytest.raises(StackError, match="boom exited while starting"):
+            st.up(settle_s=0.5)
+        assert st.tail("boom").count("bad config") == 1
+    finally:
+        st.down()
