@@ -29,7 +29,7 @@ from ops.drill.overload import run_overload
 from ops.drill.poison import run_poison
 from ops.drill.replies import REPLY_DRILLS, TOPIC, make_reply_topic, read_replies, reply_report
 from ops.drill.rollout import ROLLOUT, run_rollout
-from ops.drill.traffic import Ledger, Publisher, keys_in_log
+from ops.drill.traffic import MODELS, Ledger, Publisher, keys_in_log
 from ops.stack import Stack, on_free_ports
 from schemas.naming import metrics_dir
 from schemas.settings import Settings
@@ -53,9 +53,11 @@ def drill_settings(settings: Settings, state_dir: Path) -> Settings:
     """The drill stack's settings: free ports, its own folder, logs not shipped (the ES-API server
     shares the broker's process here and would take the model's cores), and stale queued requests
     sent again after 45 s (above the drill's longest queue wait, ~18 s at the default bound; the
-    production default of 120 s would outlast the drill's wait for progress)."""
+    production default of 120 s would outlast the drill's wait for progress). The worker serves the
+    two models the drill's traffic uses, not the generation models it would only load."""
     return on_free_ports(settings, state_dir).model_copy(
         update={
+            "worker_models": ",".join(model for _, model in MODELS),
             "log_ship": False,
             "requeue_queued_after_s": min(settings.requeue_queued_after_s, 45.0),
             "reply_topics": f"*:{TOPIC}",  # the reply-topics drill's topic (ops.drill.replies)
