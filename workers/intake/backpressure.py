@@ -184,6 +184,13 @@ class PartitionHold:
             consumer.seek(tp, offset)
         return handled
 
+    def rewound(self, positions: dict[TopicPartition, int]) -> None:
+        """The consumer was sought back on these partitions (a cut log is read again,
+        :mod:`workers.intake.truncation`): a held one resumes there, not where it was paused."""
+        for tp, offset in positions.items():
+            if tp in self.held:
+                self.held[tp] = min(self.held[tp], offset)
+
     def reset(self) -> None:
         """The consumer was replaced: nothing is held by the new one."""
         self.held = {}

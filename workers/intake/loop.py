@@ -173,7 +173,7 @@ class Intake(Admissions):
         self._check_stall()
         self.lost.sweep(self.consumer)
         if self.truncation.due():
-            self.truncation.check(self.consumer)
+            self._check_truncation()
             self.trim.committed(self.truncation.trimmable({}))  # what was just read back may go
         if self.trim.due(idle=True):
             self.trim.trim()
@@ -234,13 +234,20 @@ class Intake(Admissions):
         self.consumer.commit()
         self.truncation.handled(polled)  # read back every few s: a cut log is read again
         if self.truncation.due():
-            self.truncation.check(self.consumer)
+            self._check_truncation()
         committed = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
         self.trim.committed(self.truncation.trimmable(committed))  # what was read back may go
         self.backpressure.admitted(handled)
         if self.trim.due(idle=False):
             self.trim.trim()
         return handled
+
+    def _check_truncation(self) -> None:
+        """Read back what was handled; where the log was cut, the consumer was rewound, and so is
+        the position a paused partition resumes at (the check runs between the empty polls of a
+        pause too, and a resume that sought the old position would skip what took the lost
+        offsets)."""
+        self.hold.rewound(self.truncation.check(self.consumer))
 
     def _check_stall(self) -> None:
         """Replace a wedged consumer (:mod:`workers.intake.stall`); not while paused, when it reads nothing

@@ -15,7 +15,8 @@ before the cut, and that record's mark is in the stretch (a log is cut only at i
 records after the cut that the intake read later do not hide it). At the first mark that is gone or
 another record, the intake rewinds that partition to just after the last one in place (or to the
 start of the log): what is read again is recognised by the result store, what took the lost offsets
-is read for the first time. The committed-record trim (:mod:`workers.intake.trim`) deletes only what was
+is read for the first time (a partition paused by backpressure resumes there too, not where it was
+paused: :meth:`~workers.intake.backpressure.PartitionHold.rewound`). The committed-record trim (:mod:`workers.intake.trim`) deletes only what was
 read back, so the stretch is still there to compare.
 """
 
@@ -150,8 +151,8 @@ class TruncationWatch:
         reader.assign([tp])
         start, end = reader.beginning_offsets([tp])[tp], reader.end_offsets([tp])[tp]
         want = {m.offset: i for i, m in enumerate(marks) if m.offset >= start}  # below start: trimmed
-        if not want:
-            log.info(
+        if not want:  # the usual case while idle after a trim: debug, not every check's info line
+            log.debug(
                 "truncation watch: %s[%d] starts at %d, past all %d marks (to %d): judged in place",
                 tp.topic,
                 tp.partition,

@@ -53,3 +53,46 @@ def test_room_used_up_by_our_own_admissions_is_read_again_at_once():
     bp.admitted(100, now_s=1.0)
     counts["a"] = 100
     assert bp.room(now_s=1.001) == 0 and bp.paused and len(reads) == 2  # not a cached 0 unpaused
+
+
+class SeekingConsumer:
+    """Enough of KafkaConsumer for PartitionHold.apply: positions, pause, resume and seek."""
+
+    def __init__(self, positions):
+        self.positions = dict(positions)
+        self.paused = set()
+
+    def assignment(self):
+        return set(self.positions)
+
+    def position(self, tp):
+        return self.positions[tp]
+
+    def pause(self, *tps):
+        self.paused.update(tps)
+
+    def resume(self, *tps):
+        self.paused.difference_update(tps)
+
+    def seek(self, tp, offset):
+        self.positions[tp] = offset
+
+
+def test_a_partition_rewound_while_paused_resumes_at_the_rewound_offset_not_where_it_paused():
+    from kafka.structs import TopicPartition
+
+    from workers.intake.backpressure import PartitionHold
+
+    a, b = TopicPartition("t", 0), TopicPartition("t", 1)
+    counts = {"a": 100}
+    bp = Backpressure(lambda models: {m: counts[m] for m in models}, ["a"], 100, 0.8)
+    hold, consumer = PartitionHold(bp), SeekingConsumer({a: 50, b: 70})
+    hold.apply(consumer)
+    assert consumer.paused == {a, b} and hold.held == {a: 50, b: 70}
+    # the truncation watch found partition a cut back below 50 and sought it back to 40
+    consumer.seek(a, 40)
+    hold.rewound({a: 40, TopicPartition("t", 9): 3})  # one it does not hold is left alone
+    counts["a"] = 0
+    bp._next_check = 0.0  # the next apply reads the counters again
+    hold.apply(consumer)
+    assert not consumer.paused and consumer.positions == {a: 40, b: 70}  # not 50: 40-49 are read
