@@ -37,6 +37,7 @@ from schemas.settings import Settings
 SERVICES = ["broker", "redis", "worker", "intake", "delivery"]
 POISON = "poison"  # hostile records between valid ones, on a stack of its own (ops.drill.poison)
 COUNTERS = ("inferq_redeliveries_total", "inferq_duplicate_results_refused_total")
+LOST_SAMPLE = 20  # lost ids named in the report
 
 
 @dataclass(frozen=True)
@@ -207,6 +208,8 @@ def one_drill(
         "fault": fault.what,
         "requests": len(pub.accepted),
         "lost": len(unfinished),
+        # a few of them and their status (None: never admitted), for whoever reads a failed run
+        "lost_sample": {rid: final[rid][0] for rid in sorted(unfinished)[:LOST_SAMPLE]},
         "lost_by_broker": len(broker_lost),
         "resent_after_broker_loss": len(broker_lost),
         "duplicated": len(duplicated),

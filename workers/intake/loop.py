@@ -231,8 +231,9 @@ class Intake(Admissions):
             for tp, batch in polled.items():  # read them again: the store makes the replay harmless
                 self.consumer.seek(tp, batch[0].offset)
             raise
-        self.consumer.commit()
+        # marked before the commit: one refused by a rebalance must not leave a handled stretch unmarked
         self.truncation.handled(polled)  # read back every few s: a cut log is read again
+        self.consumer.commit()
         if self.truncation.due():
             self._check_truncation()
         committed = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}

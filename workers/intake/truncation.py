@@ -69,7 +69,7 @@ class TruncationWatch:
         self.rewinds = 0
 
     def handled(self, polled: dict[TopicPartition, list[Any]]) -> None:
-        """The records of this poll were handed off (and committed)."""
+        """The records of this poll were handed off (their commit follows; it may be refused)."""
         if self.every_s <= 0:
             return
         for tp, batch in polled.items():
