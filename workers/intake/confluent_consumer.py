@@ -193,6 +193,10 @@ class ConfluentConsumer:
         if self._idle:
             self._c.pause([self._tp(tp) for tp in self._idle])
 
+    def rejoin(self, timeout_ms: int) -> bool:
+        """librdkafka finishes a rebalance on its own thread: nothing to do here."""
+        return True
+
     def wake(self) -> None:
         """Fetch again, from the positions held here, before the next poll."""
         idle, self._idle = self._idle, set()

@@ -53,13 +53,29 @@ drain_failed_batches()
 class PlainConsumer(KafkaConsumer):
     """kafka-python's consumer, with the two calls the intake makes around its idle waits
     (:class:`~workers.intake.confluent_consumer.ConfluentConsumer` stops fetching there;
-    kafka-python fetches only inside ``poll``, so for it they are nothing)."""
+    kafka-python fetches only inside ``poll``, so for it they are nothing), and :meth:`rejoin`."""
 
     def idle(self) -> None:
         """The intake is about to wait for work."""
 
     def wake(self) -> None:
         """The intake is about to poll again."""
+
+    def rejoin(self, timeout_ms: int) -> bool:
+        """Finish joining the group after a commit was refused for a rebalance; True once stable.
+
+        kafka-python (3.0.12) can leave a join half done for good: a rejoin it starts because its
+        metadata changed (the first join after a start sees no partitions yet) runs past a short
+        ``poll`` timeout, completes in the background, and the assignment it made clears the
+        reason to rejoin, so no later ``poll`` takes the join's result. The member stays
+        ``REBALANCING``, keeps fetching from its old positions and has every commit refused, for
+        as long as it lives (seen in every intake started in place of a killed one). Asked to
+        rejoin, it joins again and waits for it here, at most ``timeout_ms``."""
+        coordinator = self._coordinator
+        if coordinator.generation_if_stable() is not None:
+            return True
+        coordinator.request_rejoin()
+        return bool(coordinator.ensure_active_group(timeout_ms=timeout_ms))
 
 
 def new_consumer(settings: Settings) -> Any:

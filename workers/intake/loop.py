@@ -127,8 +127,9 @@ class Intake(Admissions):
                 try:
                     handled = self.step()
                     retry_s = RETRY_FIRST_S
-                except REBALANCING as e:  # the next poll rejoins; uncommitted records come again (harmless)
+                except REBALANCING as e:  # handled, not committed: read again at worst (harmless)
                     log.info("commit refused during a rebalance (%s); rejoining", type(e).__name__)
+                    self._rejoin()
                     continue
                 except RETRYABLE as e:
                     log.warning("hand-off failed (%r); the poll is rewound, retrying in %.1f s", e, retry_s)
@@ -231,17 +232,28 @@ class Intake(Admissions):
             for tp, batch in polled.items():  # read them again: the store makes the replay harmless
                 self.consumer.seek(tp, batch[0].offset)
             raise
-        # marked before the commit: one refused by a rebalance must not leave a handled stretch unmarked
+        # counted and marked before the commit: one refused by a rebalance must neither leave the
+        # room those admissions took unaccounted (the next polls would pass the bound) nor the
+        # stretch they came from unmarked
+        self.backpressure.admitted(handled)
         self.truncation.handled(polled)  # read back every few s: a cut log is read again
         self.consumer.commit()
         if self.truncation.due():
             self._check_truncation()
         committed = {tp: batch[-1].offset + 1 for tp, batch in polled.items()}
         self.trim.committed(self.truncation.trimmable(committed))  # what was read back may go
-        self.backpressure.admitted(handled)
         if self.trim.due(idle=False):
             self.trim.trim()
         return handled
+
+    def _rejoin(self) -> None:
+        """Finish the group join a refused commit revealed (:meth:`PlainConsumer.rejoin`), waiting
+        at most a session timeout; one that does not finish is tried again at the next refusal."""
+        try:
+            if not self.consumer.rejoin(self.s.kafka_session_timeout_ms):
+                log.warning("rejoining the group took over %d ms", self.s.kafka_session_timeout_ms)
+        except Exception as e:  # the broker is away: the next refusal tries again
+            log.warning("rejoining the group failed (%r); trying again at the next commit", e)
 
     def _check_truncation(self) -> None:
         """Read back what was handled; where the log was cut, the consumer was rewound, and so is

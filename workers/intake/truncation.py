@@ -16,8 +16,8 @@ records after the cut that the intake read later do not hide it). At the first m
 another record, the intake rewinds that partition to just after the last one in place (or to the
 start of the log): what is read again is recognised by the result store, what took the lost offsets
 is read for the first time (a partition paused by backpressure resumes there too, not where it was
-paused: :meth:`~workers.intake.backpressure.PartitionHold.rewound`). The committed-record trim (:mod:`workers.intake.trim`) deletes only what was
-read back, so the stretch is still there to compare.
+paused: :meth:`~workers.intake.backpressure.PartitionHold.rewound`). The committed-record trim
+(:mod:`workers.intake.trim`) deletes only what was read back, so the stretch is still there to compare.
 """
 
 from __future__ import annotations

@@ -36,3 +36,11 @@ def test_a_batch_that_fails_to_unpack_leaves_the_line() -> None:
     # before: still truthy with a dead iterator, so the fetcher kept it next in line and every
     # later poll() looped on it for ever, taking nothing
     assert not part
+
+
+def test_the_coordinator_calls_rejoin_uses_are_there():
+    """PlainConsumer.rejoin leans on three of kafka-python's coordinator methods (contract)."""
+    from kafka.coordinator.consumer import ConsumerCoordinator
+
+    for name in ("generation_if_stable", "request_rejoin", "ensure_active_group"):
+        assert callable(getattr(ConsumerCoordinator, name, None)), name
