@@ -22,7 +22,9 @@ import trustme
 from ops.drill.letters import read_dead_letters
 from ops.stack import Stack, on_free_ports
 from producers.client import InferqClient
-from schemas.messages import DeadLetter
+from schemas.connections import kafka_options
+from schemas.messages import DeadLetter, InferenceRequest
+from schemas.naming import requests_topic
 from schemas.settings import Settings
 
 RESULTS_TOPIC = "test-results"  # the session stack's INFERQ_RESULTS_TOPIC
@@ -127,6 +129,24 @@ def diagnose(stack: Stack, lines: int = 15) -> str:
         parts.append(f"--- {name}: {'running' if st['running'] else 'NOT RUNNING'}")
         parts.append(stack.tail(name, lines))
     return "\n".join(parts)
+
+
+def publish_embeds(s: Settings, n: int, tag: str) -> list[str]:
+    """Publish ``n`` MiniLM embed requests (``<tag> <i>``) straight to the requests topic, acknowledged
+    by the broker (``acks=all``); returns their ids (for tests that watch the intake alone)."""
+    from kafka import KafkaProducer
+
+    producer = KafkaProducer(**kafka_options(s), acks="all")
+    try:
+        ids = []
+        for i in range(n):
+            req = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=f"{tag} {i}")
+            producer.send(requests_topic(s), key=req.request_id.encode(), value=req.wire_json().encode())
+            ids.append(req.request_id)
+        producer.flush()
+        return ids
+    finally:
+        producer.close()
 
 
 def eventually(check: Callable[[], object], timeout_s: float = 30.0, what: str = "condition") -> object:

@@ -15,15 +15,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from kafka import KafkaAdminClient, KafkaConsumer, KafkaProducer
+from kafka import KafkaAdminClient, KafkaConsumer
 from kafka.structs import TopicPartition
 
 from ops.stack import Stack
 from schemas.connections import kafka_options
-from schemas.messages import InferenceRequest
 from schemas.naming import requests_topic
 from schemas.settings import Settings
-from tests.stack import eventually, intake_only
+from tests.stack import eventually, intake_only, publish_embeds
 from workers.store.store import ResultStore
 
 
@@ -34,31 +33,20 @@ def intake_stack(settings: Settings, tmp_path_factory) -> Iterator[Settings]:
         yield s
 
 
-def publish(producer: KafkaProducer, s: Settings, n: int, tag: str) -> list[str]:
-    ids = []
-    for i in range(n):
-        req = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=f"{tag} {i}")
-        producer.send(requests_topic(s), key=req.request_id.encode(), value=req.wire_json().encode())
-        ids.append(req.request_id)
-    producer.flush()
-    return ids
-
-
 def test_an_intake_started_in_place_of_a_killed_one_commits_what_it_reads(intake_stack: Settings) -> None:
     s, stack = intake_stack, Stack(intake_stack)
     store = ResultStore.from_settings(s)
-    producer = KafkaProducer(**kafka_options(s), acks="all")
     admin = KafkaAdminClient(**kafka_options(s), request_timeout_ms=10_000)
     ends = KafkaConsumer(**kafka_options(s))
     try:
-        first = publish(producer, s, 30, "before the kill")
+        first = publish_embeds(s, 30, "before the kill")
         eventually(lambda: all(store.get_many(first).values()), what="the first 30 admitted")
         stack.kill("intake", signal.SIGKILL)
         eventually(lambda: stack.pid("intake") is None, what="the intake gone")
         stack.up(only=["intake"])
         later: list[str] = []
         for n in range(25):  # records keep coming while the replacement joins (and rejoins)
-            later += publish(producer, s, 4, f"after the kill {n}")
+            later += publish_embeds(s, 4, f"after the kill {n}")
             time.sleep(0.2)
         eventually(lambda: all(store.get_many(later).values()), what="the later 100 admitted")
         topic = requests_topic(s)
@@ -71,6 +59,5 @@ def test_an_intake_started_in_place_of_a_killed_one_commits_what_it_reads(intake
 
         eventually(lambda: lag() == 0, timeout_s=30, what="the group's commits at the end of every partition")
     finally:
-        producer.close()
         admin.close()
         ends.close()

@@ -14,15 +14,14 @@ import time
 from collections.abc import Iterator
 
 import pytest
-from kafka import KafkaAdminClient, KafkaProducer
+from kafka import KafkaAdminClient
 from kafka.admin import NewTopic
 
 from ops.stack import Stack
 from schemas.connections import kafka_options
-from schemas.messages import InferenceRequest
 from schemas.naming import requests_topic
 from schemas.settings import Settings
-from tests.stack import eventually, intake_only
+from tests.stack import eventually, intake_only, publish_embeds
 from workers.store.presence import advertise
 from workers.store.store import ResultStore
 
@@ -32,18 +31,6 @@ def one_partition(settings: Settings, tmp_path_factory) -> Iterator[Settings]:
     base = settings.model_copy(update={"kafka_partitions": 1, "kafka_session_timeout_ms": 30_000})
     with intake_only(base, tmp_path_factory.mktemp("truncation")) as s:
         yield s
-
-
-def publish(s: Settings, n: int, tag: str) -> list[str]:
-    producer = KafkaProducer(**kafka_options(s), acks="all")
-    ids = []
-    for i in range(n):
-        req = InferenceRequest(task="embed", model="all-MiniLM-L6-v2", inputs=f"{tag} {i}")
-        producer.send(requests_topic(s), key=req.request_id.encode(), value=req.wire_json().encode())
-        ids.append(req.request_id)
-    producer.flush()
-    producer.close()
-    return ids
 
 
 def cut_and_refill(s: Settings, n: int) -> list[str]:
@@ -59,7 +46,7 @@ def cut_and_refill(s: Settings, n: int) -> list[str]:
             admin.create_topics([NewTopic(requests_topic(s), num_partitions=1, replication_factor=1)])
         finally:
             admin.close()
-        return publish(s, n, "after the cut")
+        return publish_embeds(s, n, "after the cut")
     finally:
         stack.kill("intake", signal.SIGCONT)
 
@@ -71,7 +58,7 @@ def test_records_that_take_lost_offsets_again_are_read(one_partition: Settings) 
     def admitted(ids: list[str]) -> bool:
         return all(r is not None for r in store.get_many(ids).values())
 
-    first = publish(s, 20, "before the cut")
+    first = publish_embeds(s, 20, "before the cut")
     eventually(lambda: admitted(first), what="the first 20 admitted")
     time.sleep(0.5)  # the intake commits and polls on: its position is now 20
     second = cut_and_refill(s, 30)  # offsets 0-29: 0-19 are the intake's old ones
@@ -98,7 +85,7 @@ def test_a_cut_found_while_backpressure_holds_the_partition_is_read_again_when_i
     s, stack = bounded, Stack(bounded)
     store = ResultStore.from_settings(s)
     advertise(store.client, s, "stand-in-worker", ["all-MiniLM-L6-v2"], 600.0)  # counted by backpressure
-    first = publish(s, 20, "fills the bound")
+    first = publish_embeds(s, 20, "fills the bound")
     eventually(lambda: all(store.get_many(first).values()), what="the first 20 admitted")
     eventually(lambda: "partitions paused" in stack.tail("intake", 200), what="the intake paused")
     second = cut_and_refill(s, 30)  # offsets 0-29; the paused partition would resume at 20

@@ -69,7 +69,7 @@ class PlainConsumer(KafkaConsumer):
         ``poll`` timeout, completes in the background, and the assignment it made clears the
         reason to rejoin, so no later ``poll`` takes the join's result. The member stays
         ``REBALANCING``, keeps fetching from its old positions and has every commit refused, for
-        as long as it lives (seen in every intake started in place of a killed one). Asked to
+        as long as it lives (seen in 4 of 6 intakes started in place of a killed one). Asked to
         rejoin, it joins again and waits for it here, at most ``timeout_ms``."""
         coordinator = self._coordinator
         if coordinator.generation_if_stable() is not None:
