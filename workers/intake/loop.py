@@ -23,7 +23,9 @@ from typing import Any
 
 from celery import Celery
 from kafka import KafkaAdminClient
+from kafka.consumer.fetcher import ConsumerRecord
 from kafka.errors import CommitFailedError, RebalanceInProgressError
+from kafka.structs import OffsetAndMetadata, TopicPartition
 
 from schemas import results
 from schemas.catalog import CATALOG
@@ -212,7 +214,7 @@ class Intake(Admissions):
         self.observer.polled()  # liveness: a stamp that stops means a dead or wedged intake
         room = self.hold.apply(self.consumer)
         if self.backpressure.paused:  # what needs no capacity is answered even while paused
-            skimmed = self.hold.skim(self.consumer, self._needs_no_room, self.handle)
+            skimmed = self.hold.skim(self.consumer, self._needs_no_room, self._handle_marked)
             if skimmed:
                 return skimmed
         # Paused, this poll reads nothing but keeps the group going (a rebalance completes in poll).
@@ -255,12 +257,23 @@ class Intake(Admissions):
         except Exception as e:  # the broker is away: the next refusal tries again
             log.warning("rejoining the group failed (%r); trying again at the next commit", e)
 
+    def _handle_marked(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
+        """:meth:`handle` for the records a pause's skim answers (expired, invalid): marked for the
+        truncation watch like any handled poll, so a cut among them is noticed too."""
+        handled = self.handle(polled)
+        self.truncation.handled(polled)
+        return handled
+
     def _check_truncation(self) -> None:
-        """Read back what was handled; where the log was cut, the consumer was rewound, and so is
+        """Read back what was handled; where the log was cut, the consumer was rewound, and so are
         the position a paused partition resumes at (the check runs between the empty polls of a
         pause too, and a resume that sought the old position would skip what took the lost
-        offsets)."""
-        self.hold.rewound(self.truncation.check(self.consumer))
+        offsets) and the group's offset (an intake that takes the partition over during a pause,
+        or this one restarted, starts from it)."""
+        rewound = self.truncation.check(self.consumer)
+        if rewound:
+            self.hold.rewound(rewound)
+            self.consumer.commit({tp: OffsetAndMetadata(offset, "", -1) for tp, offset in rewound.items()})
 
     def _check_stall(self) -> None:
         """Replace a wedged consumer (:mod:`workers.intake.stall`); not while paused, when it reads nothing
