@@ -8,66 +8,15 @@ pause, or this one restarted, starts from it).
 
 from __future__ import annotations
 
-from dataclasses import dataclass
 from types import SimpleNamespace
 
-from kafka.structs import TopicPartition
-
 from schemas.observer import Observer
+from tests.unit.workers.intake.fakes import TP, Log
 from workers.intake.backpressure import Backpressure, PartitionHold
 from workers.intake.loop import Intake
 from workers.intake.stall import StallWatch
 from workers.intake.trim import CommittedTrim
 from workers.intake.truncation import TruncationWatch
-
-TP = TopicPartition("inferq.requests", 0)
-
-
-@dataclass
-class Rec:
-    offset: int
-    timestamp: int
-    key: bytes
-    value: bytes
-
-
-class Log:
-    """One partition's log; also the truncation watch's reader."""
-
-    def __init__(self):
-        self.records: list[Rec] = []
-        self.start = 0
-        self._pos = 0
-
-    def write(self, n, tag):
-        base = len(self.records)
-        self.records.extend(
-            Rec(base + i, 1000 + base + i, f"{tag}{base + i}".encode(), tag.encode()) for i in range(n)
-        )
-
-    def cut(self, end):  # a broker lost the tail
-        del self.records[end:]
-
-    # reader side
-    def assign(self, tps): ...
-    def beginning_offsets(self, tps):
-        return {TP: self.start}
-
-    def end_offsets(self, tps):
-        return {TP: len(self.records)}
-
-    def seek(self, tp, offset):
-        self._pos = offset
-
-    def position(self, tp):
-        return self._pos
-
-    def close(self): ...
-
-    def poll(self, timeout_ms=0, max_records=500):
-        got = self.records[self._pos : self._pos + max_records]
-        self._pos += len(got)
-        return {TP: got} if got else {}
 
 
 class GroupConsumer:
