@@ -59,3 +59,43 @@ class Log:
 
     def position(self, tp):
         return self._pos
+
+
+class GroupConsumer:
+    """The intake's consumer over a :class:`Log`: positions (``positions``, else partition 0 at 0),
+    paused flags, seeks, polls and commits (kafka-python semantics)."""
+
+    def __init__(self, log, positions=None):
+        self.log, self.pos = log, dict(positions or {TP: 0})
+        self.paused, self.committed = set(), {}
+
+    def assignment(self):
+        return set(self.pos)
+
+    def position(self, tp):
+        return self.pos[tp]
+
+    def pause(self, *tps):
+        self.paused.update(tps)
+
+    def resume(self, *tps):
+        self.paused.difference_update(tps)
+
+    def seek(self, tp, offset):
+        self.pos[tp] = offset
+
+    def poll(self, timeout_ms=0, max_records=500):
+        out = {}
+        for tp in self.pos:
+            if tp in self.paused:
+                continue
+            got = self.log.records[self.pos[tp] : self.pos[tp] + max_records]
+            if got:
+                out[tp] = got
+                self.pos[tp] = got[-1].offset + 1
+        return out
+
+    def commit(self, offsets=None):
+        self.committed.update(
+            dict(self.pos) if offsets is None else {tp: o.offset for tp, o in offsets.items()}
+        )

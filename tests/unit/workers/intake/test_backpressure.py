@@ -55,38 +55,16 @@ def test_room_used_up_by_our_own_admissions_is_read_again_at_once():
     assert bp.room(now_s=1.001) == 0 and bp.paused and len(reads) == 2  # not a cached 0 unpaused
 
 
-class SeekingConsumer:
-    """Enough of KafkaConsumer for PartitionHold.apply: positions, pause, resume and seek."""
-
-    def __init__(self, positions):
-        self.positions = dict(positions)
-        self.paused = set()
-
-    def assignment(self):
-        return set(self.positions)
-
-    def position(self, tp):
-        return self.positions[tp]
-
-    def pause(self, *tps):
-        self.paused.update(tps)
-
-    def resume(self, *tps):
-        self.paused.difference_update(tps)
-
-    def seek(self, tp, offset):
-        self.positions[tp] = offset
-
-
 def test_a_partition_rewound_while_paused_resumes_at_the_rewound_offset_not_where_it_paused():
     from kafka.structs import TopicPartition
 
+    from tests.unit.workers.intake.fakes import GroupConsumer, Log
     from workers.intake.backpressure import PartitionHold
 
     a, b = TopicPartition("t", 0), TopicPartition("t", 1)
     counts = {"a": 100}
     bp = Backpressure(lambda models: {m: counts[m] for m in models}, ["a"], 100, 0.8)
-    hold, consumer = PartitionHold(bp), SeekingConsumer({a: 50, b: 70})
+    hold, consumer = PartitionHold(bp), GroupConsumer(Log(), {a: 50, b: 70})
     hold.apply(consumer)
     assert consumer.paused == {a, b} and hold.held == {a: 50, b: 70}
     # the truncation watch found partition a cut back below 50 and sought it back to 40
@@ -95,4 +73,4 @@ def test_a_partition_rewound_while_paused_resumes_at_the_rewound_offset_not_wher
     counts["a"] = 0
     bp._next_check = 0.0  # the next apply reads the counters again
     hold.apply(consumer)
-    assert not consumer.paused and consumer.positions == {a: 40, b: 70}  # not 50: 40-49 are read
+    assert not consumer.paused and consumer.pos == {a: 40, b: 70}  # not 50: 40-49 are read

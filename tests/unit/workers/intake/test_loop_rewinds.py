@@ -11,50 +11,12 @@ from __future__ import annotations
 from types import SimpleNamespace
 
 from schemas.observer import Observer
-from tests.unit.workers.intake.fakes import TP, Log
+from tests.unit.workers.intake.fakes import TP, GroupConsumer, Log
 from workers.intake.backpressure import Backpressure, PartitionHold
 from workers.intake.loop import Intake
 from workers.intake.stall import StallWatch
 from workers.intake.trim import CommittedTrim
 from workers.intake.truncation import TruncationWatch
-
-
-class GroupConsumer:
-    """The intake's consumer: positions, paused flags, commits (kafka-python semantics)."""
-
-    def __init__(self, log):
-        self.log, self.pos, self.paused, self.committed = log, {TP: 0}, set(), {}
-
-    def assignment(self):
-        return set(self.pos)
-
-    def position(self, tp):
-        return self.pos[tp]
-
-    def pause(self, *tps):
-        self.paused.update(tps)
-
-    def resume(self, *tps):
-        self.paused.difference_update(tps)
-
-    def seek(self, tp, offset):
-        self.pos[tp] = offset
-
-    def poll(self, timeout_ms=0, max_records=500):
-        out = {}
-        for tp in self.pos:
-            if tp in self.paused:
-                continue
-            got = self.log.records[self.pos[tp] : self.pos[tp] + max_records]
-            if got:
-                out[tp] = got
-                self.pos[tp] = got[-1].offset + 1
-        return out
-
-    def commit(self, offsets=None):
-        self.committed.update(
-            dict(self.pos) if offsets is None else {tp: o.offset for tp, o in offsets.items()}
-        )
 
 
 class Clock:
