@@ -229,16 +229,14 @@ class Intake(Admissions):
             return 0
         self.stall.fed()
         try:
-            handled = self.handle(polled)
+            handled = self._handle_marked(polled)  # marked before the commit, which may be refused
         except Exception:
             for tp, batch in polled.items():  # read them again: the store makes the replay harmless
                 self.consumer.seek(tp, batch[0].offset)
             raise
-        # counted and marked before the commit: one refused by a rebalance must neither leave the
-        # room those admissions took unaccounted (the next polls would pass the bound) nor the
-        # stretch they came from unmarked
+        # counted before the commit: one refused by a rebalance must not leave the room those
+        # admissions took unaccounted (the next polls would pass the bound)
         self.backpressure.admitted(handled)
-        self.truncation.handled(polled)  # read back every few s: a cut log is read again
         self.consumer.commit()
         if self.truncation.due():
             self._check_truncation()
@@ -258,8 +256,8 @@ class Intake(Admissions):
             log.warning("rejoining the group failed (%r); trying again at the next commit", e)
 
     def _handle_marked(self, polled: dict[TopicPartition, list[ConsumerRecord]]) -> int:
-        """:meth:`handle` for the records a pause's skim answers (expired, invalid): marked for the
-        truncation watch like any handled poll, so a cut among them is noticed too."""
+        """:meth:`handle`, then mark what it handled for the truncation watch (read back every few
+        s: a cut log is read again), for a poll and for the records a pause's skim answers alike."""
         handled = self.handle(polled)
         self.truncation.handled(polled)
         return handled
